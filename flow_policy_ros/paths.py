@@ -1,0 +1,48 @@
+"""Where installed data lives: the package's share directory (launch/, config/, models/).
+
+Resolved like ROS 2 does (ament index on AMENT_PREFIX_PATH), then the install prefix of this
+Python environment (a pip install into a virtualenv puts data_files under ``sys.prefix``).
+Never the source tree: what runs is what was installed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = "flow_policy_ros"
+DEFAULT_MODEL = "iiwa_reach"
+
+
+def share_dir() -> Path:
+    """The installed ``share/flow_policy_ros`` directory; raises if the package is not installed."""
+    candidates = []
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            candidates.append(Path(prefix))
+    candidates.append(Path(sys.prefix))
+    for prefix in candidates:
+        marker = prefix / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE
+        if marker.is_file():
+            return prefix / "share" / PACKAGE
+    raise FileNotFoundError(
+        f"share directory of {PACKAGE} not found (looked in {', '.join(str(c) for c in candidates)}); "
+        "install the package (`make setup`, `pip install .` or `colcon build`)"
+    )
+
+
+def default_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a shipped model, e.g. ``share/flow_policy_ros/models/iiwa_reach.onnx``."""
+    path = share_dir() / "models" / f"{name}.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"shipped model {name!r} not found at {path}")
+    return path
+
+
+def config_path(name: str) -> Path:
+    """Path of an installed config file, e.g. ``config_path('policy.yaml')``."""
+    path = share_dir() / "config" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"installed config {name!r} not found at {path}")
+    return path
