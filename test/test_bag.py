@@ -1,0 +1,212 @@
+"""rosbag2 episode files: exact round trips, joint matching by name, every bad-input case."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow_policy_ros.bag import (
+    FLOAT64_MULTI_ARRAY,
+    JOINT_STATE,
+    JOINT_TRAJECTORY,
+    POINT_STAMPED,
+    BagWriter,
+    deserialize,
+    float64_multi_array_msg,
+    iter_raw_messages,
+    joint_state_msg,
+    joint_trajectory_msg,
+    list_topics,
+    point_stamped_msg,
+    read_episode_bag,
+    write_episode_bag,
+)
+from flow_policy_ros.errors import BagError
+from flow_policy_ros.recording import EpisodeRecording
+
+EPOCH = 1_700_000_000_000_000_000
+NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+
+
+def make_recording(steps: int = 40, seed: int = 0) -> EpisodeRecording:
+    rng = np.random.default_rng(seed)
+    times = EPOCH + 20_000_000 * np.arange(steps, dtype=np.int64)
+    return EpisodeRecording(
+        joint_names=list(NAMES), joint_times_ns=times + 1_000,  # states stamped just after the tick
+        positions=rng.normal(size=(steps, 7)), velocities=rng.normal(size=(steps, 7)),
+        goal_times_ns=times[[0, steps // 2]], goals=rng.normal(size=(2, 3)),
+        command_joint_names=list(NAMES), command_times_ns=times, commands=rng.normal(size=(steps, 7)),
+        metadata={"task": "reach", "seed": seed, "success": True},
+    )
+
+
+def assert_same(a: EpisodeRecording, b: EpisodeRecording) -> None:
+    assert a.joint_names == b.joint_names and a.command_joint_names == b.command_joint_names
+    for name in ("joint_times_ns", "positions", "velocities", "goal_times_ns", "goals", "command_times_ns",
+                 "commands"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.metadata == b.metadata
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def data_file(bag: Path) -> Path:
+    return next(p for p in bag.iterdir() if p.suffix in (".mcap", ".db3"))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_round_trip_is_exact(tmp_path: Path, storage: str) -> None:
+    rec = make_recording()
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, rec, storage)
+    assert (bag / "episode.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ep"]  # no temp dir left behind
+    assert_same(read_episode_bag(bag), rec)
+    assert list_topics(bag)["/joint_states"] == (JOINT_STATE, 40)
+
+
+def test_write_refuses_to_overwrite(tmp_path: Path) -> None:
+    bag = tmp_path / "ep"
+    bag.mkdir()
+    with pytest.raises(BagError, match="already exists"):
+        write_episode_bag(bag, make_recording())
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_joints_are_matched_by_name_in_every_message(tmp_path: Path, storage: str) -> None:
+    rng = np.random.default_rng(1)
+    rec = make_recording()
+    bag = tmp_path / "shuffled"
+    with BagWriter(bag, storage) as out:
+        for t, pos, vel in zip(rec.joint_times_ns, rec.positions, rec.velocities):
+            order = rng.permutation(7)  # a different order in every message
+            out.write("/joint_states", JOINT_STATE,
+                      joint_state_msg(t, [NAMES[i] for i in order], pos[order], vel[order]), t)
+        for t, goal in zip(rec.goal_times_ns, rec.goals):
+            out.write("/goal", POINT_STAMPED, point_stamped_msg(t, goal), t)
+        for t, cmd in zip(rec.command_times_ns, rec.commands):
+            out.write("/commands", FLOAT64_MULTI_ARRAY, float64_multi_array_msg(cmd), t)
+    back = read_episode_bag(bag, joint_names=NAMES)
+    rec.metadata = {}
+    assert_same(back, rec)
+    subset = read_episode_bag(bag, joint_names=NAMES[::-2], command_joint_names=NAMES)
+    np.testing.assert_array_equal(subset.positions, rec.positions[:, ::-2])
+
+
+def test_message_missing_a_joint_is_skipped_and_counted(tmp_path: Path) -> None:
+    rec = make_recording(steps=5)
+    bag = tmp_path / "partial"
+    with BagWriter(bag) as out:
+        for k, (t, pos, vel) in enumerate(zip(rec.joint_times_ns, rec.positions, rec.velocities)):
+            keep = 6 if k == 2 else 7  # message 2 lacks the last joint
+            out.write("/joint_states", JOINT_STATE, joint_state_msg(t, NAMES[:keep], pos[:keep], vel[:keep]), t)
+        out.write("/goal", POINT_STAMPED, point_stamped_msg(EPOCH, rec.goals[0]), EPOCH)
+        out.write("/commands", FLOAT64_MULTI_ARRAY, float64_multi_array_msg(rec.commands[0]), EPOCH)
+    back = read_episode_bag(bag, joint_names=NAMES)
+    assert back.metadata == {"skipped_joint_states": 1}
+    np.testing.assert_array_equal(back.joint_times_ns, rec.joint_times_ns[[0, 1, 3, 4]])
+
+
+def test_zero_stamp_falls_back_to_log_time(tmp_path: Path) -> None:
+    bag = tmp_path / "zero"
+    with BagWriter(bag) as out:
+        out.write("/joint_states", JOINT_STATE, joint_state_msg(0, NAMES, np.zeros(7), np.zeros(7)), EPOCH + 5)
+        out.write("/goal", POINT_STAMPED, point_stamped_msg(0, np.zeros(3)), EPOCH + 7)
+        out.write("/commands", FLOAT64_MULTI_ARRAY, float64_multi_array_msg(np.zeros(7)), EPOCH + 9)
+    back = read_episode_bag(bag)
+    assert back.joint_times_ns.tolist() == [EPOCH + 5]
+    assert back.goal_times_ns.tolist() == [EPOCH + 7]
+    assert back.command_times_ns.tolist() == [EPOCH + 9]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_reading_never_modifies_the_bag(tmp_path: Path, storage: str) -> None:
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording(), storage)
+    before = tree_digest(bag)
+    read_episode_bag(bag)
+    list(iter_raw_messages(bag))
+    assert tree_digest(bag) == before
+
+
+def test_raw_iterator_and_extra_topics(tmp_path: Path) -> None:
+    chunk = np.arange(14, dtype=np.float64).reshape(2, 7)
+    bag = tmp_path / "pred"
+    with BagWriter(bag, "sqlite3") as out:
+        out.write("/chunk", JOINT_TRAJECTORY, joint_trajectory_msg(EPOCH, NAMES, chunk, 0.02), EPOCH)
+    (raw,) = list(iter_raw_messages(bag))
+    assert (raw.topic, raw.msgtype, raw.log_time_ns) == ("/chunk", JOINT_TRAJECTORY, EPOCH)
+    msg = deserialize(raw.data, raw.msgtype)
+    np.testing.assert_array_equal(np.stack([p.positions for p in msg.points]), chunk)
+    assert [p.time_from_start.nanosec for p in msg.points] == [20_000_000, 40_000_000]
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(BagError, match="no such bag"):
+        read_episode_bag(tmp_path / "nope")
+
+
+def test_empty_dir_is_not_a_bag(tmp_path: Path) -> None:
+    with pytest.raises(BagError, match="not a rosbag2 directory"):
+        read_episode_bag(tmp_path)
+
+
+def test_bag_without_messages(tmp_path: Path) -> None:
+    with BagWriter(tmp_path / "empty"):
+        pass
+    with pytest.raises(BagError, match="empty bag"):
+        read_episode_bag(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_or_truncated_file(tmp_path: Path, storage: str, damage: str) -> None:
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording(steps=200), storage)
+    file = data_file(bag)
+    data = file.read_bytes()
+    file.write_bytes(b"\x00garbage" * 100 if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(BagError, match=str(bag)):
+        read_episode_bag(bag)
+
+
+def test_missing_topic(tmp_path: Path) -> None:
+    bag = tmp_path / "nocmd"
+    with BagWriter(bag) as out:
+        out.write("/joint_states", JOINT_STATE, joint_state_msg(EPOCH, NAMES, np.zeros(7), np.zeros(7)), EPOCH)
+        out.write("/goal", POINT_STAMPED, point_stamped_msg(EPOCH, np.zeros(3)), EPOCH)
+    with pytest.raises(BagError, match="missing topic /commands"):
+        read_episode_bag(bag)
+
+
+def test_wrong_message_type(tmp_path: Path) -> None:
+    bag = tmp_path / "wrongtype"
+    with BagWriter(bag) as out:
+        out.write("/joint_states", JOINT_STATE, joint_state_msg(EPOCH, NAMES, np.zeros(7), np.zeros(7)), EPOCH)
+        out.write("/goal", FLOAT64_MULTI_ARRAY, float64_multi_array_msg(np.zeros(3)), EPOCH)
+        out.write("/commands", FLOAT64_MULTI_ARRAY, float64_multi_array_msg(np.zeros(7)), EPOCH)
+    with pytest.raises(BagError, match="topic /goal has type std_msgs/msg/Float64MultiArray"):
+        read_episode_bag(bag)
+
+
+def test_unknown_joint(tmp_path: Path) -> None:
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording())
+    with pytest.raises(BagError, match="unknown joint name.*'elbow'"):
+        read_episode_bag(bag, joint_names=[*NAMES[:6], "elbow"])
+
+
+def test_command_width_disagreeing_with_command_joints(tmp_path: Path) -> None:
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording())
+    with pytest.raises(BagError, match="7 values per message, expected 2"):
+        read_episode_bag(bag, command_joint_names=NAMES[:2])
