@@ -1,0 +1,170 @@
+"""Windowing of episodes: exact alignment on a synthetic ramp, padding, boundaries, sources, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow_policy_ros import dataset
+from flow_policy_ros.bag import write_episode_bag
+from flow_policy_ros.config import IIWA_JOINT_NAMES, DataConfig, PolicyConfig
+from flow_policy_ros.dataset import DatasetError, Windows, load_training_data, windows_from_recording
+from flow_policy_ros.recording import EpisodeRecording
+
+EPOCH = 1_700_000_000_000_000_000
+PERIOD_NS = 20_000_000
+TICKS = 10
+H = 4
+POLICY = PolicyConfig(horizon=H, control_period_s=0.02)
+NAMES = list(IIWA_JOINT_NAMES)
+
+
+def ramp_recording(offset: float = 0.0, command_jitter_ns: np.ndarray | None = None,
+                   success: bool | None = True) -> EpisodeRecording:
+    """Tick k: position[j] = 100 j + k, velocity = -position, command[j] = 1000 + 100 j + k (+ offset)."""
+    ticks = EPOCH + PERIOD_NS * np.arange(TICKS, dtype=np.int64)
+    k = np.arange(TICKS, dtype=np.float64)[:, None]
+    j = np.arange(7, dtype=np.float64)[None, :]
+    positions = offset + 100 * j + k
+    jitter = np.zeros(TICKS, np.int64) if command_jitter_ns is None else command_jitter_ns
+    return EpisodeRecording(
+        joint_names=NAMES, joint_times_ns=ticks, positions=positions, velocities=-positions,
+        goal_times_ns=ticks[[0, 5]], goals=[[1, 2, 3], [4, 5, 6]],
+        command_joint_names=NAMES, command_times_ns=ticks + jitter, commands=1000 + positions,
+        metadata={} if success is None else {"success": success},
+    )
+
+
+def expected_goal(k: int) -> list[float]:
+    return [1, 2, 3] if k < 5 else [4, 5, 6]
+
+
+def test_observation_k_pairs_with_commands_k_to_k_plus_h_minus_1() -> None:
+    rec = ramp_recording()
+    w = windows_from_recording(rec, POLICY, DataConfig())
+    assert w.observations.shape == (TICKS, 17) and w.actions.shape == (TICKS, H, 7)
+    assert w.observations.dtype == np.float32 and w.actions.dtype == np.float32
+    for k in range(TICKS):
+        np.testing.assert_array_equal(
+            w.observations[k], np.concatenate([rec.positions[k], rec.velocities[k], expected_goal(k)]))
+        steps = [min(k + i, TICKS - 1) for i in range(H)]
+        np.testing.assert_array_equal(w.actions[k], rec.commands[steps])
+
+
+def test_end_of_episode_repeats_the_last_action() -> None:
+    rec = ramp_recording()
+    w = windows_from_recording(rec, POLICY, DataConfig())
+    np.testing.assert_array_equal(w.actions[-2], rec.commands[[8, 9, 9, 9]])
+    np.testing.assert_array_equal(w.actions[-1], np.repeat(rec.commands[-1:], H, axis=0))
+
+
+def test_command_jitter_below_half_a_period_keeps_ticks() -> None:
+    jitter = np.random.default_rng(0).integers(-0.4 * PERIOD_NS, 0.4 * PERIOD_NS, size=TICKS)
+    jitter[0] = 0  # the grid starts at the first command
+    clean = windows_from_recording(ramp_recording(), POLICY, DataConfig())
+    jittered = windows_from_recording(ramp_recording(command_jitter_ns=jitter), POLICY, DataConfig())
+    np.testing.assert_array_equal(jittered.actions, clean.actions)
+    np.testing.assert_array_equal(jittered.observations, clean.observations)
+
+
+def test_actions_follow_the_config_joint_order() -> None:
+    policy = PolicyConfig(horizon=H, control_period_s=0.02, action_joint_names=NAMES[::-1])
+    rec = ramp_recording()
+    w = windows_from_recording(rec, policy, DataConfig())
+    np.testing.assert_array_equal(w.actions[0, 0], rec.commands[0, ::-1])
+
+
+def test_action_source_joint_states_uses_the_next_measured_position() -> None:
+    rec = ramp_recording()
+    w = windows_from_recording(rec, POLICY, DataConfig(action_source="joint_states"))
+    assert len(w) == TICKS - 1
+    for k in range(TICKS - 1):
+        steps = [min(k + 1 + i, TICKS - 1) for i in range(H)]
+        np.testing.assert_array_equal(w.actions[k], rec.positions[steps])
+
+
+def test_ticks_without_a_goal_start_no_window() -> None:
+    rec = ramp_recording()
+    rec.goal_times_ns = rec.goal_times_ns + 2 * PERIOD_NS  # first goal arrives at tick 2
+    w = windows_from_recording(rec, POLICY, DataConfig())
+    assert len(w) == TICKS - 2
+    np.testing.assert_array_equal(w.actions[0], rec.commands[2:2 + H])
+
+
+def test_missing_action_joint_is_named() -> None:
+    policy = PolicyConfig(horizon=H, action_joint_names=[*NAMES[:6], "gripper"])
+    with pytest.raises(DatasetError, match="commands lacks joint.*gripper"):
+        windows_from_recording(ramp_recording(), policy, DataConfig())
+
+
+@pytest.fixture
+def episode_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "episodes"
+    write_episode_bag(root / "ep_000", ramp_recording(offset=0.0), "mcap")
+    write_episode_bag(root / "ep_001", ramp_recording(offset=10_000.0), "sqlite3")
+    write_episode_bag(root / "ep_002", ramp_recording(offset=20_000.0, success=False), "mcap")
+    return root
+
+
+def test_directory_windows_never_cross_episodes(episode_dir: Path, tmp_path: Path) -> None:
+    w = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    assert w.summary["sources"] == ["ep_000", "ep_001"]
+    assert w.summary["success"] == [True, True]
+    assert w.summary["skipped_failures"] == 1 and w.summary["skipped_sources"] == ["ep_002"]
+    np.testing.assert_array_equal(w.episode_index, np.repeat([0, 1], TICKS))
+    for index, offset in ((0, 0.0), (1, 10_000.0)):
+        acts = w.actions[w.episode_index == index]
+        assert acts.min() >= 1000 + offset and acts.max() < 2000 + offset + 700  # only its own commands
+        np.testing.assert_array_equal(acts[-1], np.repeat(acts[-1, :1], H, axis=0))
+
+
+def test_failures_can_be_included(episode_dir: Path, tmp_path: Path) -> None:
+    w = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache",
+                           include_failures=True, progress=False)
+    assert w.summary["episodes"] == 3 and w.summary["success"] == [True, True, False]
+    assert len(w) == 3 * TICKS
+
+
+def test_second_load_is_a_cache_hit(episode_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    first = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=cache, progress=False)
+    assert first.summary["cache"]["hit"] is False
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("bags were read despite a valid cache")
+
+    monkeypatch.setattr(dataset, "read_episode_bag", no_reading)
+    second = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=cache, progress=False)
+    assert second.summary["cache"]["hit"] is True
+    np.testing.assert_array_equal(second.observations, first.observations)
+    np.testing.assert_array_equal(second.actions, first.actions)
+    np.testing.assert_array_equal(second.episode_index, first.episode_index)
+    with pytest.raises(AssertionError, match="despite"):  # another horizon is another cache entry
+        load_training_data(episode_dir, PolicyConfig(horizon=H + 1), DataConfig(), cache_dir=cache, progress=False)
+
+
+def test_npz_round_trip_and_shape_check(tmp_path: Path) -> None:
+    w = windows_from_recording(ramp_recording(), POLICY, DataConfig(), source="ep")
+    file = tmp_path / "windows.npz"
+    w.save_npz(file)
+    back = load_training_data(file, POLICY, DataConfig())
+    np.testing.assert_array_equal(back.actions, w.actions)
+    assert back.summary == w.summary
+    with pytest.raises(DatasetError, match=r"windows.npz: actions have shape \(10, 4, 7\), expected \(N, 5, 7\)"):
+        load_training_data(file, PolicyConfig(horizon=5), DataConfig())
+
+
+def test_plain_npz_without_episode_index(tmp_path: Path) -> None:
+    file = tmp_path / "plain.npz"
+    np.savez(file, observations=np.zeros((3, 17)), actions=np.zeros((3, H, 7)))
+    w = load_training_data(file, POLICY, DataConfig())
+    assert isinstance(w, Windows) and w.episode_index.tolist() == [0, 0, 0]
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no such training data"):
+        load_training_data(tmp_path / "nope", POLICY, DataConfig())
+    with pytest.raises(DatasetError, match="no rosbag2 episodes"):
+        load_training_data(tmp_path, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
