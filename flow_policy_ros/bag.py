@@ -178,8 +178,12 @@ class BagWriter:
             raise BagError(f"{self.path}: already exists; refusing to overwrite")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
-        self._writer = Writer(self._tmp_dir / self.path.name, version=9, storage_plugin=_STORAGE_PLUGINS[self.storage])
-        self._writer.open()
+        try:
+            self._writer = Writer(self.directory, version=9, storage_plugin=_STORAGE_PLUGINS[self.storage])
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            raise
         return self
 
     @property
@@ -241,6 +245,10 @@ def write_episode_bag(path: Path, recording: EpisodeRecording, storage: str = "m
 # --------------------------------------------------------------------------- reading
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def _check_bag_dir(path: Path) -> None:
     if not path.exists():
         raise BagError(f"{path}: no such bag")
@@ -254,7 +262,7 @@ def _open_reader(path: Path) -> AnyReader:
     try:
         reader.open()
     except _READ_ERRORS as exc:
-        raise BagError(f"{path}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+        raise BagError(f"{path}: corrupt or truncated bag, cannot open it ({_one_line(exc)})") from exc
     return reader
 
 
@@ -280,17 +288,23 @@ def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterat
             for conn, log_time, data in reader.messages(connections=conns):
                 yield RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
         except _READ_ERRORS as exc:
-            raise BagError(f"{path}: corrupt or truncated bag ({type(exc).__name__}: {exc})") from exc
+            raise BagError(f"{path}: corrupt or truncated bag ({_one_line(exc)})") from exc
     finally:
         reader.close()
 
 
-def _read_topics(path: Path, wanted: dict[str, str]) -> dict[str, list[tuple[int, Any]]]:
-    """Deserialize all messages of the ``wanted`` {topic: msgtype}; checks presence and types."""
+def _read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
+                 ) -> dict[str, list[tuple[int, Any]]]:
+    """Deserialize all messages of the ``wanted`` {topic: msgtype}; checks presence and types.
+
+    A topic in ``optional`` may be absent (it then maps to an empty list).
+    """
     topics = list_topics(path)
     if not topics or sum(t.count for t in topics.values()) == 0:
         raise BagError(f"{path}: empty bag (no messages)")
     for topic, msgtype in wanted.items():
+        if topic not in topics and topic in optional:
+            continue
         if topic not in topics:
             raise BagError(f"{path}: missing topic {topic} (has {sorted(topics)})")
         if topics[topic].msgtype != msgtype:
@@ -300,7 +314,7 @@ def _read_topics(path: Path, wanted: dict[str, str]) -> dict[str, list[tuple[int
         try:
             out[raw.topic].append((raw.log_time_ns, deserialize(raw.data, raw.msgtype)))
         except _READ_ERRORS as exc:
-            raise BagError(f"{path}: cannot decode a {raw.msgtype} on {raw.topic} ({exc})") from exc
+            raise BagError(f"{path}: cannot decode a {raw.msgtype} on {raw.topic} ({_one_line(exc)})") from exc
     return out
 
 
@@ -332,7 +346,7 @@ def _joint_arrays(path: Path, messages: list[tuple[int, Any]], joint_names: Sequ
         pos.append(np.asarray(msg.position, dtype=np.float64)[cols])
         vel.append(np.asarray(msg.velocity, dtype=np.float64)[cols])
     if not times:
-        raise BagError(f"{path}: no JointState message carries all of {names}")
+        raise BagError(f"{path}: no JointState message carries positions and velocities for all of {names}")
     return names, np.array(times, np.int64), np.array(pos), np.array(vel), skipped
 
 
@@ -368,11 +382,13 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     Raises:
         BagError: missing path, not a bag, corrupt/truncated file, empty bag, missing topic,
             wrong message type, unknown joint, command width differing from the command joints.
+            The command topic may be absent when ``data_config.action_source == 'joint_states'``.
     """
     path = Path(path)
     cfg = data_config
     msgs = _read_topics(path, {cfg.joint_states_topic: JOINT_STATE, cfg.goal_topic: POINT_STAMPED,
-                               cfg.command_topic: FLOAT64_MULTI_ARRAY})
+                               cfg.command_topic: FLOAT64_MULTI_ARRAY},
+                        optional=[cfg.command_topic] if cfg.action_source == "joint_states" else [])
     names, times, pos, vel, skipped = _joint_arrays(path, msgs[cfg.joint_states_topic], joint_names)
     goal_msgs = msgs[cfg.goal_topic]
     goal_times = np.array([_stamp_or_log(m, t) for t, m in goal_msgs], np.int64)

@@ -24,6 +24,7 @@ from flow_policy_ros.bag import (
     read_episode_bag,
     write_episode_bag,
 )
+from flow_policy_ros.config import DataConfig
 from flow_policy_ros.errors import BagError
 from flow_policy_ros.recording import EpisodeRecording
 
@@ -210,3 +211,19 @@ def test_command_width_disagreeing_with_command_joints(tmp_path: Path) -> None:
     write_episode_bag(bag, make_recording())
     with pytest.raises(BagError, match="7 values per message, expected 2"):
         read_episode_bag(bag, command_joint_names=NAMES[:2])
+
+
+def test_commands_are_optional_when_actions_come_from_joint_states(tmp_path: Path) -> None:
+    bag = tmp_path / "teleop"
+    with BagWriter(bag) as out:
+        out.write("/joint_states", JOINT_STATE, joint_state_msg(EPOCH, NAMES, np.zeros(7), np.zeros(7)), EPOCH)
+        out.write("/goal", POINT_STAMPED, point_stamped_msg(EPOCH, np.zeros(3)), EPOCH)
+    back = read_episode_bag(bag, DataConfig(action_source="joint_states"))
+    assert back.commands.shape == (0, 7) and len(back.command_times_ns) == 0
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), BagWriter(tmp_path / "ep") as out:
+        out.write("/goal", POINT_STAMPED, point_stamped_msg(EPOCH, np.zeros(3)), EPOCH)
+        raise RuntimeError("simulated crash")
+    assert list(tmp_path.iterdir()) == []
