@@ -141,7 +141,7 @@ class PolicyConfig:
     p_uncond: float = 0.1
     guided_fields: tuple[str, ...] = ("goal",)
     normalization: str = "minmax"
-    hidden_dim: int = 256
+    hidden_dim: int = 192
     num_layers: int = 3
     time_embed_dim: int = 32
     limits: JointLimits = field(default_factory=JointLimits)

@@ -98,28 +98,45 @@ def training_loss(
     return LossOutput(loss, float(drop.float().mean()))
 
 
+def step_times(steps: int) -> list[float]:
+    """The Euler grid t_k = k / steps, k = 0 .. steps-1 (the times ``euler_integrate`` visits)."""
+    return [k / steps for k in range(steps)]
+
+
+@torch.no_grad()
+def step_time_features(model: VelocityNet, steps: int) -> torch.Tensor:
+    """``model.time_features`` at every Euler time: (steps, width)."""
+    t = torch.tensor(step_times(steps), dtype=torch.float32)
+    return model.time_features(t)
+
+
 def sample_chunks(
     model: VelocityNet,
     obs_n: torch.Tensor,
     x0: torch.Tensor,
     guidance_scale: torch.Tensor | float,
     steps: int,
+    time_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample normalized chunks (B, H, A) from noise x0 (B, H, A) given obs_n (B, obs_dim).
 
     1. Condition features for both branches, once: [c_cond; c_uncond] (2B, width).
     2. Each Euler step evaluates both branches in one batched call on [x; x] (2B, H, A).
     3. Combine with CFG and take the Euler step.
+
+    ``time_features`` (steps, width), if given, are ``model.time_features(t_k)`` precomputed
+    for t_k = k/steps (see ``step_time_features``); the exported graph stores them as constants.
     """
-    batch = obs_n.shape[0]
+    batch, horizon, action_dim = x0.shape
     cond = torch.cat([model.condition(obs_n), model.unconditional(obs_n)], dim=0)
 
+    # The state is kept flat (B, H*A) and both branches are split with constant-shape
+    # reshapes, so an exported graph has no per-step shape arithmetic.
     def guided_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        # t as a (1,) tensor broadcast over the batch: in an exported graph it is a constant
-        # and the whole time embedding folds away.
-        t_const = torch.full((1,), t, dtype=x.dtype, device=x.device)
-        v = model(torch.cat([x, x], dim=0), t_const, cond)
-        v_cond, v_uncond = v[:batch], v[batch:]
-        return combine_guidance(v_cond, v_uncond, guidance_scale)
+        t_const = torch.full((1,), t, dtype=x.dtype, device=x.device)  # broadcast over the batch
+        time_feat = None if time_features is None else time_features[round(t * steps)][None, :]
+        v = model.velocity_flat(torch.cat([x, x], dim=0), t_const, cond, time_feat).reshape(2, -1, horizon * action_dim)
+        return combine_guidance(v[0], v[1], guidance_scale)
 
-    return euler_integrate(guided_velocity, x0, steps)
+    x1 = euler_integrate(guided_velocity, x0.reshape(-1, horizon * action_dim), steps)
+    return x1.reshape(-1, horizon, action_dim)

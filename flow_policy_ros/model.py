@@ -2,7 +2,8 @@
 
 Why an MLP: the chunk is small (H x A = 16 x 7 = 112 numbers) and the sampler runs it
 2 x N = 20 times per decision (CFG doubles the batch, N Euler steps), so per-call overhead
-dominates on a CPU. A residual MLP of width 256 is a handful of GEMMs per step, and its
+dominates on a CPU. A residual MLP of width 192 (3 hidden layers) is a handful of GEMMs per
+step (p50 ~0.3 ms for the whole 10-step CFG sampler in ONNX Runtime on one core), and its
 structure lets the exported graph do the expensive parts once per decision:
 
 - the condition c (observation embedding) is computed once per decision, not per step;
@@ -69,9 +70,20 @@ class VelocityNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at x (B, H, A), flow time t (B,) or (1,) in [0, 1], condition (B, width)."""
-        h = self.input_proj(x.reshape(x.shape[0], -1)) + self.time_encoder(
-            sinusoidal_embedding(t, self.time_embed_dim)
-        ) + cond
+        return self.velocity_flat(x.reshape(x.shape[0], -1), t, cond).reshape(x.shape)
+
+    def time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """Time features (B or 1, width) of flow time t (B,) or (1,)."""
+        return self.time_encoder(sinusoidal_embedding(t, self.time_embed_dim))
+
+    def velocity_flat(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, time_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """As ``forward`` on flattened chunks: x (B, H*A) -> velocity (B, H*A).
+
+        ``time_feat`` may carry precomputed ``time_features(t)`` (the exporter bakes them in).
+        """
+        if time_feat is None:
+            time_feat = self.time_features(t)
+        h = self.input_proj(x) + time_feat + cond
         for layer in self.hidden:
             h = h + layer(self.activation(h))
-        return self.output_proj(self.activation(h)).reshape(x.shape)
+        return self.output_proj(self.activation(h))
