@@ -1,0 +1,257 @@
+"""End-to-end tests of policy_node: a real node process, talked to over DDS from this process.
+
+Each test starts ``python -m flow_policy_ros.policy_node`` with a tiny real ONNX policy (from
+``test/model_factory.py``), plays a robot in this process (joint states at 100 Hz, a latched
+goal) and checks what comes back. Everything runs on localhost DDS in this session's domain
+(see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PointStamped
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from flow_policy_ros.config import IIWA_JOINT_NAMES, IIWA_VELOCITY_LIMIT
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+H = 8  # horizon of the tiny model
+DT = 0.02  # s, 50 Hz
+#: Measured positions (rad), model joint order; 0.2 rad apart so a name mix-up cannot hide.
+POSITIONS = np.array([-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6])
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_factory import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", horizon=H)
+
+
+class FakeRobot:
+    """The robot side in this process: publishes joint states at 100 Hz and a latched goal,
+    records commands, trajectories and diagnostics with their arrival time (monotonic s)."""
+
+    def __init__(self, order: list[int] | None = None) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = Node("fake_robot", context=self.context)
+        self.order = order or list(range(7))
+        self.mode = "ok"  # ok | pause | nan | missing
+        self.lock = threading.Lock()
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.trajectories: list[tuple[float, JointTrajectory]] = []
+        self.diagnostics: list[dict[str, str]] = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.joint_pub = self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        goal_pub = self.node.create_publisher(PointStamped, "goal", latched)
+        goal = PointStamped()
+        goal.header.frame_id = "world"
+        goal.point.x, goal.point.y, goal.point.z = 0.5, 0.1, 0.4
+        goal_pub.publish(goal)
+        self.node.create_subscription(Float64MultiArray, "commands", self._on_command, reliable)
+        self.node.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.node.create_timer(0.01, self._publish_joint_state)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _publish_joint_state(self) -> None:
+        if self.mode == "pause":
+            return
+        names = [IIWA_JOINT_NAMES[i] for i in self.order]
+        positions = [float(POSITIONS[i]) for i in self.order]
+        if self.mode == "nan":
+            positions[3] = float("nan")
+        if self.mode == "missing":
+            names, positions = names[1:], positions[1:]
+        msg = JointState(name=names, position=positions, velocity=[0.0] * len(names))
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.joint_pub.publish(msg)
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        with self.lock:
+            self.commands.append((time.monotonic(), np.array(msg.data)))
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        with self.lock:
+            self.trajectories.append((time.monotonic(), msg))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith(": policy"):
+                with self.lock:
+                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if condition():
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    def commands_between(self, start: float, stop: float) -> list[np.ndarray]:
+        with self.lock:
+            return [c for t, c in self.commands if start <= t < stop]
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+@pytest.fixture
+def robot_factory() -> Iterator[Callable[..., FakeRobot]]:
+    robots: list[FakeRobot] = []
+
+    def make(**kwargs: object) -> FakeRobot:
+        robots.append(FakeRobot(**kwargs))
+        return robots[-1]
+
+    try:
+        yield make
+    finally:
+        for robot in robots:
+            robot.close()
+
+
+def base_params(model_path: Path, **overrides: object) -> dict[str, object]:
+    params: dict[str, object] = {"model_path": str(model_path), "providers": ["CPUExecutionProvider"], "warmup": 1}
+    params.update(overrides)
+    return params
+
+
+def test_stream_rate_and_shuffled_joint_order(model_path, node_process, robot_factory):
+    """Stream mode sends one command per tick at ~50 Hz, and joint states in a shuffled order are
+    matched by name: with a tiny velocity limit every command stays within k·v·dt of the measured
+    position of the SAME joint (model order), which a positional mix-up (0.2 rad apart) would break."""
+    robot = robot_factory(order=[3, 6, 0, 5, 1, 4, 2])
+    scale = 0.01
+    node_process(params=base_params(model_path, max_velocity_scale=scale, replan_every=4))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    time.sleep(0.5)
+    start = time.monotonic()
+    time.sleep(2.0)
+    window = robot.commands_between(start, start + 2.0)
+    assert 40 <= len(window) / 2.0 <= 55, f"command rate {len(window) / 2.0} Hz, expected ~50 Hz"
+    with robot.lock:
+        commands = [c for _, c in robot.commands]
+    step = np.array(IIWA_VELOCITY_LIMIT) * scale * DT
+    for k, command in enumerate(commands):
+        assert command.shape == (7,)
+        assert np.all(np.abs(command - POSITIONS) <= (k + 1) * step + 1e-9), f"command {k} {command} strays"
+    for previous, command in zip(commands, commands[1:]):
+        assert np.all(np.abs(command - previous) <= step + 1e-9)
+
+
+def test_trajectory_mode_publishes_one_trajectory_per_chunk(model_path, node_process, robot_factory):
+    """Trajectory mode publishes a JointTrajectory per new chunk (every replan_every=4 ticks: 12.5 Hz),
+    with model joint names, at most H points spaced dt apart, and stamps advancing by ~4 ticks."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path, execution="trajectory", replan_every=4))
+    robot.wait_for(lambda: len(robot.trajectories) > 0, 15.0, "the first trajectory")
+    time.sleep(0.5)
+    start = time.monotonic()
+    time.sleep(2.0)
+    with robot.lock:
+        window = [m for t, m in robot.trajectories if start <= t < start + 2.0]
+        assert not robot.commands
+    assert 10 <= len(window) / 2.0 <= 14, f"trajectory rate {len(window) / 2.0} Hz, expected ~12.5 Hz"
+    for msg in window:
+        assert list(msg.joint_names) == list(IIWA_JOINT_NAMES)
+        assert 1 <= len(msg.points) <= H
+        offsets = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        np.testing.assert_allclose(offsets, DT * np.arange(1, len(offsets) + 1), atol=1e-9)
+    stamps = np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in window])
+    assert np.all(np.diff(stamps) > 0)
+    assert np.median(np.diff(stamps)) == pytest.approx(4 * DT, abs=DT / 2)
+
+
+def test_stale_joint_states_stop_commands_then_recover(model_path, node_process, robot_factory):
+    """When joint states stop, commands stop within stale_timeout_s (+ a tick and transport slack)
+    and the state is 'stale'; when they return, commands resume and the state is 'running'."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path, stale_timeout_s=0.1))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    robot.mode = "pause"
+    paused = time.monotonic()
+    time.sleep(1.5)
+    assert robot.commands_between(paused + 0.25, paused + 1.5) == []
+    robot.wait_for(lambda: robot.diagnostics and robot.diagnostics[-1]["state"] == "stale", 3.0, "state stale")
+    robot.mode = "ok"
+    resumed = time.monotonic()
+    robot.wait_for(lambda: any(t > resumed for t, _ in robot.commands), 5.0, "commands after recovery")
+    robot.wait_for(lambda: robot.diagnostics[-1]["state"] == "running", 3.0, "state running")
+
+
+def test_nan_and_missing_joints_rejected_and_counted(model_path, node_process, robot_factory):
+    """JointStates with a NaN position or a missing model joint are rejected: no command is sent on
+    them (the node goes stale), and diagnostics count them as rejected messages."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    for mode in ("nan", "missing"):
+        robot.mode = mode
+        changed = time.monotonic()
+        time.sleep(1.2)
+        assert robot.commands_between(changed + 0.25, changed + 1.2) == [], f"commands sent on {mode} joint states"
+    robot.mode = "ok"
+    robot.wait_for(
+        lambda: robot.diagnostics and int(robot.diagnostics[-1]["rejected_messages"]) >= 150, 3.0,
+        "rejected_messages >= 150 (about 2 s of bad messages at 100 Hz)",
+    )
+    resumed = time.monotonic()
+    robot.wait_for(lambda: any(t > resumed for t, _ in robot.commands), 5.0, "commands after good data returns")
+
+
+def test_parameter_file_loads(model_path, node_process, robot_factory, tmp_path):
+    """config/policy.yaml declares exactly the node's parameters, and a parameter file given with
+    --params-file is applied: 25 Hz and temporal ensembling show in diagnostics and in the command rate."""
+    from flow_policy_ros.policy_node import _PARAMETERS, NODE_NAME
+
+    shipped = yaml.safe_load((REPO_ROOT / "config" / "policy.yaml").read_text())
+    declared = set(shipped[NODE_NAME]["ros__parameters"])
+    assert declared <= set(_PARAMETERS)
+    assert set(_PARAMETERS) - declared == {"lower_limits", "upper_limits", "velocity_limits"}
+
+    params = dict(shipped[NODE_NAME]["ros__parameters"])
+    params.update(model_path=str(model_path), control_rate_hz=25.0, chunking="temporal_ensemble",
+                  providers=["CPUExecutionProvider"], replan_every=2)
+    params_file = tmp_path / "policy.yaml"
+    params_file.write_text(yaml.safe_dump({NODE_NAME: {"ros__parameters": params}}))
+    robot = robot_factory()
+    node_process(params_file=params_file)
+    robot.wait_for(lambda: len(robot.commands) > 0 and robot.diagnostics, 15.0, "commands and diagnostics")
+    start = time.monotonic()
+    time.sleep(2.0)
+    rate = len(robot.commands_between(start, start + 2.0)) / 2.0
+    assert 20 <= rate <= 28, f"command rate {rate} Hz, expected ~25 Hz"
+    with robot.lock:
+        diag = robot.diagnostics[-1]
+    assert diag["control_rate_hz"] == "25"
+    assert diag["chunking"] == "temporal_ensemble"
+    assert diag["active_provider"] == "CPUExecutionProvider"
+    print("diagnostics:", diag)
