@@ -449,6 +449,7 @@ class PolicyNode(Node):
             "inference_latency_p99_ms": f"{_percentile(self._inference_s, 99) * 1e3:.3f}",
             "tick_jitter_p99_ms": f"{_percentile(self._jitter_s, 99) * 1e3:.3f}",
             "obs_to_command_latency_p50_ms": f"{_percentile(self._obs_to_cmd_s, 50) * 1e3:.3f}",
+            "obs_to_command_latency_p99_ms": f"{_percentile(self._obs_to_cmd_s, 99) * 1e3:.3f}",
             "deadline_misses": str(self.deadline_misses),
             "rejected_messages": str(self.rejected),
             "chunks_received": str(self.chunks_received),

@@ -165,6 +165,11 @@ def test_stream_rate_and_shuffled_joint_order(model_path, node_process, robot_fa
         assert np.all(np.abs(command - POSITIONS) <= (k + 1) * step + 1e-9), f"command {k} {command} strays"
     for previous, command in zip(commands, commands[1:]):
         assert np.all(np.abs(command - previous) <= step + 1e-9)
+    robot.wait_for(lambda: bool(robot.diagnostics), 3.0, "diagnostics")
+    with robot.lock:
+        diag = robot.diagnostics[-1]
+    assert diag["state"] == "running" and diag["rejected_messages"] == "0"
+    print("diagnostics at 50 Hz:", diag)
 
 
 def test_trajectory_mode_publishes_one_trajectory_per_chunk(model_path, node_process, robot_factory):
@@ -255,3 +260,45 @@ def test_parameter_file_loads(model_path, node_process, robot_factory, tmp_path)
     assert diag["chunking"] == "temporal_ensemble"
     assert diag["active_provider"] == "CPUExecutionProvider"
     print("diagnostics:", diag)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_inference_worker_returns_result_or_error(fails):
+    """The inference thread hands back the chunk with its observation tick, or the exception as an
+    error string (the node then holds); a second request while busy is refused."""
+    from flow_policy_ros.policy_node import InferenceWorker
+
+    release = threading.Event()
+
+    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
+        release.wait(5.0)
+        if fails:
+            raise RuntimeError("boom")
+        return np.full((H, 7), guidance) + observation[0]
+
+    worker = InferenceWorker(predict)
+    try:
+        assert worker.submit(np.array([1.0]), tick=7, obs_received_ns=123, guidance_scale=2.0)
+        assert not worker.submit(np.array([1.0]), tick=8, obs_received_ns=124, guidance_scale=2.0)
+        assert worker.poll() is None
+        release.set()
+        deadline = time.monotonic() + 5.0
+        while (result := worker.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert result is not None and result.tick == 7 and result.obs_received_ns == 123
+        if fails:
+            assert result.actions is None and result.error == "RuntimeError: boom"
+        else:
+            assert result.error is None and np.all(result.actions == 3.0)
+        assert not worker.busy
+    finally:
+        worker.stop()
+
+
+def test_launch_file_compiles_and_uses_installed_config():
+    """launch/policy.launch.py is valid Python and takes its parameters from the installed share directory
+    (launch_ros is not installed here, so it cannot be run)."""
+    source = (REPO_ROOT / "launch" / "policy.launch.py").read_text()
+    compile(source, "policy.launch.py", "exec")
+    assert 'get_package_share_directory("flow_policy_ros")' in source
+    assert '"config", "policy.yaml"' in source
