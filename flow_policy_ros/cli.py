@@ -79,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: Exception) -> bool:
     """Errors caused by bad input (one line, exit 2) as opposed to bugs (traceback)."""
+    # imported by module path: under `python -m flow_policy_ros.cli` this file is __main__
+    from flow_policy_ros.cli import CliError as PackageCliError
     from flow_policy_ros.config import ConfigError
     from flow_policy_ros.errors import FlowPolicyError
 
-    return isinstance(exc, (CliError, ConfigError, FlowPolicyError, FileNotFoundError))
+    return isinstance(exc, (CliError, PackageCliError, ConfigError, FlowPolicyError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def step_times(steps: int) -> list[float]:
 @torch.no_grad()
 def step_time_features(model: VelocityNet, steps: int) -> torch.Tensor:
     """``model.time_features`` at every Euler time: (steps, width)."""
-    t = torch.tensor(step_times(steps), dtype=torch.float32)
+    t = torch.tensor(step_times(steps), dtype=model.null_condition.dtype)
     return model.time_features(t)
 
 

@@ -1,0 +1,158 @@
+"""Training: a toy bimodal task is learned as two modes, runs are reproducible and resumable,
+checkpoints round-trip exactly, and torchrun DDP works with two CPU processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flow_policy_ros.checkpoint import load_checkpoint, save_checkpoint
+from flow_policy_ros.config import ExperimentConfig, ObservationSpec, PolicyConfig, TrainConfig
+from flow_policy_ros.dataset import Windows
+from flow_policy_ros.errors import CheckpointError
+from flow_policy_ros.export import sampler_from_checkpoint
+from flow_policy_ros.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_config(steps: int, **train_overrides) -> ExperimentConfig:
+    """One joint, observation = [q, goal xyz] (obs_dim 4), chunk of H = 2 actions."""
+    policy = PolicyConfig(
+        observation=ObservationSpec(joint_names=("j",), fields=("joint_positions", "goal")),
+        action_joint_names=("j",),
+        horizon=2,
+        euler_steps=10,
+        hidden_dim=64,
+        num_layers=2,
+        limits={"lower": [-5.0], "upper": [5.0], "velocity": [10.0]},
+    )
+    train_cfg = TrainConfig(steps=steps, batch_size=256, lr=3e-3, checkpoint_every=max(1, steps // 2), log_every=10,
+                            ema_decay=0.99, **train_overrides)
+    return ExperimentConfig(policy=policy, train=train_cfg)
+
+
+def bimodal_windows(path: Path, n: int = 4000, seed: int = 0) -> Path:
+    """Per observation c = goal x in [0, 1]: the chunk is +(1 + c) or -(1 + c), equally likely.
+    The conditional mean is 0, which no demonstration ever does."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0.0, 1.0, size=n)
+    sign = rng.choice([-1.0, 1.0], size=n)
+    obs = np.stack([rng.normal(0, 0.1, n), c, np.zeros(n), np.zeros(n)], axis=1).astype(np.float32)
+    value = sign * (1.0 + c)
+    actions = np.repeat(value[:, None, None], 2, axis=1).astype(np.float32)
+    Windows(obs, actions, np.arange(n), {"source": "toy bimodal"}).save_npz(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toy")
+    data = bimodal_windows(tmp / "toy.npz")
+    result = train(data, toy_config(1500), tmp / "run", progress=False)
+    return tmp, data, result
+
+
+@pytest.mark.slow
+def test_bimodal_training_recovers_both_modes_not_their_mean(toy_run):
+    tmp, _, result = toy_run
+    sampler = sampler_from_checkpoint(load_checkpoint(result.checkpoint_path))
+    gen = torch.Generator().manual_seed(7)
+    for c in (0.2, 0.8):
+        obs = torch.tensor([[0.0, c, 0.0, 0.0]]).repeat(400, 1)
+        noise = torch.randn(400, 2, 1, generator=gen)
+        with torch.no_grad():
+            samples = sampler(obs, noise, torch.ones(1))[:, 0, 0].numpy()
+        target = 1.0 + c
+        near_plus = np.mean(np.abs(samples - target) < 0.25)
+        near_minus = np.mean(np.abs(samples + target) < 0.25)
+        near_mean = np.mean(np.abs(samples) < 0.5)
+        assert near_plus > 0.3 and near_minus > 0.3, (c, near_plus, near_minus)
+        assert near_plus + near_minus > 0.85, (c, near_plus, near_minus)
+        assert near_mean < 0.05, (c, near_mean)
+    assert (tmp / "run" / "loss.png").stat().st_size > 1000
+    assert (tmp / "run" / "train_summary.json").is_file()
+
+
+def test_same_seed_gives_the_same_weights_and_resume_continues_exactly(tmp_path):
+    data = bimodal_windows(tmp_path / "toy.npz", n=500)
+    first = train(data, toy_config(40), tmp_path / "a", progress=False)
+    second = train(data, toy_config(40), tmp_path / "b", progress=False)
+    a, b = load_checkpoint(first.checkpoint_path), load_checkpoint(second.checkpoint_path)
+    for key in a.ema_state:
+        assert torch.equal(a.ema_state[key], b.ema_state[key]), key
+
+    half = train(data, toy_config(40), tmp_path / "c", progress=False).checkpoint_path.parent / "step_0000020.pt"
+    resumed = train(data, toy_config(40), tmp_path / "d", resume=half, progress=False)
+    c = load_checkpoint(resumed.checkpoint_path)
+    assert c.step == 40
+    for key in a.model_state:
+        assert torch.equal(a.model_state[key], c.model_state[key]), key
+
+    other = train(data, toy_config(40, seed=1), tmp_path / "e", progress=False)
+    d = load_checkpoint(other.checkpoint_path)
+    assert not torch.equal(a.model_state["input_proj.weight"], d.model_state["input_proj.weight"])
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    data = bimodal_windows(tmp_path / "toy.npz", n=300)
+    ckpt = load_checkpoint(train(data, toy_config(5), tmp_path / "run", progress=False).checkpoint_path)
+    save_checkpoint(tmp_path / "copy.pt", ckpt)
+    again = load_checkpoint(tmp_path / "copy.pt")
+    assert again.config == ckpt.config
+    assert again.step == ckpt.step
+    np.testing.assert_array_equal(again.stats.act_scale, ckpt.stats.act_scale)
+    for key in ckpt.model_state:
+        assert torch.equal(again.model_state[key], ckpt.model_state[key])
+    assert again.data_summary == ckpt.data_summary
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a flow_policy_ros checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"format": "flow_policy_ros.checkpoint", "version": 1, "config": {}, "model": {}, "ema": {}}, tmp_path / "nostats.pt")
+    with pytest.raises(CheckpointError, match="lacks 'stats'"):
+        load_checkpoint(tmp_path / "nostats.pt")
+
+
+def test_train_cli_rejects_missing_data(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flow_policy_ros.cli", "train", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_with_two_cpu_processes(tmp_path):
+    """Two gloo ranks train a few steps; rank 0 alone writes the checkpoint."""
+    data = bimodal_windows(tmp_path / "toy.npz", n=500)
+    config = tmp_path / "toy.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(toy_config(6).to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*torchrun, "-m", "flow_policy_ros.cli", "train", str(data), "--config", str(config),
+         "--out", str(tmp_path / "ddp"), "--no-progress"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt.step == 6
+    assert ckpt.data_summary["world_size"] == 2
+    assert proc.stdout.count("trained 6 steps") == 1  # only rank 0 reports
