@@ -119,7 +119,7 @@ _PARAMETERS: dict[str, tuple] = {
     "chunking": ("receding_horizon", ParameterType.PARAMETER_STRING,
                  "'receding_horizon' (open loop, default) or 'temporal_ensemble' (ACT-style averaging)", True, None),
     "ensemble_decay": (DEFAULT_ENSEMBLE_DECAY, ParameterType.PARAMETER_DOUBLE,
-                       "temporal ensembling m in w = exp(-m * age index); > 0 favours older chunks", True,
+                       "temporal ensembling m in w = exp(-m * chunk start tick); > 0 favours older chunks", True,
                        _float_range(-1.0, 1.0)),
     "guidance_scale": (1.0, ParameterType.PARAMETER_DOUBLE,
                        "classifier-free guidance weight w (1 = conditional); may change at run time", False,

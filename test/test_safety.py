@@ -135,3 +135,36 @@ def test_limiter_refuses_nan_measurement():
     """No command can be checked against a NaN measurement."""
     with pytest.raises(SafetyError, match="measured"):
         CommandLimiter(LIMITS, DT).limit([0.0, 0.0], [np.nan, 0.0])
+
+
+@pytest.mark.parametrize("mode", ["receding_horizon", "temporal_ensemble"])
+def test_adversarial_chunks_through_scheduler_and_limiter(mode):
+    """Wild random chunks (huge values, NaN), arriving late at random, scheduled and limited as the node
+    does, never give a command outside the position limits or more than v*dt from the previous one."""
+    from flow_policy_ros.chunking import ActionChunk, make_scheduler
+
+    rng = np.random.default_rng(2)
+    horizon, dt = 8, 0.02
+    limits = SafetyLimits([-2.9, -2.0, -1.0], [2.9, 2.0, 1.5], [1.5, 1.5, 0.5])
+    scheduler = make_scheduler(mode, horizon, 3)
+    limiter = CommandLimiter(limits, dt)
+    measured = np.zeros(3)
+    previous = None
+    pending: list[tuple[int, ActionChunk]] = []
+    for tick in range(3000):
+        for _, c in [p for p in pending if p[0] <= tick]:
+            scheduler.add_chunk(c, tick)
+        pending = [p for p in pending if p[0] > tick]
+        if not pending and scheduler.due(tick):
+            actions = rng.normal(0.0, 10.0, (horizon, 3))
+            actions[rng.random((horizon, 3)) < 0.02] = np.nan
+            pending.append((tick + int(rng.integers(0, horizon + 3)), ActionChunk(actions, tick)))
+        measured = measured + rng.normal(0.0, 0.05, 3)
+        action = scheduler.action_at(tick)
+        if action is None:
+            continue
+        command = limiter.limit(action, measured)
+        assert np.all(command >= limits.lower) and np.all(command <= limits.upper)
+        if previous is not None:
+            assert np.all(np.abs(command - previous) <= limits.velocity * dt + 1e-12)
+        previous = command
