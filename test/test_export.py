@@ -1,0 +1,127 @@
+"""Export: one self-contained ONNX graph, unrolled, with metadata, parity-checked; bad input
+fails with one line and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from model_factory import make_checkpoint
+
+from flow_policy_ros.checkpoint import file_sha256, load_checkpoint
+from flow_policy_ros.export import export_checkpoint, sampler_from_checkpoint
+from flow_policy_ros.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime import OnnxPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flow_policy_ros", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = make_checkpoint(tmp / "policy.pt", seed=3, horizon=16, euler_steps=10, hidden_dim=48, num_layers=2)
+    proc = run_cli("export", str(ckpt), "--out", str(tmp / "policy.onnx"), "--json", str(tmp / "export.json"))
+    assert proc.returncode == 0, proc.stderr
+    return tmp, ckpt, tmp / "policy.onnx", proc
+
+
+def test_graph_meets_the_contract(exported):
+    _, _, path, _ = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    assert not {n.op_type for n in model.graph.node} & {"Loop", "If", "Scan"}
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert [i.name for i in model.graph.input] == ["observation", "noise", "guidance_scale"]
+    assert [o.name for o in model.graph.output] == ["actions"]
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim]
+    assert dims[1:] == [16, 7] and isinstance(dims[0], str)  # dynamic batch
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_metadata_round_trip(exported):
+    _, ckpt, path, _ = exported
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = PolicyMetadata.from_json(props[METADATA_KEY])
+    config = load_checkpoint(ckpt).config.policy
+    assert meta.observation == config.observation
+    assert meta.action_joint_names == config.action_joint_names
+    assert (meta.horizon, meta.action_dim, meta.euler_steps) == (16, 7, 10)
+    assert meta.limits == config.limits
+    assert meta.control_period_s == config.control_period_s
+    assert meta.checkpoint_sha256 == file_sha256(ckpt)
+    assert PolicyMetadata.from_json(meta.to_json()) == meta
+
+
+def test_parity_report_is_printed_and_small(exported):
+    tmp, _, _, proc = exported
+    report = json.loads((tmp / "export.json").read_text())
+    assert len(report["parity"]) == 6
+    assert {(r["guidance_scale"], r["batch"]) for r in report["parity"]} == {(w, b) for w in (0.0, 1.0, 2.0) for b in (1, 8)}
+    assert report["max_abs_diff"] < 1e-4
+    assert "parity" in proc.stdout and "OK" in proc.stdout
+
+
+def test_onnx_runtime_matches_pytorch_sampler_and_guidance_changes_output(exported):
+    _, ckpt, path, _ = exported
+    policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
+    sampler = sampler_from_checkpoint(load_checkpoint(ckpt))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(0, 0.5, (5, 17)).astype(np.float32)
+    noise = rng.standard_normal((5, 16, 7)).astype(np.float32)
+    outputs = {}
+    for w in (0.0, 1.0, 3.0):
+        onnx_out = policy.predict(obs, noise, guidance_scale=w)
+        with torch.no_grad():
+            torch_out = sampler(torch.from_numpy(obs), torch.from_numpy(noise), torch.tensor([w])).numpy()
+        np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=0)
+        outputs[w] = onnx_out
+    assert np.max(np.abs(outputs[0.0] - outputs[3.0])) > 1e-3  # w is a live input, not folded
+
+
+def test_regression_checkpoint_exports_a_noise_independent_graph(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "reg.pt", objective="regression")
+    export_checkpoint(ckpt, tmp_path / "reg.onnx")
+    policy = OnnxPolicy(tmp_path / "reg.onnx")
+    obs = np.zeros(17, np.float32)
+    assert policy.metadata.objective == "regression" and policy.metadata.euler_steps == 1
+    np.testing.assert_array_equal(policy.predict(obs), policy.predict(obs))
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "checkpoint file not found"),
+        ("corrupt", "not a readable checkpoint"),
+        ("foreign", "not a flow_policy_ros checkpoint"),
+        ("no_dir", "does not exist"),
+    ],
+)
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, case, expected):
+    ckpt = tmp_path / "c.pt"
+    out = tmp_path / "out.onnx"
+    if case == "corrupt":
+        good = make_checkpoint(tmp_path / "good.pt")
+        ckpt.write_bytes(good.read_bytes()[:2000])
+    elif case == "foreign":
+        torch.save({"model": {}}, ckpt)
+    elif case == "no_dir":
+        ckpt = make_checkpoint(ckpt)
+        out = tmp_path / "missing_dir" / "out.onnx"
+    proc = run_cli("export", str(ckpt), "--out", str(out))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
