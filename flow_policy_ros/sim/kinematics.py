@@ -14,6 +14,7 @@ effector point is the origin of link ``lbr_iiwa_link_7`` (the flange frame).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,8 +58,8 @@ def check_joint_order(client: bullet_client.BulletClient, body: int) -> None:
 
 
 def min_self_distance(client: bullet_client.BulletClient, body: int, margin: float = 0.0) -> float:
-    """Smallest signed distance (m) between non-adjacent links, or ``margin`` if all are farther."""
-    best = margin
+    """Smallest signed distance (m) between non-adjacent links; ``inf`` if all are farther than ``margin``."""
+    best = math.inf
     for a, b in SELF_COLLISION_PAIRS:
         for point in client.getClosestPoints(body, body, margin, linkIndexA=a, linkIndexB=b):
             best = min(best, point[8])
@@ -106,7 +107,7 @@ class IiwaKinematics:
         return np.asarray(state[4], dtype=np.float64)
 
     def self_distance(self, q: Sequence[float], margin: float = 0.05) -> float:
-        """Smallest distance (m) between non-adjacent links at ``q``; negative = penetration."""
+        """Smallest distance (m) between non-adjacent links at ``q`` (negative = penetration; inf beyond ``margin``)."""
         self._pose(np.asarray(q, dtype=np.float64))
         return min_self_distance(self._client, self._body, margin)
 
