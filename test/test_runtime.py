@@ -1,0 +1,162 @@
+"""OnnxPolicy: real ONNX Runtime sessions on real exported models; every refusal names the problem."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from model_factory import make_tiny_model
+
+from flow_policy_ros.errors import ModelFileError, ObservationError
+from flow_policy_ros.metadata import METADATA_KEY
+from flow_policy_ros.runtime import CPU, OnnxPolicy, active_provider, choose_providers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("rt") / "tiny.onnx", seed=1)
+
+
+def _rewrite_metadata(src: Path, dst: Path, edit) -> Path:
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    del model.metadata_props[:]
+    new = edit(props)
+    for key, value in new.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_predict_shapes_units_and_determinism(model_path):
+    policy = OnnxPolicy(model_path, providers=[CPU], seed=5)
+    meta = policy.metadata
+    obs = np.zeros(meta.obs_dim, np.float32)
+    single = policy.predict(obs)
+    assert single.shape == (meta.horizon, meta.action_dim) and single.dtype == np.float32
+    batch = policy.predict(np.zeros((3, meta.obs_dim)))
+    assert batch.shape == (3, meta.horizon, meta.action_dim)
+    again = OnnxPolicy(model_path, providers=[CPU], seed=5)
+    np.testing.assert_array_equal(again.predict(obs), single)  # same seed, same noise stream
+    noise = np.ones((meta.horizon, meta.action_dim), np.float32)
+    np.testing.assert_array_equal(policy.predict(obs, noise=noise), again.predict(obs, noise=noise))
+    assert policy.metadata.model_hash and len(policy.metadata.model_hash) == 64
+
+
+def test_guidance_scale_defaults_to_metadata_and_is_changeable(model_path):
+    policy = OnnxPolicy(model_path, providers=[CPU])
+    obs = np.full(policy.metadata.obs_dim, 0.3, np.float32)
+    noise = policy.sample_noise()
+    default = policy.predict(obs, noise)
+    np.testing.assert_array_equal(default, policy.predict(obs, noise, guidance_scale=policy.metadata.guidance_scale))
+    assert np.max(np.abs(default - policy.predict(obs, noise, guidance_scale=3.0))) > 1e-4
+
+
+def test_observation_errors(model_path):
+    policy = OnnxPolicy(model_path, providers=[CPU])
+    dim = policy.metadata.obs_dim
+    with pytest.raises(ObservationError, match=rf"expected \({dim},\)"):
+        policy.predict(np.zeros(dim + 1))
+    with pytest.raises(ObservationError, match="expected"):
+        policy.predict(np.zeros((2, 2, dim)))
+    bad = np.zeros(dim)
+    bad[4] = np.nan
+    with pytest.raises(ObservationError, match=r"NaN/inf at index \[4\]"):
+        policy.predict(bad)
+    bad[4] = np.inf
+    with pytest.raises(ObservationError, match="NaN/inf"):
+        policy.predict(bad)
+    with pytest.raises(ObservationError, match="noise shape"):
+        policy.predict(np.zeros(dim), noise=np.zeros((2, 2)))
+    with pytest.raises(ObservationError, match="not finite"):
+        policy.predict(np.zeros(dim), guidance_scale=float("nan"))
+
+
+def test_file_errors(tmp_path, model_path):
+    with pytest.raises(ModelFileError, match="model file not found"):
+        OnnxPolicy(tmp_path / "missing.onnx")
+    (tmp_path / "text.onnx").write_text("this is not a protobuf")
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        OnnxPolicy(tmp_path / "text.onnx")
+    (tmp_path / "cut.onnx").write_bytes(model_path.read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        OnnxPolicy(tmp_path / "cut.onnx")
+
+
+def test_metadata_errors(tmp_path, model_path):
+    no_meta = _rewrite_metadata(model_path, tmp_path / "a.onnx", lambda p: {})
+    with pytest.raises(ModelFileError, match="metadata key 'flow_policy' missing"):
+        OnnxPolicy(no_meta)
+    not_json = _rewrite_metadata(model_path, tmp_path / "b.onnx", lambda p: {METADATA_KEY: "{oops"})
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        OnnxPolicy(not_json)
+
+    def edit(field, value):
+        def apply(props):
+            data = json.loads(props[METADATA_KEY])
+            if value is None:
+                del data[field]
+            else:
+                data[field] = value
+            return {METADATA_KEY: json.dumps(data)}
+        return apply
+
+    cases = [
+        ("horizon", None, r"lacks field\(s\) \['horizon'\]"),
+        ("format_version", 99, "format_version 99"),
+        ("action_dim", 6, "action_dim 6 but 7 action joints"),
+        ("horizon", 5, r"input 'noise' has shape \[B, \[8, 7\]\] but the metadata says \[B, \[5, 7\]\]"),
+        ("limits", {"lower": [0.0], "upper": [1.0], "velocity": [1.0]}, "limits cover 1 joints"),
+        ("observation", {"joint_names": ["a"], "fields": ["teleport"]}, "unknown field 'teleport'"),
+    ]
+    for i, (field, value, message) in enumerate(cases):
+        path = _rewrite_metadata(model_path, tmp_path / f"c{i}.onnx", edit(field, value))
+        with pytest.raises(ModelFileError, match=message):
+            OnnxPolicy(path)
+
+
+def test_provider_preference_logic():
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+    assert choose_providers(None, gpu_build) == ["CUDAExecutionProvider", CPU]
+    assert choose_providers(["CUDAExecutionProvider"], gpu_build) == ["CUDAExecutionProvider", CPU]
+    assert choose_providers([CPU], gpu_build) == [CPU]
+    assert choose_providers(None, [CPU]) == [CPU]  # a CPU-only build: CUDA silently absent, CPU chosen
+    with pytest.raises(ModelFileError, match="none of the requested providers"):
+        choose_providers(["NoSuchExecutionProvider"], gpu_build)
+    # the session's active list decides, not the request
+    assert active_provider(["CUDAExecutionProvider", CPU], ["CUDAExecutionProvider", CPU]) == "CUDAExecutionProvider"
+    assert active_provider([CPU], ["CUDAExecutionProvider", CPU]) == CPU
+
+
+def test_cuda_requested_without_a_gpu_falls_back_to_cpu_visibly(model_path):
+    """Real session on this GPU-less machine: onnxruntime-gpu lists CUDA as available, the
+    session cannot use it, and the policy reports the CPU provider as active. On a machine
+    with a working GPU the same call reports CUDAExecutionProvider (not testable here)."""
+    import onnxruntime as ort
+
+    policy = OnnxPolicy(model_path, providers=["CUDAExecutionProvider", CPU])
+    assert policy.active_provider == policy.session.get_providers()[0]
+    if "CUDAExecutionProvider" not in policy.session.get_providers():
+        assert policy.active_provider == CPU
+    assert "CUDAExecutionProvider" in policy.requested_providers or "CUDAExecutionProvider" not in ort.get_available_providers()
+
+
+def test_runtime_imports_neither_torch_nor_pybullet(model_path):
+    code = (
+        "import sys, numpy as np\n"
+        "from flow_policy_ros.runtime import OnnxPolicy\n"
+        f"p = OnnxPolicy({str(model_path)!r}, providers=['CPUExecutionProvider'])\n"
+        "p.predict(np.zeros(p.metadata.obs_dim))\n"
+        "print('torch' in sys.modules, 'pybullet' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False False"
