@@ -49,7 +49,7 @@ def test_expert_succeeds_and_takes_its_side(env: SimEnv, expert: ScriptedExpert,
     meta = recording.metadata
     assert meta["success"] and not meta["self_collision"] and not meta["obstacle_contact"]
     assert meta["clipped_commands"] == 0
-    assert 1.0 <= meta["expert_motion_s"] <= 4.0
+    assert 2.0 <= meta["expert_motion_s"] <= 4.0
     assert meta["final_distance_m"] < 0.005  # it holds at the goal
     if task == "reach_around":
         assert meta["route"] == meta["expert_side"]

@@ -8,8 +8,9 @@ piecewise quintic in joint space with zero acceleration at every waypoint, zero 
 the ends and heuristic velocities at via points (mean of the neighbouring segment slopes, zero
 where they change sign), so the motion is C2 and passes the via points without stopping.
 Durations are scaled so that the fastest joint peaks at :data:`PEAK_VELOCITY_FRACTION` of the
-velocity limit (1.5 rad/s): brisk (1-3.5 s of motion), never over the limit. After the last
-waypoint the expert holds the goal until the episode ends, so a policy learns to stop.
+velocity limit (1.5 rad/s), with at least :data:`MIN_MOTION_S`: 2-3.7 s of motion (reach
+2.0-3.0 s, reach_around 2.1-3.6 s over 200 seeds), never over the limit. After the last
+waypoint the expert holds the goal until the episode ends (6 s), so a policy learns to stop.
 
 Commands follow the project convention: at tick k the expert commands the trajectory's value
 at the next tick time t_{k+1}.
@@ -26,9 +27,9 @@ from flow_policy_ros.sim.kinematics import IiwaKinematics
 from flow_policy_ros.sim.tasks import NOMINAL_START_EE, EpisodeSpec, route_frame
 
 #: The fastest joint's peak speed as a fraction of its velocity limit.
-PEAK_VELOCITY_FRACTION = 0.9
+PEAK_VELOCITY_FRACTION = 0.55
 #: Shortest motion (s): keeps tiny reaches smooth instead of twitchy.
-MIN_MOTION_S = 1.0
+MIN_MOTION_S = 2.0
 #: reach_around via points: lateral distance (m) of the EE path from the obstacle axis and
 #: half the along-track spacing (m) of the two via points around the obstacle's centre.
 VIA_LATERAL_M = 0.17
