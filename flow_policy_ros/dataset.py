@@ -169,7 +169,7 @@ def observations_at(rec: EpisodeRecording, ticks_ns: np.ndarray, policy_cfg: Pol
     return out
 
 
-def _observable(rec: EpisodeRecording, ticks_ns: np.ndarray, policy_cfg: PolicyConfig) -> np.ndarray:
+def observable_mask(rec: EpisodeRecording, ticks_ns: np.ndarray, policy_cfg: PolicyConfig) -> np.ndarray:
     """Boolean mask (K,) of ticks where every observation field is defined (a contiguous run)."""
     start = rec.joint_times_ns[0]
     if "goal" in policy_cfg.observation.fields:
@@ -191,7 +191,7 @@ def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data
         raise DatasetError(f"{source}: no joint states recorded")
     try:
         ticks, actions = action_ticks(rec, policy_cfg, data_cfg, source)
-        keep = np.flatnonzero(_observable(rec, ticks, policy_cfg))
+        keep = np.flatnonzero(observable_mask(rec, ticks, policy_cfg))
         h, a = policy_cfg.horizon, policy_cfg.action_dim
         if len(keep) == 0:
             return Windows(np.zeros((0, policy_cfg.obs_dim)), np.zeros((0, h, a)), np.zeros(0), empty_summary)
@@ -321,5 +321,5 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
 
 __all__ = [
     "CACHE_VERSION", "DatasetError", "Windows", "action_ticks", "cache_key", "chunk_indices", "default_cache_dir",
-    "find_episodes", "load_training_data", "observations_at", "windows_from_directory", "windows_from_recording",
+    "find_episodes", "load_training_data", "observable_mask", "observations_at", "windows_from_directory", "windows_from_recording",
 ]

@@ -1,0 +1,265 @@
+"""flow-policy replay on real bags with real ONNX Runtime sessions: round trips, a known answer,
+joint maps, trajectories as commands and every bad-input case."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_factory import make_tiny_model
+
+from flow_policy_ros import bag as bagio
+from flow_policy_ros.cli import main
+from flow_policy_ros.config import IIWA_JOINT_NAMES
+from flow_policy_ros.errors import BagError
+from flow_policy_ros.replay import replay_bag, trajectory_to_tick_commands
+from flow_policy_ros.runtime import OnnxPolicy
+
+EPOCH = 1_700_000_000_000_000_000
+MODEL_NAMES = list(IIWA_JOINT_NAMES)
+DRIVER_NAMES = [f"lbr_joint_{i}" for i in range(7)]
+GOAL = np.array([0.4, -0.2, 0.6])
+DT_NS = 20_000_000  # tiny model's control period (0.02 s)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", seed=3)
+
+
+def synthetic_bag(path: Path, storage: str = "mcap", seconds: float = 2.0, names: list[str] = MODEL_NAMES,
+                  shuffle: bool = True, goal: bool = True, commands: bool = True, seed: int = 0) -> Path:
+    """Joint states at ~100 Hz (±2 ms jitter, shuffled order per message), goal, commands at 50 Hz (±1 ms)."""
+    rng = np.random.default_rng(seed)
+    n_js = int(seconds * 100)
+    t_js = EPOCH + 10_000_000 * np.arange(n_js) + rng.integers(-2_000_000, 2_000_000, n_js)
+    t_js[0] = EPOCH - 5_000_000
+    phase = rng.uniform(0, 2 * np.pi, 7)
+    shuffler = np.random.default_rng(seed + 100)  # its own stream: shuffling leaves the data identical
+
+    def q(t: np.ndarray) -> np.ndarray:
+        s = (np.asarray(t) - EPOCH)[:, None] * 1e-9
+        return 0.5 * np.sin(1.3 * s + phase)
+
+    with bagio.BagWriter(path, storage) as writer:
+        if goal:
+            writer.write("/goal", bagio.POINT_STAMPED, bagio.point_stamped_msg(EPOCH - 10_000_000, GOAL), EPOCH - 10_000_000)
+        for t, pos in zip(t_js, q(t_js)):
+            order = shuffler.permutation(7) if shuffle else np.arange(7)
+            vel = 0.65 * np.cos(np.arcsin(np.clip(pos / 0.5, -1, 1)))
+            writer.write("/joint_states", bagio.JOINT_STATE,
+                         bagio.joint_state_msg(int(t), [names[i] for i in order], pos[order], vel[order]), int(t))
+        if commands:
+            t_cmd = EPOCH + DT_NS * np.arange(int(seconds * 50) - 1) + rng.integers(-1_000_000, 1_000_000, int(seconds * 50) - 1)
+            for t, cmd in zip(t_cmd, q(t_cmd + DT_NS)):
+                writer.write("/commands", bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(cmd), int(t))
+    return path
+
+
+def policy_recorded_bag(path: Path, model: Path, noise_seed: int, ticks: int = 60, storage: str = "mcap",
+                        commands: bool = True, trajectory: bool = True) -> Path:
+    """Run the policy every tick on synthetic joint states (noise from its own seeded stream) and record
+    the states, the goal and its output: first actions on /commands, whole chunks on /joint_trajectory."""
+    policy = OnnxPolicy(model, seed=noise_seed, warmup=0)
+    meta = policy.metadata
+    slices = meta.observation.field_slices()
+    rng = np.random.default_rng(1)
+    phase = rng.uniform(0, 2 * np.pi, 7)
+    with bagio.BagWriter(path, storage) as writer:
+        writer.write("/goal", bagio.POINT_STAMPED, bagio.point_stamped_msg(EPOCH, GOAL), EPOCH)
+        for k in range(ticks + 1):
+            t = EPOCH + k * DT_NS
+            q, qd = 0.5 * np.sin(0.05 * k + phase), 1.25 * np.cos(0.05 * k + phase)
+            order = rng.permutation(7)
+            writer.write("/joint_states", bagio.JOINT_STATE,
+                         bagio.joint_state_msg(t, [MODEL_NAMES[i] for i in order], q[order], qd[order]), t)
+            if k == ticks:
+                break
+            obs = np.zeros(meta.obs_dim)
+            obs[slices["joint_positions"]], obs[slices["joint_velocities"]], obs[slices["goal"]] = q, qd, GOAL
+            chunk = policy.predict(obs).astype(np.float64)  # noise from the policy's own seeded stream
+            if commands:
+                writer.write("/commands", bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(chunk[0]), t)
+            if trajectory:
+                writer.write("/joint_trajectory", bagio.JOINT_TRAJECTORY,
+                             bagio.joint_trajectory_msg(t, MODEL_NAMES, chunk, meta.control_period_s), t)
+    return path
+
+
+def tree_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def run_replay(bags: list[Path], model: Path, out: Path, *extra: str) -> dict:
+    code = main(["replay", *map(str, bags), "--model", str(model), "--out", str(out), "--no-plots", *extra])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_trajectory_to_tick_commands_later_chunks_replace_earlier() -> None:
+    offsets = np.array([1, 2, 3]) * DT_NS
+    a = np.array([[1.0], [2.0], [3.0]])
+    b = np.array([[10.0], [20.0], [30.0]])
+    times, cmds = trajectory_to_tick_commands([0, 2 * DT_NS], [offsets, offsets], [a, b], 0.02)
+    assert times.tolist() == [0, DT_NS, 2 * DT_NS, 3 * DT_NS, 4 * DT_NS]
+    assert cmds[:, 0].tolist() == [1.0, 2.0, 10.0, 20.0, 30.0]
+
+
+def test_trajectory_to_tick_commands_rejects_unordered_chunks() -> None:
+    offsets = np.array([DT_NS])
+    with pytest.raises(BagError, match="order"):
+        trajectory_to_tick_commands([DT_NS, 0], [offsets, offsets], [np.ones((1, 1)), np.ones((1, 1))], 0.02)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_round_trip_shuffled_joint_order(tmp_path: Path, model: Path, storage: str) -> None:
+    shuffled = synthetic_bag(tmp_path / "shuffled", storage, shuffle=True)
+    ordered = synthetic_bag(tmp_path / "ordered", storage, shuffle=False)
+    before = tree_hash(shuffled)
+    code = main(["replay", str(shuffled), "--model", str(model), "--out", str(tmp_path / "out"), "--write-bag", "--seed", "5"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    reference = run_replay([ordered], model, tmp_path / "ref", "--seed", "5")
+    assert tree_hash(shuffled) == before  # the input is never modified
+    (rep,), (ref,) = report["bags"], reference["bags"]
+    assert rep["action_source"] == "commands" and rep["goal_source"] == "topic"
+    assert rep["decisions"] == ref["decisions"] == 99  # one per recorded command tick
+    assert rep["first_action"] == ref["first_action"] and rep["per_joint"] == ref["per_joint"]
+    assert set(rep["per_joint"]) == set(MODEL_NAMES)
+    assert len(rep["horizon"]["mae_rad"]) == 8 and rep["horizon"]["scored_decisions"][0] == 99
+    assert rep["seam_jerk"]["seam_mean_abs_rad_s3"] is not None
+    assert rep["latency_ms"]["batched_per_decision_mean"] > 0
+    for plot in rep["plots"]:
+        assert Path(plot).stat().st_size > 1000
+    out_bag = Path(rep["output_bag"]["path"])
+    topics = bagio.list_topics(out_bag)
+    assert topics["/policy/joint_trajectory"] == (bagio.JOINT_TRAJECTORY, 99)
+    for topic, summary in bagio.list_topics(shuffled).items():
+        assert topics[topic] == summary
+    assert any(out_bag.glob("*.mcap" if storage == "mcap" else "*.db3"))
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+
+
+def test_known_answer_policy_recording_replays_exactly(tmp_path: Path, model: Path) -> None:
+    recorded = policy_recorded_bag(tmp_path / "policy_bag", model, noise_seed=7)
+    same = run_replay([recorded], model, tmp_path / "same", "--seed", "7")["bags"][0]
+    assert same["action_source"] == "commands" and same["decisions"] == 60
+    assert same["first_action"]["max_abs_rad"] < 1e-5
+    other = run_replay([recorded], model, tmp_path / "other", "--seed", "8")["bags"][0]
+    assert other["first_action"]["mae_rad"] > 1e3 * max(same["first_action"]["mae_rad"], 1e-9)
+
+
+def test_known_answer_from_joint_trajectory_chunks_only(tmp_path: Path, model: Path) -> None:
+    recorded = policy_recorded_bag(tmp_path / "traj_bag", model, noise_seed=11, commands=False, storage="sqlite3")
+    rep = replay_bag(recorded, OnnxPolicy(model, warmup=0), seed=11)
+    assert rep.report["action_source"] == "trajectory"
+    # the last chunk's tail gives commands after the last joint state, so tick 60 is a decision too
+    assert rep.report["decisions"] == 61
+    np.testing.assert_allclose(rep.predicted[:60, 0], rep.decisions.targets[:60, 0], atol=1e-5)
+    # step i of decision k is the first action of decision k+i: chunks are replaced every tick
+    np.testing.assert_allclose(rep.decisions.targets[:52, 1], rep.predicted[1:53, 0], atol=1e-5)
+    assert rep.decisions.valid[:60].all()
+
+
+def test_joint_states_only_bag_with_goal_argument(tmp_path: Path, model: Path) -> None:
+    bag_path = synthetic_bag(tmp_path / "js_only", goal=False, commands=False)
+    report = run_replay([bag_path], model, tmp_path / "out", "--goal", *map(str, GOAL))
+    rep = report["bags"][0]
+    assert rep["action_source"] == "joint_states" and rep["goal_source"] == "argument"
+    assert rep["decisions"] > 90
+
+
+def test_joint_map_renames_driver_joints(tmp_path: Path, model: Path) -> None:
+    driver = synthetic_bag(tmp_path / "driver", names=DRIVER_NAMES, seed=2)
+    native = synthetic_bag(tmp_path / "native", names=MODEL_NAMES, seed=2)
+    joint_map = tmp_path / "map.yaml"
+    joint_map.write_text("".join(f"{d}: {m}\n" for d, m in zip(DRIVER_NAMES, MODEL_NAMES)))
+    mapped = run_replay([driver], model, tmp_path / "mapped", "--joint-map", str(joint_map))["bags"][0]
+    reference = run_replay([native], model, tmp_path / "ref")["bags"][0]
+    assert mapped["first_action"] == reference["first_action"]
+    assert mapped["per_joint"] == reference["per_joint"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _expect_error(capsys: pytest.CaptureFixture, argv: list[str], *fragments: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_joint_map_not_covering_model_joints(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
+    driver = synthetic_bag(tmp_path / "driver", names=DRIVER_NAMES)
+    joint_map = tmp_path / "map.yaml"
+    joint_map.write_text("".join(f"{d}: {m}\n" for d, m in zip(DRIVER_NAMES[:6], MODEL_NAMES[:6])))
+    _expect_error(capsys, ["replay", str(driver), "--model", str(model), "--out", str(tmp_path / "out"),
+                           "--joint-map", str(joint_map)], "does not cover", "lbr_iiwa_joint_7")
+    assert not (tmp_path / "out").exists()
+
+
+def _write(path: Path, messages: list[tuple[str, str, object, int]], storage: str = "mcap") -> Path:
+    with bagio.BagWriter(path, storage) as writer:
+        for topic, msgtype, msg, t in messages:
+            writer.write(topic, msgtype, msg, t)
+    return path
+
+
+def _bad_bags(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    good = synthetic_bag(tmp_path / "good", seconds=0.5)
+    truncated = synthetic_bag(tmp_path / "truncated", seconds=0.5)
+    mcap = next(truncated.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    js = bagio.joint_state_msg(EPOCH, MODEL_NAMES, np.zeros(7), np.zeros(7))
+    goal = bagio.point_stamped_msg(EPOCH, GOAL)
+    empty = tmp_path / "empty"
+    with bagio.BagWriter(empty, "mcap"):
+        pass
+    return {
+        "missing topic": (_write(tmp_path / "no_js", [("/goal", bagio.POINT_STAMPED, goal, EPOCH)]), ["/joint_states"]),
+        "wrong type": (_write(tmp_path / "wrong", [("/joint_states", bagio.POINT_STAMPED, goal, EPOCH)]),
+                       ["/joint_states", "expected sensor_msgs/msg/JointState"]),
+        "empty": (empty, ["empty bag"]),
+        "truncated": (truncated, ["truncated"]),
+        "unknown joints": (synthetic_bag(tmp_path / "driver", names=DRIVER_NAMES, seconds=0.5), ["unknown joint", "lbr_iiwa_joint_1"]),
+        "missing goal": (_write(tmp_path / "no_goal", [("/joint_states", bagio.JOINT_STATE, js, EPOCH)]), ["no goal", "--goal"]),
+        "not a bag": (tmp_path / "nope", ["no such bag"]),
+        "good": (good, []),
+    }
+
+
+def test_bad_inputs_one_line_errors_inputs_untouched(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
+    cases = _bad_bags(tmp_path)
+    for name, (bag_path, fragments) in cases.items():
+        if name == "good":
+            continue
+        before = tree_hash(bag_path) if bag_path.exists() else None
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        _expect_error(capsys, ["replay", str(bag_path), "--model", str(model), "--out", str(out)], *fragments)
+        assert not out.exists(), name
+        assert (tree_hash(bag_path) if bag_path.exists() else None) == before, name
+    good = cases["good"][0]
+    _expect_error(capsys, ["replay", str(good), "--model", str(model), "--out", str(good / "inside")], "inside the input bag")
+
+
+def test_write_bag_refuses_to_overwrite(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
+    bag_path = synthetic_bag(tmp_path / "b", seconds=0.5)
+    (tmp_path / "out" / "b.replay").mkdir(parents=True)
+    _expect_error(capsys, ["replay", str(bag_path), "--model", str(model), "--out", str(tmp_path / "out"), "--write-bag"],
+                  "already exists")
