@@ -434,6 +434,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="decisions per ONNX Runtime call")
     parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="ticks per chunk for the seam-jerk metric")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in preference order "
+                        "(default: CUDA if it works, else CPU)")
     parser.add_argument("--trajectory-topic", default=DEFAULT_TRAJECTORY_TOPIC, help="JointTrajectory chunks used as commands")
     parser.add_argument("--write-bag", action="store_true", help="also write <out>/<bag>.replay with the predicted chunks")
     parser.add_argument("--policy-topic", default=DEFAULT_POLICY_TOPIC, help="topic of the predicted chunks in --write-bag")
@@ -478,7 +480,10 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise CliError(f"--config: {exc}") from exc
     joint_map = load_joint_map(args.joint_map) if args.joint_map else None
-    policy = OnnxPolicy(args.model, intra_op_num_threads=args.threads, seed=args.seed)
+    for bag_path in args.bags:  # cheap checks (missing, not a bag, corrupt index, empty) before loading the model
+        if sum(t.count for t in bagio.list_topics(bag_path).values()) == 0:
+            raise BagError(f"{bag_path}: empty bag (no messages)")
+    policy = OnnxPolicy(args.model, providers=args.providers, intra_op_num_threads=args.threads, seed=args.seed)
     meta = policy.metadata
     replays = []
     for bag_path in args.bags:  # read and score every bag before writing anything
