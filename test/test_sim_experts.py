@@ -101,3 +101,11 @@ def test_env_refuses_steps_after_the_end_and_before_reset() -> None:
             sim.step(obs.positions)
         with pytest.raises(RuntimeError, match="episode is over"):
             sim.step(obs.positions)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["reach", "reach_around"])
+def test_expert_success_rate_on_held_out_seeds(env: SimEnv, expert: ScriptedExpert, task: str) -> None:
+    seeds = range(5000, 5015)
+    successes = sum(run_expert_episode(task, s, env=env, expert=expert).metadata["success"] for s in seeds)
+    assert successes >= len(seeds) - 1

@@ -12,6 +12,10 @@ velocity limit (1.5 rad/s), with at least :data:`MIN_MOTION_S`: 2-3.7 s of motio
 2.0-3.0 s, reach_around 2.1-3.6 s over 200 seeds), never over the limit. After the last
 waypoint the expert holds the goal until the episode ends (6 s), so a policy learns to stop.
 
+Measured expert success: 200/200 on ``reach`` and 200/200 on ``reach_around`` (routes 106
+left / 94 right, each equal to the expert's coin), no command clipped, reproduced by
+``flow-policy collect --task TASK --episodes 200 --out DIR --seed 0`` (prints the rate).
+
 Commands follow the project convention: at tick k the expert commands the trajectory's value
 at the next tick time t_{k+1}.
 """
