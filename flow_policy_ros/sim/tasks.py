@@ -22,8 +22,9 @@ EE is at :data:`NOMINAL_START_EE` = (0.40, 0.00, 0.45) m with the flange pointin
     EE heights (so 0.395-0.445 m). Why low: with the flange down, the wrist (link 5) hangs back
     ~0.24 m towards the base at about EE height, so at the goal pose it lies over the post; a
     post reaching above the EE would be hit by the goal pose itself. At this height the forearm
-    clears it (>= 2.5 cm at the goal pose) while the flange, which reaches 4.8 cm below the EE
-    point, hits it on the straight start->goal line (>= 2 cm penetration over the goal box).
+    clears it (>= 2.4 cm at the goal pose) while the flange, which reaches 4.8 cm below the EE
+    point, hits it on the straight start->goal line (>= 2.4 cm penetration over the goal box;
+    both checked with IK poses at the corners of the goal box).
     The obstacle is a pure function of the goal (:func:`obstacle_for_goal`), so a policy that
     observes joint state and goal (17 numbers) has everything it needs. The expert passes it
     on the left or right (0.17 m from its axis) with equal probability, a coin from the
