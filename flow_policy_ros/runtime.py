@@ -82,11 +82,23 @@ class OnnxPolicy:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.requested_providers = choose_providers(providers, ort.get_available_providers())
+        # ONNX Runtime logs a multi-line error when a requested GPU provider cannot start (no
+        # GPU, no CUDA libraries); we report that fallback ourselves in ``fallback_reason``.
+        ort.set_default_logger_severity(4)
         try:
             self.session = ort.InferenceSession(raw, options, providers=self.requested_providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
             raise ModelFileError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
+        finally:
+            ort.set_default_logger_severity(3)
         self.active_provider = active_provider(self.session.get_providers(), self.requested_providers)
+        #: Why the active provider is not the first one requested ("" when it is).
+        self.fallback_reason = ""
+        if self.active_provider != self.requested_providers[0]:
+            self.fallback_reason = (
+                f"{self.requested_providers[0]} requested but ONNX Runtime could not use it on this machine "
+                f"(no GPU or missing CUDA/cuDNN libraries); running on {self.active_provider}"
+            )
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise ModelFileError(f"{self.path}: metadata key '{METADATA_KEY}' missing; export it with `flow-policy export`")

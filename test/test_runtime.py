@@ -146,6 +146,9 @@ def test_cuda_requested_without_a_gpu_falls_back_to_cpu_visibly(model_path):
     assert policy.active_provider == policy.session.get_providers()[0]
     if "CUDAExecutionProvider" not in policy.session.get_providers():
         assert policy.active_provider == CPU
+        assert "CUDAExecutionProvider requested but" in policy.fallback_reason
+    else:
+        assert policy.fallback_reason == ""
     assert "CUDAExecutionProvider" in policy.requested_providers or "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
