@@ -1,0 +1,256 @@
+"""The in-process closed loop: an :class:`~flow_policy_ros.runtime.OnnxPolicy` driving :class:`SimEnv`.
+
+The loop runs the same pieces as ``policy_node`` in stream mode, in the same order per tick::
+
+    observe -> (chunk due?) predict, add chunk at this tick -> scheduler action -> CommandLimiter -> env.step
+
+* chunk scheduling: :func:`flow_policy_ros.chunking.make_scheduler` (receding horizon or
+  temporal ensembling), exactly as the node builds it;
+* safety clamp: :class:`flow_policy_ros.safety.CommandLimiter` on the model's metadata limits;
+* observation: built by joint NAME with :func:`flow_policy_ros.messages.build_observation` in
+  the metadata's field/joint order, never by assuming the sim's joint order.
+
+Inference is synchronous (the sim waits for it), so a chunk predicted from the observation of
+tick k always starts at tick k; the per-call latency is measured and reported, not simulated.
+
+Episode seeds (:func:`eval_episode_seeds`): ``900_000_000 + seed * 10_000 + i``. Training data
+come from ``flow-policy collect``, whose episode i has seed ``collect_seed * 1_000_000 + i``
+(``--seed 1`` for the shipped models, i.e. [1_000_000, 2_000_000)). Every evaluation seed lies in
+[900_000_000, 901_000_000), so it can only coincide with a collection made with ``--seed 900``.
+
+Noise: at the start of each episode the policy's own noise stream is reseeded with the episode
+seed, so an episode's result depends on its seed alone (not on which episodes ran before), and
+two models or two guidance scales see the same start, goal and noise (common random numbers).
+
+Units: rad, rad/s, m, s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flow_policy_ros.chunking import DEFAULT_ENSEMBLE_DECAY, ActionChunk, make_scheduler
+from flow_policy_ros.config import IIWA_JOINT_NAMES
+from flow_policy_ros.errors import ModelFileError
+from flow_policy_ros.messages import build_observation, values_by_name
+from flow_policy_ros.metadata import PolicyMetadata
+from flow_policy_ros.runtime import OnnxPolicy
+from flow_policy_ros.safety import CommandLimiter, SafetyLimits, validate_guidance_scale
+from flow_policy_ros.sim.env import Observation, SimEnv
+from flow_policy_ros.sim.tasks import EpisodeSpec, sample_episode
+
+#: First evaluation episode seed; see the module docstring for why it cannot hit training seeds.
+EVAL_SEED_BASE = 900_000_000
+#: Episode seeds reserved per ``--seed`` value.
+EVAL_SEEDS_PER_BASE = 10_000
+#: ``--seed`` values allowed: [0, MAX_EVAL_SEED].
+MAX_EVAL_SEED = 99
+#: Episode seeds per collection seed in ``flow-policy collect`` (kept equal to ``collect.SEEDS_PER_BASE``).
+COLLECT_SEEDS_PER_BASE = 1_000_000
+#: Collection ``--seed`` the evaluation block belongs to (900): no training set uses it.
+EVAL_COLLECT_BLOCK = EVAL_SEED_BASE // COLLECT_SEEDS_PER_BASE
+FAILURE_REASONS: tuple[str, ...] = ("timeout", "self_collision", "obstacle_contact")
+
+
+def eval_episode_seeds(seed: int, episodes: int) -> list[int]:
+    """Episode seeds of an evaluation: ``900_000_000 + seed * 10_000 + i`` for i < ``episodes``.
+
+    Raises ValueError unless 0 <= seed <= 99 and 1 <= episodes <= 10_000, which keeps every seed
+    inside [900_000_000, 901_000_000), disjoint from the collections made with ``--seed`` < 900.
+    """
+    if not 0 <= seed <= MAX_EVAL_SEED:
+        raise ValueError(f"--seed must be in [0, {MAX_EVAL_SEED}], got {seed}")
+    if not 1 <= episodes <= EVAL_SEEDS_PER_BASE:
+        raise ValueError(f"--episodes must be in [1, {EVAL_SEEDS_PER_BASE}], got {episodes}")
+    seeds = [EVAL_SEED_BASE + seed * EVAL_SEEDS_PER_BASE + i for i in range(episodes)]
+    assert all(s // COLLECT_SEEDS_PER_BASE == EVAL_COLLECT_BLOCK for s in seeds), "evaluation seeds left their block"
+    return seeds
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the policy is executed (the node's parameters of the same names).
+
+    Attributes:
+        chunking: 'receding_horizon' or 'temporal_ensemble'.
+        replan_every: actions executed from a chunk before the next is due (1..H).
+        guidance_scale: CFG weight w; None = the model's default.
+        ensemble_decay: m of temporal ensembling.
+        velocity_scale: factor in (0, 1] on the model's velocity limits.
+    """
+
+    chunking: str = "receding_horizon"
+    replan_every: int = 8
+    guidance_scale: float | None = None
+    ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
+    velocity_scale: float = 1.0
+
+
+@dataclass
+class EpisodeResult:
+    """One closed-loop episode.
+
+    Attributes:
+        seed: episode seed.
+        success: goal reached in time without any collision.
+        failure: None on success, else one of :data:`FAILURE_REASONS`.
+        route: 'left'/'right'/'none' for reach_around, None for reach.
+        reached_time_s: sim time (s) the EE first got within the success radius, or None.
+        final_distance_m: EE-goal distance at the end (m).
+        goal: (3,) goal (m).
+        obstacle: (x, y, radius) of the post (m), or None.
+        ee_path: (T, 3) EE positions (m), one per control tick (plus the final one).
+        commands: (K, A) clamped commands sent (rad), action joint order, one per tick.
+        chunk_ticks: ticks at which a new chunk took effect (0 is the first).
+        latencies_s: wall time of each ``predict`` call (s).
+        clipped_by_limiter: ticks where the limiter changed the scheduler's action.
+    """
+
+    seed: int
+    success: bool
+    failure: str | None
+    route: str | None
+    reached_time_s: float | None
+    final_distance_m: float
+    goal: np.ndarray
+    obstacle: tuple[float, float, float] | None
+    ee_path: np.ndarray
+    commands: np.ndarray
+    chunk_ticks: list[int] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+    clipped_by_limiter: int = 0
+
+
+def check_sim_joints(meta: PolicyMetadata) -> None:
+    """Raise ModelFileError unless the model's action joints are exactly the sim arm's joints."""
+    missing = [n for n in IIWA_JOINT_NAMES if n not in meta.action_joint_names]
+    extra = [n for n in meta.action_joint_names if n not in IIWA_JOINT_NAMES]
+    unobservable = [n for n in meta.observation.joint_names if n not in IIWA_JOINT_NAMES]
+    if missing or extra or unobservable:
+        raise ModelFileError(
+            f"model {meta.name}: the sim arm has joints {list(IIWA_JOINT_NAMES)}; the model's action joints lack {missing}, "
+            f"have unknown {extra}, observation has unknown {unobservable}"
+        )
+
+
+def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
+    """Check ``config`` against the model (ValueError/SafetyError naming the value); returns the guidance w or None."""
+    make_scheduler(config.chunking, meta.horizon, config.replan_every, config.ensemble_decay)
+    SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
+    return None if config.guidance_scale is None else validate_guidance_scale(config.guidance_scale)
+
+
+def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
+    """(obs_dim,) float32 observation in the metadata's field and joint order, matched by name."""
+    joints = meta.observation.joint_names
+    positions = values_by_name(IIWA_JOINT_NAMES, obs.positions, joints, "position")
+    velocities = values_by_name(IIWA_JOINT_NAMES, obs.velocities, joints, "velocity")
+    return build_observation(meta.observation, positions, velocities, obs.goal)
+
+
+def _failure(env: SimEnv) -> str | None:
+    status = env.status()
+    if status.success:
+        return None
+    if status.self_collision:
+        return "self_collision"
+    if status.obstacle_contact:
+        return "obstacle_contact"
+    return "timeout"
+
+
+class ClosedLoop:
+    """Runs episodes of one policy in one :class:`SimEnv` (its PyBullet client is reused).
+
+    Args:
+        policy: the loaded ONNX policy.
+        config: execution settings.
+    """
+
+    def __init__(self, policy: OnnxPolicy, config: LoopConfig = LoopConfig()) -> None:
+        self.policy = policy
+        self.meta = meta = policy.metadata
+        check_sim_joints(meta)
+        self.config = config
+        self.guidance = validate_config(config, meta)
+        self.limits = SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
+        self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> ClosedLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run_episode(self, task: str, seed: int) -> EpisodeResult:
+        """Episode ``seed`` of ``task`` from reset until the env is done (time limit or collision)."""
+        return self.run_spec(sample_episode(task, seed))
+
+    def run_spec(self, spec: EpisodeSpec) -> EpisodeResult:
+        """The episode described by ``spec``."""
+        meta, cfg, env = self.meta, self.config, self.env
+        scheduler = make_scheduler(cfg.chunking, meta.horizon, cfg.replan_every, cfg.ensemble_decay)
+        limiter = CommandLimiter(self.limits, meta.control_period_s)
+        self.policy.rng = np.random.default_rng(spec.seed)
+        env.reset_to(spec)
+        commands: list[np.ndarray] = []
+        ee_path = [env.arm.end_effector_position()]
+        chunk_ticks: list[int] = []
+        latencies: list[float] = []
+        clipped = 0
+        tick = 0
+        while not env.done:
+            obs = env.observe()
+            if scheduler.due(tick):
+                vector = observation_vector(meta, obs)
+                start = time.perf_counter()
+                actions = self.policy.predict(vector, guidance_scale=self.guidance)
+                latencies.append(time.perf_counter() - start)
+                if scheduler.add_chunk(ActionChunk(actions, tick), tick):
+                    chunk_ticks.append(tick)
+            measured = values_by_name(IIWA_JOINT_NAMES, obs.positions, meta.action_joint_names)
+            action = scheduler.action_at(tick)
+            if action is None:  # cannot happen with synchronous inference; hold like the node would
+                last = limiter.last_command
+                command = measured if last is None else last
+            else:
+                command = limiter.limit(action, measured)
+                clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
+            commands.append(command)
+            env.step(values_by_name(meta.action_joint_names, command, IIWA_JOINT_NAMES, "command"))
+            ee_path.append(env.arm.end_effector_position())
+            tick += 1
+        status = env.status()
+        obstacle = None if spec.obstacle is None else (*spec.obstacle.center_xy, spec.obstacle.radius_m)
+        return EpisodeResult(
+            seed=spec.seed, success=status.success, failure=_failure(env), route=status.route,
+            reached_time_s=status.reached_time_s, final_distance_m=status.final_distance_m,
+            goal=np.asarray(spec.goal, dtype=np.float64), obstacle=obstacle, ee_path=np.asarray(ee_path),
+            commands=np.asarray(commands).reshape(-1, meta.action_dim), chunk_ticks=chunk_ticks,
+            latencies_s=latencies, clipped_by_limiter=clipped,
+        )
+
+
+def run_episodes(
+    policy: OnnxPolicy,
+    task: str,
+    seeds: Sequence[int],
+    config: LoopConfig = LoopConfig(),
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run ``task`` on every episode seed in ``seeds``; ``on_episode`` is called after each (progress)."""
+    results = []
+    with ClosedLoop(policy, config) as loop:
+        for seed in seeds:
+            result = loop.run_episode(task, int(seed))
+            results.append(result)
+            if on_episode is not None:
+                on_episode(result)
+    return results

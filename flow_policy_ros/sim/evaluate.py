@@ -1,0 +1,248 @@
+"""``flow-policy eval-sim``: closed-loop evaluation of an ONNX policy in PyBullet.
+
+    flow-policy eval-sim --model models/iiwa_reach_around.onnx --task reach_around --episodes 50 --seed 0 \\
+        --json eval/reach_around.json
+
+runs ``--episodes`` episodes through :mod:`flow_policy_ros.sim.closed_loop` (the node's
+scheduler and safety clamp, synchronous inference), prints a summary, writes PNG plots into
+``--out`` (default: beside ``--json``, else ``./eval_<task>``) and, with ``--json``, the report
+of :func:`summarize`.
+
+Report fields: success rate with a 95 % Wilson interval; ``modes`` = successful episodes per
+route (reach_around) and ``routes`` = all episodes per route incl. 'none'; ``failures`` per
+reason; ``seam_smoothness`` = peak |acceleration| (rad/s²) and |jerk| (rad/s³) of the commanded
+sequence (finite differences at the control period) in windows that straddle a chunk seam vs
+windows inside one chunk, averaged over episodes, and their ratio (≈ 1: seams invisible);
+``latency_ms`` p50/p99 of ``predict``; ``time_to_goal_s`` mean over successful episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow_policy_ros.chunking import CHUNKING_MODES
+from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.sim.closed_loop import (
+    FAILURE_REASONS,
+    EpisodeResult,
+    LoopConfig,
+    eval_episode_seeds,
+    run_episodes,
+    validate_config,
+)
+from flow_policy_ros.sim.tasks import SIDES, TASKS
+
+#: Two-sided 95 % standard-normal quantile.
+Z_95 = 1.959963984540054
+#: Episodes whose command traces are plotted.
+TRACE_EPISODES = 2
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval (lo, hi) of a binomial proportion; (0, 1) when ``trials`` is 0."""
+    if trials <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes {successes} must be in [0, trials={trials}]")
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    center = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def seam_mask(length: int, order: int, seams: Sequence[int]) -> np.ndarray:
+    """(length,) bool: difference window n..n+order of the command sequence contains a seam.
+
+    A seam at tick b (b > 0, the first tick of a new chunk) is inside window n when n < b <= n + order,
+    i.e. the window holds commands from both sides of it.
+    """
+    n = np.arange(length)
+    mask = np.zeros(length, dtype=bool)
+    for b in seams:
+        if b > 0:
+            mask |= (n < b) & (b <= n + order)
+    return mask
+
+
+def episode_peaks(commands: np.ndarray, seams: Sequence[int], period_s: float) -> dict[str, float | None]:
+    """Peak |acceleration| (rad/s²) and |jerk| (rad/s³) over joints, at seams and inside chunks."""
+    peaks: dict[str, float | None] = {}
+    for name, order in (("accel", 2), ("jerk", 3)):
+        values = np.abs(np.diff(commands, n=order, axis=0)).max(axis=1) / period_s**order if len(commands) > order else np.empty(0)
+        at_seam = seam_mask(len(values), order, seams)
+        peaks[f"{name}_seam"] = float(values[at_seam].max()) if at_seam.any() else None
+        peaks[f"{name}_inside"] = float(values[~at_seam].max()) if (~at_seam).any() else None
+    return peaks
+
+
+def seam_smoothness(results: Sequence[EpisodeResult], period_s: float) -> dict[str, Any]:
+    """Per-episode peaks at seams vs inside chunks, averaged over episodes, and seam/inside ratios."""
+    per_episode = [episode_peaks(r.commands, r.chunk_ticks, period_s) for r in results]
+    out: dict[str, Any] = {}
+    for name, unit in (("accel", "rad_s2"), ("jerk", "rad_s3")):
+        for where in ("seam", "inside"):
+            vals = [p[f"{name}_{where}"] for p in per_episode if p[f"{name}_{where}"] is not None]
+            out[f"{name}_peak_{where}_{unit}"] = float(np.mean(vals)) if vals else None
+        seam, inside = out[f"{name}_peak_seam_{unit}"], out[f"{name}_peak_inside_{unit}"]
+        out[f"{name}_seam_to_inside_ratio"] = seam / inside if seam is not None and inside else None
+    out["definition"] = (
+        "per episode: max over joints and finite-difference windows of the clamped command sequence, windows "
+        "straddling a chunk seam vs windows inside one chunk; then the mean over episodes"
+    )
+    return out
+
+
+def _percentile_ms(samples: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(samples) * 1e3, q)) if len(samples) else None
+
+
+def summarize(results: Sequence[EpisodeResult], task: str, seed: int, config: LoopConfig,
+              model: dict[str, Any], period_s: float) -> dict[str, Any]:
+    """The JSON report of an evaluation (see the module docstring for the fields)."""
+    n = len(results)
+    successes = sum(r.success for r in results)
+    lo, hi = wilson_interval(successes, n)
+    latencies = [s for r in results for s in r.latencies_s]
+    reached = [r.reached_time_s for r in results if r.success and r.reached_time_s is not None]
+    failures = Counter(r.failure for r in results if r.failure is not None)
+    report: dict[str, Any] = {
+        "task": task,
+        "episodes": n,
+        "seed": seed,
+        "episode_seeds": [results[0].seed, results[-1].seed] if results else [],
+        "guidance_scale": config.guidance_scale if config.guidance_scale is not None else model.get("default_guidance_scale"),
+        "chunking": config.chunking,
+        "replan_every": config.replan_every,
+        "success_rate": successes / n if n else 0.0,
+        "successes": successes,
+        "success_ci95": [lo, hi],
+        "failures": {reason: failures.get(reason, 0) for reason in FAILURE_REASONS},
+        "seam_smoothness": seam_smoothness(results, period_s),
+        "latency_ms": {"p50": _percentile_ms(latencies, 50), "p99": _percentile_ms(latencies, 99), "calls": len(latencies)},
+        "time_to_goal_s": {"mean": float(np.mean(reached)) if reached else None, "episodes": len(reached)},
+        "limiter_clipped_fraction": sum(r.clipped_by_limiter for r in results) / max(1, sum(len(r.commands) for r in results)),
+        "model": model,
+        "per_episode": [_episode_json(r) for r in results],
+    }
+    if task == "reach_around":
+        report["modes"] = {side: sum(r.success and r.route == side for r in results) for side in SIDES}
+        report["routes"] = {
+            route: {"episodes": sum(r.route == route for r in results), "successes": sum(r.success and r.route == route for r in results)}
+            for route in (*SIDES, "none")
+        }
+    else:
+        report["modes"] = {side: 0 for side in SIDES}
+    return report
+
+
+def _episode_json(r: EpisodeResult) -> dict[str, Any]:
+    return {
+        "seed": r.seed, "success": r.success, "failure": r.failure, "route": r.route,
+        "reached_time_s": r.reached_time_s, "final_distance_m": r.final_distance_m, "goal_m": r.goal.tolist(),
+    }
+
+
+def model_info(policy: Any) -> dict[str, Any]:
+    """Name, file hash and provenance of a loaded OnnxPolicy for the report."""
+    meta = policy.metadata
+    return {
+        "name": meta.name, "hash": meta.model_hash, "path": str(policy.path), "objective": meta.objective,
+        "horizon": meta.horizon, "euler_steps": meta.euler_steps, "default_guidance_scale": meta.guidance_scale,
+        "provider": policy.active_provider,
+    }
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """Human-readable multi-line summary of a report."""
+    lo, hi = report["success_ci95"]
+    seams = report["seam_smoothness"]
+    ratio = seams["jerk_seam_to_inside_ratio"]
+    ttg = report["time_to_goal_s"]["mean"]
+    lines = [
+        f"{report['model']['name']} on {report['task']}, w={report['guidance_scale']}, {report['chunking']} "
+        f"(replan every {report['replan_every']}): success {report['successes']}/{report['episodes']} = "
+        f"{report['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%})",
+        f"  failures: {report['failures']}",
+        f"  jerk peak at seams / inside chunks: {ratio if ratio is None else round(ratio, 2)}; "
+        f"latency p50 {report['latency_ms']['p50']:.2f} ms, p99 {report['latency_ms']['p99']:.2f} ms; "
+        f"time to goal {'-' if ttg is None else f'{ttg:.2f} s'}",
+    ]
+    if report["task"] == "reach_around":
+        lines.insert(2, f"  successful routes: {report['modes']}; all episodes by route: {report['routes']}")
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="exported .onnx policy")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--episodes", type=int, default=50, help="episodes to run (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed in [0, 99]; episode seeds derive from it")
+    parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
+    parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
+    parser.add_argument("--replan-every", type=int, default=8, help="actions executed per chunk before the next (1..H)")
+    parser.add_argument("--out", type=Path, default=None, help="plot directory (default: beside --json, else ./eval_<task>)")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.model.is_file():
+        raise CliError(f"--model {args.model}: file not found")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise CliError(f"--json {args.json}: directory {args.json.parent} does not exist")
+    try:
+        eval_episode_seeds(args.seed, args.episodes)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise CliError(f"--guidance must be finite, got {args.guidance}")
+
+
+def evaluate(policy: Any, task: str, episodes: int, seed: int, config: LoopConfig,
+             progress: bool = True, label: str = "") -> tuple[dict[str, Any], list[EpisodeResult]]:
+    """Run the evaluation with a tqdm bar (running success rate); returns (report, episode results)."""
+    from tqdm import tqdm
+
+    seeds = eval_episode_seeds(seed, episodes)
+    with tqdm(total=len(seeds), desc=label or f"eval-sim {task}", unit="ep", disable=not progress) as bar:
+        done = {"n": 0, "ok": 0}
+
+        def on_episode(result: EpisodeResult) -> None:
+            done["n"] += 1
+            done["ok"] += int(result.success)
+            bar.set_postfix(success=f"{done['ok']}/{done['n']} ({done['ok'] / done['n']:.0%})", refresh=False)
+            bar.update(1)
+
+        results = run_episodes(policy, task, seeds, config, on_episode=on_episode)
+    report = summarize(results, task, seed, config, model_info(policy), policy.metadata.control_period_s)
+    return report, results
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    from flow_policy_ros.runtime import OnnxPolicy
+
+    policy = OnnxPolicy(args.model, seed=args.seed)
+    config = LoopConfig(chunking=args.chunking, replan_every=args.replan_every, guidance_scale=args.guidance)
+    try:
+        validate_config(config, policy.metadata)
+    except ValueError as exc:  # --replan-every / --guidance out of range for this model
+        raise CliError(str(exc)) from exc
+    report, results = evaluate(policy, args.task, args.episodes, args.seed, config, progress=not args.no_progress)
+    if not args.no_plots:
+        from flow_policy_ros.sim.eval_plots import write_plots
+
+        out = args.out or (args.json.parent if args.json is not None else Path(f"eval_{args.task}"))
+        report["plots"] = [str(p) for p in write_plots(out, results, policy.metadata, args.task)]
+    print(format_summary(report))
+    write_json(args.json, report)
+    return 0
