@@ -93,7 +93,7 @@ def plot_command_traces(path: Path, results: Sequence[EpisodeResult], meta: Poli
             for tick in r.chunk_ticks[1:]:
                 ax.axvline(tick * dt, color="0.6", lw=0.6, ls=":")
             ax.plot(t, r.commands[:, row], color=color, lw=1.2)
-            ax.set_ylabel(f"{name.rsplit('_', 1)[-1]} (rad)" if row else f"joint {name.rsplit('_', 1)[-1]} (rad)", fontsize=8)
+            ax.set_ylabel(f"joint {name.rsplit('_', 1)[-1]} (rad)", fontsize=8)
             ax.tick_params(labelsize=7)
         outcome = "success" if r.success else f"failure: {r.failure}"
         axes[0, col].set_title(f"episode seed {r.seed} ({outcome}); dotted = chunk seams", fontsize=9)

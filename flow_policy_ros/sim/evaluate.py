@@ -55,7 +55,8 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     denom = 1.0 + z * z / trials
     center = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    # min/max: rounding must not push an end past p (at p = 0 or 1 the interval ends there exactly)
+    return min(p, max(0.0, center - half)), max(p, min(1.0, center + half))
 
 
 def seam_mask(length: int, order: int, seams: Sequence[int]) -> np.ndarray:
