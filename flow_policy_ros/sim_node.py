@@ -16,7 +16,7 @@ Topics (all remappable):
 |---|---|---|---|
 | out | ``joint_states`` | sensor_msgs/JointState (``joint_state_rate_hz``, default 120 Hz) | sensor data (best effort) |
 | out | ``goal`` | geometry_msgs/PointStamped, frame ``world``, once per episode | reliable, transient local |
-| out | ``episode_outcome`` | std_msgs/String, JSON ``{episode, seed, task, success, route, time_to_goal_s, ...}`` | reliable, transient local, depth 100 |
+| out | ``episode_outcome`` | std_msgs/String, JSON ``{episode, seed, task, success, route, time_to_goal_s}`` | latched, depth 100 |
 | out | ``/diagnostics`` | diagnostic_msgs/DiagnosticArray at 1 Hz (``sim_node: sim``) | default |
 | in | ``joint_trajectory`` | trajectory_msgs/JointTrajectory: JTC semantics (see ``sim.trajectory``) | reliable |
 | in | ``commands`` | std_msgs/Float64MultiArray, ``command_joint_names`` order, reached one control period later | reliable |
