@@ -160,3 +160,18 @@ def test_eval_sim_rejects_bad_input_with_one_line(tiny_model: Path, extra: list[
 def test_eval_sim_missing_model_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval-sim", "--model", str(tmp_path / "none.onnx"), "--task", "reach"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_compare_policies_runs_every_model_and_guidance_on_the_same_seeds(tiny_model: Path) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_policies.py"
+    spec = importlib.util.spec_from_file_location("compare_policies", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reports = module.compare([tiny_model], TASK, episodes=1, seed=4, guidance=[0.0, 2.0], chunking="receding_horizon",
+                             replan_every=8, progress=False)
+    assert [r["guidance_scale"] for r in reports] == [0.0, 2.0]
+    assert all(r["episode_seeds"] == [eval_episode_seeds(4, 1)[0]] * 2 for r in reports)
+    row = module.table_row(reports[1])
+    assert row.startswith("| tiny | flow | 2 | ") and row.count("|") == module.TABLE_HEADER.splitlines()[0].count("|")

@@ -23,7 +23,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from flow_policy_ros.sim.closed_loop import (
     validate_config,
 )
 from flow_policy_ros.sim.tasks import SIDES, TASKS
+
+if TYPE_CHECKING:
+    from flow_policy_ros.runtime import OnnxPolicy
 
 #: Two-sided 95 % standard-normal quantile.
 Z_95 = 1.959963984540054
@@ -151,7 +154,7 @@ def _episode_json(r: EpisodeResult) -> dict[str, Any]:
     }
 
 
-def model_info(policy: Any) -> dict[str, Any]:
+def model_info(policy: OnnxPolicy) -> dict[str, Any]:
     """Name, file hash and provenance of a loaded OnnxPolicy for the report."""
     meta = policy.metadata
     return {
@@ -208,7 +211,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--guidance must be finite, got {args.guidance}")
 
 
-def evaluate(policy: Any, task: str, episodes: int, seed: int, config: LoopConfig,
+def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
              progress: bool = True, label: str = "") -> tuple[dict[str, Any], list[EpisodeResult]]:
     """Run the evaluation with a tqdm bar (running success rate); returns (report, episode results)."""
     from tqdm import tqdm
