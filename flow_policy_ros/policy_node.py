@@ -3,8 +3,19 @@
 Thin rclpy glue around the pure modules: ``messages`` (joint states by name → observation),
 ``chunking`` (chunks → per-tick commands), ``safety`` (staleness, limits) and ``runtime``
 (``OnnxPolicy``). Inference runs in a dedicated thread (ONNX Runtime releases the GIL) on the
-latest observation, so the control tick never waits for it; a chunk that arrives late is
-aligned to the current tick.
+observation, so the control tick never waits for it; a chunk that arrives late is aligned to
+the current tick.
+
+Event-driven first command (obs→command latency). When a chunk is due at tick k, inference runs
+on the first joint state received at/after tick k (not on one that may be a tick old), and
+when it returns (a guard condition wakes the executor) the chunk's first command is published
+at once: in stream mode the command of tick k was held back for it (if the chunk is not there
+half a period after the tick, the previous chunk's command for tick k is sent instead), in
+trajectory mode the JointTrajectory (stamped at tick k, the current tick if inference ran
+past it). Every other command keeps the regular tick schedule. Latency is measured from the
+observation's ``header.stamp`` (the driver's sample time; receipt time if the stamp is 0) to
+that publish. A new goal (e.g. a new episode) drops the current chunk and any inference in
+flight for the old goal, so the next tick replans.
 
 Topics (all remappable): in ``joint_states`` (sensor_msgs/JointState, best effort), ``goal``
 (geometry_msgs/PointStamped, reliable + transient local); out ``commands``
@@ -14,7 +25,14 @@ chunk) when ``execution:=trajectory``, and ``/diagnostics`` at 1 Hz.
 
 States: ``waiting`` (no complete fresh data yet), ``running``, ``stale`` (joint states older
 than ``stale_timeout_s``: no new commands until fresh data returns), ``error`` (inference
-failed: no new commands, retried every ``replan_every`` ticks).
+failed: no new commands, retried every ``replan_every`` ticks). In trajectory mode, entering
+``stale`` or ``error`` from ``running`` publishes one empty JointTrajectory: a
+JointTrajectoryController stops (holds its current setpoint) on it, instead of finishing a
+chunk computed from data that is no longer trusted.
+
+Diagnostics (``/diagnostics``, 1 Hz, status ``<node>: policy``): state, provider and the
+provider fallback reason, model name and hash, tick jitter p50/p99, obs→command p50/p99,
+inference p50/p99 (ms), deadline misses, rejected messages, counters.
 """
 
 from __future__ import annotations
@@ -169,15 +187,23 @@ class InferenceResult:
     latency_s: float
     actions: np.ndarray | None = None
     error: str | None = None
+    obs_stamp_ns: int = 0
+    generation: int = 0
 
 
 class InferenceWorker:
-    """Runs ``predict(observation, guidance_scale) -> (H, A)`` in its own thread, one request at a time."""
+    """Runs ``predict(observation, guidance_scale) -> (H, A)`` in its own thread, one request at a time.
 
-    def __init__(self, predict: Callable[[np.ndarray, float], np.ndarray]) -> None:
+    ``on_done`` (optional) is called from the worker thread after each result is ready (the node
+    triggers a guard condition with it, which is thread-safe).
+    """
+
+    def __init__(self, predict: Callable[[np.ndarray, float], np.ndarray],
+                 on_done: Callable[[], None] | None = None) -> None:
         self._predict = predict
+        self._on_done = on_done
         self._cv = threading.Condition()
-        self._request: tuple[np.ndarray, int, int, float] | None = None
+        self._request: tuple[np.ndarray, int, int, float, int, int] | None = None
         self._result: InferenceResult | None = None
         self._busy = False
         self._stopped = False
@@ -189,13 +215,18 @@ class InferenceWorker:
         with self._cv:
             return self._busy
 
-    def submit(self, observation: np.ndarray, tick: int, obs_received_ns: int, guidance_scale: float) -> bool:
-        """Queue a request; False (ignored) while the previous one is still running."""
+    def submit(self, observation: np.ndarray, tick: int, obs_received_ns: int, guidance_scale: float,
+               obs_stamp_ns: int = 0, generation: int = 0) -> bool:
+        """Queue a request; False (ignored) while the previous one is still running.
+
+        ``obs_stamp_ns`` (the joint state's header stamp) and ``generation`` (the node's goal
+        generation) are handed back in the result unchanged.
+        """
         with self._cv:
             if self._busy or self._stopped:
                 return False
             self._busy = True
-            self._request = (observation, tick, obs_received_ns, guidance_scale)
+            self._request = (observation, tick, obs_received_ns, guidance_scale, obs_stamp_ns, generation)
             self._cv.notify()
             return True
 
@@ -218,17 +249,19 @@ class InferenceWorker:
                     self._cv.wait()
                 if self._stopped:
                     return
-                observation, tick, obs_ns, guidance = self._request
+                observation, tick, obs_ns, guidance, stamp_ns, generation = self._request
                 self._request = None
             start = time.perf_counter()
             try:
                 actions, error = np.asarray(self._predict(observation, guidance), dtype=np.float64), None
             except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
                 actions, error = None, f"{type(exc).__name__}: {exc}"
-            result = InferenceResult(tick, obs_ns, time.perf_counter() - start, actions, error)
+            result = InferenceResult(tick, obs_ns, time.perf_counter() - start, actions, error, stamp_ns, generation)
             with self._cv:
                 self._result = result
                 self._busy = False
+            if self._on_done is not None:
+                self._on_done()
 
 
 def _percentile(samples: deque, q: float) -> float:
@@ -262,7 +295,8 @@ class PolicyNode(Node):
         self._obs_positions: np.ndarray | None = None
         self._obs_velocities: np.ndarray | None = None
         self._measured: np.ndarray | None = None  # action joints (rad)
-        self._joint_state_ns: int | None = None
+        self._joint_state_ns: int | None = None  # receipt time (staleness)
+        self._joint_state_stamp_ns = 0  # header stamp (latency), receipt time when the stamp is 0
         self._goal: np.ndarray | None = None
         self.state = "waiting"
         self._t0_ns: int | None = None
@@ -271,6 +305,11 @@ class PolicyNode(Node):
         self._retry_tick = 0
         self._trajectory: tuple[int, np.ndarray] | None = None
         self._pending_obs_ns: int | None = None
+        self._await_obs_after_ns: int | None = None  # a chunk is due: infer on the first joint state after this
+        self._owed_tick: int | None = None  # stream: this tick's command waits for the chunk in flight
+        self._generation = 0  # bumped on a new goal; results of older generations are dropped
+        self.late_first_commands = 0
+        self.chunks_discarded = 0
         self.last_error = ""
         self.rejected = 0
         self.deadline_misses = 0
@@ -289,7 +328,8 @@ class PolicyNode(Node):
         else:
             self._publisher = self.create_publisher(JointTrajectory, "joint_trajectory", reliable)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.worker = InferenceWorker(self._predict)
+        self._inference_done = self.create_guard_condition(self._on_inference_done)
+        self.worker = InferenceWorker(self._predict, on_done=self._inference_done.trigger)
         self.create_timer(p.period_s, self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
@@ -315,20 +355,43 @@ class PolicyNode(Node):
             self._reject(str(exc))
             return
         self._obs_positions, self._obs_velocities, self._measured = positions, velocities, measured
-        self._joint_state_ns = self.get_clock().now().nanoseconds
+        now_ns = self.get_clock().now().nanoseconds
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self._joint_state_ns, self._joint_state_stamp_ns = now_ns, stamp_ns or now_ns
+        if self._await_obs_after_ns is not None and now_ns >= self._await_obs_after_ns:
+            self._submit()
+        if self._owed_tick is not None and now_ns >= self._tick_ns(self._owed_tick) + self._period_ns // 2:
+            self._serve_owed_late()
 
     def _on_goal(self, msg: PointStamped) -> None:
         try:
-            self._goal = point_array(msg)
+            goal = point_array(msg)
         except ObservationError as exc:
             self._reject(str(exc))
+            return
+        if self._goal is not None and not np.array_equal(goal, self._goal):
+            # a new task (episode): chunks planned for the old goal are worthless; replan at once
+            self._generation += 1
+            self.scheduler.reset()
+            self.limiter.reset()
+            self._trajectory = None
+            self._pending_obs_ns = self._await_obs_after_ns = self._owed_tick = None
+        self._goal = goal
 
     def _predict(self, observation: np.ndarray, guidance_scale: float) -> np.ndarray:
         return self.policy.predict(observation, guidance_scale=guidance_scale)
 
     # -- control tick -----------------------------------------------------------------------
+    @property
+    def _period_ns(self) -> int:
+        return round(self.params.period_s * 1e9)
+
+    def _tick_ns(self, tick: int) -> int:
+        """Nominal time (ns) of control tick ``tick``."""
+        return self._t0_ns + tick * self._period_ns
+
     def _tick_number(self, now_ns: int) -> int | None:
-        period_ns = round(self.params.period_s * 1e9)
+        period_ns = self._period_ns
         if self._t0_ns is None:
             self._t0_ns = now_ns
         tick = round((now_ns - self._t0_ns) / period_ns)
@@ -351,19 +414,24 @@ class PolicyNode(Node):
         self.state = state
 
     def _hold(self, state: str) -> None:
+        if (self.params.execution == "trajectory" and self.state == "running" and state in ("stale", "error")):
+            stop = JointTrajectory(joint_names=list(self.meta.action_joint_names))  # no points: a JTC stops
+            self._publisher.publish(stop)
         self._set_state(state)
         self.scheduler.reset()
         self.limiter.reset()
         self._trajectory = None
+        self._await_obs_after_ns = self._owed_tick = None
 
     def _on_tick(self) -> None:
         now_ns = self.get_clock().now().nanoseconds
         tick = self._tick_number(now_ns)
         if tick is None:
             return
-        result = self.worker.poll()
-        if result is not None:
-            self._take_result(result, tick)
+        self._on_inference_done()  # normally handled at once via the guard condition
+        if self._owed_tick is not None:  # the previous tick's command never came: counted, not replayed
+            self.late_first_commands += 1
+            self._owed_tick = None
         if self._measured is None or (self._needs_goal and self._goal is None):
             self._hold("waiting")
             return
@@ -374,31 +442,71 @@ class PolicyNode(Node):
             return
         if self.state in ("waiting", "stale"):
             self._set_state("running")
-        if self.scheduler.due(tick) and not self.worker.busy:
-            observation = build_observation(self.meta.observation, self._obs_positions, self._obs_velocities, self._goal)
-            self.worker.submit(observation, tick, self._joint_state_ns, self.guidance_scale)
+        due = self.scheduler.due(tick) and not self.worker.busy and self._await_obs_after_ns is None
+        if due:
+            self._await_obs_after_ns = now_ns  # _on_joint_state submits on the next joint state
         if self.state == "error":
             return
         if self.params.execution == "stream":
-            self._stream(tick)
+            if due:
+                self._owed_tick = tick  # sent when the new chunk arrives (or late, from the old chunk)
+            else:
+                self._stream(tick)
         else:
-            self._trajectory_tick(tick, now_ns)
+            self._trajectory_tick(tick)
 
-    def _take_result(self, result: InferenceResult, tick: int) -> None:
+    def _submit(self) -> None:
+        """Start inference on the latest joint state for the current tick (executor thread)."""
+        self._await_obs_after_ns = None
+        if self.state not in ("running", "error") or (self._needs_goal and self._goal is None):
+            return
+        observation = build_observation(self.meta.observation, self._obs_positions, self._obs_velocities, self._goal)
+        self.worker.submit(observation, self._last_tick, self._joint_state_ns, self.guidance_scale,
+                           obs_stamp_ns=self._joint_state_stamp_ns, generation=self._generation)
+
+    def _serve_owed_late(self) -> None:
+        """Half a period passed without the new chunk: send this tick's command from the current chunk."""
+        tick, self._owed_tick = self._owed_tick, None
+        self.late_first_commands += 1
+        if tick == self._last_tick and self.state == "running":
+            self._stream(tick)
+
+    def _on_inference_done(self) -> None:
+        """A result is ready: take the chunk and publish its first command now (executor thread)."""
+        result = self.worker.poll()
+        if result is None or self._last_tick is None:
+            return
+        if result.generation != self._generation:
+            self.chunks_discarded += 1
+            return
+        tick = self._last_tick
+        if not self._take_result(result, tick):
+            return
+        if self.params.execution == "stream":
+            if self._owed_tick == tick:
+                self._owed_tick = None
+                self._stream(tick)
+        else:
+            self._publish_trajectory(tick)
+
+    def _take_result(self, result: InferenceResult, tick: int) -> bool:
+        """Hand a result to the scheduler; True if a new chunk was accepted."""
         self._inference_s.append(result.latency_s)
         if result.error is not None:
             self.last_error = result.error
             self.get_logger().error(f"inference failed, holding: {result.error}", throttle_duration_sec=1.0)
             self._hold("error")
             self._retry_tick = tick + self.params.replan_every
-            return
+            return False
         if self.state == "error":
             self._set_state("running")
         if self.state != "running":
-            return  # data went stale while this chunk was computed
+            return False  # data went stale while this chunk was computed
         if self.scheduler.add_chunk(ActionChunk(result.actions, result.tick), tick):
             self.chunks_received += 1
-            self._pending_obs_ns = result.obs_received_ns
+            self._pending_obs_ns = result.obs_stamp_ns or result.obs_received_ns
+            return True
+        return False
 
     def _note_command(self) -> None:
         self.commands_sent += 1
@@ -414,21 +522,22 @@ class PolicyNode(Node):
         self._publisher.publish(action_to_multiarray_msg(command, self.meta.action_joint_names))
         self._note_command()
 
-    def _trajectory_tick(self, tick: int, now_ns: int) -> None:
+    def _publish_trajectory(self, tick: int) -> None:
+        """Publish the plan from ``tick`` on as one JointTrajectory stamped at tick ``tick``."""
+        plan = self.scheduler.plan(tick)
+        if len(plan) == 0:
+            return
+        points = self.limiter.limit_trajectory(plan, self._measured)
+        self._publisher.publish(
+            chunk_to_trajectory_msg(points, self.meta.action_joint_names, self.params.period_s, self._tick_ns(tick)))
+        self._trajectory = (tick, points)
+        self._note_command()
+
+    def _trajectory_tick(self, tick: int) -> None:
         self.scheduler.action_at(tick)  # advances the scheduler's clock, drops passed chunks
-        if self._pending_obs_ns is not None:
-            plan = self.scheduler.plan(tick)
-            if len(plan) == 0:
-                return
-            points = self.limiter.limit_trajectory(plan, self._measured)
-            stamp_ns = self._t0_ns + round(tick * self.params.period_s * 1e9)
-            self._publisher.publish(
-                chunk_to_trajectory_msg(points, self.meta.action_joint_names, self.params.period_s, stamp_ns))
-            self._trajectory = (tick, points)
-            self._note_command()
-        elif self._trajectory is not None:
+        if self._trajectory is not None:
             start, points = self._trajectory
-            if 0 <= tick - start < len(points):
+            if 0 < tick - start < len(points):
                 self.limiter.advance(points[tick - start])
 
     # -- diagnostics ------------------------------------------------------------------------
@@ -439,6 +548,7 @@ class PolicyNode(Node):
         values = {
             "state": self.state,
             "active_provider": self.policy.active_provider,
+            "provider_fallback_reason": self.policy.fallback_reason,
             "model_name": self.meta.name,
             "model_hash": self.meta.model_hash,
             "execution": self.params.execution,
@@ -447,6 +557,7 @@ class PolicyNode(Node):
             "guidance_scale": f"{self.guidance_scale:g}",
             "inference_latency_p50_ms": f"{_percentile(self._inference_s, 50) * 1e3:.3f}",
             "inference_latency_p99_ms": f"{_percentile(self._inference_s, 99) * 1e3:.3f}",
+            "tick_jitter_p50_ms": f"{_percentile(self._jitter_s, 50) * 1e3:.3f}",
             "tick_jitter_p99_ms": f"{_percentile(self._jitter_s, 99) * 1e3:.3f}",
             "obs_to_command_latency_p50_ms": f"{_percentile(self._obs_to_cmd_s, 50) * 1e3:.3f}",
             "obs_to_command_latency_p99_ms": f"{_percentile(self._obs_to_cmd_s, 99) * 1e3:.3f}",
@@ -454,6 +565,8 @@ class PolicyNode(Node):
             "rejected_messages": str(self.rejected),
             "chunks_received": str(self.chunks_received),
             "commands_sent": str(self.commands_sent),
+            "late_first_commands": str(self.late_first_commands),
+            "chunks_discarded": str(self.chunks_discarded),
         }
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: policy", message=message,
                                   hardware_id=self.meta.name,

@@ -302,3 +302,43 @@ def test_launch_file_compiles_and_uses_installed_config():
     compile(source, "policy.launch.py", "exec")
     assert 'get_package_share_directory("flow_policy_ros")' in source
     assert '"config", "policy.yaml"' in source
+
+
+def test_first_command_published_when_inference_returns(model_path, node_process, robot_factory):
+    """Event-driven chunks: the first command of a chunk goes out as soon as inference returns, so the
+    time from the observation's header stamp to that command (diagnostics obs_to_command p50) is a few
+    ms (inference of the tiny model + DDS), far below a tick (20 ms); the command rate stays ~50 Hz."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path, replan_every=4))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    start = time.monotonic()
+    time.sleep(3.0)
+    rate = len(robot.commands_between(start, start + 3.0)) / 3.0
+    assert 45 <= rate <= 55, f"command rate {rate} Hz"
+    robot.wait_for(lambda: robot.diagnostics and int(robot.diagnostics[-1]["chunks_received"]) > 20, 3.0, "diagnostics")
+    with robot.lock:
+        diag = robot.diagnostics[-1]
+    print("diagnostics:", diag)
+    for key in ("tick_jitter_p50_ms", "tick_jitter_p99_ms", "inference_latency_p99_ms", "provider_fallback_reason",
+                "model_hash", "deadline_misses"):
+        assert key in diag
+    assert float(diag["obs_to_command_latency_p50_ms"]) <= 8.0, diag
+
+
+def test_trajectory_mode_stale_publishes_one_empty_trajectory(model_path, node_process, robot_factory):
+    """In trajectory mode, joint states stopping makes the node publish ONE empty JointTrajectory (a JTC
+    stops on it) and nothing else until data returns."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path, execution="trajectory", replan_every=4, stale_timeout_s=0.1))
+    robot.wait_for(lambda: len(robot.trajectories) > 3, 15.0, "trajectories")
+    robot.mode = "pause"
+    paused = time.monotonic()
+    time.sleep(1.0)
+    with robot.lock:
+        after = [m for t, m in robot.trajectories if t > paused + 0.02]
+    assert len(after) >= 1 and len(after[-1].points) == 0
+    assert sum(len(m.points) == 0 for m in after) == 1
+    assert all(len(m.points) > 0 for m in after[:-1])
+    robot.mode = "ok"
+    resumed = time.monotonic()
+    robot.wait_for(lambda: any(t > resumed and len(m.points) > 0 for t, m in robot.trajectories), 5.0, "trajectories again")
