@@ -143,7 +143,8 @@ def test_eval_sim_cli_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
     assert report["model"]["name"] == "tiny" and len(report["model"]["hash"]) == 64
     assert [p["seed"] for p in report["per_episode"]] == eval_episode_seeds(2, 3)
     for name in ("ee_paths_xy.png", "command_traces.png"):  # default plot dir: beside --json
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "eval_plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["plots"] == [str(tmp_path / "eval_plots" / n) for n in ("ee_paths_xy.png", "command_traces.png")]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@
 
 runs ``--episodes`` episodes through :mod:`flow_policy_ros.sim.closed_loop` (the node's
 scheduler and safety clamp, synchronous inference), prints a summary, writes PNG plots into
-``--out`` (default: beside ``--json``, else ``./eval_<task>``) and, with ``--json``, the report
+``--out`` (default: ``<json stem>_plots/`` beside ``--json``, else ``./eval_<task>``) and, with ``--json``, the report
 of :func:`summarize`.
 
 Report fields: success rate with a 95 % Wilson interval; ``modes`` = successful episodes per
@@ -192,7 +192,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
     parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
     parser.add_argument("--replan-every", type=int, default=8, help="actions executed per chunk before the next (1..H)")
-    parser.add_argument("--out", type=Path, default=None, help="plot directory (default: beside --json, else ./eval_<task>)")
+    parser.add_argument("--out", type=Path, help="plot directory (default: <json stem>_plots/ beside --json, else ./eval_<task>)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -231,6 +231,13 @@ def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: Lo
     return report, results
 
 
+def default_plot_dir(json_path: Path | None, task: str) -> Path:
+    """``<json dir>/<json stem>_plots`` beside the report, else ``./eval_<task>``."""
+    if json_path is not None:
+        return json_path.parent / f"{json_path.stem}_plots"
+    return Path(f"eval_{task}")
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     from flow_policy_ros.runtime import OnnxPolicy
@@ -245,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from flow_policy_ros.sim.eval_plots import write_plots
 
-        out = args.out or (args.json.parent if args.json is not None else Path(f"eval_{args.task}"))
+        out = args.out or default_plot_dir(args.json, args.task)
         report["plots"] = [str(p) for p in write_plots(out, results, policy.metadata, args.task)]
     print(format_summary(report))
     write_json(args.json, report)
