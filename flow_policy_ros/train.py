@@ -241,6 +241,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="override train.seed")
     parser.add_argument("--objective", choices=["flow", "regression"], help="override train.objective")
     parser.add_argument("--json", help="write the run summary to this JSON file")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads per process (default 1: this small MLP trains fastest single-threaded, and "
+             "several threads per process on a shared CPU oversubscribe it badly)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -258,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"training data {args.data} not found")
     config = ExperimentConfig.from_yaml(args.config) if args.config else ExperimentConfig()
     config = _apply_overrides(config, args)
+    if args.threads < 1:
+        raise CliError(f"--threads {args.threads}: must be >= 1")
+    torch.set_num_threads(args.threads)
     result = train(args.data, config, args.out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4f} -> {result.checkpoint_path}")
