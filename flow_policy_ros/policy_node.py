@@ -9,8 +9,10 @@ the current tick.
 Event-driven first command (obs→command latency). When a chunk is due at tick k, inference runs
 on the first joint state received at/after tick k (not on one that may be a tick old), and
 when it returns (a guard condition wakes the executor) the chunk's first command is published
-at once: in stream mode the command of tick k was held back for it (if the chunk is not there
-half a period after the tick, the previous chunk's command for tick k is sent instead), in
+at once: in stream mode the command of tick k was held back for it (if no joint state came in
+the first 3/4 of the tick, the previous chunk's command for tick k is sent instead; if
+inference runs past the next tick, tick k gets no command and is counted in
+``late_first_commands``), in
 trajectory mode the JointTrajectory (stamped at tick k, the current tick if inference ran
 past it). Every other command keeps the regular tick schedule. Latency is measured from the
 observation's ``header.stamp`` (the driver's sample time; receipt time if the stamp is 0) to
@@ -359,9 +361,9 @@ class PolicyNode(Node):
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         self._joint_state_ns, self._joint_state_stamp_ns = now_ns, stamp_ns or now_ns
         if self._await_obs_after_ns is not None and now_ns >= self._await_obs_after_ns:
+            if self._owed_tick is not None and now_ns >= self._tick_ns(self._owed_tick) + 3 * self._period_ns // 4:
+                self._serve_owed_late()  # no joint state for most of the tick: the old chunk's command, now
             self._submit()
-        if self._owed_tick is not None and now_ns >= self._tick_ns(self._owed_tick) + self._period_ns // 2:
-            self._serve_owed_late()
 
     def _on_goal(self, msg: PointStamped) -> None:
         try:
@@ -465,7 +467,7 @@ class PolicyNode(Node):
                            obs_stamp_ns=self._joint_state_stamp_ns, generation=self._generation)
 
     def _serve_owed_late(self) -> None:
-        """Half a period passed without the new chunk: send this tick's command from the current chunk."""
+        """The observation for the new chunk came 3/4 of a period late: send this tick's command from the old chunk."""
         tick, self._owed_tick = self._owed_tick, None
         self.late_first_commands += 1
         if tick == self._last_tick and self.state == "running":

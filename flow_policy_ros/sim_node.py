@@ -274,11 +274,11 @@ class SimNode(Node):
         msg.header.stamp = time_msg(stamp_ns)
         return msg
 
-    def _publish_joint_state(self, stamp_ns: int) -> None:
-        msg = self._joint_state(stamp_ns)
+    def _publish_joint_state(self, msg: JointState) -> None:
         self._joint_pub.publish(msg)
         self.joint_states_sent += 1
         if self.recorder is not None and self.state == "running":
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             self.recorder.write(self._joint_pub.topic_name, bagio.JOINT_STATE, msg, stamp_ns)
 
     def _sleep_until(self, t_ns: int) -> None:
@@ -292,7 +292,7 @@ class SimNode(Node):
         end = time.time_ns() + duration_ns
         t = time.time_ns()
         while t < end and not self._stop.is_set():
-            self._publish_joint_state(t)
+            self._publish_joint_state(self._joint_state(t))
             t += period_ns
             self._sleep_until(t)
 
@@ -300,6 +300,14 @@ class SimNode(Node):
         return self._cmd_sub.get_publisher_count() + self._traj_sub.get_publisher_count() > 0
 
     def _run(self) -> None:
+        try:
+            self._run_episodes()
+        except Exception:  # noqa: BLE001 - at shutdown rclpy invalidates the context under this thread
+            if self._stop.is_set() or not self.context.ok():
+                return
+            raise
+
+    def _run_episodes(self) -> None:
         p = self.params
         while self.params.wait_for_commander and not self._commander_matched() and not self._stop.is_set():
             self._hold_for(100_000_000)
@@ -376,9 +384,10 @@ class SimNode(Node):
                 anchor_ns += lag
                 t_ns += lag
                 self.resyncs += 1
+            msg = self._joint_state(t_ns) if n % every == 0 else None  # built before the wait: sent on time
             self._sleep_until(t_ns)
-            if n % every == 0:
-                self._publish_joint_state(t_ns)
+            if msg is not None:
+                self._publish_joint_state(msg)
 
     # -- diagnostics / shutdown ---------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -399,6 +408,8 @@ class SimNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
+        if self.recorder is not None:  # an episode cut short by shutdown keeps its bag, marked as such
+            self.recorder.close({"episode": self.episode, "task": self.params.task, "interrupted": True})
         self.env.close()
         super().destroy_node()
 
