@@ -176,3 +176,42 @@ def test_compare_policies_runs_every_model_and_guidance_on_the_same_seeds(tiny_m
     assert all(r["episode_seeds"] == [eval_episode_seeds(4, 1)[0]] * 2 for r in reports)
     row = module.table_row(reports[1])
     assert row.startswith("| tiny | flow | 2 | ") and row.count("|") == module.TABLE_HEADER.splitlines()[0].count("|")
+
+
+class ExpertChunks:
+    """The scripted expert's plan served as action chunks: a positive control of the loop (not a mock of it).
+
+    Same interface the loop uses of OnnxPolicy (``metadata``, ``predict``, ``rng``); chunk i of a
+    request at tick k holds the expert's targets for the ticks k+1 .. k+H (rad).
+    """
+
+    def __init__(self, metadata: object) -> None:
+        from flow_policy_ros.sim.experts import ScriptedExpert
+
+        self.metadata = metadata
+        self.expert = ScriptedExpert()
+        self.loop: object = None
+        self.rng = None
+
+    def predict(self, observation: np.ndarray, guidance_scale: float | None = None) -> np.ndarray:
+        t = self.loop.env.next_tick_time_s
+        period = self.metadata.control_period_s
+        return np.array([self.expert.command(t + i * period) for i in range(self.metadata.horizon)])
+
+
+@pytest.mark.parametrize("task", ["reach", TASK])
+def test_expert_chunks_through_the_same_loop_succeed(policy: OnnxPolicy, task: str) -> None:
+    """The scheduler + clamp pipeline itself does not make a good chunk source fail (and the clamp stays idle)."""
+    from flow_policy_ros.sim.closed_loop import ClosedLoop
+
+    source = ExpertChunks(policy.metadata)
+    with ClosedLoop(source, LoopConfig(replan_every=8)) as loop:  # type: ignore[arg-type]
+        source.loop = loop
+        results = []
+        for seed in eval_episode_seeds(5, 2):
+            source.expert.plan(sample_episode(task, seed))
+            results.append(loop.run_episode(task, seed))
+    assert all(r.success for r in results), [(r.seed, r.failure) for r in results]
+    assert all(r.clipped_by_limiter == 0 for r in results)
+    if task == TASK:
+        assert all(r.route in ("left", "right") for r in results)
