@@ -158,6 +158,15 @@ def declare_parameters(node: Node) -> SimNodeParams:
     return SimNodeParams(**values)
 
 
+def canonical_cdr(raw: bytes, msgtype: str) -> bytes:
+    """rclpy's CDR bytes re-serialized by rosbags: Fast CDR may append bytes after the message,
+    which rosbags' reader (and so ``flow-policy replay``) rejects as a size mismatch."""
+    msgdef = bagio.TYPESTORE.get_msgdef(msgtype)
+    decode = msgdef.deserialize_cdr_le if raw[1] else msgdef.deserialize_cdr_be
+    message, _ = decode(raw[4:], 0, msgdef.cls, bagio.TYPESTORE)
+    return bytes(bagio.TYPESTORE.serialize_cdr(message, msgtype))
+
+
 class EpisodeRecorder:
     """One rosbag2 per episode (``bag.BagWriter``), written from several threads (locked)."""
 
@@ -173,7 +182,7 @@ class EpisodeRecorder:
     def write(self, topic: str, msgtype: str, msg: Any, log_time_ns: int) -> None:
         with self._lock:
             if self._bag is not None:
-                self._bag.write_raw(topic, msgtype, serialize_message(msg), log_time_ns)
+                self._bag.write_raw(topic, msgtype, canonical_cdr(serialize_message(msg), msgtype), log_time_ns)
 
     def close(self, info: dict[str, Any]) -> None:
         with self._lock:

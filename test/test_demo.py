@@ -71,3 +71,6 @@ def test_demo_one_episode_end_to_end(model_path, tmp_path, execution):
     assert "/diagnostics" in topics
     episode = json.loads((bags[0] / "episode.json").read_text())
     assert episode["seed"] == 0 and episode["success"] is False
+    replay = subprocess.run([sys.executable, "-m", "flow_policy_ros.cli", "replay", str(bags[0]), "--model", str(model_path),
+                             "--out", str(tmp_path / "replay")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stdout + replay.stderr  # flow-policy replay reads the recording back
