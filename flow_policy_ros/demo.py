@@ -195,6 +195,7 @@ def latency_summary(policy: Mapping[str, str]) -> dict[str, Any]:
         "model_name": policy.get("model_name"),
         "model_hash": policy.get("model_hash"),
         "policy_state": policy.get("state"),
+        "policy_scheduling": policy.get("scheduling"),
     }
 
 
@@ -211,15 +212,16 @@ def resolve_model(model: str | None) -> Path:
 
 
 def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: str, episodes: int,
-                      execution: str, record: Path | None) -> NodeProcesses:
-    """Start sim_node and policy_node with the installed YAML files and this run's overrides."""
+                      execution: str, record: Path | None, thread_priority: int = 0) -> NodeProcesses:
+    """Start sim_node and policy_node with the installed YAML files and this run's overrides
+    (``thread_priority`` > 0: SCHED_FIFO for both nodes' control threads, see ``realtime.py``)."""
     nodes = NodeProcesses(env, log_dir)
-    sim_overrides: dict[str, object] = {"task": task, "episodes": episodes}
+    sim_overrides: dict[str, object] = {"task": task, "episodes": episodes, "thread_priority": thread_priority}
     if record is not None:
         sim_overrides["record_path"] = str(record.resolve())
     nodes.start("sim_node", "flow_policy_ros.sim_node", paths.config_path("sim.yaml"), sim_overrides)
     nodes.start("policy_node", "flow_policy_ros.policy_node", paths.config_path("policy.yaml"),
-                {"model_path": str(model), "execution": execution})
+                {"model_path": str(model), "execution": execution, "thread_priority": thread_priority})
     return nodes
 
 
@@ -259,6 +261,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", type=Path, metavar="BAG", help="record each episode as a rosbag2 under this directory")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--log-dir", type=Path, help="node logs (default: a new temp directory)")
+    add_thread_priority_argument(parser)
+
+
+def add_thread_priority_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thread-priority", type=int, default=0, metavar="N",
+                        help="SCHED_FIFO priority 1-99 for the nodes' control threads (0 = normal scheduling, default); "
+                             "falls back with a warning when not permitted")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -275,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
           f"{env['ROS_DOMAIN_ID']}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}; logs in {log_dir}", flush=True)
     start = time.monotonic()
     monitor = LoopMonitor()
-    nodes = start_closed_loop(env, log_dir, model, args.task, args.episodes, args.execution, args.record)
+    nodes = start_closed_loop(env, log_dir, model, args.task, args.episodes, args.execution, args.record,
+                              args.thread_priority)
     try:
         problem = run_loop(nodes, monitor, lambda o: len(o) >= args.episodes,
                            STARTUP_BUDGET_S + EPISODE_BUDGET_S * args.episodes, _print_outcome)

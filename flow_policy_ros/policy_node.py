@@ -70,6 +70,7 @@ from flow_policy_ros.messages import (
     point_array,
     values_by_name,
 )
+from flow_policy_ros.realtime import set_thread_priority
 from flow_policy_ros.runtime import OnnxPolicy
 from flow_policy_ros.safety import (
     GUIDANCE_SCALE_BOUNDS,
@@ -104,6 +105,7 @@ class PolicyNodeParams:
     lower_limits: tuple[float, ...]
     upper_limits: tuple[float, ...]
     velocity_limits: tuple[float, ...]
+    thread_priority: int = 0
 
     def __post_init__(self) -> None:
         if self.execution not in EXECUTION_MODES:
@@ -160,6 +162,10 @@ _PARAMETERS: dict[str, tuple] = {
                      "per-joint upper position limits (rad), may only tighten the model's; unset = model", True, None),
     "velocity_limits": (Parameter.Type.DOUBLE_ARRAY, ParameterType.PARAMETER_DOUBLE_ARRAY,
                         "per-joint velocity limits (rad/s), may only tighten the model's; unset = model", True, None),
+    "thread_priority": (0, ParameterType.PARAMETER_INTEGER,
+                        "SCHED_FIFO priority of the control (executor) thread, 0 = normal scheduling; "
+                        "falls back with a warning when not permitted (as ros2_control's controller_manager)", True,
+                        _int_range(0, 99)),
 }
 
 
@@ -311,6 +317,7 @@ class PolicyNode(Node):
         self._owed_tick: int | None = None  # stream: this tick's command waits for the chunk in flight
         self._generation = 0  # bumped on a new goal; results of older generations are dropped
         self.late_first_commands = 0
+        self.scheduling = "SCHED_OTHER"
         self.chunks_discarded = 0
         self.last_error = ""
         self.rejected = 0
@@ -551,6 +558,7 @@ class PolicyNode(Node):
             "state": self.state,
             "active_provider": self.policy.active_provider,
             "provider_fallback_reason": self.policy.fallback_reason,
+            "scheduling": self.scheduling,
             "model_name": self.meta.name,
             "model_hash": self.meta.model_hash,
             "execution": self.params.execution,
@@ -588,6 +596,9 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = PolicyNode()
+        node.scheduling = set_thread_priority(node.params.thread_priority)  # this thread runs the executor
+        if node.params.thread_priority and not node.scheduling.startswith("SCHED_FIFO"):
+            node.get_logger().warning(node.scheduling)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -62,6 +62,7 @@ from trajectory_msgs.msg import JointTrajectory
 from flow_policy_ros import bag as bagio
 from flow_policy_ros.config import IIWA_JOINT_NAMES
 from flow_policy_ros.messages import time_msg
+from flow_policy_ros.realtime import set_thread_priority
 from flow_policy_ros.sim.arm import PHYSICS_HZ
 from flow_policy_ros.sim.env import SimEnv, sim_time_ns
 from flow_policy_ros.sim.tasks import TASKS, EpisodeSpec, sample_episode
@@ -89,6 +90,7 @@ class SimNodeParams:
     wait_for_commander: bool
     record_path: str
     record_storage: str
+    thread_priority: int
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -145,6 +147,8 @@ PARAMETERS: dict[str, tuple[Any, int, str, dict]] = {
                            "start the first episode only once a commands/joint_trajectory publisher is matched", {}),
     "record_path": ("", _T.PARAMETER_STRING, "directory for one rosbag2 per episode; empty = no recording", {}),
     "record_storage": ("mcap", _T.PARAMETER_STRING, "rosbag2 storage: 'mcap' or 'sqlite3'", {}),
+    "thread_priority": (0, _T.PARAMETER_INTEGER, "SCHED_FIFO priority of the physics and executor threads; "
+                        "0 = normal scheduling (falls back with a warning when not permitted)", _int_range(0, 99)),
 }
 
 
@@ -309,6 +313,9 @@ class SimNode(Node):
         return self._cmd_sub.get_publisher_count() + self._traj_sub.get_publisher_count() > 0
 
     def _run(self) -> None:
+        scheduling = set_thread_priority(self.params.thread_priority)
+        if self.params.thread_priority and not scheduling.startswith("SCHED_FIFO"):
+            self.get_logger().warning(f"physics thread: {scheduling}")
         try:
             self._run_episodes()
         except Exception:  # noqa: BLE001 - at shutdown rclpy invalidates the context under this thread
@@ -429,6 +436,7 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = SimNode()
+        set_thread_priority(node.params.thread_priority)  # the executor thread (commands)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
