@@ -36,6 +36,7 @@ OBSERVATION_FIELDS: dict[str, str] = {
 }
 
 NORMALIZATION_MODES = ("minmax", "meanstd")
+ACTION_FRAMES = ("relative", "absolute")
 
 
 class ConfigError(ValueError):
@@ -126,6 +127,10 @@ class PolicyConfig:
         p_uncond: probability of replacing the guided condition by the null condition in training.
         guided_fields: observation fields replaced by the learned null condition (the CFG condition).
         normalization: 'minmax' (per-dim to [-1, 1]) or 'meanstd' (zero mean, unit std).
+        action_frame: 'relative' (the network predicts targets minus the current measured
+            joint positions, which the graph adds back: small, well-scaled numbers and exact
+            holding) or 'absolute' (the network predicts the targets themselves). Both export
+            to the same contract: the graph outputs absolute targets in rad.
         hidden_dim: width of the velocity MLP.
         num_layers: hidden layers of the velocity MLP.
         time_embed_dim: size of the sinusoidal time embedding.
@@ -141,6 +146,7 @@ class PolicyConfig:
     p_uncond: float = 0.1
     guided_fields: tuple[str, ...] = ("goal",)
     normalization: str = "minmax"
+    action_frame: str = "relative"
     hidden_dim: int = 192
     num_layers: int = 3
     time_embed_dim: int = 32
@@ -171,6 +177,18 @@ class PolicyConfig:
             self.normalization in NORMALIZATION_MODES,
             f"normalization must be one of {NORMALIZATION_MODES}, got {self.normalization!r}",
         )
+        _require(
+            self.action_frame in ACTION_FRAMES,
+            f"action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}",
+        )
+        if self.action_frame == "relative":
+            missing = [n for n in self.action_joint_names if n not in self.observation.joint_names]
+            _require(
+                "joint_positions" in self.observation.fields and not missing,
+                "action_frame 'relative' needs the positions of every action joint in the observation "
+                f"(observation.fields has joint_positions: {'joint_positions' in self.observation.fields}, "
+                f"action joints not observed: {missing}); use action_frame: absolute otherwise",
+            )
         _require(self.hidden_dim >= 8, f"hidden_dim must be >= 8, got {self.hidden_dim}")
         _require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
         _require(
@@ -189,6 +207,13 @@ class PolicyConfig:
     @property
     def obs_dim(self) -> int:
         return self.observation.obs_dim
+
+    def action_reference_indices(self) -> list[int]:
+        """Observation indices of the action joints' measured positions (relative frame), else []."""
+        if self.action_frame != "relative":
+            return []
+        start = self.observation.field_slices()["joint_positions"].start
+        return [start + self.observation.joint_names.index(name) for name in self.action_joint_names]
 
     def guided_mask(self) -> list[bool]:
         """Per observation dimension: True where the null condition replaces it (CFG)."""

@@ -32,6 +32,7 @@ from flow_policy_ros.errors import ModelFileError
 from flow_policy_ros.flow import sample_chunks, step_time_features
 from flow_policy_ros.metadata import METADATA_KEY, PolicyMetadata
 from flow_policy_ros.model import VelocityNet
+from flow_policy_ros.normalization import action_reference
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -49,6 +50,7 @@ class Sampler(nn.Module):
         self.net = net
         self.steps = steps if ckpt.config.train.objective == "flow" else 1
         self.regression = ckpt.config.train.objective == "regression"
+        self.reference_indices = ckpt.config.policy.action_reference_indices()
         for name, value in ckpt.stats.torch_buffers().items():
             self.register_buffer(name, value)
         self.register_buffer("time_features", None)
@@ -63,7 +65,7 @@ class Sampler(nn.Module):
         obs_n = (observation - self.obs_shift) / self.obs_scale
         x0 = noise * 0.0 if self.regression else noise
         chunk_n = sample_chunks(self.net, obs_n, x0, guidance_scale, self.steps, self.time_features)
-        return chunk_n * self.act_scale + self.act_shift
+        return chunk_n * self.act_scale + self.act_shift + action_reference(observation, self.reference_indices)
 
 
 def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True) -> Sampler:
@@ -87,6 +89,7 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         guidance_scale=policy.guidance_scale,
         objective=ckpt.config.train.objective,
         normalization=policy.normalization,
+        action_frame=policy.action_frame,
         checkpoint_sha256=file_sha256(checkpoint_path),
         training_data={**ckpt.data_summary, "train_steps": ckpt.step},
         code_version=ckpt.code_version,

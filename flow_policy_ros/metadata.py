@@ -33,6 +33,7 @@ class PolicyMetadata:
         guidance_scale: default CFG weight w.
         objective: 'flow' or 'regression' (regression ignores the noise input).
         normalization: 'minmax' or 'meanstd' (the statistics themselves are in the graph).
+        action_frame: 'relative' or 'absolute' (informational: the graph outputs absolute targets).
         checkpoint_sha256: hash of the checkpoint the graph was exported from.
         training_data: summary of the training data (episodes, windows, source).
         code_version: package version + commit at export.
@@ -49,6 +50,7 @@ class PolicyMetadata:
     guidance_scale: float = 1.0
     objective: str = "flow"
     normalization: str = "minmax"
+    action_frame: str = "absolute"
     checkpoint_sha256: str = ""
     training_data: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
@@ -78,6 +80,7 @@ class PolicyMetadata:
                 "guidance_scale": self.guidance_scale,
                 "objective": self.objective,
                 "normalization": self.normalization,
+                "action_frame": self.action_frame,
                 "checkpoint_sha256": self.checkpoint_sha256,
                 "training_data": self.training_data,
                 "code_version": self.code_version,
@@ -116,6 +119,7 @@ class PolicyMetadata:
                 guidance_scale=float(data.get("guidance_scale", 1.0)),
                 objective=str(data.get("objective", "flow")),
                 normalization=str(data.get("normalization", "")),
+                action_frame=str(data.get("action_frame", "absolute")),
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 training_data=dict(data.get("training_data", {})),
                 code_version=str(data.get("code_version", "")),

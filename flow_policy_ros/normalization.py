@@ -109,6 +109,18 @@ class NormalizationStats:
         return {name: torch.tensor(getattr(self, name), dtype=torch.float32) for name in _FIELDS}
 
 
+def action_reference(observations: Any, indices: list[int]) -> Any:
+    """What the action frame is relative to: observations (N, obs_dim) -> (N, 1, A), numpy or torch.
+
+    ``indices`` come from ``PolicyConfig.action_reference_indices()``: the measured positions
+    of the action joints for the 'relative' frame; empty for 'absolute' (returns 0).
+    The network's chunk is ``actions - action_reference(obs)``; the sampler adds it back.
+    """
+    if not indices:
+        return 0.0
+    return observations[:, indices][:, None, :]
+
+
 def _affine(values: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     if mode == "minmax":
         low, high = values.min(axis=0), values.max(axis=0)

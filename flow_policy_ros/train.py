@@ -29,7 +29,7 @@ from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.config import ExperimentConfig, to_dict
 from flow_policy_ros.flow import training_loss
 from flow_policy_ros.model import VelocityNet
-from flow_policy_ros.normalization import NormalizationStats
+from flow_policy_ros.normalization import NormalizationStats, action_reference
 
 KEEP_PERIODIC = 3
 
@@ -100,9 +100,11 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     windows = load_training_data(data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None)
-    stats = NormalizationStats.fit(windows.observations, windows.actions, policy_cfg.normalization)
+    # the network's chunk is in the configured action frame (relative: minus the measured positions)
+    model_actions = windows.actions - action_reference(windows.observations, policy_cfg.action_reference_indices())
+    stats = NormalizationStats.fit(windows.observations, model_actions, policy_cfg.normalization)
     obs_n = torch.tensor(stats.normalize_obs(windows.observations), dtype=torch.float32, device=device)
-    act_n = torch.tensor(stats.normalize_actions(windows.actions), dtype=torch.float32, device=device)
+    act_n = torch.tensor(stats.normalize_actions(model_actions), dtype=torch.float32, device=device)
     n_windows = obs_n.shape[0]
 
     torch.manual_seed(train_cfg.seed)

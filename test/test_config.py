@@ -60,3 +60,14 @@ def test_observation_spec_sizes():
     spec = ObservationSpec(joint_names=("a", "b"), fields=("goal", "joint_velocities"))
     assert spec.obs_dim == 5
     assert spec.field_slices() == {"goal": slice(0, 3), "joint_velocities": slice(3, 5)}
+
+
+def test_relative_action_frame_needs_observed_positions_of_the_action_joints():
+    cfg = PolicyConfig()
+    assert cfg.action_frame == "relative" and cfg.action_reference_indices() == list(range(7))
+    spec = ObservationSpec(fields=("joint_velocities", "goal"))
+    with pytest.raises(ConfigError, match="action_frame 'relative' needs the positions"):
+        PolicyConfig(observation=spec)
+    assert PolicyConfig(observation=spec, action_frame="absolute").action_reference_indices() == []
+    reordered = ObservationSpec(joint_names=tuple(reversed(cfg.action_joint_names)), fields=("goal", "joint_positions"))
+    assert PolicyConfig(observation=reordered).action_reference_indices() == [3 + 6 - i for i in range(7)]

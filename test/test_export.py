@@ -125,3 +125,19 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, case, expect
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert not out.exists()
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_relative_action_frame_adds_the_measured_positions_back(tmp_path):
+    """Same weights, two frames: the relative graph's output is the absolute graph's output plus
+    the observed positions of the action joints (exactly the training transform, inverted)."""
+    relative = make_checkpoint(tmp_path / "rel.pt", seed=4, action_frame="relative")
+    absolute = make_checkpoint(tmp_path / "abs.pt", seed=4, action_frame="absolute")
+    export_checkpoint(relative, tmp_path / "rel.onnx")
+    export_checkpoint(absolute, tmp_path / "abs.onnx")
+    rel, abs_ = OnnxPolicy(tmp_path / "rel.onnx"), OnnxPolicy(tmp_path / "abs.onnx")
+    assert rel.metadata.action_frame == "relative" and abs_.metadata.action_frame == "absolute"
+    rng = np.random.default_rng(1)
+    obs = rng.normal(0, 0.5, (4, 17)).astype(np.float32)
+    noise = rng.standard_normal((4, 8, 7)).astype(np.float32)
+    difference = rel.predict(obs, noise) - abs_.predict(obs, noise)
+    np.testing.assert_allclose(difference, np.broadcast_to(obs[:, None, :7], difference.shape), atol=1e-5)
