@@ -265,6 +265,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         ema_decay: decay of the exponential moving average of the weights.
         seed: seed for weights, batches, noise and condition dropout.
+        position_noise_std: std (rad) of Gaussian noise added to the observed joint positions of
+            each training sample while its target positions stay on the demonstration: the
+            policy learns to steer back to the demonstrated path from slightly-off states (the
+            covariate shift that makes behaviour cloning drift). 0 disables it.
         checkpoint_every: steps between checkpoints.
         log_every: steps between loss-log entries.
     """
@@ -276,6 +280,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
     seed: int = 0
+    position_noise_std: float = 0.0
     checkpoint_every: int = 2000
     log_every: int = 50
 
@@ -285,6 +290,7 @@ class TrainConfig:
         _require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _require(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _require(self.position_noise_std >= 0, f"train.position_noise_std must be >= 0, got {self.position_noise_std}")
         _require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
 

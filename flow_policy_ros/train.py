@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from flow_policy_ros.checkpoint import Checkpoint, code_version, load_checkpoint, save_checkpoint
 from flow_policy_ros.cli import CliError, write_json
-from flow_policy_ros.config import ExperimentConfig, to_dict
+from flow_policy_ros.config import ExperimentConfig, PolicyConfig, to_dict
 from flow_policy_ros.flow import training_loss
 from flow_policy_ros.model import VelocityNet
 from flow_policy_ros.normalization import NormalizationStats, action_reference
@@ -40,6 +40,35 @@ class TrainResult:
     final_loss: float
     steps: int
     seconds: float
+
+
+class PositionNoise:
+    """Perturb observed joint positions, keep the demonstrated targets (in normalized space).
+
+    With noise e (rad) on the positions: obs_n[:, pos] += e / obs_scale[pos]; the absolute
+    targets do not move, so in the relative action frame the chunk (targets - positions)
+    changes by -e for the action joints: act_n -= e / act_scale.
+    """
+
+    def __init__(self, policy_cfg: PolicyConfig, stats: NormalizationStats, std_rad: float, device: torch.device) -> None:
+        positions = policy_cfg.observation.field_slices()["joint_positions"] if "joint_positions" in policy_cfg.observation.fields else None
+        self.std = std_rad if positions is not None else 0.0
+        self.obs_columns = list(range(positions.start, positions.stop)) if positions is not None else []
+        reference = policy_cfg.action_reference_indices()
+        # which perturbed column feeds each action joint's reference (relative frame only)
+        self.action_from = [self.obs_columns.index(i) for i in reference]
+        self.obs_scale = torch.tensor(stats.obs_scale[self.obs_columns], dtype=torch.float32, device=device)
+        self.act_scale = torch.tensor(stats.act_scale, dtype=torch.float32, device=device)
+
+    def __call__(self, obs_n: torch.Tensor, act_n: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.std == 0.0:
+            return obs_n, act_n
+        noise = self.std * torch.randn((obs_n.shape[0], len(self.obs_columns)), generator=generator, device=obs_n.device)
+        obs_n = obs_n.clone()
+        obs_n[:, self.obs_columns] += noise / self.obs_scale
+        if self.action_from:
+            act_n = act_n - (noise[:, self.action_from] / self.act_scale)[:, None, :]
+        return obs_n, act_n
 
 
 class _LossModule(torch.nn.Module):
@@ -106,6 +135,7 @@ def train(
     obs_n = torch.tensor(stats.normalize_obs(windows.observations), dtype=torch.float32, device=device)
     act_n = torch.tensor(stats.normalize_actions(model_actions), dtype=torch.float32, device=device)
     n_windows = obs_n.shape[0]
+    position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device)
 
     torch.manual_seed(train_cfg.seed)
     model = VelocityNet(policy_cfg).to(device)
@@ -167,7 +197,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = train_cfg.lr * _lr_factor(step, train_cfg.steps)
         index = torch.randint(n_windows, (train_cfg.batch_size,), generator=generator, device=device)
-        loss = trained(obs_n[index], act_n[index], generator)
+        batch_obs, batch_act = position_noise(obs_n[index], act_n[index], generator)
+        loss = trained(batch_obs, batch_act, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

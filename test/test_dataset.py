@@ -94,7 +94,7 @@ def test_ticks_without_a_goal_start_no_window() -> None:
 
 
 def test_missing_action_joint_is_named() -> None:
-    policy = PolicyConfig(horizon=H, action_joint_names=[*NAMES[:6], "gripper"])
+    policy = PolicyConfig(horizon=H, action_joint_names=[*NAMES[:6], "gripper"], action_frame="absolute")
     with pytest.raises(DatasetError, match="commands lacks joint.*gripper"):
         windows_from_recording(ramp_recording(), policy, DataConfig())
 
