@@ -126,6 +126,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write results to this JSON file")
     parser.add_argument("--ros", action="store_true", help="closed-loop ROS 2 benchmark (sim_node + policy_node)")
     parser.add_argument("--duration", type=float, default=60.0, help="--ros: seconds of closed loop (default 60)")
+    from flow_policy_ros.demo import add_thread_priority_argument
+
+    add_thread_priority_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
