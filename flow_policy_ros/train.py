@@ -128,7 +128,9 @@ def train(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    windows = load_training_data(data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None)
+    windows = load_training_data(
+        data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None, progress=progress and rank == 0
+    )
     # the network's chunk is in the configured action frame (relative: minus the measured positions)
     model_actions = windows.actions - action_reference(windows.observations, policy_cfg.action_reference_indices())
     stats = NormalizationStats.fit(windows.observations, model_actions, policy_cfg.normalization)
