@@ -156,3 +156,29 @@ def test_torchrun_ddp_with_two_cpu_processes(tmp_path):
     assert ckpt.step == 6
     assert ckpt.data_summary["world_size"] == 2
     assert proc.stdout.count("trained 6 steps") == 1  # only rank 0 reports
+
+
+def test_position_noise_moves_observations_but_keeps_absolute_targets():
+    """After the augmentation, (relative chunk + perturbed positions) in robot units is still the
+    demonstrated absolute target, exactly; the goal part of the observation is untouched."""
+    from flow_policy_ros.normalization import NormalizationStats, action_reference
+    from flow_policy_ros.train import PositionNoise
+
+    policy = toy_config(1).policy
+    rng = np.random.default_rng(0)
+    obs = rng.normal(0, 1, (64, policy.obs_dim))
+    actions = rng.normal(0, 1, (64, policy.horizon, policy.action_dim))
+    indices = policy.action_reference_indices()
+    relative = actions - action_reference(obs, indices)
+    stats = NormalizationStats.fit(obs, relative, policy.normalization)
+    obs_n = torch.tensor(stats.normalize_obs(obs), dtype=torch.float64)
+    act_n = torch.tensor(stats.normalize_actions(relative), dtype=torch.float64)
+    noise = PositionNoise(policy, stats, 0.05, torch.device("cpu"))
+    noise.obs_scale, noise.act_scale = noise.obs_scale.double(), noise.act_scale.double()
+    noisy_obs_n, noisy_act_n = noise(obs_n, act_n, torch.Generator().manual_seed(0))
+    noisy_obs = noisy_obs_n.numpy() * stats.obs_scale + stats.obs_shift
+    targets = stats.unnormalize_actions(noisy_act_n.numpy()) + action_reference(noisy_obs, indices)
+    np.testing.assert_allclose(targets, actions, atol=1e-12)
+    moved = np.abs(noisy_obs - obs)
+    assert 0.02 < moved[:, 0].mean() < 0.06  # positions moved by ~N(0, 0.05)
+    np.testing.assert_allclose(moved[:, 1:], 0.0, atol=1e-12)  # goal untouched
