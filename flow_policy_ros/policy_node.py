@@ -60,7 +60,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from flow_policy_ros import paths
-from flow_policy_ros.chunking import CHUNKING_MODES, DEFAULT_ENSEMBLE_DECAY, ActionChunk, make_scheduler
+from flow_policy_ros.chunking import CHUNKING_MODES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, ActionChunk, make_scheduler
 from flow_policy_ros.errors import FlowPolicyError, ObservationError
 from flow_policy_ros.messages import (
     action_to_multiarray_msg,
@@ -132,7 +132,7 @@ _PARAMETERS: dict[str, tuple] = {
     "model_path": ("", ParameterType.PARAMETER_STRING,
                    "ONNX policy file; empty = the packaged default model (share/flow_policy_ros/models)", True, None),
     "control_rate_hz": (50.0, ParameterType.PARAMETER_DOUBLE, "control tick rate (Hz)", True, _float_range(1.0, 1000.0)),
-    "replan_every": (8, ParameterType.PARAMETER_INTEGER,
+    "replan_every": (DEFAULT_REPLAN_EVERY, ParameterType.PARAMETER_INTEGER,
                      "actions executed from a chunk before the next chunk is due (ticks, <= horizon H)", True,
                      _int_range(1, 1000)),
     "execution": ("stream", ParameterType.PARAMETER_STRING,

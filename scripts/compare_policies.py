@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flow_policy_ros.chunking import CHUNKING_MODES  # noqa: E402
+from flow_policy_ros.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY  # noqa: E402
 from flow_policy_ros.runtime import OnnxPolicy  # noqa: E402
 from flow_policy_ros.sim.closed_loop import LoopConfig, eval_episode_seeds, validate_config  # noqa: E402
 from flow_policy_ros.sim.evaluate import evaluate  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed in [0, 99]")
     parser.add_argument("--guidance", type=float, nargs="+", default=None, help="guidance scales w (default: each model's)")
     parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
-    parser.add_argument("--replan-every", type=int, default=8)
+    parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY)
     parser.add_argument("--sweep-regression", action="store_true", help="also sweep w for regression baselines")
     parser.add_argument("--json", type=Path, help="write all reports here")
     parser.add_argument("--markdown", type=Path, help="write the table here")

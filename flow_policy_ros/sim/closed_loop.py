@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flow_policy_ros.chunking import DEFAULT_ENSEMBLE_DECAY, ActionChunk, make_scheduler
+from flow_policy_ros.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, ActionChunk, make_scheduler
 from flow_policy_ros.config import IIWA_JOINT_NAMES
 from flow_policy_ros.errors import ModelFileError
 from flow_policy_ros.messages import build_observation, values_by_name
@@ -84,7 +84,7 @@ class LoopConfig:
     """
 
     chunking: str = "receding_horizon"
-    replan_every: int = 8
+    replan_every: int = DEFAULT_REPLAN_EVERY
     guidance_scale: float | None = None
     ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
     velocity_scale: float = 1.0

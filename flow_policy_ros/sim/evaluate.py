@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flow_policy_ros.chunking import CHUNKING_MODES
+from flow_policy_ros.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.sim.closed_loop import (
     FAILURE_REASONS,
@@ -191,7 +191,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed in [0, 99]; episode seeds derive from it")
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
     parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
-    parser.add_argument("--replan-every", type=int, default=8, help="actions executed per chunk before the next (1..H)")
+    parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="actions executed per chunk before the next (1..H)")
     parser.add_argument("--out", type=Path, help="plot directory (default: <json stem>_plots/ beside --json, else ./eval_<task>)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
