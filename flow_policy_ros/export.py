@@ -91,9 +91,23 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         normalization=policy.normalization,
         action_frame=policy.action_frame,
         checkpoint_sha256=file_sha256(checkpoint_path),
-        training_data={**ckpt.data_summary, "train_steps": ckpt.step},
+        training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
         code_version=ckpt.code_version,
     )
+
+
+def summarize_training_data(summary: dict) -> dict:
+    """The scalar facts of a training-data summary (episodes, windows, source, ...); per-episode
+    lists are reduced to their length so the metadata stays small."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
+            out[f"{key}_true"] = sum(value)  # e.g. per-episode success flags -> successes
+        elif isinstance(value, (list, tuple)):
+            out[f"{key}_count"] = len(value)
+    return out
 
 
 @dataclass

@@ -141,3 +141,13 @@ def test_relative_action_frame_adds_the_measured_positions_back(tmp_path):
     noise = rng.standard_normal((4, 8, 7)).astype(np.float32)
     difference = rel.predict(obs, noise) - abs_.predict(obs, noise)
     np.testing.assert_allclose(difference, np.broadcast_to(obs[:, None, :7], difference.shape), atol=1e-5)
+
+
+def test_training_data_summary_in_metadata_stays_small():
+    from flow_policy_ros.export import summarize_training_data
+
+    summary = {"episodes": 3, "root": "data/reach", "sources": ["a", "b", "c"], "success": [True, False, True],
+               "cache": {"hit": True}, "skipped_failures": 1}
+    assert summarize_training_data(summary) == {
+        "episodes": 3, "root": "data/reach", "sources_count": 3, "success_true": 2, "skipped_failures": 1,
+    }
