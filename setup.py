@@ -23,7 +23,6 @@ setup(
     maintainer_email="maintainers@flow-policy-ros.dev",
     description="Flow-matching action-chunk policy (CFG) exported to ONNX and run in an rclpy node.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "flow-policy = flow_policy_ros.cli:main",

@@ -109,12 +109,12 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model_name']}: H={result['horizon']} A={result['action_dim']} "
           f"N={result['euler_steps']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
-    print(f"{'engine':<26} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
+    print(f"{'engine':<36} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
     rows = [("onnxruntime (" + result["onnxruntime"]["provider"] + ")", result["onnxruntime"])]
     if "torch_eager" in result:
         rows.append(("torch eager", result["torch_eager"]))
     for name, stats in rows:
-        print(f"{name:<26} {stats['p50_ms']:>8.3f} {stats['p99_ms']:>8.3f} {stats['batch8_chunks_per_s']:>17.0f}")
+        print(f"{name:<36} {stats['p50_ms']:>8.3f} {stats['p99_ms']:>8.3f} {stats['batch8_chunks_per_s']:>17.0f}")
     if "speedup_p50" in result:
         print(f"speedup (torch / onnxruntime): p50 {result['speedup_p50']:.1f}x, p99 {result['speedup_p99']:.1f}x")
 
