@@ -212,11 +212,15 @@ def resolve_model(model: str | None) -> Path:
 
 
 def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: str, episodes: int,
-                      execution: str, record: Path | None, thread_priority: int = 0) -> NodeProcesses:
+                      execution: str, record: Path | None, thread_priority: int = 0,
+                      seeds: list[int] | None = None) -> NodeProcesses:
     """Start sim_node and policy_node with the installed YAML files and this run's overrides
-    (``thread_priority`` > 0: SCHED_FIFO for both nodes' control threads, see ``realtime.py``)."""
+    (``thread_priority`` > 0: SCHED_FIFO for both nodes' control threads, see ``realtime.py``;
+    ``seeds``: the episode seeds, default 0, 1, 2, ...)."""
     nodes = NodeProcesses(env, log_dir)
     sim_overrides: dict[str, object] = {"task": task, "episodes": episodes, "thread_priority": thread_priority}
+    if seeds is not None:
+        sim_overrides["seeds"] = list(seeds)
     if record is not None:
         sim_overrides["record_path"] = str(record.resolve())
     nodes.start("sim_node", "flow_policy_ros.sim_node", paths.config_path("sim.yaml"), sim_overrides)
@@ -261,6 +265,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", type=Path, metavar="BAG", help="record each episode as a rosbag2 under this directory")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--log-dir", type=Path, help="node logs (default: a new temp directory)")
+    parser.add_argument("--eval-seed", type=int, metavar="S",
+                        help="run the episodes of `flow-policy eval-sim --seed S` (same starts and goals), "
+                             "to compare the ROS loop with the in-process one; default: episode seeds 0, 1, 2, ...")
     add_thread_priority_argument(parser)
 
 
@@ -276,6 +283,14 @@ def run(args: argparse.Namespace) -> int:
     if args.record is not None and args.record.exists() and any(args.record.iterdir()):
         raise CliError(f"--record {args.record}: exists and is not empty")
     model = resolve_model(args.model)
+    seeds = None
+    if args.eval_seed is not None:
+        from flow_policy_ros.sim.closed_loop import eval_episode_seeds
+
+        try:
+            seeds = eval_episode_seeds(args.eval_seed, args.episodes)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
     env = ros_environment()
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})  # this process's rclpy
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="flow-policy-demo-"))
@@ -285,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     monitor = LoopMonitor()
     nodes = start_closed_loop(env, log_dir, model, args.task, args.episodes, args.execution, args.record,
-                              args.thread_priority)
+                              args.thread_priority, seeds)
     try:
         problem = run_loop(nodes, monitor, lambda o: len(o) >= args.episodes,
                            STARTUP_BUDGET_S + EPISODE_BUDGET_S * args.episodes, _print_outcome)
