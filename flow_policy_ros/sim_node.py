@@ -50,6 +50,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -442,6 +443,11 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # SIGINT shuts the context down; if that lands between two waits of the executor, rclpy
+        # raises RCLError ("context is not valid") instead of ExternalShutdownException.
+        if rclpy.ok():
+            raise
     except ValueError as exc:
         print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
         return 1
