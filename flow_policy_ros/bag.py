@@ -338,15 +338,17 @@ def _joint_arrays(path: Path, messages: list[tuple[int, Any]], joint_names: Sequ
     times, pos, vel, skipped = [], [], [], 0
     for log_time, msg in messages:
         index = {n: i for i, n in enumerate(msg.name)}
-        if any(n not in index for n in names) or len(msg.velocity) != len(msg.name):
+        # An empty velocity array is legal in JointState (drivers without velocity); it becomes
+        # NaN, and only an observation that needs velocities rejects it (dataset.observations_at).
+        if any(n not in index for n in names) or len(msg.position) != len(msg.name) or len(msg.velocity) not in (0, len(msg.name)):
             skipped += 1
             continue
         cols = [index[n] for n in names]
         times.append(_stamp_or_log(msg, log_time))
         pos.append(np.asarray(msg.position, dtype=np.float64)[cols])
-        vel.append(np.asarray(msg.velocity, dtype=np.float64)[cols])
+        vel.append(np.asarray(msg.velocity, dtype=np.float64)[cols] if len(msg.velocity) else np.full(len(cols), np.nan))
     if not times:
-        raise BagError(f"{path}: no JointState message carries positions and velocities for all of {names}")
+        raise BagError(f"{path}: no JointState message carries positions for all of {names}")
     return names, np.array(times, np.int64), np.array(pos), np.array(vel), skipped
 
 

@@ -161,6 +161,8 @@ def observations_at(rec: EpisodeRecording, ticks_ns: np.ndarray, policy_cfg: Pol
         if name == "joint_positions":
             out[:, sl] = resample_linear(rec.joint_times_ns, rec.positions[:, cols], ticks_ns)
         elif name == "joint_velocities":
+            if np.isnan(rec.velocities[:, cols]).any():
+                raise DatasetError(f"{source}: the observation needs joint_velocities but joint_states messages carry none")
             out[:, sl] = resample_linear(rec.joint_times_ns, rec.velocities[:, cols], ticks_ns)
         elif name == "goal":
             out[:, sl] = sample_hold(rec.goal_times_ns, rec.goals, ticks_ns)

@@ -227,3 +227,19 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
         out.write("/goal", POINT_STAMPED, point_stamped_msg(EPOCH, np.zeros(3)), EPOCH)
         raise RuntimeError("simulated crash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_joint_states_without_velocities_read_as_nan(tmp_path: Path) -> None:
+    """A driver that publishes no velocity (an empty array, legal in JointState) still gives positions."""
+    rec = make_recording()
+    bag = tmp_path / "novel"
+    with BagWriter(bag, "mcap") as out:
+        for t, pos in zip(rec.joint_times_ns, rec.positions):
+            out.write("/joint_states", JOINT_STATE, joint_state_msg(t, NAMES, pos, np.zeros(0)), t)
+        for t, goal in zip(rec.goal_times_ns, rec.goals):
+            out.write("/goal", POINT_STAMPED, point_stamped_msg(t, goal), t)
+        for t, cmd in zip(rec.command_times_ns, rec.commands):
+            out.write("/commands", FLOAT64_MULTI_ARRAY, float64_multi_array_msg(cmd), t)
+    back = read_episode_bag(bag, joint_names=NAMES)
+    np.testing.assert_array_equal(back.positions, rec.positions)
+    assert np.isnan(back.velocities).all()

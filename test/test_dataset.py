@@ -168,3 +168,13 @@ def test_bad_paths(tmp_path: Path) -> None:
         load_training_data(tmp_path / "nope", POLICY, DataConfig())
     with pytest.raises(DatasetError, match="no rosbag2 episodes"):
         load_training_data(tmp_path, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_missing_velocities_fail_only_when_the_observation_needs_them() -> None:
+    rec = ramp_recording()
+    rec.velocities[:] = np.nan  # what bag.py reads from a driver that publishes no velocities
+    with pytest.raises(DatasetError, match="needs joint_velocities but joint_states messages carry none"):
+        windows_from_recording(rec, PolicyConfig(horizon=H), DataConfig())
+    positions_only = PolicyConfig(horizon=H, observation={"fields": ["joint_positions", "goal"]})
+    windows = windows_from_recording(rec, positions_only, DataConfig())
+    assert np.isfinite(windows.observations).all() and len(windows) > 0
