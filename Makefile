@@ -56,7 +56,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
-	$(VENV)/bin/flow-policy bench --json out/bench.json
+	@mkdir -p out
+	$(VENV)/bin/flow-policy bench --model models/iiwa_reach.onnx --checkpoint models/iiwa_reach.pt --json out/bench.json
 
 clean:
 	rm -rf build install log *.egg-info .pytest_cache .ruff_cache
