@@ -57,7 +57,8 @@ def ros_environment(environ: Mapping[str, str] | None = None, pid: int | None = 
     return env
 
 
-def _param_arg(name: str, value: object) -> str:
+def ros_param_arg(name: str, value: object) -> str:
+    """``name:=value`` for ``--ros-args -p`` (YAML literals: bools lower-case, lists in brackets)."""
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (list, tuple)):
@@ -79,7 +80,7 @@ class NodeProcesses:
     def start(self, name: str, module: str, params_file: Path, overrides: Mapping[str, object]) -> subprocess.Popen:
         cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)]
         for key, value in overrides.items():
-            cmd += ["-p", _param_arg(key, value)]
+            cmd += ["-p", ros_param_arg(key, value)]
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop_all
         self._logs.append(log)
         proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

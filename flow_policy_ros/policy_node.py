@@ -47,12 +47,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -71,6 +68,7 @@ from flow_policy_ros.messages import (
     point_array,
     values_by_name,
 )
+from flow_policy_ros.node_runner import spin_node
 from flow_policy_ros.realtime import set_thread_priority
 from flow_policy_ros.runtime import OnnxPolicy
 from flow_policy_ros.safety import (
@@ -591,33 +589,15 @@ class PolicyNode(Node):
         super().destroy_node()
 
 
+def _raise_priority(node: PolicyNode) -> None:
+    node.scheduling = set_thread_priority(node.params.thread_priority)  # this thread runs the executor
+    if node.params.thread_priority and not node.scheduling.startswith("SCHED_FIFO"):
+        node.get_logger().warning(node.scheduling)
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run flow_policy_ros policy_node``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PolicyNode()
-        node.scheduling = set_thread_priority(node.params.thread_priority)  # this thread runs the executor
-        if node.params.thread_priority and not node.scheduling.startswith("SCHED_FIFO"):
-            node.get_logger().warning(node.scheduling)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RCLError:
-        # SIGINT shuts the context down; if that lands between two waits of the executor, rclpy
-        # raises RCLError ("context is not valid") instead of ExternalShutdownException.
-        if rclpy.ok():
-            raise
-    except (FlowPolicyError, SafetyError, FileNotFoundError, ValueError) as exc:
-        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(NODE_NAME, PolicyNode, (FlowPolicyError, SafetyError, FileNotFoundError, ValueError), _raise_priority, args)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from flow_policy_ros import bag as bagio
+from flow_policy_ros.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.config import ConfigError, DataConfig, ExperimentConfig, PolicyConfig
 from flow_policy_ros.dataset import action_ticks, chunk_indices, observable_mask, observations_at
@@ -52,7 +53,6 @@ DEFAULT_TRAJECTORY_TOPIC = "/joint_trajectory"
 DEFAULT_POLICY_TOPIC = "/policy/joint_trajectory"
 DEFAULT_BATCH = 512
 #: Ticks executed from each chunk for the seam-jerk metric (policy_node's default replan_every).
-DEFAULT_REPLAN_EVERY = 8
 
 
 # --------------------------------------------------------------------------- joint map, trajectories

@@ -46,12 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -63,6 +60,7 @@ from trajectory_msgs.msg import JointTrajectory
 from flow_policy_ros import bag as bagio
 from flow_policy_ros.config import IIWA_JOINT_NAMES
 from flow_policy_ros.messages import time_msg
+from flow_policy_ros.node_runner import spin_node
 from flow_policy_ros.realtime import set_thread_priority
 from flow_policy_ros.sim.arm import PHYSICS_HZ
 from flow_policy_ros.sim.env import SimEnv, sim_time_ns
@@ -433,29 +431,8 @@ class SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run flow_policy_ros sim_node``."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimNode()
-        set_thread_priority(node.params.thread_priority)  # the executor thread (commands)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RCLError:
-        # SIGINT shuts the context down; if that lands between two waits of the executor, rclpy
-        # raises RCLError ("context is not valid") instead of ExternalShutdownException.
-        if rclpy.ok():
-            raise
-    except ValueError as exc:
-        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # the executor thread handles commands: give it the configured priority
+    return spin_node(NODE_NAME, SimNode, (ValueError,), lambda node: set_thread_priority(node.params.thread_priority), args)
 
 
 if __name__ == "__main__":

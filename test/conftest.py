@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from flow_policy_ros.demo import ros_param_arg
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 80)
 
@@ -37,16 +39,6 @@ def node_env() -> dict[str, str]:
     return env
 
 
-def _param_arg(name: str, value: object) -> str:
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (list, tuple)):
-        text = "[" + ",".join(repr(v) if isinstance(v, str) else str(v) for v in value) + "]"
-    else:
-        text = str(value)
-    return f"{name}:={text}"
-
-
 def start_policy_node(
     log_path: Path,
     params: Mapping[str, object] | None = None,
@@ -58,7 +50,7 @@ def start_policy_node(
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     for name, value in (params or {}).items():
-        cmd += ["-p", _param_arg(name, value)]
+        cmd += ["-p", ros_param_arg(name, value)]
     for src, dst in (remaps or {}).items():
         cmd += ["-r", f"{src}:={dst}"]
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_process via the Popen

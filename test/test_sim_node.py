@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from conftest import REPO_ROOT, _param_arg, node_env, stop_process
+from conftest import REPO_ROOT, node_env, stop_process
 from geometry_msgs.msg import PointStamped
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -30,6 +30,7 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from flow_policy_ros.config import IIWA_JOINT_NAMES
+from flow_policy_ros.demo import ros_param_arg
 from flow_policy_ros.messages import chunk_to_trajectory_msg
 from flow_policy_ros.sim.tasks import sample_episode
 from flow_policy_ros.sim.trajectory import TrajectoryFollower
@@ -44,7 +45,7 @@ TRACK_TOL = 0.02
 def start_sim_node(log_path: Path, **params: object) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flow_policy_ros.sim_node", "--ros-args"]
     for name, value in params.items():
-        cmd += ["-p", _param_arg(name, value)]
+        cmd += ["-p", ros_param_arg(name, value)]
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_process
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=node_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     proc._log_file = log  # type: ignore[attr-defined]
