@@ -26,8 +26,8 @@ setup(
     entry_points={
         "console_scripts": [
             "flow-policy = flow_policy_ros.cli:main",
-            "policy_node = flow_policy_ros.policy_node:main",
-            "sim_node = flow_policy_ros.sim_node:main",
+            "policy_node = flow_policy_ros.ros.policy_node:main",
+            "sim_node = flow_policy_ros.ros.sim_node:main",
         ],
     },
 )

@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flow_policy_ros import bag as bagio  # noqa: E402
-from flow_policy_ros.config import IIWA_JOINT_NAMES  # noqa: E402
-from flow_policy_ros.replay import replay_bag  # noqa: E402
-from flow_policy_ros.runtime import OnnxPolicy  # noqa: E402
+from flow_policy_ros.data import bag as bagio  # noqa: E402
+from flow_policy_ros.data.replay import replay_bag  # noqa: E402
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES  # noqa: E402
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy  # noqa: E402
 
 EPOCH = 1_700_000_000_000_000_000
 

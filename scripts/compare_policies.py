@@ -27,8 +27,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flow_policy_ros.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY  # noqa: E402
-from flow_policy_ros.runtime import OnnxPolicy  # noqa: E402
+from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY  # noqa: E402
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy  # noqa: E402
 from flow_policy_ros.sim.closed_loop import LoopConfig, eval_episode_seeds, validate_config  # noqa: E402
 from flow_policy_ros.sim.evaluate import evaluate  # noqa: E402
 from flow_policy_ros.sim.tasks import TASKS  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flow_policy_ros.demo import ros_param_arg
+from flow_policy_ros.ros.launch_harness import ros_param_arg
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 80)
@@ -45,8 +45,8 @@ def start_policy_node(
     params_file: Path | None = None,
     remaps: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
-    """Start ``python -m flow_policy_ros.policy_node`` from the repo root; output goes to ``log_path``."""
-    cmd = [sys.executable, "-m", "flow_policy_ros.policy_node", "--ros-args"]
+    """Start ``python -m flow_policy_ros.ros.policy_node`` from the repo root; output goes to ``log_path``."""
+    cmd = [sys.executable, "-m", "flow_policy_ros.ros.policy_node", "--ros-args"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     for name, value in (params or {}).items():

@@ -1,5 +1,5 @@
 """Real (untrained) policies for tests: a seeded network with non-trivial weights, real
-statistics and a real export through ``flow_policy_ros.export``. Nothing here is a mock."""
+statistics and a real export through ``flow_policy_ros.export.onnx_export``. Nothing here is a mock."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flow_policy_ros.checkpoint import Checkpoint, save_checkpoint
-from flow_policy_ros.config import ExperimentConfig, PolicyConfig, TrainConfig, to_dict
-from flow_policy_ros.model import VelocityNet
-from flow_policy_ros.normalization import NormalizationStats
+from flow_policy_ros.policy.checkpoint import Checkpoint, save_checkpoint
+from flow_policy_ros.policy.config import ExperimentConfig, PolicyConfig, TrainConfig, to_dict
+from flow_policy_ros.policy.model import VelocityNet
+from flow_policy_ros.policy.normalization import NormalizationStats
 
 
 def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow", **policy_overrides: Any) -> Path:
@@ -42,7 +42,7 @@ def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow", **policy
 
 def make_tiny_model(path: Path, seed: int = 0, **policy_overrides: Any) -> Path:
     """Export a small real policy to ``path`` (.onnx) via the package's exporter."""
-    from flow_policy_ros.export import export_checkpoint
+    from flow_policy_ros.export.onnx_export import export_checkpoint
 
     path = Path(path)
     ckpt = make_checkpoint(path.with_suffix(".pt"), seed=seed, **policy_overrides)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow_policy_ros.bag import (
+from flow_policy_ros.data.bag import (
     FLOAT64_MULTI_ARRAY,
     JOINT_STATE,
     JOINT_TRAJECTORY,
@@ -24,9 +24,9 @@ from flow_policy_ros.bag import (
     read_episode_bag,
     write_episode_bag,
 )
-from flow_policy_ros.config import DataConfig
+from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.errors import BagError
-from flow_policy_ros.recording import EpisodeRecording
+from flow_policy_ros.policy.config import DataConfig
 
 EPOCH = 1_700_000_000_000_000_000
 NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]

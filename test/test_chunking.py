@@ -1,4 +1,4 @@
-"""Tests of flow_policy_ros.chunking: receding horizon, temporal ensembling, late chunks."""
+"""Tests of flow_policy_ros.runtime.chunking: receding horizon, temporal ensembling, late chunks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from flow_policy_ros.chunking import (
+from flow_policy_ros.runtime.chunking import (
     ActionChunk,
     RecedingHorizon,
     TemporalEnsemble,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flow_policy_ros.bag import read_episode_bag
 from flow_policy_ros.cli import CliError, main
+from flow_policy_ros.data.bag import read_episode_bag
 from flow_policy_ros.sim.collect import episode_seeds
 
 

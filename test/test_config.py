@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from flow_policy_ros.config import ConfigError, ExperimentConfig, ObservationSpec, PolicyConfig, TrainConfig
+from flow_policy_ros.policy.config import ConfigError, ExperimentConfig, ObservationSpec, PolicyConfig, TrainConfig
 
 
 def test_defaults_describe_the_iiwa_policy():

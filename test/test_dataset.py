@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow_policy_ros import dataset
-from flow_policy_ros.bag import write_episode_bag
-from flow_policy_ros.config import IIWA_JOINT_NAMES, DataConfig, PolicyConfig
-from flow_policy_ros.dataset import DatasetError, Windows, load_training_data, windows_from_recording
-from flow_policy_ros.recording import EpisodeRecording
+from flow_policy_ros.data.bag import write_episode_bag
+from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.policy import dataset
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES, DataConfig, PolicyConfig
+from flow_policy_ros.policy.dataset import DatasetError, Windows, load_training_data, windows_from_recording
 
 EPOCH = 1_700_000_000_000_000_000
 PERIOD_NS = 20_000_000

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, node_env
 
-from flow_policy_ros.demo import DOMAIN_BASE, DOMAIN_SPAN, ros_environment
-from flow_policy_ros.ros_bench import cpu_seconds
+from flow_policy_ros.cli.ros_bench import cpu_seconds
+from flow_policy_ros.ros.launch_harness import DOMAIN_BASE, DOMAIN_SPAN, ros_environment
 
 
 def test_environment_passed_through_and_caller_values_win():
@@ -47,7 +47,7 @@ def test_demo_one_episode_end_to_end(model_path, tmp_path, execution):
     recorded episode bag holds the closed loop."""
     out = tmp_path / "demo.json"
     record = tmp_path / "rec"
-    cmd = [sys.executable, "-m", "flow_policy_ros.cli", "demo", "--episodes", "1", "--model", str(model_path),
+    cmd = [sys.executable, "-m", "flow_policy_ros", "demo", "--episodes", "1", "--model", str(model_path),
            "--execution", execution, "--json", str(out), "--record", str(record), "--log-dir", str(tmp_path / "logs")]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=node_env(), capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -59,7 +59,7 @@ def test_demo_one_episode_end_to_end(model_path, tmp_path, execution):
     assert result["ros_domain_id"] == int(node_env()["ROS_DOMAIN_ID"])
     assert result["obs_to_command_p50_ms"] is not None and result["inference_p99_ms"] > 0
     assert "success rate" in proc.stdout
-    from flow_policy_ros.bag import list_topics
+    from flow_policy_ros.data.bag import list_topics
 
     bags = sorted(record.iterdir())
     assert [b.name for b in bags] == ["episode_0000_seed0"]
@@ -71,6 +71,6 @@ def test_demo_one_episode_end_to_end(model_path, tmp_path, execution):
     assert "/diagnostics" in topics
     episode = json.loads((bags[0] / "episode.json").read_text())
     assert episode["seed"] == 0 and episode["success"] is False
-    replay = subprocess.run([sys.executable, "-m", "flow_policy_ros.cli", "replay", str(bags[0]), "--model", str(model_path),
+    replay = subprocess.run([sys.executable, "-m", "flow_policy_ros", "replay", str(bags[0]), "--model", str(model_path),
                              "--out", str(tmp_path / "replay")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stdout + replay.stderr  # flow-policy replay reads the recording back

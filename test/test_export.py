@@ -14,10 +14,10 @@ import pytest
 import torch
 from model_factory import make_checkpoint
 
-from flow_policy_ros.checkpoint import file_sha256, load_checkpoint
-from flow_policy_ros.export import export_checkpoint, sampler_from_checkpoint
-from flow_policy_ros.metadata import METADATA_KEY, PolicyMetadata
-from flow_policy_ros.runtime import OnnxPolicy
+from flow_policy_ros.export.onnx_export import export_checkpoint, sampler_from_checkpoint
+from flow_policy_ros.policy.checkpoint import file_sha256, load_checkpoint
+from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_relative_action_frame_adds_the_measured_positions_back(tmp_path):
 
 
 def test_training_data_summary_in_metadata_stays_small():
-    from flow_policy_ros.export import summarize_training_data
+    from flow_policy_ros.export.onnx_export import summarize_training_data
 
     summary = {"episodes": 3, "root": "data/reach", "sources": ["a", "b", "c"], "success": [True, False, True],
                "cache": {"hit": True}, "skipped_failures": 1}

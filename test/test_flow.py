@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from flow_policy_ros.config import PolicyConfig
-from flow_policy_ros.flow import (
+from flow_policy_ros.policy.config import PolicyConfig
+from flow_policy_ros.policy.flow import (
     combine_guidance,
     euler_integrate,
     interpolate,
@@ -15,7 +15,7 @@ from flow_policy_ros.flow import (
     target_velocity,
     training_loss,
 )
-from flow_policy_ros.model import VelocityNet
+from flow_policy_ros.policy.model import VelocityNet
 
 
 def test_path_endpoints_follow_the_convention():

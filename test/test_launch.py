@@ -23,8 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO_ROOT / "launch").glob("*.launch.py"))
 #: node name in the YAML / launch file -> (executable, module with the parameter table, table name)
 NODES = {
-    "flow_policy_node": ("policy_node", "flow_policy_ros.policy_node", "_PARAMETERS"),
-    "sim_node": ("sim_node", "flow_policy_ros.sim_node", "PARAMETERS"),
+    "flow_policy_node": ("policy_node", "flow_policy_ros.ros.policy_node", "PARAMETERS"),
+    "sim_node": ("sim_node", "flow_policy_ros.ros.sim_node", "PARAMETERS"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Tests of flow_policy_ros.messages: name-based joint mapping, observation vector, outgoing messages."""
+"""Tests of flow_policy_ros.ros.messages: name-based joint mapping, observation vector, outgoing messages."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from geometry_msgs.msg import PointStamped
 from sensor_msgs.msg import JointState
 
-from flow_policy_ros.config import ObservationSpec
 from flow_policy_ros.errors import ObservationError
-from flow_policy_ros.messages import (
+from flow_policy_ros.policy.config import ObservationSpec
+from flow_policy_ros.ros.messages import (
     MalformedMessageError,
     MissingJointError,
     NonFiniteValueError,

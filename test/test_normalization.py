@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flow_policy_ros.normalization import MIN_SCALE, NormalizationStats, StatisticsError
+from flow_policy_ros.policy.normalization import MIN_SCALE, NormalizationStats, StatisticsError
 
 
 def test_minmax_maps_the_training_range_to_unit_interval():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, node_env, stop_process
 
-from flow_policy_ros import bag as bagio
 from flow_policy_ros.cli import CliError, main
-from flow_policy_ros.play import is_latched, release_offsets
+from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.play import is_latched, release_offsets
 
 EPOCH = 1_700_000_000_000_000_000
 NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
@@ -73,7 +73,7 @@ def test_play_preserves_relative_timing(tmp_path: Path) -> None:
     node.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * 10**9 + m.clock.nanosec), 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    proc = subprocess.Popen([sys.executable, "-m", "flow_policy_ros.cli", "play", str(tmp_path / "bag"), "--clock",
+    proc = subprocess.Popen([sys.executable, "-m", "flow_policy_ros", "play", str(tmp_path / "bag"), "--clock",
                              "--wait-for-subscribers", "10", "--delay", "0.5"], cwd=REPO_ROOT, env=node_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -1,6 +1,6 @@
 """End-to-end tests of policy_node: a real node process, talked to over DDS from this process.
 
-Each test starts ``python -m flow_policy_ros.policy_node`` with a tiny real ONNX policy (from
+Each test starts ``python -m flow_policy_ros.ros.policy_node`` with a tiny real ONNX policy (from
 ``test/model_factory.py``), plays a robot in this process (joint states at 100 Hz, a latched
 goal) and checks what comes back. Everything runs on localhost DDS in this session's domain
 (see ``conftest.py``).
@@ -27,7 +27,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
-from flow_policy_ros.config import IIWA_JOINT_NAMES, IIWA_VELOCITY_LIMIT
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES, IIWA_VELOCITY_LIMIT
 
 pytestmark = pytest.mark.slow
 
@@ -235,13 +235,13 @@ def test_nan_and_missing_joints_rejected_and_counted(model_path, node_process, r
 def test_parameter_file_loads(model_path, node_process, robot_factory, tmp_path):
     """config/policy.yaml declares exactly the node's parameters, and a parameter file given with
     --params-file is applied: 25 Hz and temporal ensembling show in diagnostics and in the command rate."""
-    from flow_policy_ros.policy_node import _PARAMETERS, NODE_NAME
+    from flow_policy_ros.ros.policy_node import NODE_NAME, PARAMETERS
 
     shipped = yaml.safe_load((REPO_ROOT / "config" / "policy.yaml").read_text())
     declared = set(shipped[NODE_NAME]["ros__parameters"])
-    assert declared <= set(_PARAMETERS)
-    assert set(_PARAMETERS) - declared <= {"lower_limits", "upper_limits", "velocity_limits", "thread_priority"}
-    assert {"lower_limits", "upper_limits", "velocity_limits"} <= set(_PARAMETERS) - declared
+    assert declared <= set(PARAMETERS)
+    assert set(PARAMETERS) - declared <= {"lower_limits", "upper_limits", "velocity_limits", "thread_priority"}
+    assert {"lower_limits", "upper_limits", "velocity_limits"} <= set(PARAMETERS) - declared
 
     params = dict(shipped[NODE_NAME]["ros__parameters"])
     params.update(model_path=str(model_path), control_rate_hz=25.0, chunking="temporal_ensemble",
@@ -261,39 +261,6 @@ def test_parameter_file_loads(model_path, node_process, robot_factory, tmp_path)
     assert diag["chunking"] == "temporal_ensemble"
     assert diag["active_provider"] == "CPUExecutionProvider"
     print("diagnostics:", diag)
-
-
-@pytest.mark.parametrize("fails", [False, True])
-def test_inference_worker_returns_result_or_error(fails):
-    """The inference thread hands back the chunk with its observation tick, or the exception as an
-    error string (the node then holds); a second request while busy is refused."""
-    from flow_policy_ros.policy_node import InferenceWorker
-
-    release = threading.Event()
-
-    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
-        release.wait(5.0)
-        if fails:
-            raise RuntimeError("boom")
-        return np.full((H, 7), guidance) + observation[0]
-
-    worker = InferenceWorker(predict)
-    try:
-        assert worker.submit(np.array([1.0]), tick=7, obs_received_ns=123, guidance_scale=2.0)
-        assert not worker.submit(np.array([1.0]), tick=8, obs_received_ns=124, guidance_scale=2.0)
-        assert worker.poll() is None
-        release.set()
-        deadline = time.monotonic() + 5.0
-        while (result := worker.poll()) is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert result is not None and result.tick == 7 and result.obs_received_ns == 123
-        if fails:
-            assert result.actions is None and result.error == "RuntimeError: boom"
-        else:
-            assert result.error is None and np.all(result.actions == 3.0)
-        assert not worker.busy
-    finally:
-        worker.stop()
 
 
 def test_launch_file_compiles_and_uses_installed_config():

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from flow_policy_ros.realtime import drop_realtime, set_thread_priority
+from flow_policy_ros.ros.realtime import drop_realtime, set_thread_priority
 
 
 def test_zero_means_normal_scheduling():

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from model_factory import make_tiny_model
 
-from flow_policy_ros import bag as bagio
 from flow_policy_ros.cli import main
-from flow_policy_ros.config import IIWA_JOINT_NAMES
+from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.replay import replay_bag, trajectory_to_tick_commands
 from flow_policy_ros.errors import BagError
-from flow_policy_ros.replay import replay_bag, trajectory_to_tick_commands
-from flow_policy_ros.runtime import OnnxPolicy
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
 EPOCH = 1_700_000_000_000_000_000
 MODEL_NAMES = list(IIWA_JOINT_NAMES)

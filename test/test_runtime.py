@@ -13,8 +13,8 @@ import pytest
 from model_factory import make_tiny_model
 
 from flow_policy_ros.errors import ModelFileError, ObservationError
-from flow_policy_ros.metadata import METADATA_KEY
-from flow_policy_ros.runtime import CPU, OnnxPolicy, active_provider, choose_providers
+from flow_policy_ros.runtime.metadata import METADATA_KEY
+from flow_policy_ros.runtime.onnx_policy import CPU, OnnxPolicy, active_provider, choose_providers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +155,7 @@ def test_cuda_requested_without_a_gpu_falls_back_to_cpu_visibly(model_path):
 def test_runtime_imports_neither_torch_nor_pybullet(model_path):
     code = (
         "import sys, numpy as np\n"
-        "from flow_policy_ros.runtime import OnnxPolicy\n"
+        "from flow_policy_ros.runtime.onnx_policy import OnnxPolicy\n"
         f"p = OnnxPolicy({str(model_path)!r}, providers=['CPUExecutionProvider'])\n"
         "p.predict(np.zeros(p.metadata.obs_dim))\n"
         "print('torch' in sys.modules, 'pybullet' in sys.modules)\n"

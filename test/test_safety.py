@@ -1,12 +1,12 @@
-"""Tests of flow_policy_ros.safety: staleness, finiteness, limits and the command limiter."""
+"""Tests of flow_policy_ros.runtime.safety: staleness, finiteness, limits and the command limiter."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flow_policy_ros.config import JointLimits
-from flow_policy_ros.safety import (
+from flow_policy_ros.policy.config import JointLimits
+from flow_policy_ros.runtime.safety import (
     CommandLimiter,
     SafetyError,
     SafetyLimits,
@@ -141,7 +141,7 @@ def test_limiter_refuses_nan_measurement():
 def test_adversarial_chunks_through_scheduler_and_limiter(mode):
     """Wild random chunks (huge values, NaN), arriving late at random, scheduled and limited as the node
     does, never give a command outside the position limits or more than v*dt from the previous one."""
-    from flow_policy_ros.chunking import ActionChunk, make_scheduler
+    from flow_policy_ros.runtime.chunking import ActionChunk, make_scheduler
 
     rng = np.random.default_rng(2)
     horizon, dt = 8, 0.02

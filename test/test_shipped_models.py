@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flow_policy_ros.runtime import OnnxPolicy
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 from flow_policy_ros.sim.closed_loop import LoopConfig
 from flow_policy_ros.sim.evaluate import evaluate, format_summary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flow_policy_ros.config import IIWA_POSITION_UPPER, IIWA_VELOCITY_LIMIT
+from flow_policy_ros.policy.config import IIWA_POSITION_UPPER, IIWA_VELOCITY_LIMIT
 from flow_policy_ros.sim.arm import PHYSICS_HZ, IiwaArm, Obstacle
 from flow_policy_ros.sim.kinematics import HOME_Q
 

@@ -13,8 +13,8 @@ import pytest
 from model_factory import make_tiny_model
 
 from flow_policy_ros.cli import main
-from flow_policy_ros.config import IIWA_JOINT_NAMES
-from flow_policy_ros.runtime import OnnxPolicy
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 from flow_policy_ros.sim.closed_loop import (
     COLLECT_SEEDS_PER_BASE,
     EVAL_SEED_BASE,
@@ -69,10 +69,11 @@ def test_observation_is_built_by_joint_name(policy: OnnxPolicy) -> None:
     """A model observing its joints in reverse order gets them reversed, whatever the sim's order."""
     from dataclasses import replace
 
-    from flow_policy_ros.config import ObservationSpec
+    from flow_policy_ros.policy.config import ObservationSpec
 
     reversed_names = tuple(reversed(IIWA_JOINT_NAMES))
-    meta = replace(policy.metadata, observation=ObservationSpec(joint_names=reversed_names, fields=("goal", "joint_positions")))
+    spec = ObservationSpec(joint_names=reversed_names, fields=("goal", "joint_positions"))
+    meta = replace(policy.metadata, io=replace(policy.metadata.io, observation=spec))
     obs = Observation(positions=np.arange(7.0), velocities=np.zeros(7), goal=np.array([0.5, 0.1, 0.4]), time_s=0.0)
     np.testing.assert_array_equal(observation_vector(meta, obs), np.array([0.5, 0.1, 0.4, 6, 5, 4, 3, 2, 1, 0], np.float32))
 

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from flow_policy_ros.config import IIWA_JOINT_NAMES, IIWA_VELOCITY_LIMIT
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES, IIWA_VELOCITY_LIMIT
 from flow_policy_ros.sim.env import STAMP_BASE_NS, SimEnv
 from flow_policy_ros.sim.experts import PEAK_VELOCITY_FRACTION, ScriptedExpert, fit_trajectory
 from flow_policy_ros.sim.rollout import run_expert_episode

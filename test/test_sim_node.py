@@ -29,9 +29,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-from flow_policy_ros.config import IIWA_JOINT_NAMES
-from flow_policy_ros.demo import ros_param_arg
-from flow_policy_ros.messages import chunk_to_trajectory_msg
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES
+from flow_policy_ros.ros.launch_harness import ros_param_arg
+from flow_policy_ros.ros.messages import chunk_to_trajectory_msg
 from flow_policy_ros.sim.tasks import sample_episode
 from flow_policy_ros.sim.trajectory import TrajectoryFollower
 
@@ -43,7 +43,7 @@ TRACK_TOL = 0.02
 
 
 def start_sim_node(log_path: Path, **params: object) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "flow_policy_ros.sim_node", "--ros-args"]
+    cmd = [sys.executable, "-m", "flow_policy_ros.ros.sim_node", "--ros-args"]
     for name, value in params.items():
         cmd += ["-p", ros_param_arg(name, value)]
     log = open(log_path, "w")  # noqa: SIM115 - closed by stop_process

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flow_policy_ros.timeseries import TimeSeriesError, control_grid, resample_linear, sample_hold
+from flow_policy_ros.data.timeseries import TimeSeriesError, control_grid, resample_linear, sample_hold
 
 EPOCH = 1_700_000_000_000_000_000  # realistic ns stamps: precision must survive them
 

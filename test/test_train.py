@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from flow_policy_ros.checkpoint import load_checkpoint, save_checkpoint
-from flow_policy_ros.config import ExperimentConfig, ObservationSpec, PolicyConfig, TrainConfig
-from flow_policy_ros.dataset import Windows
 from flow_policy_ros.errors import CheckpointError
-from flow_policy_ros.export import sampler_from_checkpoint
-from flow_policy_ros.train import train
+from flow_policy_ros.export.onnx_export import sampler_from_checkpoint
+from flow_policy_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+from flow_policy_ros.policy.config import ExperimentConfig, ObservationSpec, PolicyConfig, TrainConfig
+from flow_policy_ros.policy.dataset import Windows
+from flow_policy_ros.policy.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
 
 def test_train_cli_rejects_missing_data(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "flow_policy_ros.cli", "train", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "flow_policy_ros", "train", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o")],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 2
@@ -147,7 +147,7 @@ def test_torchrun_ddp_with_two_cpu_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
-        [*torchrun, "-m", "flow_policy_ros.cli", "train", str(data), "--config", str(config),
+        [*torchrun, "-m", "flow_policy_ros", "train", str(data), "--config", str(config),
          "--out", str(tmp_path / "ddp"), "--no-progress"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
     )
@@ -161,8 +161,8 @@ def test_torchrun_ddp_with_two_cpu_processes(tmp_path):
 def test_position_noise_moves_observations_but_keeps_absolute_targets():
     """After the augmentation, (relative chunk + perturbed positions) in robot units is still the
     demonstrated absolute target, exactly; the goal part of the observation is untouched."""
-    from flow_policy_ros.normalization import NormalizationStats, action_reference
-    from flow_policy_ros.train import PositionNoise
+    from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
+    from flow_policy_ros.policy.train import PositionNoise
 
     policy = toy_config(1).policy
     rng = np.random.default_rng(0)

@@ -37,7 +37,7 @@ import numpy as np
 import pybullet
 from pybullet_utils import bullet_client
 
-from flow_policy_ros.config import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER, IIWA_VELOCITY_LIMIT
+from flow_policy_ros.contract import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER, IIWA_VELOCITY_LIMIT
 from flow_policy_ros.sim.kinematics import EE_LINK, HOME_Q, NUM_JOINTS, check_joint_order, load_iiwa, min_self_distance
 
 PHYSICS_HZ = 240

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flow_policy_ros.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, ActionChunk, make_scheduler
-from flow_policy_ros.config import IIWA_JOINT_NAMES
+from flow_policy_ros.contract import IIWA_JOINT_NAMES
 from flow_policy_ros.errors import ModelFileError
-from flow_policy_ros.messages import build_observation, values_by_name
-from flow_policy_ros.metadata import PolicyMetadata
-from flow_policy_ros.runtime import OnnxPolicy
-from flow_policy_ros.safety import CommandLimiter, SafetyLimits, validate_guidance_scale
+from flow_policy_ros.runtime.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, make_scheduler
+from flow_policy_ros.runtime.controller import Command, ControllerConfig, InferenceRequest, InferenceResult, PolicyController
+from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.observation import build_observation, values_by_name
+from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
 from flow_policy_ros.sim.env import Observation, SimEnv
 from flow_policy_ros.sim.tasks import EpisodeSpec, sample_episode
 
@@ -178,6 +179,9 @@ class ClosedLoop:
         self.config = config
         self.guidance = validate_config(config, meta)
         self.limits = SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
+        self.controller_config = ControllerConfig(
+            meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking, config.replan_every,
+            config.ensemble_decay, guidance_scale=self.guidance)
         self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
 
     def close(self) -> None:
@@ -195,38 +199,51 @@ class ClosedLoop:
 
     def run_spec(self, spec: EpisodeSpec) -> EpisodeResult:
         """The episode described by ``spec``."""
-        meta, cfg, env = self.meta, self.config, self.env
-        scheduler = make_scheduler(cfg.chunking, meta.horizon, cfg.replan_every, cfg.ensemble_decay)
-        limiter = CommandLimiter(self.limits, meta.control_period_s)
+        meta, env = self.meta, self.env
+        controller = PolicyController(self.controller_config, self.limits)
         self.policy.rng = np.random.default_rng(spec.seed)
         env.reset_to(spec)
+        controller.on_goal(np.asarray(spec.goal, dtype=np.float64))
+        period_ns = self.controller_config.period_ns
+        joints = meta.observation.joint_names
         commands: list[np.ndarray] = []
         ee_path = [env.arm.end_effector_position()]
         chunk_ticks: list[int] = []
         latencies: list[float] = []
-        clipped = 0
+
+        def joint_state(now_ns: int) -> tuple[list, np.ndarray]:
+            obs = env.observe()
+            positions = values_by_name(IIWA_JOINT_NAMES, obs.positions, joints, "position")
+            velocities = values_by_name(IIWA_JOINT_NAMES, obs.velocities, joints, "velocity")
+            measured = values_by_name(IIWA_JOINT_NAMES, obs.positions, meta.action_joint_names)
+            return controller.on_joint_state(now_ns, positions, velocities, measured, now_ns), measured
+
+        joint_state(0)  # the driver's first joint state arrives before the first tick
         tick = 0
         while not env.done:
-            obs = env.observe()
-            if scheduler.due(tick):
-                vector = observation_vector(meta, obs)
+            now_ns = tick * period_ns
+            decisions = controller.on_tick(now_ns)
+            more, measured = joint_state(now_ns)
+            decisions += more
+            for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
                 start = time.perf_counter()
-                actions = self.policy.predict(vector, guidance_scale=self.guidance)
+                actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
                 latencies.append(time.perf_counter() - start)
-                if scheduler.add_chunk(ActionChunk(actions, tick), tick):
+                received = controller.counters.chunks_received
+                decisions += controller.on_inference_result(InferenceResult.for_request(request, latencies[-1], actions))
+                if controller.counters.chunks_received > received:
                     chunk_ticks.append(tick)
-            measured = values_by_name(IIWA_JOINT_NAMES, obs.positions, meta.action_joint_names)
-            action = scheduler.action_at(tick)
-            if action is None:  # cannot happen with synchronous inference; hold like the node would
-                last = limiter.last_command
+            sent = [d for d in decisions if isinstance(d, Command)]
+            if sent:
+                command = sent[-1].positions
+            else:  # nothing new this tick: a forward position controller keeps its last command
+                last = controller.last_command
                 command = measured if last is None else last
-            else:
-                command = limiter.limit(action, measured)
-                clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
             commands.append(command)
             env.step(values_by_name(meta.action_joint_names, command, IIWA_JOINT_NAMES, "command"))
             ee_path.append(env.arm.end_effector_position())
             tick += 1
+        clipped = controller.counters.limiter_clipped
         status = env.status()
         obstacle = None if spec.obstacle is None else (*spec.obstacle.center_xy, spec.obstacle.radius_m)
         return EpisodeResult(

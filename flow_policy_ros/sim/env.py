@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flow_policy_ros.config import IIWA_JOINT_NAMES
-from flow_policy_ros.recording import EpisodeRecording
+from flow_policy_ros.contract import IIWA_JOINT_NAMES
+from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.sim.arm import PHYSICS_HZ, IiwaArm
 from flow_policy_ros.sim.tasks import EpisodeSpec, classify_route, sample_episode
 

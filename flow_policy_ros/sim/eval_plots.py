@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
-from flow_policy_ros.metadata import PolicyMetadata
+from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.sim.closed_loop import EpisodeResult
 from flow_policy_ros.sim.tasks import NOMINAL_START_EE
 

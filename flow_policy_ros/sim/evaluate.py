@@ -18,7 +18,6 @@ windows inside one chunk, averaged over episodes, and their ratio (≈ 1: seams 
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -27,20 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flow_policy_ros.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY
-from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.sim.closed_loop import (
     FAILURE_REASONS,
     EpisodeResult,
     LoopConfig,
     eval_episode_seeds,
     run_episodes,
-    validate_config,
 )
-from flow_policy_ros.sim.tasks import SIDES, TASKS
+from flow_policy_ros.sim.tasks import SIDES
 
 if TYPE_CHECKING:
-    from flow_policy_ros.runtime import OnnxPolicy
+    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
 #: Two-sided 95 % standard-normal quantile.
 Z_95 = 1.959963984540054
@@ -184,33 +180,6 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="exported .onnx policy")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--episodes", type=int, default=50, help="episodes to run (default 50)")
-    parser.add_argument("--seed", type=int, default=0, help="evaluation seed in [0, 99]; episode seeds derive from it")
-    parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
-    parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
-    parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="actions executed per chunk before the next (1..H)")
-    parser.add_argument("--out", type=Path, help="plot directory (default: <json stem>_plots/ beside --json, else ./eval_<task>)")
-    parser.add_argument("--json", type=Path, default=None, help="write the report here")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if not args.model.is_file():
-        raise CliError(f"--model {args.model}: file not found")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise CliError(f"--json {args.json}: directory {args.json.parent} does not exist")
-    try:
-        eval_episode_seeds(args.seed, args.episodes)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise CliError(f"--guidance must be finite, got {args.guidance}")
-
-
 def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
              progress: bool = True, label: str = "") -> tuple[dict[str, Any], list[EpisodeResult]]:
     """Run the evaluation with a tqdm bar (running success rate); returns (report, episode results)."""
@@ -236,24 +205,3 @@ def default_plot_dir(json_path: Path | None, task: str) -> Path:
     if json_path is not None:
         return json_path.parent / f"{json_path.stem}_plots"
     return Path(f"eval_{task}")
-
-
-def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    from flow_policy_ros.runtime import OnnxPolicy
-
-    policy = OnnxPolicy(args.model, seed=args.seed)
-    config = LoopConfig(chunking=args.chunking, replan_every=args.replan_every, guidance_scale=args.guidance)
-    try:
-        validate_config(config, policy.metadata)
-    except ValueError as exc:  # --replan-every / --guidance out of range for this model
-        raise CliError(str(exc)) from exc
-    report, results = evaluate(policy, args.task, args.episodes, args.seed, config, progress=not args.no_progress)
-    if not args.no_plots:
-        from flow_policy_ros.sim.eval_plots import write_plots
-
-        out = args.out or default_plot_dir(args.json, args.task)
-        report["plots"] = [str(p) for p in write_plots(out, results, policy.metadata, args.task)]
-    print(format_summary(report))
-    write_json(args.json, report)
-    return 0

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flow_policy_ros.config import IIWA_VELOCITY_LIMIT
+from flow_policy_ros.contract import IIWA_VELOCITY_LIMIT
 from flow_policy_ros.sim.kinematics import IiwaKinematics
 from flow_policy_ros.sim.tasks import NOMINAL_START_EE, EpisodeSpec, route_frame
 

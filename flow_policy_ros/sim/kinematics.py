@@ -22,7 +22,7 @@ import pybullet
 import pybullet_data
 from pybullet_utils import bullet_client
 
-from flow_policy_ros.config import IIWA_JOINT_NAMES, IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
 
 URDF_PATH = "kuka_iiwa/model.urdf"
 #: Link index of ``lbr_iiwa_link_7`` (the end-effector point is its frame origin).

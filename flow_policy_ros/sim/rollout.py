@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flow_policy_ros.recording import EpisodeRecording
+from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.sim.env import SimEnv
 from flow_policy_ros.sim.experts import ScriptedExpert
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flow_policy_ros.config import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
+from flow_policy_ros.contract import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
 from flow_policy_ros.sim.arm import Obstacle
 from flow_policy_ros.sim.kinematics import HOME_Q
 

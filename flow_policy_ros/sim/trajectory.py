@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flow_policy_ros.errors import TrajectoryError
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -64,9 +66,6 @@ class Plan:
         alpha = (t_ns - times[i]) / span
         return positions[i] + alpha * (positions[i + 1] - positions[i]), velocity
 
-
-class TrajectoryError(ValueError):
-    """A trajectory that cannot be executed (non-increasing times, wrong sizes, NaN)."""
 
 
 class TrajectoryFollower:

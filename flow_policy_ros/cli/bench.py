@@ -1,0 +1,155 @@
+"""``flow-policy bench``: how fast is one decision?
+
+Model benchmark (default): in ONE run, batch-1 chunk latency of ONNX Runtime (CPU provider,
+1 thread) and of the PyTorch eager sampler with the same weights (1 thread), median and p99
+over ``--calls`` calls after warm-up, plus batch-8 throughput; a table on stdout and a JSON
+document. Numbers from one run are comparable with each other; across runs on a shared
+2-core machine they drift, so quote ratios from one run.
+
+``--ros`` runs the closed-loop ROS 2 benchmark instead (``flow_policy_ros.cli.ros_bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow_policy_ros.cli import CliError, write_json
+
+WARMUP_CALLS = 50
+
+
+def latency_stats(fn: Callable[[], Any], calls: int, warmup: int = WARMUP_CALLS) -> dict[str, float]:
+    """Call ``fn`` ``warmup`` + ``calls`` times; p50/p99/mean/max of the timed calls (ms)."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(calls)
+    for i in range(calls):
+        start = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - start
+    times *= 1e3
+    return {
+        "p50_ms": float(np.median(times)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "mean_ms": float(times.mean()),
+        "max_ms": float(times.max()),
+        "calls": calls,
+    }
+
+
+def throughput(fn: Callable[[], Any], batch: int, seconds: float = 2.0) -> float:
+    """Chunks per second when ``fn`` computes ``batch`` chunks per call."""
+    fn()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        count += 1
+    return count * batch / (time.perf_counter() - start)
+
+
+def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int = 0) -> dict[str, Any]:
+    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+
+    policy = OnnxPolicy(model_path, providers=["CPUExecutionProvider"], intra_op_num_threads=1, seed=seed)
+    meta = policy.metadata
+    rng = np.random.default_rng(seed)
+    obs1 = rng.standard_normal((1, meta.obs_dim)).astype(np.float32)
+    noise1 = rng.standard_normal((1, meta.horizon, meta.action_dim)).astype(np.float32)
+    obs8 = rng.standard_normal((8, meta.obs_dim)).astype(np.float32)
+    noise8 = rng.standard_normal((8, meta.horizon, meta.action_dim)).astype(np.float32)
+    w = np.array([meta.guidance_scale], np.float32)
+    feed1 = {"observation": obs1, "noise": noise1, "guidance_scale": w}
+    feed8 = {"observation": obs8, "noise": noise8, "guidance_scale": w}
+
+    result: dict[str, Any] = {
+        "model": str(model_path),
+        "model_name": meta.name,
+        "horizon": meta.horizon,
+        "action_dim": meta.action_dim,
+        "euler_steps": meta.euler_steps,
+        "guidance_scale": meta.guidance_scale,
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+    }
+    ort_stats = latency_stats(lambda: policy.session.run(None, feed1), calls)
+    ort_stats["predict_p50_ms"] = latency_stats(lambda: policy.predict(obs1[0]), max(200, calls // 4))["p50_ms"]
+    ort_stats["batch8_chunks_per_s"] = throughput(lambda: policy.session.run(None, feed8), 8)
+    ort_stats["provider"] = policy.active_provider
+    result["onnxruntime"] = ort_stats
+
+    if checkpoint is not None:
+        import torch
+
+        from flow_policy_ros.export.onnx_export import sampler_from_checkpoint
+        from flow_policy_ros.policy.checkpoint import load_checkpoint
+
+        torch.set_num_threads(1)
+        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.euler_steps)
+        t_obs1, t_noise1, t_w = torch.from_numpy(obs1), torch.from_numpy(noise1), torch.from_numpy(w)
+        t_obs8, t_noise8 = torch.from_numpy(obs8), torch.from_numpy(noise8)
+
+        with torch.inference_mode():
+            torch_out = sampler(t_obs1, t_noise1, t_w).numpy()
+            torch_stats = latency_stats(lambda: sampler(t_obs1, t_noise1, t_w), calls)
+            torch_stats["batch8_chunks_per_s"] = throughput(lambda: sampler(t_obs8, t_noise8, t_w), 8)
+        torch_stats["threads"] = 1
+        result["torch_eager"] = torch_stats
+        result["speedup_p50"] = torch_stats["p50_ms"] / ort_stats["p50_ms"]
+        result["speedup_p99"] = torch_stats["p99_ms"] / ort_stats["p99_ms"]
+        result["max_abs_diff_vs_torch"] = float(np.max(np.abs(policy.session.run(None, feed1)[0] - torch_out)))
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"model {result['model_name']}: H={result['horizon']} A={result['action_dim']} "
+          f"N={result['euler_steps']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
+    print(f"{'engine':<36} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
+    rows = [("onnxruntime (" + result["onnxruntime"]["provider"] + ")", result["onnxruntime"])]
+    if "torch_eager" in result:
+        rows.append(("torch eager", result["torch_eager"]))
+    for name, stats in rows:
+        print(f"{name:<36} {stats['p50_ms']:>8.3f} {stats['p99_ms']:>8.3f} {stats['batch8_chunks_per_s']:>17.0f}")
+    if "speedup_p50" in result:
+        print(f"speedup (torch / onnxruntime): p50 {result['speedup_p50']:.1f}x, p99 {result['speedup_p99']:.1f}x")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="ONNX policy (default: the shipped iiwa_reach)")
+    parser.add_argument("--checkpoint", help="checkpoint of the same weights, to compare with PyTorch eager")
+    parser.add_argument("--calls", type=int, default=2000, help="timed calls per engine (default 2000)")
+    parser.add_argument("--json", help="write results to this JSON file")
+    parser.add_argument("--ros", action="store_true", help="closed-loop ROS 2 benchmark (sim_node + policy_node)")
+    parser.add_argument("--duration", type=float, default=60.0, help="--ros: seconds of closed loop (default 60)")
+    from flow_policy_ros.cli.demo import add_thread_priority_argument
+
+    add_thread_priority_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ros:
+        from flow_policy_ros.cli import ros_bench
+
+        return ros_bench.run(args)
+    if args.calls < 100:
+        raise CliError(f"--calls {args.calls}: use at least 100 calls for a meaningful p99")
+    if args.model:
+        model = Path(args.model)
+    else:
+        from flow_policy_ros.paths import default_model_path
+
+        model = default_model_path()
+    if not model.is_file():
+        raise CliError(f"--model {model}: file not found")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise CliError(f"--checkpoint {checkpoint}: file not found")
+    result = bench_model(model, checkpoint, args.calls)
+    print_table(result)
+    write_json(args.json, result)
+    return 0

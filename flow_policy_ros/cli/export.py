@@ -1,0 +1,46 @@
+"""``flow-policy export``: the command-line verb (arguments, progress, report) over :mod:`flow_policy_ros.export.onnx_export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flow_policy_ros.cli import write_json
+from flow_policy_ros.export.onnx_export import (
+    DEFAULT_OPSET,
+    PARITY_TOLERANCE,
+    export_checkpoint,
+)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint .pt written by `flow-policy train`")
+    parser.add_argument("--out", required=True, help="output .onnx path (its directory must exist)")
+    parser.add_argument("--steps", type=int, help="Euler steps N to unroll (default: the config's)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})")
+    parser.add_argument("--name", help="model name in the metadata (default: output file stem)")
+    parser.add_argument("--json", help="write the parity report and metadata to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    metadata, rows = export_checkpoint(args.checkpoint, args.out, args.steps, args.opset, args.name)
+    size_kb = Path(args.out).stat().st_size / 1024
+    print(f"exported {args.out} ({size_kb:.0f} KiB): H={metadata.horizon} A={metadata.action_dim} "
+          f"N={metadata.euler_steps} obs_dim={metadata.obs_dim} objective={metadata.objective}")
+    print("parity (ONNX Runtime CPU vs PyTorch eager):")
+    print(f"  {'w':>4} {'batch':>5} {'max |diff|':>12}")
+    for row in rows:
+        print(f"  {row.guidance_scale:>4.1f} {row.batch:>5d} {row.max_abs_diff:>12.3e}")
+    print(f"  worst {max(r.max_abs_diff for r in rows):.3e} <= tolerance {PARITY_TOLERANCE:g}: OK")
+    write_json(
+        args.json,
+        {
+            "model": str(args.out),
+            "parity": [row.__dict__ for row in rows],
+            "max_abs_diff": max(r.max_abs_diff for r in rows),
+            "tolerance": PARITY_TOLERANCE,
+            "metadata": json.loads(metadata.to_json()),
+        },
+    )
+    return 0

@@ -1,0 +1,136 @@
+"""``flow-policy replay``: the command-line verb (arguments, progress, report) over :mod:`flow_policy_ros.data.replay`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.replay import (
+    DEFAULT_BATCH,
+    DEFAULT_POLICY_TOPIC,
+    DEFAULT_TRAJECTORY_TOPIC,
+    BagReplay,
+    error_metrics,
+    load_joint_map,
+    replay_bag,
+    write_replay_bag,
+)
+from flow_policy_ros.errors import BagError
+from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
+from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
+from flow_policy_ros.runtime.metadata import PolicyMetadata
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bags", nargs="+", type=Path, metavar="BAG", help="rosbag2 directories (mcap or sqlite3)")
+    parser.add_argument("--model", type=Path, required=True, help="exported .onnx policy")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (report.json, plots, bags)")
+    parser.add_argument("--config", type=Path, help="experiment YAML; its `data` section names topics and command joints")
+    parser.add_argument("--joint-map", type=Path, help="YAML mapping driver joint name -> model joint name")
+    parser.add_argument("--goal", type=float, nargs=3, metavar=("X", "Y", "Z"), help="goal (m) for bags without a goal topic")
+    parser.add_argument("--guidance", type=float, help="CFG weight w (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (decision j uses the j-th draw)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="decisions per ONNX Runtime call")
+    parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="ticks per chunk for the seam-jerk metric")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in preference order "
+                        "(default: CUDA if it works, else CPU)")
+    parser.add_argument("--trajectory-topic", default=DEFAULT_TRAJECTORY_TOPIC, help="JointTrajectory chunks used as commands")
+    parser.add_argument("--write-bag", action="store_true", help="also write <out>/<bag>.replay with the predicted chunks")
+    parser.add_argument("--policy-topic", default=DEFAULT_POLICY_TOPIC, help="topic of the predicted chunks in --write-bag")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+
+
+def _output_names(bags: Sequence[Path]) -> list[str]:
+    names: list[str] = []
+    for bag_path in bags:
+        name = bag_path.resolve().name or "bag"
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.replan_every < 1:
+        raise CliError(f"--replan-every must be >= 1, got {args.replan_every}")
+    out = args.out.resolve()
+    for bag_path in args.bags:
+        resolved = bag_path.resolve()
+        if out == resolved or resolved in out.parents:
+            raise CliError(f"--out {args.out} lies inside the input bag {bag_path}; choose another directory")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out} exists and is not a directory")
+    if args.write_bag:
+        for name in _output_names(args.bags):
+            if (args.out / f"{name}.replay").exists():
+                raise CliError(f"{args.out / (name + '.replay')} already exists; refusing to overwrite")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+
+    _check_args(args)
+    data_cfg = bagio.DEFAULT_DATA_CONFIG
+    if args.config is not None:
+        try:
+            data_cfg = ExperimentConfig.from_yaml(args.config).data
+        except ConfigError as exc:
+            raise CliError(f"--config: {exc}") from exc
+    joint_map = load_joint_map(args.joint_map) if args.joint_map else None
+    for bag_path in args.bags:  # cheap checks (missing, not a bag, corrupt index, empty) before loading the model
+        if sum(t.count for t in bagio.list_topics(bag_path).values()) == 0:
+            raise BagError(f"{bag_path}: empty bag (no messages)")
+    policy = OnnxPolicy(args.model, providers=args.providers, intra_op_num_threads=args.threads, seed=args.seed)
+    meta = policy.metadata
+    replays = []
+    for bag_path in args.bags:  # read and score every bag before writing anything
+        replays.append(replay_bag(bag_path, policy, data_cfg, joint_map, args.goal, args.seed, args.guidance,
+                                  args.batch_size, args.replan_every, args.trajectory_topic))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rep in zip(_output_names(args.bags), replays):
+        if not args.no_plots:
+            from flow_policy_ros.data.replay_plots import plot_horizon_error, plot_joints
+
+            rep.report["plots"] = [str(plot_joints(args.out / f"{name}.joints.png", rep, meta)),
+                                   str(plot_horizon_error(args.out / f"{name}.horizon.png", rep))]
+        if args.write_bag:
+            out_bag = args.out / f"{name}.replay"
+            chunks = write_replay_bag(out_bag, rep, meta, args.policy_topic)
+            rep.report["output_bag"] = {"path": str(out_bag), "topic": args.policy_topic, "chunks": chunks}
+    report = _report(args, policy, replays)
+    write_json(args.out / "report.json", report)
+    write_json(args.json, report)
+    summary = report["overall"]
+    print(f"replay: {summary['decisions']} decisions in {len(replays)} bag(s); first-action MAE "
+          f"{summary['first_action_mae_rad']:.4g} rad, MAE {summary['mae_rad']:.4g} rad, "
+          f"{summary['inference_decisions_per_s']:.0f} decisions/s; report {args.out / 'report.json'}")
+    return 0
+
+
+def _report(args: argparse.Namespace, policy: Any, replays: Sequence[BagReplay]) -> dict[str, Any]:
+    meta: PolicyMetadata = policy.metadata
+    pred = np.concatenate([r.predicted for r in replays])
+    targets = np.concatenate([r.decisions.targets for r in replays])
+    valid = np.concatenate([r.decisions.valid for r in replays])
+    overall = error_metrics(pred, targets, valid, meta.action_joint_names, meta.control_period_s)
+    infer_s = sum(r.report["timing_s"]["inference"] for r in replays)
+    return {
+        "model": {"path": str(args.model), "name": meta.name, "sha256": meta.model_hash, "provider": policy.active_provider,
+                  "horizon": meta.horizon, "action_joint_names": list(meta.action_joint_names),
+                  "control_period_s": meta.control_period_s},
+        "seed": args.seed,
+        "guidance_scale": meta.guidance_scale if args.guidance is None else args.guidance,
+        "bags": [r.report for r in replays],
+        "overall": {"decisions": len(pred), "first_action_mae_rad": overall["first_action"]["mae_rad"],
+                    "mae_rad": overall["overall"]["mae_rad"], "rmse_rad": overall["overall"]["rmse_rad"],
+                    "horizon_mae_rad": overall["horizon"]["mae_rad"],
+                    "inference_decisions_per_s": len(pred) / infer_s if infer_s > 0 else None},
+    }

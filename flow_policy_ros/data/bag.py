@@ -1,0 +1,412 @@
+"""rosbag2 episodes on disk, read and written with the ``rosbags`` library (no ROS install needed).
+
+An episode bag is a rosbag2 directory (``metadata.yaml`` + one ``.mcap`` or ``.db3`` file) with
+
+| topic | type | content |
+|---|---|---|
+| ``/joint_states`` | sensor_msgs/msg/JointState | name, position (rad), velocity (rad/s); header.stamp = sample time |
+| ``/goal`` | geometry_msgs/msg/PointStamped | goal point (m), frame ``world`` |
+| ``/commands`` | std_msgs/msg/Float64MultiArray | per-tick position commands (rad), layout.dim[0] = ('joints', J, J) |
+
+plus ``episode.json`` (the episode's metadata: task, seed, success, ...) beside ``metadata.yaml``.
+Topic names come from :class:`~flow_policy_ros.config.DataConfig`.
+
+Conventions fixed here:
+
+- Time: a message's time is its ``header.stamp``; a zero stamp falls back to the log (receive)
+  time. Float64MultiArray has no header, so commands use the log time. Writers log every
+  message at its stamp.
+- Joints are matched by name in every JointState message (drivers publish any order). A message
+  that lacks one of the requested joints is skipped and counted in the returned recording's
+  ``metadata['skipped_joint_states']`` (key present only when the count is > 0); a requested
+  joint that no message carries is an error.
+- The command joint order is a configuration fact (``DataConfig.command_joint_names``; empty
+  means "the same joints as the joint states"), because Float64MultiArray carries no names.
+- Reading never modifies the bag; writing is atomic (temp dir beside the target, then rename)
+  and refuses to overwrite.
+
+Every bad input raises :class:`~flow_policy_ros.errors.BagError` with a one-line message naming
+the bag and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import struct
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from flow_policy_ros.data.config import DEFAULT_DATA_CONFIG, DataConfig
+from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.errors import BagError
+
+#: Message definitions used for writing and as fallback for reading (bags embed their own).
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+#: Episode metadata file inside the bag directory.
+EPISODE_JSON = "episode.json"
+#: Default topics (DataConfig is frozen, so one shared instance is safe).
+
+JOINT_STATE = "sensor_msgs/msg/JointState"
+POINT_STAMPED = "geometry_msgs/msg/PointStamped"
+FLOAT64_MULTI_ARRAY = "std_msgs/msg/Float64MultiArray"
+JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
+
+_STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+# What rosbags (and the libraries under it) raise on a truncated or corrupt file.
+_READ_ERRORS = (AnyReaderError, ReaderError, sqlite3.Error, struct.error, EOFError, OSError, KeyError,
+                IndexError, ValueError, AssertionError)
+
+
+class RawMessage(NamedTuple):
+    """One serialized message: topic, type name, log time (ns) and CDR bytes (publishable by rclpy)."""
+
+    topic: str
+    msgtype: str
+    log_time_ns: int
+    data: bytes
+
+
+class TopicSummary(NamedTuple):
+    """A topic of a bag: its message type and message count."""
+
+    msgtype: str
+    count: int
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _time(stamp_ns: int) -> Any:
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return TYPESTORE.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+
+
+def _header(stamp_ns: int, frame_id: str) -> Any:
+    return TYPESTORE.types["std_msgs/msg/Header"](stamp=_time(stamp_ns), frame_id=frame_id)
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/msg/Time → int ns."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def joint_state_msg(stamp_ns: int, names: Sequence[str], position: np.ndarray, velocity: np.ndarray) -> Any:
+    """sensor_msgs/msg/JointState with (J,) positions (rad) and velocities (rad/s), frame ''."""
+    return TYPESTORE.types[JOINT_STATE](
+        header=_header(stamp_ns, ""),
+        name=list(names),
+        position=np.asarray(position, dtype=np.float64),
+        velocity=np.asarray(velocity, dtype=np.float64),
+        effort=np.zeros(0, dtype=np.float64),
+    )
+
+
+def point_stamped_msg(stamp_ns: int, point: np.ndarray, frame_id: str = "world") -> Any:
+    """geometry_msgs/msg/PointStamped from a (3,) point (m)."""
+    x, y, z = (float(v) for v in point)
+    return TYPESTORE.types[POINT_STAMPED](
+        header=_header(stamp_ns, frame_id), point=TYPESTORE.types["geometry_msgs/msg/Point"](x=x, y=y, z=z)
+    )
+
+
+def float64_multi_array_msg(values: np.ndarray, label: str = "joints") -> Any:
+    """std_msgs/msg/Float64MultiArray of a (J,) vector, layout.dim[0] = (label, J, J)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    dim = TYPESTORE.types["std_msgs/msg/MultiArrayDimension"](label=label, size=len(values), stride=len(values))
+    layout = TYPESTORE.types["std_msgs/msg/MultiArrayLayout"](dim=[dim], data_offset=0)
+    return TYPESTORE.types[FLOAT64_MULTI_ARRAY](layout=layout, data=values)
+
+
+def joint_trajectory_msg(stamp_ns: int, names: Sequence[str], positions: np.ndarray, period_s: float) -> Any:
+    """trajectory_msgs/msg/JointTrajectory of one chunk: (H, A) positions (rad), point i at (i+1)·period_s."""
+    positions = np.asarray(positions, dtype=np.float64)
+    point_type = TYPESTORE.types["trajectory_msgs/msg/JointTrajectoryPoint"]
+    duration = TYPESTORE.types["builtin_interfaces/msg/Duration"]
+    empty = np.zeros(0, dtype=np.float64)
+    points = []
+    for i, row in enumerate(positions):
+        sec, nanosec = divmod(round((i + 1) * period_s * 1e9), 1_000_000_000)
+        points.append(point_type(positions=row.copy(), velocities=empty, accelerations=empty, effort=empty,
+                                 time_from_start=duration(sec=sec, nanosec=nanosec)))
+    return TYPESTORE.types[JOINT_TRAJECTORY](header=_header(stamp_ns, ""), joint_names=list(names), points=points)
+
+
+def deserialize(data: bytes, msgtype: str) -> Any:
+    """CDR bytes → rosbags message object (standard ROS 2 types)."""
+    return TYPESTORE.deserialize_cdr(data, msgtype)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class BagWriter:
+    """Write messages of any standard type into a new rosbag2 directory, atomically.
+
+    Use as a context manager: the bag is written into a temp directory beside ``path`` and
+    renamed to ``path`` on a clean exit; on an exception nothing is left behind. Topics are
+    registered on first use.
+
+    Example::
+
+        with BagWriter(out, "mcap") as bag:
+            bag.write("/policy/chunk", JOINT_TRAJECTORY, joint_trajectory_msg(t, names, chunk, 0.02), t)
+    """
+
+    def __init__(self, path: Path, storage: str = "mcap") -> None:
+        self.path = Path(path)
+        if storage not in _STORAGE_PLUGINS:
+            raise BagError(f"{self.path}: unknown storage {storage!r}; expected one of {sorted(_STORAGE_PLUGINS)}")
+        self.storage = storage
+        self._tmp_dir: Path | None = None
+        self._writer: Writer | None = None
+        self._connections: dict[str, Any] = {}
+
+    def __enter__(self) -> BagWriter:
+        if self.path.exists():
+            raise BagError(f"{self.path}: already exists; refusing to overwrite")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        try:
+            self._writer = Writer(self.directory, version=9, storage_plugin=_STORAGE_PLUGINS[self.storage])
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            raise
+        return self
+
+    @property
+    def directory(self) -> Path:
+        """The (temporary) bag directory being written; extra files may be added to it."""
+        assert self._tmp_dir is not None, "BagWriter is not open"
+        return self._tmp_dir / self.path.name
+
+    def write(self, topic: str, msgtype: str, msg: Any, log_time_ns: int) -> None:
+        """Serialize ``msg`` (a rosbags message of ``msgtype``) and log it on ``topic`` at ``log_time_ns``."""
+        self.write_raw(topic, msgtype, TYPESTORE.serialize_cdr(msg, msgtype), log_time_ns)
+
+    def write_raw(self, topic: str, msgtype: str, data: bytes, log_time_ns: int) -> None:
+        """Log already-serialized CDR bytes on ``topic``."""
+        assert self._writer is not None, "BagWriter is not open"
+        conn = self._connections.get(topic)
+        if conn is None:
+            conn = self._writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+            self._connections[topic] = conn
+        elif conn.msgtype != msgtype:
+            raise BagError(f"{self.path}: topic {topic} already has type {conn.msgtype}, not {msgtype}")
+        self._writer.write(conn, int(log_time_ns), data)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._writer is not None and self._tmp_dir is not None
+        try:
+            if exc_type is None:
+                self._writer.close()
+                if self.path.exists():
+                    raise BagError(f"{self.path}: appeared while writing; refusing to overwrite")
+                os.rename(self.directory, self.path)
+            else:
+                self._writer.abort()
+        finally:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._writer = None
+
+
+def write_episode_bag(path: Path, recording: EpisodeRecording, storage: str = "mcap",
+                      data_config: DataConfig = DEFAULT_DATA_CONFIG) -> None:
+    """Write one episode as a rosbag2 directory at ``path`` ('mcap' or 'sqlite3'), plus ``episode.json``.
+
+    Each message is logged at its stamp. Commands are written in ``recording.command_joint_names``
+    order. Refuses to overwrite ``path``; the write is atomic.
+    """
+    cfg = data_config
+    rec = recording
+    with BagWriter(Path(path), storage) as bag:
+        for t, pos, vel in zip(rec.joint_times_ns, rec.positions, rec.velocities):
+            bag.write(cfg.joint_states_topic, JOINT_STATE, joint_state_msg(t, rec.joint_names, pos, vel), t)
+        for t, goal in zip(rec.goal_times_ns, rec.goals):
+            bag.write(cfg.goal_topic, POINT_STAMPED, point_stamped_msg(t, goal), t)
+        for t, cmd in zip(rec.command_times_ns, rec.commands):
+            bag.write(cfg.command_topic, FLOAT64_MULTI_ARRAY, float64_multi_array_msg(cmd), t)
+        (bag.directory / EPISODE_JSON).write_text(json.dumps(rec.metadata, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _check_bag_dir(path: Path) -> None:
+    if not path.exists():
+        raise BagError(f"{path}: no such bag")
+    if not path.is_dir() or not (path / "metadata.yaml").is_file():
+        raise BagError(f"{path}: not a rosbag2 directory (no metadata.yaml)")
+
+
+def _open_reader(path: Path) -> AnyReader:
+    _check_bag_dir(path)
+    reader = AnyReader([path], default_typestore=TYPESTORE)
+    try:
+        reader.open()
+    except _READ_ERRORS as exc:
+        raise BagError(f"{path}: corrupt or truncated bag, cannot open it ({_one_line(exc)})") from exc
+    return reader
+
+
+def list_topics(path: Path) -> dict[str, TopicSummary]:
+    """Topics of a bag: {topic: (msgtype, message count)} from its metadata."""
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        return {topic: TopicSummary(str(info.msgtype), int(info.msgcount)) for topic, info in reader.topics.items()}
+    finally:
+        reader.close()
+
+
+def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterator[RawMessage]:
+    """Yield the bag's messages in log-time order, optionally only on ``topics``, as raw CDR bytes."""
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        if topics is not None and not conns:
+            return
+        try:
+            for conn, log_time, data in reader.messages(connections=conns):
+                yield RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
+        except _READ_ERRORS as exc:
+            raise BagError(f"{path}: corrupt or truncated bag ({_one_line(exc)})") from exc
+    finally:
+        reader.close()
+
+
+def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
+                 ) -> dict[str, list[tuple[int, Any]]]:
+    """Deserialize all messages of the ``wanted`` {topic: msgtype}; checks presence and types.
+
+    A topic in ``optional`` may be absent (it then maps to an empty list).
+    """
+    topics = list_topics(path)
+    if not topics or sum(t.count for t in topics.values()) == 0:
+        raise BagError(f"{path}: empty bag (no messages)")
+    for topic, msgtype in wanted.items():
+        if topic not in topics and topic in optional:
+            continue
+        if topic not in topics:
+            raise BagError(f"{path}: missing topic {topic} (has {sorted(topics)})")
+        if topics[topic].msgtype != msgtype:
+            raise BagError(f"{path}: topic {topic} has type {topics[topic].msgtype}, expected {msgtype}")
+    out: dict[str, list[tuple[int, Any]]] = {topic: [] for topic in wanted}
+    for raw in iter_raw_messages(path, list(wanted)):
+        try:
+            out[raw.topic].append((raw.log_time_ns, deserialize(raw.data, raw.msgtype)))
+        except _READ_ERRORS as exc:
+            raise BagError(f"{path}: cannot decode a {raw.msgtype} on {raw.topic} ({_one_line(exc)})") from exc
+    return out
+
+
+def stamp_or_log(msg: Any, log_time_ns: int) -> int:
+    stamp = stamp_to_ns(msg.header.stamp)
+    return stamp if stamp != 0 else log_time_ns
+
+
+def joint_arrays(path: Path, messages: list[tuple[int, Any]], joint_names: Sequence[str] | None
+                  ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int]:
+    """JointState messages → (names, times (T,), positions (T, J), velocities (T, J), skipped count)."""
+    if not messages:
+        raise BagError(f"{path}: no JointState messages")
+    names = list(joint_names) if joint_names is not None else list(messages[0][1].name)
+    seen: set[str] = set()
+    for _, msg in messages:
+        seen.update(msg.name)
+    unknown = [n for n in names if n not in seen]
+    if unknown:
+        raise BagError(f"{path}: unknown joint name(s) {unknown}; the bag has {sorted(seen)}")
+    times, pos, vel, skipped = [], [], [], 0
+    for log_time, msg in messages:
+        index = {n: i for i, n in enumerate(msg.name)}
+        # An empty velocity array is legal in JointState (drivers without velocity); it becomes
+        # NaN, and only an observation that needs velocities rejects it (dataset.observations_at).
+        if any(n not in index for n in names) or len(msg.position) != len(msg.name) or len(msg.velocity) not in (0, len(msg.name)):
+            skipped += 1
+            continue
+        cols = [index[n] for n in names]
+        times.append(stamp_or_log(msg, log_time))
+        pos.append(np.asarray(msg.position, dtype=np.float64)[cols])
+        vel.append(np.asarray(msg.velocity, dtype=np.float64)[cols] if len(msg.velocity) else np.full(len(cols), np.nan))
+    if not times:
+        raise BagError(f"{path}: no JointState message carries positions for all of {names}")
+    return names, np.array(times, np.int64), np.array(pos), np.array(vel), skipped
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    file = path / EPISODE_JSON
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BagError(f"{file}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BagError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
+                     joint_names: Sequence[str] | None = None,
+                     command_joint_names: Sequence[str] | None = None) -> EpisodeRecording:
+    """Read one episode bag (mcap or sqlite3) into an :class:`EpisodeRecording`.
+
+    Args:
+        path: rosbag2 directory.
+        data_config: topic names and the command joint order.
+        joint_names: joint order of the returned positions/velocities (default: the names of
+            the first JointState message). Matched by name in every message.
+        command_joint_names: joint order of the command arrays; default
+            ``data_config.command_joint_names``, else the joint-state joint order.
+
+    Returns:
+        The recording; times are int ns (stamp, or log time when the stamp is zero).
+
+    Raises:
+        BagError: missing path, not a bag, corrupt/truncated file, empty bag, missing topic,
+            wrong message type, unknown joint, command width differing from the command joints.
+            The command topic may be absent when ``data_config.action_source == 'joint_states'``.
+    """
+    path = Path(path)
+    cfg = data_config
+    msgs = read_topics(path, {cfg.joint_states_topic: JOINT_STATE, cfg.goal_topic: POINT_STAMPED,
+                               cfg.command_topic: FLOAT64_MULTI_ARRAY},
+                        optional=[cfg.command_topic] if cfg.action_source == "joint_states" else [])
+    names, times, pos, vel, skipped = joint_arrays(path, msgs[cfg.joint_states_topic], joint_names)
+    goal_msgs = msgs[cfg.goal_topic]
+    goal_times = np.array([stamp_or_log(m, t) for t, m in goal_msgs], np.int64)
+    goals = np.array([[m.point.x, m.point.y, m.point.z] for _, m in goal_msgs], np.float64).reshape(-1, 3)
+    cmd_names = list(command_joint_names or cfg.command_joint_names or names)
+    cmd_msgs = msgs[cfg.command_topic]
+    for _, m in cmd_msgs:
+        if len(m.data) != len(cmd_names):
+            raise BagError(f"{path}: {cfg.command_topic} has {len(m.data)} values per message, "
+                           f"expected {len(cmd_names)} for command joints {cmd_names}")
+    cmd_times = np.array([t for t, _ in cmd_msgs], np.int64)
+    commands = np.array([m.data for _, m in cmd_msgs], np.float64).reshape(len(cmd_msgs), len(cmd_names))
+    metadata = _read_metadata(path)
+    if skipped:
+        metadata["skipped_joint_states"] = skipped
+    return EpisodeRecording(
+        joint_names=names, joint_times_ns=times, positions=pos, velocities=vel,
+        goal_times_ns=goal_times, goals=goals, command_joint_names=cmd_names,
+        command_times_ns=cmd_times, commands=commands, metadata=metadata,
+    )

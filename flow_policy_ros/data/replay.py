@@ -1,0 +1,412 @@
+"""Offline evaluation of an ONNX policy on rosbag2 recordings: ``flow-policy replay``.
+
+For every bag, the observation at each decision time is rebuilt from the recorded topics with
+the training windowing (:mod:`flow_policy_ros.policy.dataset`: joints by name, linear interpolation
+onto the control grid, goal held), the policy predicts a chunk there, and the chunk is compared
+with what actually followed.
+
+Conventions:
+
+- Decision times are the control ticks of :func:`dataset.action_ticks` (period = the model's
+  ``control_period_s``) where the observation is defined; one decision per tick.
+- Targets ("what actually followed"), first available of: the command topic
+  (std_msgs/Float64MultiArray, joint order ``data.command_joint_names``, default the model's
+  action joints); the trajectory topic (trajectory_msgs/JointTrajectory chunks, converted by
+  :func:`trajectory_to_tick_commands`); else the executed joint positions (the position at
+  t_{k+1} is the action of tick k). Steps of a chunk that run past the last recorded tick are
+  not scored.
+- Goal: the goal topic if the bag has it, else ``--goal X Y Z`` (held from the first joint
+  state), else an error naming both.
+- Noise: for each bag, decision j (in time order) uses the j-th (H, A) block drawn from
+  ``numpy.random.default_rng(seed).standard_normal`` as float32: the same stream as
+  ``OnnxPolicy(seed=seed).sample_noise()`` called once per decision, so a bag recorded by a
+  policy that planned every tick replays exactly.
+- Joint map (YAML mapping ``driver_name: model_name``): renames the bag's joints onto the
+  model's; it must name every model joint.
+
+Imports neither torch nor pybullet. Inputs are only read; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.data.timeseries import TimeSeriesError, period_ns
+from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
+from flow_policy_ros.errors import BagError, UsageError
+from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
+from flow_policy_ros.runtime.metadata import PolicyMetadata
+
+DEFAULT_TRAJECTORY_TOPIC = "/joint_trajectory"
+DEFAULT_POLICY_TOPIC = "/policy/joint_trajectory"
+DEFAULT_BATCH = 512
+#: Ticks executed from each chunk for the seam-jerk metric (policy_node's default replan_every).
+
+
+# --------------------------------------------------------------------------- joint map, trajectories
+
+
+def load_joint_map(path: Path) -> dict[str, str]:
+    """Read a YAML mapping ``driver_joint: model_joint`` (e.g. ``lbr_joint_0: lbr_iiwa_joint_1``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--joint-map {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--joint-map {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise UsageError(f"--joint-map {path}: expected a mapping of driver joint name -> model joint name")
+    targets = list(data.values())
+    dupes = sorted({n for n in targets if targets.count(n) > 1})
+    if dupes:
+        raise UsageError(f"--joint-map {path}: model joint(s) {dupes} are mapped from more than one driver joint")
+    return dict(data)
+
+
+def driver_joint_names(model_joints: Sequence[str], joint_map: dict[str, str] | None, where: str = "--joint-map") -> list[str]:
+    """The bag's names of ``model_joints`` under ``joint_map`` (identity without a map).
+
+    Raises UsageError naming the model joints the map does not cover.
+    """
+    if joint_map is None:
+        return list(model_joints)
+    inverse = {model: driver for driver, model in joint_map.items()}
+    missing = [n for n in model_joints if n not in inverse]
+    if missing:
+        raise UsageError(f"{where}: does not cover the model's joint(s) {missing}")
+    return [inverse[n] for n in model_joints]
+
+
+def trajectory_to_tick_commands(stamps_ns: Sequence[int], point_offsets_ns: Sequence[np.ndarray],
+                                positions: Sequence[np.ndarray], period_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """A stream of JointTrajectory chunks → per-tick position commands.
+
+    Chunk c is stamped ``stamps_ns[c]``; its point i has ``time_from_start`` ``point_offsets_ns[c][i]``
+    (nominally (i+1)·dt) and positions ``positions[c][i]`` (A,) rad. Point i is the command of
+    the tick at ``stamp + time_from_start − dt`` (so point 0 applies at the stamp). A later
+    chunk replaces the earlier ones from its stamp on. Chunks must be in stamp order.
+
+    Returns:
+        times (K,) int64 ns, increasing; commands (K, A) float64 rad.
+    """
+    step = period_ns(period_s)
+    times: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for c, (stamp, offsets, pos) in enumerate(zip(stamps_ns, point_offsets_ns, positions)):
+        t = int(stamp) + np.asarray(offsets, np.int64) - step
+        keep = t >= int(stamp)
+        if c + 1 < len(stamps_ns):
+            if stamps_ns[c + 1] < stamp:
+                raise BagError(f"trajectory chunks out of stamp order ({stamps_ns[c + 1]} after {stamp} ns)")
+            keep &= t < int(stamps_ns[c + 1])
+        times.append(t[keep])
+        values.append(np.asarray(pos, np.float64).reshape(len(t), -1)[keep])
+    if not times:
+        return np.zeros(0, np.int64), np.zeros((0, 0))
+    return np.concatenate(times), np.concatenate(values)
+
+
+def _trajectory_commands(path: Path, messages: list[tuple[int, Any]], names: Sequence[str],
+                         period_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """JointTrajectory messages → (times (K,), commands (K, A)) in ``names`` order (matched by name)."""
+    stamps, offsets, positions = [], [], []
+    for log_time, msg in sorted(messages, key=lambda m: bagio.stamp_or_log(m[1], m[0])):
+        index = {n: i for i, n in enumerate(msg.joint_names)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise BagError(f"{path}: a JointTrajectory lacks joint(s) {missing}; it has {list(msg.joint_names)}")
+        cols = [index[n] for n in names]
+        if not msg.points:
+            continue
+        stamps.append(bagio.stamp_or_log(msg, log_time))
+        offsets.append(np.array([bagio.stamp_to_ns(p.time_from_start) for p in msg.points], np.int64))
+        positions.append(np.array([np.asarray(p.positions, np.float64)[cols] for p in msg.points]))
+    return trajectory_to_tick_commands(stamps, offsets, positions, period_s)
+
+
+# --------------------------------------------------------------------------- reading a bag
+
+
+@dataclass
+class ReplaySource:
+    """A bag read for replay: the recording in model joint names and how it was assembled."""
+
+    path: Path
+    recording: EpisodeRecording
+    data_config: DataConfig
+    action_source: str  # 'commands', 'trajectory' or 'joint_states'
+    goal_source: str  # 'topic', 'argument' or 'none'
+
+
+def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.DEFAULT_DATA_CONFIG,
+                joint_map: dict[str, str] | None = None, goal: Sequence[float] | None = None,
+                trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC) -> ReplaySource:
+    """Read ``path`` into a recording whose joints carry the model's names (see the module docstring).
+
+    Raises BagError/UsageError (one line) for a missing/corrupt/empty bag, missing or mistyped
+    topics, unknown joints, an uncovering joint map or a missing goal.
+    """
+    path = Path(path)
+    model_joints = list(dict.fromkeys([*meta.observation.joint_names, *meta.action_joint_names]))
+    drivers = driver_joint_names(model_joints, joint_map)
+    rename = dict(zip(drivers, model_joints))
+    wanted = {data_cfg.joint_states_topic: bagio.JOINT_STATE, data_cfg.goal_topic: bagio.POINT_STAMPED,
+              data_cfg.command_topic: bagio.FLOAT64_MULTI_ARRAY, trajectory_topic: bagio.JOINT_TRAJECTORY}
+    msgs = bagio.read_topics(path, wanted, optional=[data_cfg.goal_topic, data_cfg.command_topic, trajectory_topic])
+    _, times, pos, vel, skipped = bagio.joint_arrays(path, msgs[data_cfg.joint_states_topic], drivers)
+
+    goal_msgs = msgs[data_cfg.goal_topic]
+    if "goal" not in meta.observation.fields:
+        goal_times, goals, goal_source = np.zeros(0, np.int64), np.zeros((0, 3)), "none"
+    elif goal_msgs:
+        goal_times = np.array([bagio.stamp_or_log(m, t) for t, m in goal_msgs], np.int64)
+        goals = np.array([[m.point.x, m.point.y, m.point.z] for _, m in goal_msgs], np.float64)
+        order = np.argsort(goal_times, kind="stable")
+        goal_times, goals, goal_source = goal_times[order], goals[order], "topic"
+    elif goal is not None:
+        goal_times, goals, goal_source = times[:1].copy(), np.asarray(goal, np.float64).reshape(1, 3), "argument"
+    else:
+        raise BagError(f"{path}: no goal: the bag has no {data_cfg.goal_topic} messages and no --goal X Y Z was given")
+
+    action_joints = list(meta.action_joint_names)
+    cmd_times, commands, source = np.zeros(0, np.int64), np.zeros((0, len(action_joints))), "joint_states"
+    cmd_msgs, traj_msgs = msgs[data_cfg.command_topic], msgs[trajectory_topic]
+    if data_cfg.action_source == "commands" and cmd_msgs:
+        recorded_names = list(data_cfg.command_joint_names) or driver_joint_names(action_joints, joint_map)
+        mapped = [rename.get(n, n) if joint_map else n for n in recorded_names]
+        for _, m in cmd_msgs:
+            if len(m.data) != len(mapped):
+                raise BagError(f"{path}: {data_cfg.command_topic} has {len(m.data)} values per message, expected "
+                               f"{len(mapped)} for command joints {recorded_names}")
+        unknown = [n for n in action_joints if n not in mapped]
+        if unknown:
+            raise BagError(f"{path}: command joints {recorded_names} lack the model's action joint(s) {unknown}")
+        cols = [mapped.index(n) for n in action_joints]
+        cmd_times = np.array([t for t, _ in cmd_msgs], np.int64)
+        commands = np.array([m.data for _, m in cmd_msgs], np.float64)[:, cols]
+        source = "commands"
+    elif data_cfg.action_source == "commands" and traj_msgs:
+        cmd_times, commands = _trajectory_commands(path, traj_msgs, driver_joint_names(action_joints, joint_map),
+                                                   meta.control_period_s)
+        source = "trajectory"
+    if source != "joint_states" and len(cmd_times) == 0:
+        raise BagError(f"{path}: the {source} topic holds no usable command")
+    rec = EpisodeRecording(joint_names=model_joints, joint_times_ns=times, positions=pos, velocities=vel,
+                           goal_times_ns=goal_times, goals=goals, command_joint_names=action_joints,
+                           command_times_ns=cmd_times, commands=commands,
+                           metadata={"skipped_joint_states": skipped} if skipped else {})
+    cfg = replace(data_cfg, command_joint_names=tuple(action_joints),
+                  action_source="joint_states" if source == "joint_states" else "commands")
+    return ReplaySource(path, rec, cfg, source, goal_source)
+
+
+# --------------------------------------------------------------------------- decisions and inference
+
+
+@dataclass
+class Decisions:
+    """Decision points of one bag.
+
+    Attributes:
+        ticks_ns: (N,) int64, decision times.
+        observations: (N, obs_dim) float32, raw units.
+        targets: (N, H, A) float64, what followed each decision (rad); padded steps repeat the last action.
+        valid: (N, H) bool, False where the step runs past the last recorded action (not scored).
+        action_ticks_ns: (K,) int64 and actions (K, A) float64: the whole recorded action series.
+    """
+
+    ticks_ns: np.ndarray
+    observations: np.ndarray
+    targets: np.ndarray
+    valid: np.ndarray
+    action_ticks_ns: np.ndarray
+    actions: np.ndarray
+
+
+def build_decisions(src: ReplaySource, meta: PolicyMetadata) -> Decisions:
+    """Observations and target chunks at every tick with a defined observation (dataset windowing)."""
+    io = meta.io
+    try:
+        ticks, actions = action_ticks(src.recording, io, src.data_config, str(src.path))
+        keep = np.flatnonzero(observable_mask(src.recording, ticks, io))
+        if len(keep) == 0:
+            raise BagError(f"{src.path}: no decision time: the observation is never defined on the action ticks")
+        obs = observations_at(src.recording, ticks[keep], io, str(src.path))
+    except TimeSeriesError as exc:
+        raise BagError(f"{src.path}: {exc}") from exc
+    h = meta.horizon
+    idx = chunk_indices(int(keep[0]), len(keep), h, len(ticks))
+    valid = (keep[:, None] + np.arange(h)[None, :]) < len(ticks)
+    return Decisions(ticks[keep], obs.astype(np.float32), actions[idx], valid, ticks, actions)
+
+
+def decision_noise(seed: int, count: int, horizon: int, action_dim: int) -> np.ndarray:
+    """(count, H, A) float32: block j is the j-th (H, A) draw of ``default_rng(seed)`` (see module docstring)."""
+    return np.random.default_rng(seed).standard_normal((count, horizon, action_dim)).astype(np.float32)
+
+
+def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
+                    batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, float]:
+    """Run ``policy.predict`` on (N, obs_dim) + (N, H, A) noise in batches → ((N, H, A) float32, seconds)."""
+    out = np.empty(noise.shape, np.float32)
+    start = time.perf_counter()
+    for lo in range(0, len(observations), batch_size):
+        hi = lo + batch_size
+        out[lo:hi] = policy.predict(observations[lo:hi], noise=noise[lo:hi], guidance_scale=guidance)
+    return out, time.perf_counter() - start
+
+
+def single_latency_ms(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
+                      samples: int = 50) -> dict[str, float]:
+    """Unbatched latency (ms) of up to ``samples`` decisions: what a live node pays per decision."""
+    n = min(samples, len(observations))
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        policy.predict(observations[i], noise=noise[i], guidance_scale=guidance)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"single_p50": float(np.percentile(times, 50)), "single_p99": float(np.percentile(times, 99)), "single_samples": n}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _jerk(seq: np.ndarray, period_s: float) -> np.ndarray:
+    """Third finite difference (M-3, A) of positions (M, A) rad → rad/s³."""
+    return np.diff(seq, n=3, axis=0) / period_s**3
+
+
+def seam_jerk(predicted: np.ndarray, recorded: np.ndarray, period_s: float, replan_every: int) -> dict[str, Any]:
+    """Jerk of executing predicted chunks open loop, ``replan_every`` ticks each, at seams vs inside.
+
+    predicted: (N, H, A) chunks of consecutive ticks; recorded: (N, A) recorded actions of the same ticks.
+    The executed sequence takes the first ``replan_every`` actions of the chunks at decisions
+    0, R, 2R, ...; a jerk sample (window n..n+3) is at a seam when a chunk starts at n+1..n+3.
+    Values are mean |jerk| over joints and samples (rad/s³).
+    """
+    r = max(1, min(replan_every, predicted.shape[1]))
+    seq = np.concatenate([predicted[d, :r] for d in range(0, len(predicted), r)])[: len(predicted)]
+    result: dict[str, Any] = {"replan_every": r, "seam_mean_abs_rad_s3": None, "inside_mean_abs_rad_s3": None,
+                              "seam_to_inside_ratio": None, "recorded_mean_abs_rad_s3": None}
+    if len(seq) < 4:
+        return result
+    jerk = np.abs(_jerk(seq, period_s)).mean(axis=1)
+    n = np.arange(len(jerk))
+    seam = ((n + 3) // r) > (n // r)
+    if seam.any():
+        result["seam_mean_abs_rad_s3"] = float(jerk[seam].mean())
+    if (~seam).any():
+        result["inside_mean_abs_rad_s3"] = float(jerk[~seam].mean())
+    if seam.any() and (~seam).any() and jerk[~seam].mean() > 0:
+        result["seam_to_inside_ratio"] = float(jerk[seam].mean() / jerk[~seam].mean())
+    result["recorded_mean_abs_rad_s3"] = float(np.abs(_jerk(recorded, period_s)).mean())
+    return result
+
+
+def error_metrics(predicted: np.ndarray, targets: np.ndarray, valid: np.ndarray,
+                  joint_names: Sequence[str], period_s: float) -> dict[str, Any]:
+    """Errors (rad) of predicted (N, H, A) against targets (N, H, A) over ``valid`` (N, H) steps."""
+    err = predicted.astype(np.float64) - targets
+    mask = valid[:, :, None]
+    count = int(valid.sum())  # scored (decision, step) pairs, the same for every joint
+    abs_err = np.where(mask, np.abs(err), 0.0)
+    sq_err = np.where(mask, err**2, 0.0)
+    steps = valid.sum(axis=0)
+    first = np.abs(err[:, 0, :])
+    return {
+        "first_action": {"mae_rad": float(first.mean()), "rmse_rad": float(np.sqrt((first**2).mean())),
+                         "max_abs_rad": float(first.max()), "mae_rad_per_joint": first.mean(axis=0).tolist()},
+        "per_joint": {name: {"mae_rad": float(abs_err[:, :, j].sum() / count),
+                             "rmse_rad": float(np.sqrt(sq_err[:, :, j].sum() / count))}
+                      for j, name in enumerate(joint_names)},
+        "overall": {"mae_rad": float(abs_err.sum() / (count * err.shape[2])),
+                    "rmse_rad": float(np.sqrt(sq_err.sum() / (count * err.shape[2])))},
+        "horizon": {"step_time_s": [(i + 1) * period_s for i in range(valid.shape[1])],
+                    "mae_rad": (abs_err.sum(axis=(0, 2)) / np.maximum(steps * err.shape[2], 1)).tolist(),
+                    "rmse_rad": np.sqrt(sq_err.sum(axis=(0, 2)) / np.maximum(steps * err.shape[2], 1)).tolist(),
+                    "scored_decisions": steps.tolist()},
+    }
+
+
+# --------------------------------------------------------------------------- one bag
+
+
+@dataclass
+class BagReplay:
+    """Everything replay computed for one bag."""
+
+    source: ReplaySource
+    decisions: Decisions
+    predicted: np.ndarray  # (N, H, A) float32
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DATA_CONFIG,
+               joint_map: dict[str, str] | None = None, goal: Sequence[float] | None = None, seed: int = 0,
+               guidance: float | None = None, batch_size: int = DEFAULT_BATCH, replan_every: int = DEFAULT_REPLAN_EVERY,
+               trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC, latency_samples: int = 50) -> BagReplay:
+    """Read, rebuild decisions, predict (batched, seeded noise) and score one bag."""
+    meta: PolicyMetadata = policy.metadata
+    t0 = time.perf_counter()
+    src = read_source(path, meta, data_cfg, joint_map, goal, trajectory_topic)
+    t1 = time.perf_counter()
+    dec = build_decisions(src, meta)
+    t2 = time.perf_counter()
+    noise = decision_noise(seed, len(dec.ticks_ns), meta.horizon, meta.action_dim)
+    predicted, infer_s = predict_batched(policy, dec.observations, noise, guidance, batch_size)
+    n = len(predicted)
+    latency = {"batch_size": batch_size, "batched_per_decision_mean": infer_s * 1e3 / n,
+               **single_latency_ms(policy, dec.observations, noise, guidance, latency_samples)}
+    report = {
+        "bag": str(src.path), "action_source": src.action_source, "goal_source": src.goal_source,
+        "decisions": n, "duration_s": float((dec.ticks_ns[-1] - dec.ticks_ns[0]) * 1e-9),
+        "first_decision_ns": int(dec.ticks_ns[0]),
+        "skipped_joint_states": int(src.recording.metadata.get("skipped_joint_states", 0)),
+        **error_metrics(predicted, dec.targets, dec.valid, meta.action_joint_names, meta.control_period_s),
+        "seam_jerk": seam_jerk(predicted, dec.targets[:, 0, :], meta.control_period_s, replan_every),
+        "latency_ms": latency,
+        "timing_s": {"read": t1 - t0, "observations": t2 - t1, "inference": infer_s},
+        "decisions_per_s": {"inference": n / infer_s, "end_to_end": n / (t2 - t0 + infer_s)},
+    }
+    return BagReplay(src, dec, predicted, report)
+
+
+def write_replay_bag(out: Path, replayed: BagReplay, meta: PolicyMetadata, topic: str = DEFAULT_POLICY_TOPIC) -> int:
+    """New bag at ``out``: every original message copied plus one JointTrajectory per decision on ``topic``.
+
+    Chunk j is stamped and logged at its decision tick; point i at (i+1)·dt. Same storage as the
+    input. Returns the number of predicted chunks written.
+    """
+    src = replayed.source.path
+    if topic in bagio.list_topics(src):
+        raise UsageError(f"{src}: already has a topic {topic}; choose another --policy-topic")
+    storage = "mcap" if any(src.glob("*.mcap")) else "sqlite3"
+    ticks, chunks = replayed.decisions.ticks_ns, replayed.predicted
+    names = list(meta.action_joint_names)
+    j = 0
+    with bagio.BagWriter(out, storage) as writer:
+        def flush(until_ns: float) -> None:
+            nonlocal j
+            while j < len(ticks) and ticks[j] <= until_ns:
+                t = int(ticks[j])
+                writer.write(topic, bagio.JOINT_TRAJECTORY, bagio.joint_trajectory_msg(t, names, chunks[j], meta.control_period_s), t)
+                j += 1
+        for raw in bagio.iter_raw_messages(src):
+            flush(raw.log_time_ns - 1)
+            writer.write_raw(raw.topic, raw.msgtype, raw.data, raw.log_time_ns)
+        flush(np.inf)
+    return j
+
+
+# --------------------------------------------------------------------------- CLI

@@ -1,0 +1,100 @@
+"""Recording → control-grid windows: the one definition of how a recording maps to decisions.
+
+Used by training (:mod:`flow_policy_ros.policy.dataset`) and offline replay
+(:mod:`flow_policy_ros.data.replay`), so both see the same observations and action chunks.
+
+Conventions (shared with the runtime and offline replay):
+
+- Control grid: ticks t_k = t_0 + k·dt with dt = ``ModelIO.control_period_s``. With
+  ``DataConfig.action_source == 'commands'`` t_0 is the first command's stamp and the grid runs
+  to the last command (within dt/2); the command of tick k is the last one stamped at or before
+  t_k + dt/2, so stamp jitter below dt/2 maps each command to its own tick and a dropped
+  command repeats the previous one (zero-order hold). With ``'joint_states'`` the grid starts at
+  the first joint state and ends at the last, and the "command" of tick k is the measured
+  position at t_{k+1} (so the last tick has no action and starts no window).
+- Observation at tick k: ``ModelIO.observation.fields`` in order: joint positions (rad)
+  and velocities (rad/s) linearly interpolated at t_k in ``observation.joint_names`` order,
+  goal (m) held from the last goal at or before t_k. Ticks where an observation is undefined
+  (before the first joint state or goal, after the last joint state) start no window.
+- Action chunk at tick k: the actions of ticks k, k+1, ..., k+H-1 in
+  ``ModelIO.action_joint_names`` order (matched by name to ``DataConfig.command_joint_names``,
+  which default to the action joints). The action of tick k is the position target to reach
+  by t_{k+1}.
+- End of an episode: a chunk that runs past the last action tick is padded by repeating the
+  last action (the robot holds its final target). Windows never cross episodes.
+- Windows per episode: one per tick with a defined observation and action; for a clean
+  recording that is the number of commands K ('commands') or joint-state ticks − 1
+  ('joint_states').
+
+Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_index (N,) int64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flow_policy_ros.contract import ModelIO
+from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.data.timeseries import control_grid, period_ns, resample_linear, sample_hold
+from flow_policy_ros.errors import DatasetError
+
+
+def _columns(names: list[str], wanted: tuple[str, ...], what: str, source: str) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in wanted if n not in index]
+    if missing:
+        raise DatasetError(f"{source}: {what} lacks joint(s) {missing}; it has {names}")
+    return [index[n] for n in wanted]
+
+
+def action_ticks(rec: EpisodeRecording, io: ModelIO, data_cfg: DataConfig,
+                 source: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The episode's control ticks (K,) int64 ns and the action of each tick (K, A) float64 (rad)."""
+    step = period_ns(io.control_period_s)
+    if data_cfg.action_source == "joint_states":
+        cols = _columns(rec.joint_names, io.action_joint_names, "joint_states", source)
+        grid = control_grid(rec.joint_times_ns[0], rec.joint_times_ns[-1], io.control_period_s)
+        positions = resample_linear(rec.joint_times_ns, rec.positions[:, cols], grid)
+        return grid[:-1], positions[1:]
+    if len(rec.command_times_ns) == 0:
+        raise DatasetError(f"{source}: no commands recorded; use data.action_source='joint_states'")
+    cols = _columns(rec.command_joint_names, io.action_joint_names, "commands", source)
+    t_cmd = rec.command_times_ns
+    grid = control_grid(t_cmd[0], t_cmd[-1] + step // 2, io.control_period_s)
+    # Query half a period late: a command stamped within ±dt/2 of its tick still lands on it.
+    return grid, sample_hold(t_cmd, rec.commands[:, cols], grid + step // 2)
+
+
+def observations_at(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO,
+                    source: str = "") -> np.ndarray:
+    """Observation vectors (K, obs_dim) float64 at ``ticks_ns`` (K,); ticks must be covered by the data."""
+    spec = io.observation
+    cols = _columns(rec.joint_names, spec.joint_names, "joint_states", source)
+    out = np.empty((len(ticks_ns), spec.obs_dim), np.float64)
+    for name, sl in spec.field_slices().items():
+        if name == "joint_positions":
+            out[:, sl] = resample_linear(rec.joint_times_ns, rec.positions[:, cols], ticks_ns)
+        elif name == "joint_velocities":
+            if np.isnan(rec.velocities[:, cols]).any():
+                raise DatasetError(f"{source}: the observation needs joint_velocities but joint_states messages carry none")
+            out[:, sl] = resample_linear(rec.joint_times_ns, rec.velocities[:, cols], ticks_ns)
+        elif name == "goal":
+            out[:, sl] = sample_hold(rec.goal_times_ns, rec.goals, ticks_ns)
+        else:  # config validation keeps this unreachable
+            raise DatasetError(f"{source}: no builder for observation field {name!r}")
+    return out
+
+
+def observable_mask(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO) -> np.ndarray:
+    """Boolean mask (K,) of ticks where every observation field is defined (a contiguous run)."""
+    start = rec.joint_times_ns[0]
+    if "goal" in io.observation.fields:
+        start = max(start, rec.goal_times_ns[0]) if len(rec.goal_times_ns) else np.iinfo(np.int64).max
+    return (ticks_ns >= start) & (ticks_ns <= rec.joint_times_ns[-1])
+
+
+def chunk_indices(first: int, count: int, horizon: int, num_ticks: int) -> np.ndarray:
+    """(count, H) tick indices of the chunks starting at ticks first..first+count-1, clamped to the last tick."""
+    starts = np.arange(first, first + count)[:, None]
+    return np.minimum(starts + np.arange(horizon)[None, :], num_ticks - 1)

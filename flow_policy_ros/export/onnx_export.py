@@ -1,0 +1,201 @@
+"""``flow-policy export``: a checkpoint's whole sampler as ONE self-contained ONNX graph.
+
+The graph is normalize -> N unrolled Euler steps (both CFG branches batched) -> unnormalize,
+traced from the very ``flow.sample_chunks`` used in PyTorch, with the EMA weights:
+
+    observation [B, obs_dim] (raw units) --+
+    noise       [B, H, A]   (x0)          --+--> actions [B, H, A] (rad)
+    guidance_scale [1]      (w)           --+
+
+The export then proves itself: ``onnx.checker`` full check, no Loop/If/Scan nodes, the
+metadata parses, and a parity report against the PyTorch sampler (ONNX Runtime vs eager, w in
+{0, 1, 2}, batch 1 and 8) whose worst error must stay below ``PARITY_TOLERANCE``. The file is
+written atomically: on any failure nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from flow_policy_ros.errors import ModelFileError, UsageError
+from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from flow_policy_ros.policy.flow import sample_chunks, step_time_features
+from flow_policy_ros.policy.model import VelocityNet
+from flow_policy_ros.policy.normalization import action_reference
+from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+FORBIDDEN_OPS = ("Loop", "If", "Scan")
+
+
+class Sampler(nn.Module):
+    """The complete sampler in raw robot units: what the ONNX graph computes.
+
+    forward(observation (B, obs_dim), noise (B, H, A), guidance_scale (1,)) -> actions (B, H, A)
+    """
+
+    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int) -> None:
+        super().__init__()
+        self.net = net
+        self.steps = steps if ckpt.config.train.objective == "flow" else 1
+        self.regression = ckpt.config.train.objective == "regression"
+        self.reference_indices = ckpt.config.policy.action_reference_indices()
+        for name, value in ckpt.stats.torch_buffers().items():
+            self.register_buffer(name, value)
+        self.register_buffer("time_features", None)
+
+    def freeze_time_features(self) -> Sampler:
+        """Precompute the per-step time features (weights must be final): the graph stores
+        them as constants instead of running the time MLP at every step."""
+        self.time_features = step_time_features(self.net, self.steps)
+        return self
+
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor) -> torch.Tensor:
+        obs_n = (observation - self.obs_shift) / self.obs_scale
+        x0 = noise * 0.0 if self.regression else noise
+        chunk_n = sample_chunks(self.net, obs_n, x0, guidance_scale, self.steps, self.time_features)
+        return chunk_n * self.act_scale + self.act_shift + action_reference(observation, self.reference_indices)
+
+
+def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True) -> Sampler:
+    """Eager PyTorch sampler with the checkpoint's (EMA) weights, in eval mode."""
+    net = VelocityNet(ckpt.config.policy)
+    net.load_state_dict(ckpt.ema_state if use_ema else ckpt.model_state)
+    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps)
+    return sampler.eval().requires_grad_(False)
+
+
+def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path) -> PolicyMetadata:
+    policy = ckpt.config.policy
+    return PolicyMetadata(
+        name=name,
+        io=policy.io,
+        euler_steps=steps if ckpt.config.train.objective == "flow" else 1,
+        guidance_scale=policy.guidance_scale,
+        objective=ckpt.config.train.objective,
+        normalization=policy.normalization,
+        action_frame=policy.action_frame,
+        checkpoint_sha256=file_sha256(checkpoint_path),
+        training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
+        code_version=ckpt.code_version,
+    )
+
+
+def summarize_training_data(summary: dict) -> dict:
+    """The scalar facts of a training-data summary (episodes, windows, source, ...); per-episode
+    lists are reduced to their length so the metadata stays small."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
+            out[f"{key}_true"] = sum(value)  # e.g. per-episode success flags -> successes
+        elif isinstance(value, (list, tuple)):
+            out[f"{key}_count"] = len(value)
+    return out
+
+
+@dataclass
+class ParityRow:
+    guidance_scale: float
+    batch: int
+    max_abs_diff: float
+
+
+def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0) -> list[ParityRow]:
+    """Max |ONNX Runtime - PyTorch| over w in {0, 1, 2} and batch in {1, 8} on random inputs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    shift, scale = sampler.obs_shift.numpy(), sampler.obs_scale.numpy()
+    horizon, action_dim = sampler.net.horizon, sampler.net.action_dim
+    rows = []
+    for batch in (1, 8):
+        observation = (shift + scale * rng.uniform(-1.2, 1.2, size=(batch, obs_dim))).astype(np.float32)
+        noise = rng.standard_normal((batch, horizon, action_dim)).astype(np.float32)
+        for w in (0.0, 1.0, 2.0):
+            guidance = np.array([w], dtype=np.float32)
+            (onnx_out,) = session.run(None, {"observation": observation, "noise": noise, "guidance_scale": guidance})
+            with torch.no_grad():
+                torch_out = sampler(torch.from_numpy(observation), torch.from_numpy(noise), torch.from_numpy(guidance)).numpy()
+            rows.append(ParityRow(w, batch, float(np.max(np.abs(onnx_out - torch_out)))))
+    return rows
+
+
+def export_checkpoint(
+    checkpoint_path: str | Path,
+    out_path: str | Path,
+    steps: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    name: str | None = None,
+) -> tuple[PolicyMetadata, list[ParityRow]]:
+    """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows."""
+    import onnx
+
+    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
+    if not out_path.parent.is_dir():
+        raise UsageError(f"--out {out_path}: directory {out_path.parent} does not exist")
+    if out_path.suffix != ".onnx":
+        raise UsageError(f"--out {out_path}: expected a .onnx file name")
+    if opset < 17:
+        raise UsageError(f"--opset {opset}: the contract needs opset >= 17")
+    ckpt = load_checkpoint(checkpoint_path)
+    steps = steps or ckpt.config.policy.euler_steps
+    if steps < 1:
+        raise UsageError(f"--steps {steps}: must be >= 1")
+    sampler = sampler_from_checkpoint(ckpt, steps).freeze_time_features()
+    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path)
+    policy = ckpt.config.policy
+
+    example = (
+        torch.zeros(1, policy.obs_dim),
+        torch.zeros(1, policy.horizon, policy.action_dim),
+        torch.ones(1),
+    )
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                sampler,
+                example,
+                str(tmp),
+                input_names=["observation", "noise", "guidance_scale"],
+                output_names=["actions"],
+                dynamic_axes={"observation": {0: "batch"}, "noise": {0: "batch"}, "actions": {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        model = onnx.load(str(tmp))
+        forbidden = sorted({node.op_type for node in model.graph.node if node.op_type in FORBIDDEN_OPS})
+        if forbidden:
+            raise ModelFileError(f"exported graph contains control flow {forbidden}; the sampler must be unrolled")
+        del model.metadata_props[:]
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, metadata.to_json()
+        model.producer_name = "flow_policy_ros"
+        model.doc_string = f"flow-matching policy {metadata.name}: {policy.horizon}x{policy.action_dim} chunk, {steps} Euler steps, CFG"
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        PolicyMetadata.from_json(metadata.to_json(), where=str(out_path))
+        # the reference is the plain eager sampler (time MLP run at every step), not the frozen copy
+        rows = parity_report(sampler_from_checkpoint(ckpt, steps), tmp, policy.obs_dim)
+        worst = max(row.max_abs_diff for row in rows)
+        if worst > PARITY_TOLERANCE:
+            raise ModelFileError(f"parity check failed: max |onnx - torch| = {worst:.3g} > {PARITY_TOLERANCE:g}")
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return metadata, rows

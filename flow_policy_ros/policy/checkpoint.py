@@ -1,0 +1,131 @@
+"""Checkpoint file format: weights, EMA weights, optimizer, config, statistics, provenance.
+
+A checkpoint is a ``torch.save`` dict loaded with ``weights_only=True`` (no pickled code).
+``format`` identifies it; anything else is rejected with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flow_policy_ros.errors import CheckpointError
+from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
+from flow_policy_ros.policy.normalization import NormalizationStats, StatisticsError
+
+FORMAT = "flow_policy_ros.checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume training or export a policy."""
+
+    config: ExperimentConfig
+    stats: NormalizationStats
+    model_state: dict[str, torch.Tensor]
+    ema_state: dict[str, torch.Tensor]
+    step: int = 0
+    optimizer_state: dict[str, Any] | None = None
+    generator_state: torch.Tensor | None = None
+    data_summary: dict[str, Any] = field(default_factory=dict)
+    loss_history: list[list[float]] = field(default_factory=list)
+    code_version: str = ""
+
+
+def code_version() -> str:
+    """Package version plus git commit of the source tree when available."""
+    from flow_policy_ros import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    """Write atomically (temp file + rename), so an interrupted save never leaves a torn file."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": ckpt.config.to_dict(),
+        "stats": ckpt.stats.to_dict(),
+        "model": ckpt.model_state,
+        "ema": ckpt.ema_state,
+        "step": ckpt.step,
+        "optimizer": ckpt.optimizer_state,
+        "generator": ckpt.generator_state,
+        "data_summary": ckpt.data_summary,
+        "loss_history": ckpt.loss_history,
+        "code_version": ckpt.code_version,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and validate; errors name the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a flow_policy_ros checkpoint (format {found!r}, expected {FORMAT!r})")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {payload.get('version')!r}, this code reads {VERSION}")
+    for key in ("config", "stats", "model", "ema"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
+    try:
+        config = ExperimentConfig.from_dict(payload["config"])
+        stats = NormalizationStats.from_dict(payload["stats"], where=f"{path}: stats")
+    except (ConfigError, StatisticsError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    if stats.obs_dim != config.policy.obs_dim or stats.action_dim != config.policy.action_dim:
+        raise CheckpointError(
+            f"{path}: statistics cover obs_dim {stats.obs_dim}/A {stats.action_dim}, config says "
+            f"{config.policy.obs_dim}/{config.policy.action_dim}"
+        )
+    return Checkpoint(
+        config=config,
+        stats=stats,
+        model_state=payload["model"],
+        ema_state=payload["ema"],
+        step=int(payload.get("step", 0)),
+        optimizer_state=payload.get("optimizer"),
+        generator_state=payload.get("generator"),
+        data_summary=payload.get("data_summary") or {},
+        loss_history=payload.get("loss_history") or [],
+        code_version=payload.get("code_version", ""),
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

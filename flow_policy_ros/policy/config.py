@@ -1,0 +1,266 @@
+"""Configuration dataclasses: what the policy observes, how it is built, how it is trained.
+
+Everything here is plain Python (no torch). The model's I/O description (observation, action
+joints, H, dt, limits) is :class:`flow_policy_ros.contract.ModelIO`, shared with the ONNX metadata.
+Each dataclass validates itself in ``__post_init__`` and round-trips through plain dicts
+(JSON/YAML) exactly.
+
+Units: joint positions in rad, velocities in rad/s, goal in m (world frame), periods in s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flow_policy_ros.contract import (  # noqa: F401 - re-exported: the config speaks the contract's types
+    IIWA_JOINT_NAMES,
+    IIWA_POSITION_LOWER,
+    IIWA_POSITION_UPPER,
+    IIWA_VELOCITY_LIMIT,
+    OBSERVATION_FIELDS,
+    JointLimits,
+    ModelIO,
+    ObservationSpec,
+    check_model_io,
+    require,
+)
+from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.errors import ConfigError
+
+NORMALIZATION_MODES = ("minmax", "meanstd")
+ACTION_FRAMES = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy: what it sees, what it outputs, and how it is sampled.
+
+    Attributes:
+        observation: the observation spec (fields and joint order).
+        action_joint_names: joints of the action chunk, in output order (A = their count).
+        horizon: H, actions per chunk.
+        control_period_s: time between consecutive actions of a chunk (s).
+        euler_steps: N, fixed Euler steps of the sampler (dt = 1/N).
+        guidance_scale: default CFG weight w (1 = conditional, 0 = unconditional).
+        p_uncond: probability of replacing the guided condition by the null condition in training.
+        guided_fields: observation fields replaced by the learned null condition (the CFG condition).
+        normalization: 'minmax' (per-dim to [-1, 1]) or 'meanstd' (zero mean, unit std).
+        action_frame: 'relative' (the network predicts targets minus the current measured
+            joint positions, which the graph adds back: small, well-scaled numbers and exact
+            holding) or 'absolute' (the network predicts the targets themselves). Both export
+            to the same contract: the graph outputs absolute targets in rad.
+        hidden_dim: width of the velocity MLP.
+        num_layers: hidden layers of the velocity MLP.
+        time_embed_dim: size of the sinusoidal time embedding.
+        limits: joint limits of the action joints.
+    """
+
+    observation: ObservationSpec = field(default_factory=ObservationSpec)
+    action_joint_names: tuple[str, ...] = IIWA_JOINT_NAMES
+    horizon: int = 16
+    control_period_s: float = 0.02
+    euler_steps: int = 10
+    guidance_scale: float = 1.0
+    p_uncond: float = 0.1
+    guided_fields: tuple[str, ...] = ("goal",)
+    normalization: str = "minmax"
+    action_frame: str = "relative"
+    hidden_dim: int = 192
+    num_layers: int = 3
+    time_embed_dim: int = 32
+    limits: JointLimits = field(default_factory=JointLimits)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.observation, dict):
+            object.__setattr__(self, "observation", ObservationSpec(**self.observation))
+        if isinstance(self.limits, dict):
+            object.__setattr__(self, "limits", JointLimits(**self.limits))
+        object.__setattr__(self, "action_joint_names", tuple(self.action_joint_names))
+        object.__setattr__(self, "guided_fields", tuple(self.guided_fields))
+        check_model_io(self.observation, self.action_joint_names, self.horizon, self.control_period_s, self.limits)
+        require(self.euler_steps >= 1, f"euler_steps must be >= 1, got {self.euler_steps}")
+        require(0.0 <= self.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        for name in self.guided_fields:
+            require(
+                name in self.observation.fields,
+                f"guided_fields: {name!r} is not an observation field {list(self.observation.fields)}",
+            )
+        require(
+            self.normalization in NORMALIZATION_MODES,
+            f"normalization must be one of {NORMALIZATION_MODES}, got {self.normalization!r}",
+        )
+        require(
+            self.action_frame in ACTION_FRAMES,
+            f"action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}",
+        )
+        if self.action_frame == "relative":
+            missing = [n for n in self.action_joint_names if n not in self.observation.joint_names]
+            require(
+                "joint_positions" in self.observation.fields and not missing,
+                "action_frame 'relative' needs the positions of every action joint in the observation "
+                f"(observation.fields has joint_positions: {'joint_positions' in self.observation.fields}, "
+                f"action joints not observed: {missing}); use action_frame: absolute otherwise",
+            )
+        require(self.hidden_dim >= 8, f"hidden_dim must be >= 8, got {self.hidden_dim}")
+        require(self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}")
+        require(
+            self.time_embed_dim >= 2 and self.time_embed_dim % 2 == 0,
+            f"time_embed_dim must be an even number >= 2, got {self.time_embed_dim}",
+        )
+
+    @property
+    def io(self) -> ModelIO:
+        """The model I/O contract this policy is trained for (also written into the ONNX metadata)."""
+        return ModelIO(self.observation, self.action_joint_names, self.horizon, self.control_period_s, self.limits)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_joint_names)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observation.obs_dim
+
+    def action_reference_indices(self) -> list[int]:
+        """Observation indices of the action joints' measured positions (relative frame), else []."""
+        if self.action_frame != "relative":
+            return []
+        start = self.observation.field_slices()["joint_positions"].start
+        return [start + self.observation.joint_names.index(name) for name in self.action_joint_names]
+
+    def guided_mask(self) -> list[bool]:
+        """Per observation dimension: True where the null condition replaces it (CFG)."""
+        mask = [False] * self.obs_dim
+        for name, sl in self.observation.field_slices().items():
+            if name in self.guided_fields:
+                for i in range(sl.start, sl.stop):
+                    mask[i] = True
+        return mask
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        objective: 'flow' (conditional flow matching) or 'regression' (MSE to the chunk; the
+            deterministic baseline with the same network).
+        steps: optimizer steps.
+        batch_size: windows per step (per process under DDP).
+        lr: AdamW learning rate (cosine-decayed to 10% over ``steps``).
+        weight_decay: AdamW weight decay.
+        ema_decay: decay of the exponential moving average of the weights.
+        seed: seed for weights, batches, noise and condition dropout.
+        position_noise_std: std (rad) of Gaussian noise added to the observed joint positions of
+            each training sample while its target positions stay on the demonstration: the
+            policy learns to steer back to the demonstrated path from slightly-off states (the
+            covariate shift that makes behaviour cloning drift). 0 disables it.
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between loss-log entries.
+    """
+
+    objective: str = "flow"
+    steps: int = 20000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.999
+    seed: int = 0
+    position_noise_std: float = 0.0
+    checkpoint_every: int = 2000
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        require(self.objective in ("flow", "regression"), f"train.objective must be 'flow' or 'regression', got {self.objective!r}")
+        require(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        require(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        require(self.position_noise_std >= 0, f"train.position_noise_std must be >= 0, got {self.position_noise_std}")
+        require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything ``flow-policy train`` needs: policy, data and training settings."""
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in (("policy", PolicyConfig), ("data", DataConfig), ("train", TrainConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, _build(cls, value, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, naming unknown keys instead of ignoring them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = {"observation": ObservationSpec, "limits": JointLimits}.get(key) if cls is PolicyConfig else None
+        if sub is not None and isinstance(value, dict):
+            value = _build(sub, value, f"{where}.{key}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → plain JSON-able dict (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def policy_config_from_dict(data: dict[str, Any]) -> PolicyConfig:
+    return _build(PolicyConfig, data, "policy")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_dict(obj), sort_keys=True)

@@ -1,0 +1,491 @@
+"""The policy's tick state machine, pure: events in, decisions out (no ROS, no threads, no clock).
+
+``policy_node`` (over DDS, inference in a worker thread) and the in-process closed loop of
+``flow-policy eval-sim`` (synchronous inference) drive the same :class:`PolicyController`, so
+there is one tick order in the codebase. The caller passes time in as integer nanoseconds of
+one clock (the node's ROS clock, or the simulation's time) and carries out the decisions.
+
+Events and what they may return:
+
+* :meth:`~PolicyController.on_tick` (the control timer): a :class:`Command` (stream mode), a
+  :class:`Stop` (trajectory mode, on entering a hold), or nothing. When a chunk is due the
+  controller waits for the next joint state (the freshest observation) instead of using the
+  one it has, which may be most of a period old.
+* :meth:`~PolicyController.on_joint_state`: an :class:`InferenceRequest` when a chunk is due
+  (and, if that joint state came more than 3/4 of a period late, first the old chunk's
+  :class:`Command` for the tick that waited for it).
+* :meth:`~PolicyController.on_inference_result`: the new chunk's first :class:`Command`
+  (stream) or the whole :class:`Trajectory` (trajectory mode), or a :class:`Stop` when the
+  result is an error or an invalid chunk (wrong shape, NaN/inf): the robot holds.
+* :meth:`~PolicyController.on_goal`: a new goal drops the chunk being executed and any
+  inference in flight for the old goal (their results are counted as discarded).
+
+States: ``waiting`` (no complete fresh data yet), ``running``, ``stale`` (joint states older
+than the timeout: no new commands until fresh data returns), ``error`` (inference failed or
+returned an invalid chunk: no new commands, retried every ``replan_every`` ticks) and
+``hold`` (the input is untrusted: a measured position beyond the joint limits; held until it
+is back inside). In trajectory mode, leaving ``running`` for ``stale``, ``error`` or ``hold``
+publishes one empty JointTrajectory (:class:`Stop`): a JointTrajectoryController then holds
+its current setpoint instead of finishing a chunk computed from data no longer trusted.
+
+The velocity limit holds against the previous command actually sent, across every event:
+the :class:`~flow_policy_ros.runtime.safety.CommandLimiter` is never reset by a goal change,
+a hold, an error or a resume. In trajectory mode it follows the published trajectory tick by
+tick (that is what the controller executes until it is replaced or stopped), and a new
+trajectory's first point, which replaces the old one's point of the same tick, is limited
+against the setpoint of the tick before. Where a
+hold ends far from the arm, the command walks from the previous command towards the arm at
+the velocity limit, then follows the policy (see ``safety.clamp_command``).
+
+Time: ticks are integers, tick k nominally at ``t0 + k * period`` where t0 is the time of the
+first tick event; a tick event that finds ticks skipped counts them as deadline misses.
+Units: rad, rad/s, ns.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flow_policy_ros.contract import ObservationSpec
+from flow_policy_ros.errors import SafetyError
+from flow_policy_ros.runtime.chunking import ActionChunk, make_scheduler
+from flow_policy_ros.runtime.observation import build_observation
+from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits, validate_guidance_scale
+
+EXECUTION_MODES: tuple[str, ...] = ("stream", "trajectory")
+STATES: tuple[str, ...] = ("waiting", "running", "stale", "error", "hold")
+#: A measured position further than this beyond a joint limit (rad) is an alarm, not a target.
+MEASURED_LIMIT_TOLERANCE_RAD = 0.05
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Command:
+    """Stream mode: publish ``positions`` (A,) rad, the command of tick ``tick``.
+
+    ``obs_stamp_ns`` is set on the first command of a new chunk: the stamp of the observation
+    it was computed from (for the obs→command latency), else None.
+    """
+
+    tick: int
+    positions: np.ndarray
+    obs_stamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Trajectory mode: publish ``points`` (K, A) rad; point i applies at tick ``tick + i``.
+
+    ``stamp_ns`` is when point 0 applies (the header stamp), on the caller's clock.
+    """
+
+    tick: int
+    stamp_ns: int
+    points: np.ndarray
+    obs_stamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Trajectory mode: publish an empty JointTrajectory (a JointTrajectoryController stops)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """Run the policy on ``observation`` (obs_dim,) float32 and hand the result back.
+
+    ``tick``, ``received_ns``, ``stamp_ns`` and ``generation`` must come back unchanged in the
+    :class:`InferenceResult`.
+    """
+
+    observation: np.ndarray
+    tick: int
+    received_ns: int
+    stamp_ns: int
+    generation: int
+    guidance_scale: float | None
+
+
+Decision = Command | Trajectory | Stop | InferenceRequest
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """One finished inference for the request of the same ``tick``/``generation``.
+
+    Attributes:
+        tick: the request's tick (the chunk's first action applies at it).
+        received_ns: receipt time of the observation (caller's clock).
+        latency_s: wall time of the inference call (s).
+        actions: (H, A) joint targets (rad), or None when ``error`` is set.
+        error: one line describing why inference failed, else None.
+        stamp_ns: the observation's header stamp (0 = unknown: ``received_ns`` is used).
+        generation: the request's goal generation.
+    """
+
+    tick: int
+    received_ns: int
+    latency_s: float
+    actions: np.ndarray | None = None
+    error: str | None = None
+    stamp_ns: int = 0
+    generation: int = 0
+
+    @classmethod
+    def for_request(cls, request: InferenceRequest, latency_s: float, actions: np.ndarray | None = None,
+                    error: str | None = None) -> InferenceResult:
+        return cls(request.tick, request.received_ns, latency_s, actions, error, request.stamp_ns, request.generation)
+
+
+# --------------------------------------------------------------------------- configuration and counters
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """How the controller runs (the node's parameters of the same names).
+
+    Attributes:
+        observation: the model's observation spec (which fields, joint order).
+        horizon: H, actions per chunk.
+        period_s: control period (s).
+        execution: 'stream' (one command per tick) or 'trajectory' (one trajectory per chunk).
+        chunking: a mode of :data:`~flow_policy_ros.runtime.chunking.CHUNKING_MODES`.
+        replan_every: actions executed from a chunk before the next is due (1..H).
+        ensemble_decay: m of temporal ensembling.
+        stale_timeout_s: joint states older than this (s, by receipt time) stop new commands.
+        guidance_scale: CFG weight w; None = the model's default.
+    """
+
+    observation: ObservationSpec
+    horizon: int
+    period_s: float
+    execution: str = "stream"
+    chunking: str = "receding_horizon"
+    replan_every: int = 4
+    ensemble_decay: float = 0.01
+    stale_timeout_s: float = 0.1
+    guidance_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.execution not in EXECUTION_MODES:
+            raise SafetyError(f"execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
+        if not self.period_s > 0:
+            raise SafetyError(f"control period must be > 0 s, got {self.period_s}")
+        if not self.stale_timeout_s > 0:
+            raise SafetyError(f"stale_timeout_s must be > 0, got {self.stale_timeout_s}")
+        if self.guidance_scale is not None:
+            validate_guidance_scale(self.guidance_scale)
+        make_scheduler(self.chunking, self.horizon, self.replan_every, self.ensemble_decay)  # validates
+
+    @property
+    def period_ns(self) -> int:
+        return round(self.period_s * 1e9)
+
+
+@dataclass
+class ControllerCounters:
+    """What happened so far (for /diagnostics and evaluation reports)."""
+
+    ticks: int = 0
+    deadline_misses: int = 0
+    rejected_messages: int = 0
+    inference_requests: int = 0
+    chunks_received: int = 0
+    chunks_discarded: int = 0
+    inference_errors: int = 0
+    invalid_outputs: int = 0
+    commands_sent: int = 0
+    trajectories_sent: int = 0
+    stops_sent: int = 0
+    late_first_commands: int = 0
+    limiter_clipped: int = 0
+    inference_s: deque = field(default_factory=lambda: deque(maxlen=1000))
+    jitter_s: deque = field(default_factory=lambda: deque(maxlen=3000))
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+class PolicyController:
+    """The tick state machine; see the module docstring.
+
+    Args:
+        config: execution settings.
+        limits: position and velocity limits of the action joints (model order).
+    """
+
+    def __init__(self, config: ControllerConfig, limits: SafetyLimits) -> None:
+        self.config = config
+        self.limits = limits
+        self.scheduler = make_scheduler(config.chunking, config.horizon, config.replan_every, config.ensemble_decay)
+        self.limiter = CommandLimiter(limits, config.period_s)
+        self.guidance_scale = config.guidance_scale
+        self.counters = ControllerCounters()
+        self.state = "waiting"
+        self.reason = ""  # why the controller is not running (one line)
+        self._needs_goal = "goal" in config.observation.fields
+        # latest data
+        self._positions: np.ndarray | None = None
+        self._velocities: np.ndarray | None = None
+        self._measured: np.ndarray | None = None
+        self._received_ns: int | None = None
+        self._stamp_ns = 0
+        self._goal: np.ndarray | None = None
+        # tick clock
+        self._t0_ns: int | None = None
+        self._last_tick: int | None = None
+        self._last_tick_ns = 0
+        # chunk bookkeeping
+        self._generation = 0
+        self._in_flight = False
+        self._await_obs_after_ns: int | None = None  # a chunk is due: infer on the first joint state after this
+        self._owed_tick: int | None = None  # stream: this tick's command waits for the chunk in flight
+        self._retry_tick = 0
+        self._trajectory: tuple[int, np.ndarray] | None = None  # what the robot executes: (start tick, points)
+        self._pending_stamp_ns: int | None = None
+        self._setpoint_before_tick: np.ndarray | None = None  # trajectory mode: the setpoint of the previous tick
+
+    # -- read-only views ------------------------------------------------------------------
+    @property
+    def last_command(self) -> np.ndarray | None:
+        """The last command the robot was sent (rad), or None before the first."""
+        return self.limiter.last_command
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight
+
+    @property
+    def current_tick(self) -> int | None:
+        return self._last_tick
+
+    def tick_ns(self, tick: int) -> int:
+        """Nominal time (ns) of control tick ``tick`` (after the first tick event)."""
+        if self._t0_ns is None:
+            raise SafetyError("no tick has happened yet")
+        return self._t0_ns + tick * self.config.period_ns
+
+    # -- events ---------------------------------------------------------------------------
+    def reject(self) -> None:
+        """Count a message the caller refused (missing joints, NaN, malformed)."""
+        self.counters.rejected_messages += 1
+
+    def on_joint_state(self, now_ns: int, positions: np.ndarray, velocities: np.ndarray | None,
+                       measured: np.ndarray, stamp_ns: int = 0) -> list[Decision]:
+        """Fresh joint data, already matched by name and checked finite by the caller.
+
+        Args:
+            now_ns: receipt time.
+            positions: (J,) observed joint positions (rad), observation joint order.
+            velocities: (J,) observed joint velocities (rad/s), or None if not observed.
+            measured: (A,) measured positions of the action joints (rad).
+            stamp_ns: the message's header stamp (0 = unknown).
+        """
+        self._positions, self._velocities = positions, velocities
+        self._measured = np.asarray(measured, dtype=np.float64)
+        self._received_ns, self._stamp_ns = now_ns, stamp_ns or now_ns
+        decisions: list[Decision] = []
+        if self._await_obs_after_ns is not None and now_ns >= self._await_obs_after_ns:
+            if self._owed_tick is not None and now_ns >= self.tick_ns(self._owed_tick) + 3 * self.config.period_ns // 4:
+                decisions += self._serve_owed_late()  # no joint state for most of the tick: the old chunk's command, now
+            decisions += self._request()
+        return decisions
+
+    def on_goal(self, goal: np.ndarray) -> list[Decision]:
+        """A goal (m, 3,), checked by the caller. A changed goal drops the chunks of the old one."""
+        goal = np.asarray(goal, dtype=np.float64)
+        if self._goal is not None and not np.array_equal(goal, self._goal):
+            # a new task (episode): chunks planned for the old goal are worthless; replan at once.
+            # The limiter keeps the last command sent, and in trajectory mode the robot keeps
+            # executing the old trajectory until the new one replaces it.
+            self._generation += 1
+            self.scheduler.reset()
+            self._pending_stamp_ns = self._await_obs_after_ns = self._owed_tick = None
+        self._goal = goal
+        return []
+
+    def on_tick(self, now_ns: int) -> list[Decision]:
+        """The control timer fired at ``now_ns``."""
+        tick = self._tick_number(now_ns)
+        if tick is None:
+            return []
+        decisions: list[Decision] = []
+        if self.config.execution == "trajectory":
+            self._follow_trajectory(tick)
+        if self._owed_tick is not None:  # the previous tick's command never came: counted, not replayed
+            self.counters.late_first_commands += 1
+            self._owed_tick = None
+        if self._measured is None or (self._needs_goal and self._goal is None):
+            return self._hold("waiting", "no joint states and goal yet" if self._measured is None else "no goal yet")
+        if now_ns - self._received_ns > self.config.stale_timeout_s * 1e9:
+            return self._hold("stale", f"joint states older than {self.config.stale_timeout_s} s")
+        beyond = self._measured_beyond_limits()
+        if beyond:
+            return self._hold("hold", beyond)
+        if self.state == "error" and tick < self._retry_tick:
+            return []
+        if self.state in ("waiting", "stale", "hold"):
+            self._set_state("running")
+        due = self.scheduler.due(tick) and not self._in_flight and self._await_obs_after_ns is None
+        if due:
+            self._await_obs_after_ns = now_ns  # on_joint_state requests inference on the next joint state
+        if self.state == "error" or self.config.execution == "trajectory":
+            return decisions
+        if due:
+            self._owed_tick = tick  # sent when the new chunk arrives (or late, from the old chunk)
+        else:
+            decisions += self._stream(tick)
+        return decisions
+
+    def on_inference_result(self, result: InferenceResult) -> list[Decision]:
+        """A result for an earlier :class:`InferenceRequest`; the chunk applies from the current tick."""
+        self._in_flight = False
+        if self._last_tick is None:
+            return []
+        if result.generation != self._generation:
+            self.counters.chunks_discarded += 1
+            return []
+        self.counters.inference_s.append(result.latency_s)
+        tick = self._last_tick
+        if result.error is not None:
+            self.counters.inference_errors += 1
+            return self._fail(tick, f"inference failed: {result.error}")
+        actions = None if result.actions is None else np.asarray(result.actions, dtype=np.float64)
+        expected = (self.config.horizon, self.limits.size)
+        if actions is None or actions.shape != expected:
+            self.counters.invalid_outputs += 1
+            shape = None if actions is None else actions.shape
+            return self._fail(tick, f"invalid model output: shape {shape}, expected {expected}")
+        if not np.all(np.isfinite(actions)):
+            self.counters.invalid_outputs += 1
+            return self._fail(tick, f"invalid model output: {int(np.sum(~np.isfinite(actions)))} NaN/inf values")
+        if self.state == "error":
+            self._set_state("running")
+        if self.state != "running":
+            return []  # data went stale (or a hold began) while this chunk was computed
+        if not self.scheduler.add_chunk(ActionChunk(actions, result.tick), tick):
+            return []
+        self.counters.chunks_received += 1
+        self._pending_stamp_ns = result.stamp_ns or result.received_ns
+        if self.config.execution == "stream":
+            if self._owed_tick == tick:
+                self._owed_tick = None
+                return self._stream(tick)
+            return []
+        return self._publish_trajectory(tick)
+
+    # -- internals ------------------------------------------------------------------------
+    def _tick_number(self, now_ns: int) -> int | None:
+        period_ns = self.config.period_ns
+        if self._t0_ns is None:
+            self._t0_ns = now_ns
+        tick = round((now_ns - self._t0_ns) / period_ns)
+        if self._last_tick is not None:
+            if tick <= self._last_tick:
+                return None  # an early timer callback; this tick was served
+            self.counters.deadline_misses += tick - self._last_tick - 1
+            self.counters.jitter_s.append(abs(now_ns - self._last_tick_ns - period_ns * (tick - self._last_tick)) * 1e-9)
+        self._last_tick, self._last_tick_ns = tick, now_ns
+        self.counters.ticks += 1
+        return tick
+
+    def _measured_beyond_limits(self) -> str:
+        lower = self.limits.lower - MEASURED_LIMIT_TOLERANCE_RAD
+        upper = self.limits.upper + MEASURED_LIMIT_TOLERANCE_RAD
+        bad = np.flatnonzero((self._measured < lower) | (self._measured > upper))
+        if len(bad) == 0:
+            return ""
+        i = int(bad[0])
+        return (f"measured position of action joint {i} is {self._measured[i]:.3f} rad, beyond its limits "
+                f"[{self.limits.lower[i]:.3f}, {self.limits.upper[i]:.3f}]")
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        self.state = state
+        self.reason = "" if state == "running" else reason
+
+    def _hold(self, state: str, reason: str) -> list[Decision]:
+        decisions: list[Decision] = []
+        if self.config.execution == "trajectory" and self.state == "running" and state in ("stale", "error", "hold"):
+            decisions.append(Stop(reason))
+            self.counters.stops_sent += 1
+            self._trajectory = None  # the JTC holds the setpoint it has now: the limiter's last command
+        self._set_state(state, reason)
+        self.scheduler.reset()
+        self._pending_stamp_ns = self._await_obs_after_ns = self._owed_tick = None
+        return decisions
+
+    def _fail(self, tick: int, reason: str) -> list[Decision]:
+        decisions = self._hold("error", reason)
+        self._retry_tick = tick + self.config.replan_every
+        return decisions
+
+    def _request(self) -> list[Decision]:
+        """An inference request on the latest joint state, for the current tick."""
+        self._await_obs_after_ns = None
+        if self.state not in ("running", "error") or (self._needs_goal and self._goal is None):
+            return []
+        observation = build_observation(self.config.observation, self._positions, self._velocities, self._goal)
+        self._in_flight = True
+        self.counters.inference_requests += 1
+        return [InferenceRequest(observation, self._last_tick, self._received_ns, self._stamp_ns, self._generation,
+                                 self.guidance_scale)]
+
+    def _serve_owed_late(self) -> list[Decision]:
+        """The observation for the new chunk came 3/4 of a period late: this tick's command from the old chunk."""
+        tick, self._owed_tick = self._owed_tick, None
+        self.counters.late_first_commands += 1
+        if tick == self._last_tick and self.state == "running":
+            return self._stream(tick)
+        return []
+
+    def _take_pending_stamp(self) -> int | None:
+        stamp, self._pending_stamp_ns = self._pending_stamp_ns, None
+        return stamp
+
+    def _stream(self, tick: int) -> list[Decision]:
+        action = self.scheduler.action_at(tick)
+        if action is None:
+            return []  # no chunk covers this tick yet: hold
+        command = self.limiter.limit(action, self._measured)
+        self.counters.limiter_clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
+        self.counters.commands_sent += 1
+        return [Command(tick, command, self._take_pending_stamp())]
+
+    def _publish_trajectory(self, tick: int) -> list[Decision]:
+        """The plan from ``tick`` on as one trajectory whose point 0 applies at tick ``tick``."""
+        plan = self.scheduler.plan(tick)
+        if len(plan) == 0:
+            return []
+        # point 0 replaces what the robot would do at this tick: limit it against the previous tick's setpoint
+        points = self.limiter.limit_trajectory(plan, self._measured, previous=self._setpoint_before_tick)
+        self.counters.limiter_clipped += int(not np.allclose(points, plan, rtol=0.0, atol=1e-9))
+        self._trajectory = (tick, points)
+        self.counters.trajectories_sent += 1
+        return [Trajectory(tick, self.tick_ns(tick), points, self._take_pending_stamp())]
+
+    def _follow_trajectory(self, tick: int) -> None:
+        """Trajectory mode: the robot moves along the published trajectory; so does the last command."""
+        self._setpoint_before_tick = self.limiter.last_command
+        self.scheduler.action_at(tick)  # advances the scheduler's clock, drops passed chunks
+        if self._trajectory is not None:
+            start, points = self._trajectory
+            if 0 <= tick - 1 - start < len(points):  # the robot was at this point one tick ago (skipped ticks too)
+                self._setpoint_before_tick = points[tick - 1 - start].copy()
+            if 0 < tick - start < len(points):
+                self.limiter.advance(points[tick - start])
+            elif tick - start >= len(points):
+                self.limiter.advance(points[-1])  # the JTC holds the last point

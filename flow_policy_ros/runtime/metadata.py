@@ -1,0 +1,152 @@
+"""The policy metadata carried inside every exported ONNX file (``metadata_props['flow_policy']``).
+
+One JSON document says what the graph expects and produces: observation layout, action
+joints, chunk shape, sampler steps, control period, joint limits, and where it came from.
+Pure Python: the runtime validates it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
+from flow_policy_ros.errors import ConfigError, ModelFileError
+
+METADATA_KEY = "flow_policy"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PolicyMetadata:
+    """What an exported policy is.
+
+    Attributes:
+        name: model name (file stem at export).
+        io: the model I/O contract (observation spec, action joints, H, control period, limits),
+            the same type the training config embeds; its fields are also attributes here.
+        euler_steps: N, Euler steps unrolled in the graph.
+        guidance_scale: default CFG weight w.
+        objective: 'flow' or 'regression' (regression ignores the noise input).
+        normalization: 'minmax' or 'meanstd' (the statistics themselves are in the graph).
+        action_frame: 'relative' or 'absolute' (informational: the graph outputs absolute targets).
+        checkpoint_sha256: hash of the checkpoint the graph was exported from.
+        training_data: summary of the training data (episodes, windows, source).
+        code_version: package version + commit at export.
+        model_hash: sha256 of the ONNX file (set by the runtime when loading, not stored).
+    """
+
+    name: str
+    io: ModelIO
+    euler_steps: int
+    guidance_scale: float = 1.0
+    objective: str = "flow"
+    normalization: str = "minmax"
+    action_frame: str = "absolute"
+    checkpoint_sha256: str = ""
+    training_data: dict[str, Any] = field(default_factory=dict)
+    code_version: str = ""
+    model_hash: str = ""
+
+    @property
+    def observation(self) -> ObservationSpec:
+        return self.io.observation
+
+    @property
+    def action_joint_names(self) -> tuple[str, ...]:
+        return self.io.action_joint_names
+
+    @property
+    def horizon(self) -> int:
+        return self.io.horizon
+
+    @property
+    def control_period_s(self) -> float:
+        return self.io.control_period_s
+
+    @property
+    def limits(self) -> JointLimits:
+        return self.io.limits
+
+    @property
+    def action_dim(self) -> int:
+        return self.io.action_dim
+
+    @property
+    def obs_dim(self) -> int:
+        return self.io.obs_dim
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "name": self.name,
+                "observation": {"fields": list(self.observation.fields), "joint_names": list(self.observation.joint_names)},
+                "obs_dim": self.obs_dim,
+                "action_joint_names": list(self.action_joint_names),
+                "horizon": self.horizon,
+                "action_dim": self.action_dim,
+                "euler_steps": self.euler_steps,
+                "control_period_s": self.control_period_s,
+                "limits": {"lower": list(self.limits.lower), "upper": list(self.limits.upper), "velocity": list(self.limits.velocity)},
+                "guidance_scale": self.guidance_scale,
+                "objective": self.objective,
+                "normalization": self.normalization,
+                "action_frame": self.action_frame,
+                "checkpoint_sha256": self.checkpoint_sha256,
+                "training_data": self.training_data,
+                "code_version": self.code_version,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "model", model_hash: str = "") -> PolicyMetadata:
+        """Parse and check consistency; errors name ``where`` and the offending field."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{where}: metadata '{METADATA_KEY}' is not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{where}: metadata '{METADATA_KEY}' must be a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFileError(f"{where}: metadata format_version {version!r}, this runtime reads {FORMAT_VERSION}")
+        required = ("name", "observation", "action_joint_names", "horizon", "action_dim", "obs_dim",
+                    "euler_steps", "control_period_s", "limits")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ModelFileError(f"{where}: metadata lacks field(s) {missing}")
+        try:
+            io = ModelIO(
+                observation=ObservationSpec(**data["observation"]),
+                action_joint_names=tuple(data["action_joint_names"]),
+                horizon=int(data["horizon"]),
+                control_period_s=float(data["control_period_s"]),
+                limits=JointLimits(**data["limits"]),
+            )
+            meta = cls(
+                name=str(data["name"]),
+                io=io,
+                euler_steps=int(data["euler_steps"]),
+                guidance_scale=float(data.get("guidance_scale", 1.0)),
+                objective=str(data.get("objective", "flow")),
+                normalization=str(data.get("normalization", "")),
+                action_frame=str(data.get("action_frame", "absolute")),
+                checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
+                training_data=dict(data.get("training_data", {})),
+                code_version=str(data.get("code_version", "")),
+                model_hash=model_hash,
+            )
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{where}: metadata is malformed ({exc})") from exc
+        checks = [
+            (meta.obs_dim == data["obs_dim"], f"obs_dim {data['obs_dim']} but the observation spec gives {meta.obs_dim}"),
+            (meta.action_dim == data["action_dim"], f"action_dim {data['action_dim']} but {meta.action_dim} action joints"),
+            (meta.euler_steps >= 1, f"euler_steps {meta.euler_steps} must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ModelFileError(f"{where}: inconsistent metadata: {message}")
+        return meta

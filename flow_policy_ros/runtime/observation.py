@@ -1,0 +1,92 @@
+"""Observation vectors from joint values matched by NAME (pure numpy, no ROS types).
+
+Real drivers publish joints in any order and may add joints the model does not use; every
+lookup here goes by name and refuses missing, repeated or non-finite values. The ROS layer
+(:mod:`flow_policy_ros.ros.messages`) and the in-process simulation both build observations
+with these functions, so the node and the evaluation see the same vector.
+
+Units: joint positions in rad, velocities in rad/s, goal in m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from flow_policy_ros.contract import ObservationSpec
+from flow_policy_ros.errors import ObservationError
+
+
+class MissingJointError(ObservationError):
+    """A message lacks a joint (or its value) that the model needs."""
+
+
+class NonFiniteValueError(ObservationError):
+    """A message carries NaN or ±inf where the model needs a value."""
+
+
+class MalformedMessageError(ObservationError):
+    """A message is inconsistent in itself (e.g. more names than positions, duplicate names)."""
+
+
+def values_by_name(
+    names: Sequence[str], values: Sequence[float], wanted: Sequence[str], what: str = "position"
+) -> np.ndarray:
+    """Reorder ``values`` (given for ``names``, any order) into ``wanted`` order.
+
+    Args:
+        names: joint names as they appear in the message (may include extra joints).
+        values: one value per name (rad or rad/s).
+        wanted: the joints needed, in the output order.
+        what: field name for error messages ('position', 'velocity').
+    Returns:
+        (len(wanted),) float64.
+    Raises:
+        MalformedMessageError: sizes differ or a name repeats.
+        MissingJointError: a wanted joint is absent.
+        NonFiniteValueError: a wanted joint's value is NaN/inf.
+    """
+    names = list(names)
+    if len(values) != len(names):
+        raise MalformedMessageError(f"JointState has {len(names)} names but {len(values)} {what} values")
+    index = {name: i for i, name in enumerate(names)}
+    if len(index) != len(names):
+        raise MalformedMessageError(f"JointState repeats joint names: {names}")
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise MissingJointError(f"JointState lacks {what} of joint(s) {missing}")
+    out = np.array([values[index[name]] for name in wanted], dtype=np.float64)
+    bad = [name for name, v in zip(wanted, out) if not np.isfinite(v)]
+    if bad:
+        raise NonFiniteValueError(f"JointState {what} of joint(s) {bad} is NaN/inf")
+    return out
+
+
+def build_observation(
+    spec: ObservationSpec,
+    positions: np.ndarray | None = None,
+    velocities: np.ndarray | None = None,
+    goal: np.ndarray | None = None,
+) -> np.ndarray:
+    """The observation vector (obs_dim,) float32 in ``spec.fields`` order.
+
+    Args:
+        spec: which fields, joints in ``spec.joint_names`` order.
+        positions: (J,) joint positions (rad), needed for field 'joint_positions'.
+        velocities: (J,) joint velocities (rad/s), needed for field 'joint_velocities'.
+        goal: (3,) goal point (m), needed for field 'goal'.
+    """
+    sources = {"joint_positions": positions, "joint_velocities": velocities, "goal": goal}
+    parts = []
+    for name in spec.fields:
+        value = sources[name]
+        if value is None:
+            raise ObservationError(f"observation field {name!r} is required by the model but was not given")
+        value = np.asarray(value, dtype=np.float64).reshape(-1)
+        if value.size != spec.field_size(name):
+            raise ObservationError(f"observation field {name!r} has {value.size} values, expected {spec.field_size(name)}")
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteValueError(f"observation field {name!r} has NaN/inf: {value.tolist()}")
+        parts.append(value)
+    return np.concatenate(parts).astype(np.float32)

@@ -1,0 +1,171 @@
+"""``OnnxPolicy``: the exported sampler in ONNX Runtime, numpy in, numpy out.
+
+This is the runtime path of the robot: it imports neither torch nor pybullet. It refuses a
+model whose metadata is missing or inconsistent with the graph, picks the execution provider
+by what the session really uses (onnxruntime-gpu lists CUDA as *available* even on a machine
+without a GPU, so the active providers after session creation are what count), warms up, and
+owns a seeded random stream for the noise so a run can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from flow_policy_ros.errors import ModelFileError, ObservationError
+from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU = "CPUExecutionProvider"
+EXPECTED_INPUTS = ("observation", "noise", "guidance_scale")
+
+
+def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Providers to ask the session for: the requested preference order restricted to what this
+    onnxruntime build offers, always ending with the CPU provider as the fallback.
+
+    Raises ModelFileError when the request names no provider this build knows at all.
+    """
+    requested = list(requested) if requested else list(DEFAULT_PROVIDERS)
+    unknown = [p for p in requested if p not in available and p != CPU]
+    chosen = [p for p in requested if p in available]
+    if not chosen and unknown:
+        raise ModelFileError(f"none of the requested providers {requested} is available (available: {list(available)})")
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+def active_provider(session_providers: Sequence[str], requested: Sequence[str]) -> str:
+    """The provider that actually runs the graph: the first of the session's active providers.
+
+    When CUDA was requested but is not among ``session_providers`` (no GPU, missing CUDA
+    libraries), this is the CPU provider: the fallback is visible, never silent.
+    """
+    if not session_providers:
+        raise ModelFileError("ONNX Runtime session reports no active execution provider")
+    return session_providers[0]
+
+
+class OnnxPolicy:
+    """An exported flow policy.
+
+    Args:
+        path: the .onnx file.
+        providers: execution-provider preference (default CUDA, then CPU).
+        intra_op_num_threads: ONNX Runtime threads per op (1 gives the steadiest p99 on 2 cores).
+        seed: seed of the noise stream used when ``predict`` is not given noise.
+        warmup: inference calls made at load (first calls allocate and are slow).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        intra_op_num_threads: int = 1,
+        seed: int = 0,
+        warmup: int = 3,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.path}: model file not found")
+        raw = self.path.read_bytes()
+        model_hash = hashlib.sha256(raw).hexdigest()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_num_threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.requested_providers = choose_providers(providers, ort.get_available_providers())
+        # ONNX Runtime logs a multi-line error when a requested GPU provider cannot start (no
+        # GPU, no CUDA libraries); we report that fallback ourselves in ``fallback_reason``.
+        ort.set_default_logger_severity(4)
+        try:
+            self.session = ort.InferenceSession(raw, options, providers=self.requested_providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
+        finally:
+            ort.set_default_logger_severity(3)
+        self.active_provider = active_provider(self.session.get_providers(), self.requested_providers)
+        #: Why the active provider is not the first one requested ("" when it is).
+        self.fallback_reason = ""
+        if self.active_provider != self.requested_providers[0]:
+            self.fallback_reason = (
+                f"{self.requested_providers[0]} requested but ONNX Runtime could not use it on this machine "
+                f"(no GPU or missing CUDA/cuDNN libraries); running on {self.active_provider}"
+            )
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ModelFileError(f"{self.path}: metadata key '{METADATA_KEY}' missing; export it with `flow-policy export`")
+        self.metadata = PolicyMetadata.from_json(props[METADATA_KEY], where=str(self.path), model_hash=model_hash)
+        self._check_io()
+        self.rng = np.random.default_rng(seed)
+        meta = self.metadata
+        for _ in range(max(0, warmup)):
+            self.predict(np.zeros(meta.obs_dim, np.float32), noise=np.zeros((meta.horizon, meta.action_dim), np.float32))
+
+    def _check_io(self) -> None:
+        meta = self.metadata
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if tuple(sorted(inputs)) != tuple(sorted(EXPECTED_INPUTS)) or outputs != ["actions"]:
+            raise ModelFileError(
+                f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, expected {list(EXPECTED_INPUTS)} / ['actions']"
+            )
+        expected = {"observation": [meta.obs_dim], "noise": [meta.horizon, meta.action_dim]}
+        for name, tail in expected.items():
+            shape = list(inputs[name].shape[1:])
+            if shape != tail:
+                raise ModelFileError(f"{self.path}: input '{name}' has shape [B, {shape}] but the metadata says [B, {tail}]")
+
+    def sample_noise(self, batch: int | None = None) -> np.ndarray:
+        """Draw x0 from the owned stream: (H, A) or (batch, H, A) float32."""
+        shape = (self.metadata.horizon, self.metadata.action_dim)
+        if batch is not None:
+            shape = (batch, *shape)
+        return self.rng.standard_normal(shape).astype(np.float32)
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        noise: np.ndarray | None = None,
+        guidance_scale: float | None = None,
+    ) -> np.ndarray:
+        """Action chunk(s) in robot units (rad).
+
+        observation: (obs_dim,) or (B, obs_dim) in raw units (order per metadata.observation).
+        noise: x0 of matching shape (H, A) / (B, H, A); drawn from the owned stream if None.
+        guidance_scale: CFG weight w (default: the metadata's).
+        Returns (H, A) or (B, H, A) float32.
+        """
+        meta = self.metadata
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == 1
+        if single:
+            obs = obs[None, :]
+        if obs.ndim != 2 or obs.shape[1] != meta.obs_dim:
+            raise ObservationError(f"observation shape {np.shape(observation)}, expected ({meta.obs_dim},) or (B, {meta.obs_dim})")
+        if not np.all(np.isfinite(obs)):
+            bad = sorted(set(np.argwhere(~np.isfinite(obs))[:, 1].tolist()))
+            raise ObservationError(f"observation has NaN/inf at index {bad}")
+        batch = obs.shape[0]
+        if noise is None:
+            noise_arr = self.sample_noise(batch)
+        else:
+            noise_arr = np.asarray(noise, dtype=np.float32)
+            if single and noise_arr.ndim == 2:
+                noise_arr = noise_arr[None]
+            if noise_arr.shape != (batch, meta.horizon, meta.action_dim):
+                raise ObservationError(f"noise shape {np.shape(noise)}, expected ({batch}, {meta.horizon}, {meta.action_dim})")
+        w = meta.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if not np.isfinite(w):
+            raise ObservationError(f"guidance_scale {w} is not finite")
+        (actions,) = self.session.run(
+            None, {"observation": obs, "noise": noise_arr, "guidance_scale": np.array([w], dtype=np.float32)}
+        )
+        return actions[0] if single else actions

@@ -1,0 +1,381 @@
+"""PolicyController: every transition without ROS, and invariants over random event sequences.
+
+The controller is pure (events in, decisions out), so its whole behaviour is tested here with
+integer nanosecond clocks; the DDS tests in test_policy_node check that the node carries the
+decisions out. The property-based tests drive random interleavings of ticks (with skipped
+ticks), joint states (fresh, lagging, missing for a while), goal changes and inference results
+(early, late, failed, NaN, wrong shape, wildly out of range) and check what the robot would
+execute: never outside the joint limits, never a step beyond the velocity limit from the
+previous command actually sent (stream: the previous Command; trajectory: the setpoint a
+JointTrajectoryController holds at the previous tick).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, JointLimits, ObservationSpec
+from flow_policy_ros.errors import SafetyError
+from flow_policy_ros.runtime.controller import (
+    Command,
+    ControllerConfig,
+    InferenceRequest,
+    InferenceResult,
+    PolicyController,
+    Stop,
+    Trajectory,
+)
+from flow_policy_ros.runtime.safety import SafetyLimits
+
+H, A = 8, 7
+PERIOD_NS = 20_000_000
+LIMITS = SafetyLimits.from_joint_limits(JointLimits())
+STEP = LIMITS.velocity * PERIOD_NS * 1e-9  # rad per tick
+SPEC = ObservationSpec(joint_names=IIWA_JOINT_NAMES, fields=("joint_positions", "goal"))
+GOAL = np.array([0.7, 0.0, 0.45])
+HOME = np.zeros(A)
+
+
+def make(execution: str = "stream", chunking: str = "receding_horizon", replan_every: int = 4,
+         stale_timeout_s: float = 0.1) -> PolicyController:
+    config = ControllerConfig(SPEC, H, PERIOD_NS * 1e-9, execution, chunking, replan_every, 0.01, stale_timeout_s)
+    return PolicyController(config, LIMITS)
+
+
+def joint_state(ctrl: PolicyController, now_ns: int, q: np.ndarray = HOME) -> list:
+    return ctrl.on_joint_state(now_ns, q, None, q, now_ns)
+
+
+def result(request: InferenceRequest, actions: np.ndarray | None = None, error: str | None = None) -> InferenceResult:
+    return InferenceResult.for_request(request, 0.001, actions, error)
+
+
+def requests(decisions: list) -> list[InferenceRequest]:
+    return [d for d in decisions if isinstance(d, InferenceRequest)]
+
+
+def chunk(value: float = 0.01) -> np.ndarray:
+    """A ramp away from home: action i = value * (i + 1) on every joint."""
+    return np.outer(np.arange(1, H + 1) * value, np.ones(A))
+
+
+def start_running(ctrl: PolicyController, actions: np.ndarray | None = None) -> list:
+    """Goal, first joint state, tick 0, the joint state that triggers inference, its result."""
+    ctrl.on_goal(GOAL)
+    joint_state(ctrl, 0)
+    out = ctrl.on_tick(0)
+    req = requests(joint_state(ctrl, 1_000_000))
+    assert len(req) == 1 and req[0].tick == 0
+    return out + ctrl.on_inference_result(result(req[0], chunk() if actions is None else actions))
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def test_waits_for_joint_states_and_goal():
+    ctrl = make()
+    assert ctrl.on_tick(0) == [] and ctrl.state == "waiting" and "joint states" in ctrl.reason
+    joint_state(ctrl, 1)
+    assert ctrl.on_tick(PERIOD_NS) == [] and ctrl.state == "waiting" and ctrl.reason == "no goal yet"
+    ctrl.on_goal(GOAL)
+    assert ctrl.on_tick(2 * PERIOD_NS) == [] and ctrl.state == "running"  # due: the command waits for the chunk
+
+
+def test_stream_first_command_comes_with_the_chunk_and_then_one_per_tick():
+    ctrl = make()
+    out = start_running(ctrl)
+    commands = [d for d in out if isinstance(d, Command)]
+    assert len(commands) == 1 and commands[0].tick == 0 and commands[0].obs_stamp_ns == 1_000_000
+    np.testing.assert_allclose(commands[0].positions, chunk()[0])
+    for k in range(1, 4):
+        joint_state(ctrl, k * PERIOD_NS - 1, ctrl.last_command)  # the arm follows its commands
+        out = ctrl.on_tick(k * PERIOD_NS)
+        assert [type(d) for d in out] == [Command] and out[0].tick == k and out[0].obs_stamp_ns is None
+        np.testing.assert_allclose(out[0].positions, chunk()[k])
+    assert ctrl.counters.commands_sent == 4 and ctrl.counters.chunks_received == 1
+
+
+def test_replan_is_due_after_replan_every_ticks_and_waits_for_a_fresh_joint_state():
+    ctrl = make(replan_every=4)
+    start_running(ctrl)
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    assert ctrl.on_tick(4 * PERIOD_NS) == []  # due: tick 4's command waits for the new chunk
+    assert requests(joint_state(ctrl, 4 * PERIOD_NS + 500_000))[0].tick == 4
+
+
+def test_late_joint_state_sends_the_old_chunks_command_first():
+    """No joint state for 3/4 of the due tick: the old chunk's command for it goes out, then inference."""
+    ctrl = make()
+    start_running(ctrl)
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    ctrl.on_tick(4 * PERIOD_NS)
+    out = joint_state(ctrl, 4 * PERIOD_NS + 16_000_000, chunk()[3])
+    assert isinstance(out[0], Command) and out[0].tick == 4 and isinstance(out[1], InferenceRequest)
+    np.testing.assert_allclose(out[0].positions, chunk()[4])
+    assert ctrl.counters.late_first_commands == 1
+    assert [d for d in ctrl.on_inference_result(result(out[1], chunk())) if isinstance(d, Command)] == []
+
+
+def test_inference_past_the_next_tick_costs_that_tick_its_command():
+    ctrl = make()
+    ctrl.on_goal(GOAL)
+    joint_state(ctrl, 0)
+    ctrl.on_tick(0)
+    req = requests(joint_state(ctrl, 100))[0]
+    assert ctrl.on_tick(PERIOD_NS) == []  # chunk not there yet: nothing to command
+    assert ctrl.counters.late_first_commands == 1
+    out = ctrl.on_inference_result(result(req, chunk()))
+    assert out == []  # tick 0 was not owed any more; tick 1's command comes with the next tick
+    out = ctrl.on_tick(2 * PERIOD_NS)
+    assert out[0].tick == 2 and np.all(out[0].positions <= STEP + 1e-12)  # first command: one step from the arm
+
+
+def test_stale_joint_states_hold_and_fresh_data_resumes():
+    ctrl = make(stale_timeout_s=0.05)
+    start_running(ctrl)
+    ctrl.on_tick(PERIOD_NS)
+    assert ctrl.on_tick(4 * PERIOD_NS) == [] and ctrl.state == "stale"
+    joint_state(ctrl, 4 * PERIOD_NS + 1000)
+    assert ctrl.on_tick(5 * PERIOD_NS) == [] and ctrl.state == "running"  # replans at once
+    assert ctrl.counters.deadline_misses == 2
+
+
+def test_trajectory_mode_publishes_the_chunk_and_one_stop_when_stale():
+    ctrl = make("trajectory", stale_timeout_s=0.05)
+    out = start_running(ctrl)
+    trajectories = [d for d in out if isinstance(d, Trajectory)]
+    assert len(trajectories) == 1 and trajectories[0].tick == 0 and trajectories[0].stamp_ns == 0
+    assert trajectories[0].points.shape == (H, A)
+    assert ctrl.on_tick(4 * PERIOD_NS) == [Stop("joint states older than 0.05 s")]
+    assert ctrl.on_tick(5 * PERIOD_NS) == []  # one stop, not one per tick
+    assert ctrl.counters.stops_sent == 1
+
+
+def test_goal_change_discards_old_results_and_replans():
+    ctrl = make()
+    start_running(ctrl)
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    ctrl.on_tick(4 * PERIOD_NS)
+    old = requests(joint_state(ctrl, 4 * PERIOD_NS + 1))[0]
+    ctrl.on_goal(GOAL + 0.1)
+    assert ctrl.generation == 1
+    assert ctrl.on_inference_result(result(old, chunk(0.5))) == []
+    assert ctrl.counters.chunks_discarded == 1
+    assert ctrl.on_tick(5 * PERIOD_NS) == []  # nothing to execute for the new goal: hold, replan
+    new = requests(joint_state(ctrl, 5 * PERIOD_NS + 1))
+    assert new and new[0].generation == 1
+
+
+def test_goal_change_keeps_the_velocity_limit_against_a_lagging_arm():
+    """The bug the limiter reset caused: the arm lags far behind the last command; after a new goal the
+    first command must still be within one step of the previous command, not of the arm."""
+    ctrl = make()
+    start_running(ctrl, chunk(0.03))
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    last = ctrl.last_command
+    ctrl.on_goal(GOAL + 0.1)
+    ctrl.on_tick(4 * PERIOD_NS)
+    lagging = HOME - 0.2  # the arm is 0.3 rad behind the last command
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, lagging))[0]
+    out = [d for d in ctrl.on_inference_result(result(req, np.tile(lagging, (H, 1)))) if isinstance(d, Command)]
+    assert np.all(np.abs(out[0].positions - last) <= STEP + 1e-12)
+
+
+@pytest.mark.parametrize("bad, counter", [
+    (np.full((H, A), np.nan), "invalid_outputs"),
+    (np.zeros((H // 2, A)), "invalid_outputs"),
+    (None, "inference_errors"),
+])
+def test_invalid_or_failed_inference_holds_with_error_and_retries(bad, counter):
+    ctrl = make("trajectory")
+    start_running(ctrl)
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    ctrl.on_tick(4 * PERIOD_NS)
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1))[0]
+    out = ctrl.on_inference_result(result(req, bad, "RuntimeError: boom" if bad is None else None))
+    assert len(out) == 1 and isinstance(out[0], Stop) and ctrl.state == "error"
+    assert getattr(ctrl.counters, counter) == 1
+    assert ("boom" in ctrl.reason) if bad is None else ("invalid model output" in ctrl.reason)
+    for k in range(5, 8):  # no retry before replan_every ticks have passed
+        assert ctrl.on_tick(k * PERIOD_NS) == []
+        assert requests(joint_state(ctrl, k * PERIOD_NS + 1)) == []
+    ctrl.on_tick(8 * PERIOD_NS)
+    retry = requests(joint_state(ctrl, 8 * PERIOD_NS + 1))
+    assert retry, "the controller retries after replan_every ticks"
+    out = ctrl.on_inference_result(result(retry[0], chunk()))
+    assert ctrl.state == "running" and any(isinstance(d, Trajectory) for d in out)
+
+
+def test_measured_position_beyond_the_limits_is_a_hold_not_a_target():
+    ctrl = make("trajectory")
+    start_running(ctrl)
+    q = HOME.copy()
+    q[3] = 3.5  # beyond joint 4's 2.09 rad
+    joint_state(ctrl, PERIOD_NS - 1, q)
+    out = ctrl.on_tick(PERIOD_NS)
+    assert isinstance(out[0], Stop) and ctrl.state == "hold" and "joint 3" in ctrl.reason and "3.500" in ctrl.reason
+    assert requests(joint_state(ctrl, PERIOD_NS + 2, q)) == []
+    joint_state(ctrl, 2 * PERIOD_NS - 1)
+    ctrl.on_tick(2 * PERIOD_NS)
+    assert ctrl.state == "running"
+
+
+def test_early_timer_callback_is_ignored_and_skipped_ticks_are_deadline_misses():
+    ctrl = make()
+    start_running(ctrl)
+    assert ctrl.on_tick(PERIOD_NS // 3) == []
+    ctrl.on_tick(3 * PERIOD_NS)
+    assert ctrl.counters.deadline_misses == 2 and ctrl.current_tick == 3
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(SafetyError, match="execution must be one of"):
+        ControllerConfig(SPEC, H, 0.02, "teleport")
+    with pytest.raises(ValueError, match="replan_every"):
+        ControllerConfig(SPEC, H, 0.02, replan_every=H + 1)
+    with pytest.raises(SafetyError, match="guidance_scale"):
+        ControllerConfig(SPEC, H, 0.02, guidance_scale=9.0)
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+class Robot:
+    """What the robot executes: a forward position controller (stream) or a JTC (trajectory)."""
+
+    def __init__(self, execution: str) -> None:
+        self.execution = execution
+        self.setpoints: dict[int, np.ndarray] = {}  # tick -> setpoint the robot holds at that tick
+        self.trajectory: tuple[int, np.ndarray] | None = None
+        self.last: np.ndarray | None = None
+        self.commands: list[tuple[int, np.ndarray]] = []
+        self.ticks = 0
+
+    def apply(self, decisions: list, tick: int) -> None:
+        for d in decisions:
+            if isinstance(d, Command):
+                self.commands.append((tick, d.positions))
+                self.last = d.positions
+                self.setpoints[tick] = d.positions
+            elif isinstance(d, Trajectory):
+                self.trajectory = (d.tick, d.points)
+                self.setpoints[tick] = d.points[tick - d.tick]
+                self.last = self.setpoints[tick]
+            elif isinstance(d, Stop):
+                self.trajectory = None
+
+    def advance(self, tick: int) -> None:
+        """Tick boundaries up to ``tick``: the JTC moves on along its trajectory (or holds), skipped ticks too."""
+        first = max(self.setpoints, default=tick - 1) + 1
+        for k in range(first, tick + 1):
+            if self.execution == "trajectory" and self.trajectory is not None:
+                start, points = self.trajectory
+                if 0 <= k - start < len(points):
+                    self.setpoints[k] = points[k - start]
+                    self.last = self.setpoints[k]
+            if k not in self.setpoints and self.last is not None:
+                self.setpoints[k] = self.last
+
+
+#: One control tick each: (ticks advanced, joint state, when the pending result is delivered, its kind,
+#: goal change, a number for the chunk's scale / the goal offset).
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from([1, 1, 1, 1, 1, 1, 2, 3]),
+        st.sampled_from(["fresh"] * 6 + ["lag", "lag", "late", "none", "restart"]),
+        st.sampled_from(["now", "now", "now", "next"]),
+        st.sampled_from(["ok"] * 6 + ["wild", "wild", "nan", "short", "error"]),
+        st.sampled_from([False] * 9 + [True]),
+        st.floats(-1.0, 1.0),
+    ),
+    min_size=10, max_size=150,
+)
+
+
+def _chunk(kind: str, value: float, rng: np.random.Generator) -> tuple[np.ndarray | None, str | None]:
+    if kind == "ok":
+        return value * np.cumsum(rng.uniform(-0.1, 0.1, (H, A)), axis=0), None
+    if kind == "wild":
+        return rng.uniform(-50, 50, (H, A)), None  # far outside the limits, jumps of many rad
+    if kind == "nan":
+        actions = rng.uniform(-1, 1, (H, A))
+        actions[rng.integers(H), rng.integers(A)] = np.nan
+        return actions, None
+    if kind == "short":
+        return rng.uniform(-1, 1, (H - 3, A)), None
+    return None, "RuntimeError: injected"
+
+
+def run_steps(steps: list, execution: str, chunking: str, replan_every: int, seed: int) -> Robot:
+    """Drive a controller through ``steps`` with an arm that follows (or lags behind) what it is sent."""
+    rng = np.random.default_rng(seed)
+    ctrl = make(execution, chunking, replan_every, stale_timeout_s=0.05)
+    robot = Robot(execution)
+    arm = rng.uniform(-0.5, 0.5, A)
+    ctrl.on_goal(GOAL)
+    tick, pending = 0, []
+    ctrl.on_joint_state(0, arm, None, arm, 0)
+    robot.apply(ctrl.on_tick(0), 0)  # the first tick event fixes the controller's tick 0 at t = 0
+    for advance, js, when, kind, goal_change, value in steps:
+        tick += advance
+        now = tick * PERIOD_NS + int(rng.integers(0, 2_000_000))
+        robot.advance(tick)
+        robot.apply(ctrl.on_tick(now), tick)
+        assert ctrl.current_tick == tick
+        for req in pending:  # late results from the previous tick
+            robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng))), tick)
+        pending = []
+        if goal_change:
+            ctrl.on_goal(GOAL + value * 0.1)
+        if js == "restart":  # the driver came back with the arm somewhere else
+            arm = rng.uniform(-1.0, 1.0, A)
+        elif js == "fresh" and robot.last is not None:
+            arm = arm + np.clip(robot.last - arm, -STEP, STEP)  # the arm follows; 'lag' leaves it behind
+        if js != "none":
+            offset = 17_000_000 if js == "late" else int(rng.integers(0, 4_000_000))
+            out = ctrl.on_joint_state(now + offset, arm, None, arm, now + offset)
+            robot.apply(out, tick)
+            for req in requests(out):
+                if when == "now":
+                    robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng))), tick)
+                else:
+                    pending.append(req)
+        assert ctrl.state in ("waiting", "running", "stale", "error", "hold")
+    robot.ticks = tick
+    return robot
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=STEPS, execution=st.sampled_from(["stream", "trajectory"]),
+       chunking=st.sampled_from(["receding_horizon", "temporal_ensemble"]), replan_every=st.integers(1, H),
+       seed=st.integers(0, 2**16))
+def test_commands_stay_in_limits_and_within_one_velocity_step(steps, execution, chunking, replan_every, seed):
+    robot = run_steps(steps, execution, chunking, replan_every, seed)
+    # what the robot was told to do, tick by tick
+    sent = [p for _, p in robot.commands] if execution == "stream" else [robot.setpoints[t] for t in sorted(robot.setpoints)]
+    for positions in sent:
+        assert np.all(np.isfinite(positions))
+        assert np.all(positions >= LIMITS.lower - 1e-12) and np.all(positions <= LIMITS.upper + 1e-12)
+    if execution == "stream":
+        ticks = [t for t, _ in robot.commands]
+        assert len(ticks) == len(set(ticks)), "at most one command per tick"
+    for previous, current in zip(sent, sent[1:]):
+        assert np.all(np.abs(current - previous) <= STEP + 1e-9), (previous, current)
+
+
+def test_the_event_sequences_really_command_the_robot():
+    """Positive control for the property test: typical sequences do reach running and send commands,
+    including right after goal changes (so the velocity check above is not vacuous)."""
+    rng = np.random.default_rng(0)
+    steps = [(1, "fresh", "now", "ok", bool(i % 25 == 24), float(rng.uniform(-1, 1))) for i in range(100)]
+    for execution in ("stream", "trajectory"):
+        robot = run_steps(steps, execution, "receding_horizon", 4, 0)
+        assert len(robot.setpoints) >= 90 if execution == "trajectory" else len(robot.commands) >= 90

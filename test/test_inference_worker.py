@@ -1,0 +1,52 @@
+"""InferenceWorker: the inference thread hands back the chunk with its request's bookkeeping, or the error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from flow_policy_ros.runtime.controller import InferenceRequest
+from flow_policy_ros.runtime.inference_worker import InferenceWorker
+
+H = 4
+
+
+def request(tick: int) -> InferenceRequest:
+    return InferenceRequest(np.array([1.0], np.float32), tick, received_ns=123 + tick, stamp_ns=100, generation=2,
+                            guidance_scale=2.0)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_inference_worker_returns_result_or_error(fails):
+    """A result carries the request's tick, times and generation; an exception becomes a one-line error
+    string (the controller then holds); a second request while busy is refused."""
+    release = threading.Event()
+
+    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
+        release.wait(5.0)
+        if fails:
+            raise RuntimeError("boom\nsecond line")
+        return np.full((H, 7), guidance) + observation[0]
+
+    worker = InferenceWorker(predict)
+    try:
+        assert worker.submit(request(7))
+        assert not worker.submit(request(8))
+        assert worker.busy and worker.poll() is None
+        release.set()
+        deadline = time.monotonic() + 5.0
+        while (result := worker.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert result is not None and result.tick == 7 and result.received_ns == 130
+        assert result.stamp_ns == 100 and result.generation == 2 and result.latency_s > 0
+        if fails:
+            assert result.actions is None and result.error == "RuntimeError: boom second line"
+        else:
+            assert result.error is None and np.all(result.actions == 3.0)
+        assert not worker.busy
+    finally:
+        worker.stop()
+    assert not worker.submit(request(9)), "a stopped worker takes no request"
