@@ -199,7 +199,8 @@ def test_rtc_export_parity_covers_prefix_lengths_and_guidance(rtc_model):
     assert [i.name for i in model.graph.input] == ["observation", "noise", "guidance_scale", "prefix_actions", "prefix_length"]
     assert model.graph.input[4].type.tensor_type.elem_type == onnx.TensorProto.INT64
     assert not {n.op_type for n in model.graph.node} & {"Loop", "If", "Scan"}
-    assert json.loads(PolicyMetadata.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY]).to_json())["rtc"] == {"max_delay": 3}
+    stored = PolicyMetadata.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    assert json.loads(stored.to_json())["rtc"] == {"max_delay": 3}
 
 
 def test_rtc_model_returns_the_prefix_exactly(rtc_model):
