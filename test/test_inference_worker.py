@@ -25,7 +25,8 @@ def test_inference_worker_returns_result_or_error(fails):
     string (the controller then holds); a second request while busy is refused."""
     release = threading.Event()
 
-    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
+    def predict(observation: np.ndarray, guidance_scale: float) -> np.ndarray:
+        guidance = guidance_scale
         release.wait(5.0)
         if fails:
             raise RuntimeError("boom\nsecond line")
@@ -50,3 +51,22 @@ def test_inference_worker_returns_result_or_error(fails):
     finally:
         worker.stop()
     assert not worker.submit(request(9)), "a stopped worker takes no request"
+
+
+def test_injected_delay_holds_the_result_back_and_passes_the_prefix():
+    seen = {}
+
+    def predict(observation: np.ndarray, guidance_scale: float, prefix_actions=None, prefix_length=0) -> np.ndarray:
+        seen.update(prefix_length=prefix_length)
+        return np.zeros((H, 7))
+
+    worker = InferenceWorker(predict, delay_s=0.3)
+    try:
+        req = InferenceRequest(np.zeros(1, np.float32), 1, 0, 0, 0, 1.0, np.ones((H, 7)), 2)
+        start = time.monotonic()
+        assert worker.submit(req)
+        while (result := worker.poll()) is None and time.monotonic() - start < 5.0:
+            time.sleep(0.005)
+        assert time.monotonic() - start >= 0.3 and result.prefix_length == 2 and seen["prefix_length"] == 2
+    finally:
+        worker.stop()

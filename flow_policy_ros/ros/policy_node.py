@@ -78,7 +78,14 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                "'stream': one Float64MultiArray per tick on commands; "
                                "'trajectory': one JointTrajectory per chunk on joint_trajectory"),
     "chunking": ParameterSpec("receding_horizon", _T.PARAMETER_STRING,
-                              "'receding_horizon' (open loop, default) or 'temporal_ensemble' (ACT-style averaging)"),
+                              "'receding_horizon' (open loop, default), 'temporal_ensemble' (ACT-style averaging) or "
+                              "'rtc' (real-time chunking: needs a model trained with a committed prefix, metadata rtc)"),
+    "rtc_margin_ticks": ParameterSpec(1, _T.PARAMETER_INTEGER,
+                                      "chunking rtc: ticks added to the measured inference delay to size the committed prefix",
+                                      low=0, high=100),
+    "inject_delay_ms": ParameterSpec(0.0, _T.PARAMETER_DOUBLE,
+                                     "FOR EXPERIMENTS ONLY: hold every inference result back this long (ms) to emulate a "
+                                     "slow model (the real-time chunking delay protocol); 0 on a robot", low=0.0, high=2000.0),
     "ensemble_decay": ParameterSpec(DEFAULT_ENSEMBLE_DECAY, _T.PARAMETER_DOUBLE,
                                     "temporal ensembling m in w = exp(-m * chunk start tick); > 0 favours older chunks",
                                     low=-1.0, high=1.0),
@@ -129,6 +136,8 @@ class PolicyNodeParams:
     upper_limits: tuple[float, ...]
     velocity_limits: tuple[float, ...]
     thread_priority: int = 0
+    rtc_margin_ticks: int = 1
+    inject_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.execution not in EXECUTION_MODES:
@@ -164,7 +173,8 @@ class PolicyNode(Node):
                                                 p.velocity_limits)
         self.controller = PolicyController(
             ControllerConfig(meta.observation, meta.horizon, p.period_s, p.execution, p.chunking, p.replan_every,
-                             p.ensemble_decay, p.stale_timeout_s, p.guidance_scale), limits)
+                             p.ensemble_decay, p.stale_timeout_s, p.guidance_scale, meta.rtc_max_delay, p.rtc_margin_ticks),
+            limits)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._needs_velocity = "joint_velocities" in meta.observation.fields
         self.scheduling = "SCHED_OTHER"
@@ -181,7 +191,8 @@ class PolicyNode(Node):
             self._publisher = self.create_publisher(JointTrajectory, "joint_trajectory", reliable)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._inference_done = self.create_guard_condition(self._on_inference_done)
-        self.worker = InferenceWorker(lambda obs, w: self.policy.predict(obs, guidance_scale=w), on_done=self._inference_done.trigger)
+        self.worker = InferenceWorker(self.policy.predict, on_done=self._inference_done.trigger,
+                                      delay_s=p.inject_delay_ms * 1e-3)
         self.create_timer(p.period_s, self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
