@@ -64,7 +64,7 @@ def expand_bags(paths: Sequence[Path]) -> list[Path]:
     bags: list[Path] = []
     for path in paths:
         if not path.exists():
-            raise CliError(f"{path}: no such file or directory")
+            raise CliError(f"{path}: no such bag (file or directory)")
         found = find_episodes(path) if path.is_dir() else [path]
         if not found:
             raise CliError(f"{path}: no rosbag2 recording (metadata.yaml) in or under it")

@@ -52,6 +52,7 @@ from flow_policy_ros.ros.policy_parameters import NODE_NAME, PARAMETERS, PolicyN
 from flow_policy_ros.ros.realtime import set_thread_priority
 from flow_policy_ros.runtime.controller import Command, InferenceRequest, PolicyController, Stop, Trajectory
 from flow_policy_ros.runtime.inference_worker import InferenceWorker
+from flow_policy_ros.runtime.observation import stamp_to_ns
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 from flow_policy_ros.runtime.safety import validate_guidance_scale
 
@@ -187,7 +188,7 @@ class PolicyNode(LifecycleNode):
         except ObservationError as exc:
             self._reject(str(exc))
             return
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         now_ns = self.get_clock().now().nanoseconds
         self._carry_out(self.controller.on_joint_state(now_ns, positions, velocities, measured, stamp_ns))
 

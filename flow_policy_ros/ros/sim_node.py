@@ -69,10 +69,11 @@ from flow_policy_ros.ros.messages import time_msg
 from flow_policy_ros.ros.node_runner import spin_node
 from flow_policy_ros.ros.parameters import ParameterSpec, declare_all
 from flow_policy_ros.ros.realtime import set_thread_priority
+from flow_policy_ros.runtime.observation import stamp_to_ns, trajectory_arrays
 from flow_policy_ros.sim.arm import PHYSICS_HZ
 from flow_policy_ros.sim.env import SimEnv, sim_time_ns
 from flow_policy_ros.sim.tasks import TASKS, EpisodeSpec, sample_episode
-from flow_policy_ros.sim.trajectory import TrajectoryError, TrajectoryFollower
+from flow_policy_ros.sim.trajectory import TrajectoryFollower
 
 NODE_NAME = "sim_node"
 #: Falling further behind the wall clock than this (ns) re-anchors the real-time schedule.
@@ -264,16 +265,10 @@ class SimNode(Node):
         if now_ns < self._accept_after_ns:
             return
         try:
-            index = [list(msg.joint_names).index(n) for n in IIWA_JOINT_NAMES] if msg.points else []
-            offsets = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
-            rows = [np.asarray(pt.positions, dtype=np.float64) for pt in msg.points]
-            if any(row.size != len(msg.joint_names) for row in rows):
-                raise TrajectoryError("a point's position count differs from joint_names")
-            positions = np.array([row[index] for row in rows]).reshape(len(rows), len(IIWA_JOINT_NAMES))
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp_ns, offsets_ns, positions = trajectory_arrays(msg, IIWA_JOINT_NAMES)
             with self._follower_lock:
-                self.follower.set_trajectory(stamp_ns, offsets, positions, now_ns)
-        except ValueError as exc:  # TrajectoryError is a ValueError; so is a missing joint name
+                self.follower.set_trajectory(stamp_ns, (offsets_ns * 1e-9).tolist(), positions, now_ns)
+        except ValueError as exc:  # TrajectoryError (one class for message and follower errors) is a ValueError
             self._reject(f"joint_trajectory: {exc}")
             return
         self.trajectories_received += 1
@@ -294,7 +289,7 @@ class SimNode(Node):
         self._joint_pub.publish(msg)
         self.joint_states_sent += 1
         if self.recorder is not None and self.state == "running":
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             self.recorder.write(self._joint_pub.topic_name, bagio.JOINT_STATE, msg, stamp_ns)
 
     def _sleep_until(self, t_ns: int) -> None:
