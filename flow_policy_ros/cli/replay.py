@@ -63,9 +63,7 @@ def expand_bags(paths: Sequence[Path]) -> list[Path]:
     """Each path that is not itself a rosbag2 directory stands for the bags under it (sorted), as for train."""
     bags: list[Path] = []
     for path in paths:
-        if not path.exists():
-            raise CliError(f"{path}: no such bag (file or directory)")
-        found = find_episodes(path) if path.is_dir() else [path]
+        found = find_episodes(path) if path.is_dir() else [path]  # a missing path: the bag reader names it
         if not found:
             raise CliError(f"{path}: no rosbag2 recording (metadata.yaml) in or under it")
         bags += found
