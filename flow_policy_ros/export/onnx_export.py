@@ -15,6 +15,8 @@ written atomically: on any failure nothing is left at the output path.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from flow_policy_ros.policy.flow import sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
 from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.ood import ObservationRange, observation_labels
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -74,6 +77,7 @@ def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema:
 
 
 def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path) -> PolicyMetadata:
+    """The metadata of the exported graph: I/O contract, sampler, provenance and training range."""
     policy = ckpt.config.policy
     return PolicyMetadata(
         name=name,
@@ -86,20 +90,57 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         checkpoint_sha256=file_sha256(checkpoint_path),
         training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
         code_version=ckpt.code_version,
+        observation_range=training_range(ckpt),
     )
+
+
+def training_range(ckpt: Checkpoint) -> ObservationRange | None:
+    """Min/max of every observation dimension over the training windows, or None when unknown.
+
+    From the data summary (``observation_range``, written by ``policy.dataset``) when the
+    checkpoint has it; else from minmax normalization statistics, whose shift ± scale are exactly
+    the training min/max (a dimension narrower than 2·MIN_SCALE comes out that wide, i.e. a
+    slightly wider range); meanstd statistics without a summary range give None.
+    """
+    spec = ckpt.config.policy.observation
+    labels = observation_labels(spec)
+    recorded = ckpt.data_summary.get("observation_range")
+    if isinstance(recorded, dict) and "low" in recorded and "high" in recorded:
+        return ObservationRange(recorded["low"], recorded["high"], labels, "training windows (min/max)")
+    if ckpt.stats.mode == "minmax":
+        return ObservationRange(ckpt.stats.obs_shift - ckpt.stats.obs_scale, ckpt.stats.obs_shift + ckpt.stats.obs_scale,
+                                labels, "training windows (min/max, from the minmax normalization statistics)")
+    return None
+
+
+def _portable(value: str) -> str:
+    """An absolute path of the training machine reduced to its last component (the data set's name)."""
+    return Path(value).name if os.path.isabs(value) else value
 
 
 def summarize_training_data(summary: dict) -> dict:
     """The scalar facts of a training-data summary (episodes, windows, source, ...); per-episode
-    lists are reduced to their length so the metadata stays small."""
+    lists are reduced to their length so the metadata stays small.
+
+    No absolute path of the training machine is kept: a path is reduced to its name (e.g.
+    '/work/data/reach' -> 'reach'). The data are identified by content: ``windows_sha256`` (hash
+    of the training windows, when the summary has it) and ``sources_sha256`` (hash of the
+    episode list with each episode's window count, available from every checkpoint).
+    """
     out = {}
     for key, value in summary.items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if isinstance(value, str):
+            out[key] = _portable(value)
+        elif isinstance(value, (int, float, bool)) or value is None:
             out[key] = value
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
             out[f"{key}_true"] = sum(value)  # e.g. per-episode success flags -> successes
         elif isinstance(value, (list, tuple)):
             out[f"{key}_count"] = len(value)
+    if isinstance(summary.get("sources"), list):
+        listing = {"sources": [_portable(str(s)) for s in summary["sources"]],
+                   "windows_per_episode": summary.get("windows_per_episode")}
+        out["sources_sha256"] = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
     return out
 
 
