@@ -61,6 +61,7 @@ from flow_policy_ros.runtime.controller import (
 )
 from flow_policy_ros.runtime.inference_worker import InferenceWorker
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.runtime.safety import GUIDANCE_SCALE_BOUNDS, SafetyError, SafetyLimits, validate_guidance_scale
 
 NODE_NAME = "flow_policy_node"
@@ -101,6 +102,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                   "per-joint upper position limits (rad), may only tighten the model's; unset = model"),
     "velocity_limits": ParameterSpec(Parameter.Type.DOUBLE_ARRAY, _T.PARAMETER_DOUBLE_ARRAY,
                                      "per-joint velocity limits (rad/s), may only tighten the model's; unset = model"),
+    "ood_margin": ParameterSpec(DEFAULT_OOD_MARGIN, _T.PARAMETER_DOUBLE,
+                                "out-of-distribution guard: hold when an observation lies more than this many "
+                                "training-range widths outside the model's training range (WARN beyond half of it); "
+                                "goals beyond it are rejected", low=0.0, high=100.0),
+    "goal_frame": ParameterSpec("world", _T.PARAMETER_STRING, "frame_id a goal must carry; goals in other frames are rejected"),
     "thread_priority": ParameterSpec(0, _T.PARAMETER_INTEGER,
                                      "SCHED_FIFO priority of the control (executor) thread, 0 = normal scheduling; "
                                      "falls back with a warning when not permitted (as ros2_control's controller_manager)",
@@ -128,6 +134,8 @@ class PolicyNodeParams:
     lower_limits: tuple[float, ...]
     upper_limits: tuple[float, ...]
     velocity_limits: tuple[float, ...]
+    ood_margin: float = DEFAULT_OOD_MARGIN
+    goal_frame: str = "world"
     thread_priority: int = 0
 
     def __post_init__(self) -> None:
@@ -164,7 +172,10 @@ class PolicyNode(Node):
                                                 p.velocity_limits)
         self.controller = PolicyController(
             ControllerConfig(meta.observation, meta.horizon, p.period_s, p.execution, p.chunking, p.replan_every,
-                             p.ensemble_decay, p.stale_timeout_s, p.guidance_scale), limits)
+                             p.ensemble_decay, p.stale_timeout_s, p.guidance_scale, meta.observation_range,
+                             p.ood_margin, p.goal_frame), limits)
+        if meta.observation_range is None:
+            self.get_logger().warning(f"out-of-distribution guard {self.controller.ood_guard}")
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self._needs_velocity = "joint_velocities" in meta.observation.fields
         self.scheduling = "SCHED_OTHER"
@@ -219,7 +230,11 @@ class PolicyNode(Node):
         except ObservationError as exc:
             self._reject(str(exc))
             return
-        self._carry_out(self.controller.on_goal(goal))
+        rejected = self.controller.counters.rejected_goals
+        self._carry_out(self.controller.on_goal(goal, msg.header.frame_id))
+        if self.controller.counters.rejected_goals > rejected:
+            self.get_logger().warning(f"rejected goal ({rejected + 1} so far): {self.controller.goal_rejection}",
+                                      throttle_duration_sec=1.0)
 
     def _on_tick(self) -> None:
         self._on_inference_done()  # normally handled at once via the guard condition
@@ -268,6 +283,8 @@ class PolicyNode(Node):
         counters = c.counters
         level = {"running": "OK", "waiting": "WARN", "stale": "WARN", "error": "ERROR", "hold": "ERROR"}[c.state]
         message = c.state if not c.reason else f"{c.state}: {c.reason}"
+        if level == "OK" and c.warning:
+            level, message = "WARN", f"{c.state}: {c.warning}"
         values = {
             "state": c.state,
             "reason": c.reason,
@@ -280,6 +297,11 @@ class PolicyNode(Node):
             "chunking": self.params.chunking,
             "control_rate_hz": f"{self.params.control_rate_hz:g}",
             "guidance_scale": f"{c.guidance_scale:g}",
+            "warning": c.warning,
+            "ood_guard": c.ood_guard,
+            "ood_score": "nan" if c.ood is None else f"{c.ood.value:.3g}",
+            "ood_field": "" if c.ood is None else c.ood.label,
+            "goal_rejection": c.goal_rejection,
             "inference_latency_p50_ms": _percentile_ms(counters.inference_s, 50),
             "inference_latency_p99_ms": _percentile_ms(counters.inference_s, 99),
             "tick_jitter_p50_ms": _percentile_ms(counters.jitter_s, 50),

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flow_policy_ros.errors import one_line
+from flow_policy_ros.errors import InvalidOutputError, one_line
 from flow_policy_ros.runtime.controller import InferenceRequest, InferenceResult
 
 
@@ -72,11 +72,14 @@ class InferenceWorker:
                     return
                 request, self._request = self._request, None
             start = time.perf_counter()
+            invalid = False
             try:
                 actions, error = np.asarray(self._predict(request.observation, request.guidance_scale), dtype=np.float64), None
+            except InvalidOutputError as exc:  # the model ran but its chunk failed validation
+                actions, error, invalid = None, one_line(exc), True
             except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
                 actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
-            result = InferenceResult.for_request(request, time.perf_counter() - start, actions, error)
+            result = InferenceResult.for_request(request, time.perf_counter() - start, actions, error, invalid)
             with self._cv:
                 self._result = result
                 self._busy = False

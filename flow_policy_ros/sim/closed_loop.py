@@ -22,6 +22,13 @@ Noise: at the start of each episode the policy's own noise stream is reseeded wi
 seed, so an episode's result depends on its seed alone (not on which episodes ran before), and
 two models or two guidance scales see the same start, goal and noise (common random numbers).
 
+Invalid model outputs (wrong shape, NaN/inf: :class:`~flow_policy_ros.errors.InvalidOutputError`
+from ``OnnxPolicy.predict``) go to the controller as invalid results, exactly as the node's
+inference worker hands them over: the arm holds, the controller retries, and the episode counts
+them; an episode that fails after one is an ``invalid_output`` failure, not a timeout. Likewise
+an episode whose goal the controller rejected (outside the training goal range + margin) is
+``goal_rejected`` and one that failed after an out-of-distribution hold ``out_of_distribution``.
+
 Units: rad, rad/s, m, s.
 """
 
@@ -34,12 +41,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flow_policy_ros.contract import IIWA_JOINT_NAMES
-from flow_policy_ros.errors import ModelFileError
+from flow_policy_ros.errors import InvalidOutputError, ModelFileError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, make_scheduler
 from flow_policy_ros.runtime.controller import Command, ControllerConfig, InferenceRequest, InferenceResult, PolicyController
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.observation import build_observation, values_by_name
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, validate_margin
 from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
 from flow_policy_ros.sim.env import Observation, SimEnv
 from flow_policy_ros.sim.tasks import EpisodeSpec, sample_episode
@@ -54,7 +62,8 @@ MAX_EVAL_SEED = 99
 COLLECT_SEEDS_PER_BASE = 1_000_000
 #: Collection ``--seed`` the evaluation block belongs to (900): no training set uses it.
 EVAL_COLLECT_BLOCK = EVAL_SEED_BASE // COLLECT_SEEDS_PER_BASE
-FAILURE_REASONS: tuple[str, ...] = ("timeout", "self_collision", "obstacle_contact")
+FAILURE_REASONS: tuple[str, ...] = ("timeout", "self_collision", "obstacle_contact", "invalid_output",
+                                    "out_of_distribution", "goal_rejected")
 
 
 def eval_episode_seeds(seed: int, episodes: int) -> list[int]:
@@ -82,6 +91,7 @@ class LoopConfig:
         guidance_scale: CFG weight w; None = the model's default.
         ensemble_decay: m of temporal ensembling.
         velocity_scale: factor in (0, 1] on the model's velocity limits.
+        ood_margin: the out-of-distribution guard's margin (range widths), as the node's parameter.
     """
 
     chunking: str = "receding_horizon"
@@ -89,6 +99,7 @@ class LoopConfig:
     guidance_scale: float | None = None
     ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
     velocity_scale: float = 1.0
+    ood_margin: float = DEFAULT_OOD_MARGIN
 
 
 @dataclass
@@ -109,6 +120,10 @@ class EpisodeResult:
         chunk_ticks: ticks at which a new chunk took effect (0 is the first).
         latencies_s: wall time of each ``predict`` call (s).
         clipped_by_limiter: ticks where the limiter changed the scheduler's action.
+        invalid_outputs: ``predict`` calls whose output failed validation.
+        first_invalid_output: the first such call's reason ("" = none).
+        ood_holds: times the controller held because the observation left the training range.
+        goal_rejection: why the controller rejected the goal ("" = accepted).
     """
 
     seed: int
@@ -124,6 +139,10 @@ class EpisodeResult:
     chunk_ticks: list[int] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     clipped_by_limiter: int = 0
+    invalid_outputs: int = 0
+    first_invalid_output: str = ""
+    ood_holds: int = 0
+    goal_rejection: str = ""
 
 
 def check_sim_joints(meta: PolicyMetadata) -> None:
@@ -142,6 +161,7 @@ def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
     """Check ``config`` against the model (ValueError/SafetyError naming the value); returns the guidance w or None."""
     make_scheduler(config.chunking, meta.horizon, config.replan_every, config.ensemble_decay)
     SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
+    validate_margin(config.ood_margin)
     return None if config.guidance_scale is None else validate_guidance_scale(config.guidance_scale)
 
 
@@ -153,7 +173,8 @@ def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
     return build_observation(meta.observation, positions, velocities, obs.goal)
 
 
-def _failure(env: SimEnv) -> str | None:
+def _failure(env: SimEnv, invalid_outputs: int = 0, ood_holds: int = 0, goal_rejected: bool = False) -> str | None:
+    """Why an episode failed: a collision first (physical), then what the guards saw, else a timeout."""
     status = env.status()
     if status.success:
         return None
@@ -161,6 +182,12 @@ def _failure(env: SimEnv) -> str | None:
         return "self_collision"
     if status.obstacle_contact:
         return "obstacle_contact"
+    if goal_rejected:
+        return "goal_rejected"
+    if invalid_outputs:
+        return "invalid_output"
+    if ood_holds:
+        return "out_of_distribution"
     return "timeout"
 
 
@@ -181,7 +208,8 @@ class ClosedLoop:
         self.limits = SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
         self.controller_config = ControllerConfig(
             meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking, config.replan_every,
-            config.ensemble_decay, guidance_scale=self.guidance)
+            config.ensemble_decay, guidance_scale=self.guidance, observation_range=meta.observation_range,
+            ood_margin=config.ood_margin)
         self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
 
     def close(self) -> None:
@@ -210,6 +238,7 @@ class ClosedLoop:
         ee_path = [env.arm.end_effector_position()]
         chunk_ticks: list[int] = []
         latencies: list[float] = []
+        first_invalid = ""
 
         def joint_state(now_ns: int) -> tuple[list, np.ndarray]:
             obs = env.observe()
@@ -227,10 +256,15 @@ class ClosedLoop:
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
                 start = time.perf_counter()
-                actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
+                try:
+                    actions, error = self.policy.predict(request.observation, guidance_scale=request.guidance_scale), None
+                except InvalidOutputError as exc:  # as the node's worker: an invalid result, the arm holds
+                    actions, error = None, one_line(exc)
+                    first_invalid = first_invalid or error
                 latencies.append(time.perf_counter() - start)
                 received = controller.counters.chunks_received
-                decisions += controller.on_inference_result(InferenceResult.for_request(request, latencies[-1], actions))
+                decisions += controller.on_inference_result(
+                    InferenceResult.for_request(request, latencies[-1], actions, error, invalid_output=error is not None))
                 if controller.counters.chunks_received > received:
                     chunk_ticks.append(tick)
             sent = [d for d in decisions if isinstance(d, Command)]
@@ -243,15 +277,19 @@ class ClosedLoop:
             env.step(values_by_name(meta.action_joint_names, command, IIWA_JOINT_NAMES, "command"))
             ee_path.append(env.arm.end_effector_position())
             tick += 1
-        clipped = controller.counters.limiter_clipped
+        counters = controller.counters
+        clipped = counters.limiter_clipped
         status = env.status()
         obstacle = None if spec.obstacle is None else (*spec.obstacle.center_xy, spec.obstacle.radius_m)
         return EpisodeResult(
-            seed=spec.seed, success=status.success, failure=_failure(env), route=status.route,
+            seed=spec.seed, success=status.success,
+            failure=_failure(env, counters.invalid_outputs, counters.ood_holds, bool(controller.goal_rejection)),
+            route=status.route,
             reached_time_s=status.reached_time_s, final_distance_m=status.final_distance_m,
             goal=np.asarray(spec.goal, dtype=np.float64), obstacle=obstacle, ee_path=np.asarray(ee_path),
             commands=np.asarray(commands).reshape(-1, meta.action_dim), chunk_ticks=chunk_ticks,
-            latencies_s=latencies, clipped_by_limiter=clipped,
+            latencies_s=latencies, clipped_by_limiter=clipped, invalid_outputs=counters.invalid_outputs,
+            first_invalid_output=first_invalid, ood_holds=counters.ood_holds, goal_rejection=controller.goal_rejection,
         )
 
 
