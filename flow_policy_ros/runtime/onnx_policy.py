@@ -12,6 +12,11 @@ accepted), the load-time check call must return a finite (H, A) chunk (else
 :class:`~flow_policy_ros.errors.ModelFileError` naming the file), and :meth:`OnnxPolicy.predict`
 raises :class:`~flow_policy_ros.errors.InvalidOutputError` (one line) for an output of the wrong
 shape or with NaN/inf, so no caller ever receives an invalid chunk.
+
+Two kinds of model load and run here: plain ones (inputs observation, noise, guidance_scale)
+and real-time chunking ones (metadata ``rtc``; also ``prefix_actions`` and ``prefix_length``:
+the first d actions are given and returned exactly). ``OnnxPolicy.rtc`` says which it is;
+``predict`` feeds a plain call (d = 0) to an RTC model by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
 EXPECTED_INPUTS = ("observation", "noise", "guidance_scale")
+#: Extra inputs of a real-time chunking model (metadata ``rtc``): the committed prefix.
+RTC_INPUTS = ("prefix_actions", "prefix_length")
 
 
 def output_problem(actions: np.ndarray, expected: tuple[int, ...]) -> str:
@@ -135,11 +142,16 @@ class OnnxPolicy:
         meta = self.metadata
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if tuple(sorted(inputs)) != tuple(sorted(EXPECTED_INPUTS)) or outputs != ["actions"]:
+        wanted = EXPECTED_INPUTS + (RTC_INPUTS if meta.rtc else ())
+        if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs != ["actions"]:
+            kind = f"a real-time chunking model (rtc d_max {meta.rtc_max_delay})" if meta.rtc else "a plain model (no rtc)"
             raise ModelFileError(
-                f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, expected {list(EXPECTED_INPUTS)} / ['actions']"
+                f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, but the metadata describes {kind} "
+                f"with inputs {list(wanted)} / ['actions']"
             )
         expected = {"observation": [meta.obs_dim], "noise": [meta.horizon, meta.action_dim]}
+        if meta.rtc:
+            expected["prefix_actions"] = [meta.horizon, meta.action_dim]
         for name, tail in expected.items():
             shape = list(inputs[name].shape[1:])
             if shape != tail:
@@ -160,22 +172,28 @@ class OnnxPolicy:
         rng = meta.observation_range
         obs = np.zeros(meta.obs_dim, np.float32) if rng is None else ((rng.low + rng.high) / 2).astype(np.float32)
         noise = np.zeros((meta.horizon, meta.action_dim), np.float32)
+        feeds = {"observation": obs[None], "noise": noise[None], "guidance_scale": np.array([meta.guidance_scale], np.float32)}
+        if meta.rtc:
+            feeds.update(self._prefix_feeds(1, False, None, None))
         for _ in range(calls):
-            _, problem = self._run(obs[None], noise[None], meta.guidance_scale)
+            _, problem = self._run(feeds)
             if problem:
                 raise ModelFileError(f"{self.path}: the load-time check call on a typical observation failed: {problem}")
 
-    def _run(self, obs: np.ndarray, noise: np.ndarray, w: float) -> tuple[np.ndarray | None, str]:
-        """One session call on checked inputs (B, obs_dim), (B, H, A) → (actions, "") or (None, why it is invalid)."""
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+        """One session call on checked inputs (observation (B, obs_dim), ...) → (actions, "") or (None, why not)."""
         meta = self.metadata
         try:
-            (actions,) = self.session.run(
-                None, {"observation": obs, "noise": noise, "guidance_scale": np.array([w], dtype=np.float32)}
-            )
+            (actions,) = self.session.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types when a graph cannot run on an input
             return None, f"ONNX Runtime could not run the graph ({type(exc).__name__}: {one_line(exc)})"
-        problem = output_problem(actions, (obs.shape[0], meta.horizon, meta.action_dim))
+        problem = output_problem(actions, (feeds["observation"].shape[0], meta.horizon, meta.action_dim))
         return (None, problem) if problem else (actions, "")
+
+    @property
+    def rtc(self) -> bool:
+        """True for a real-time chunking model (it takes a committed prefix)."""
+        return self.metadata.rtc
 
     def sample_noise(self, batch: int | None = None) -> np.ndarray:
         """Draw x0 from the owned stream: (H, A) or (batch, H, A) float32."""
@@ -189,15 +207,20 @@ class OnnxPolicy:
         observation: np.ndarray,
         noise: np.ndarray | None = None,
         guidance_scale: float | None = None,
+        prefix_actions: np.ndarray | None = None,
+        prefix_length: int | np.ndarray | None = None,
     ) -> np.ndarray:
         """Action chunk(s) in robot units (rad).
 
         observation: (obs_dim,) or (B, obs_dim) in raw units (order per metadata.observation).
         noise: x0 of matching shape (H, A) / (B, H, A); drawn from the owned stream if None.
         guidance_scale: CFG weight w (default: the metadata's).
+        prefix_actions: (H, A) / (B, H, A) committed joint targets (rad, absolute), rows >= d
+            ignored; prefix_length: d (int or (B,)) in [0, d_max]. RTC models only; the output's
+            first d rows equal the prefix exactly.
         Returns (H, A) or (B, H, A) float32, every value finite.
         Raises ObservationError for a bad input, InvalidOutputError (one line) when the graph's
-        output has the wrong shape or NaN/inf values.
+        output has the wrong shape or NaN/inf values (or cannot run on this input).
         """
         meta = self.metadata
         obs = np.asarray(observation, dtype=np.float32)
@@ -221,7 +244,40 @@ class OnnxPolicy:
         w = meta.guidance_scale if guidance_scale is None else float(guidance_scale)
         if not np.isfinite(w):
             raise ObservationError(f"guidance_scale {w} is not finite")
-        actions, problem = self._run(obs, noise_arr, w)
+        feeds = {"observation": obs, "noise": noise_arr, "guidance_scale": np.array([w], dtype=np.float32)}
+        if meta.rtc:
+            feeds.update(self._prefix_feeds(batch, single, prefix_actions, prefix_length))
+        elif prefix_length is not None and np.any(np.asarray(prefix_length) != 0):
+            raise ObservationError(f"{self.path.name} is not a real-time chunking model: it takes no prefix")
+        actions, problem = self._run(feeds)
         if problem:
             raise InvalidOutputError(f"{self.path.name}: {problem}")
         return actions[0] if single else actions
+
+    def _prefix_feeds(self, batch: int, single: bool, prefix_actions: np.ndarray | None,
+                      prefix_length: int | np.ndarray | None) -> dict[str, np.ndarray]:
+        """prefix_actions (B, H, A) float32 and prefix_length (B,) int64, checked against the metadata."""
+        meta = self.metadata
+        lengths = np.zeros(batch, np.int64) if prefix_length is None else np.asarray(prefix_length, dtype=np.int64).reshape(-1)
+        if lengths.size == 1 and batch > 1:
+            lengths = np.full(batch, int(lengths[0]), np.int64)
+        if lengths.shape != (batch,):
+            raise ObservationError(f"prefix_length has {lengths.size} values for a batch of {batch}")
+        if np.any(lengths < 0) or np.any(lengths > meta.rtc_max_delay):
+            raise ObservationError(f"prefix_length {lengths.tolist()} outside [0, d_max={meta.rtc_max_delay}]")
+        shape = (batch, meta.horizon, meta.action_dim)
+        if prefix_actions is None:
+            if np.any(lengths > 0):
+                raise ObservationError("prefix_length > 0 but no prefix_actions given")
+            prefix = np.zeros(shape, np.float32)
+        else:
+            prefix = np.asarray(prefix_actions, dtype=np.float32)
+            if single and prefix.ndim == 2:
+                prefix = prefix[None]
+            if prefix.shape != shape:
+                raise ObservationError(f"prefix_actions shape {np.shape(prefix_actions)}, expected {shape[1:]} or {shape}")
+            rows = np.arange(meta.horizon)[None, :] < lengths[:, None]
+            if not np.all(np.isfinite(prefix[rows])):
+                raise ObservationError("prefix_actions has NaN/inf in its committed rows")
+            prefix = np.where(rows[:, :, None], prefix, 0.0).astype(np.float32)  # rows >= d are ignored
+        return {"prefix_actions": prefix, "prefix_length": lengths}
