@@ -76,7 +76,7 @@ def load_joint_map(path: Path) -> dict[str, str]:
         raise UsageError(f"--joint-map {path}: file not found")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"--joint-map {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise UsageError(f"--joint-map {path}: expected a mapping of driver joint name -> model joint name")
