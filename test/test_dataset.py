@@ -186,3 +186,55 @@ def test_missing_velocities_fail_only_when_the_observation_needs_them() -> None:
     positions_only = PolicyConfig(horizon=H, observation={"fields": ["joint_positions", "goal"]})
     windows = windows_from_recording(rec, positions_only, DataConfig())
     assert np.isfinite(windows.observations).all() and len(windows) > 0
+
+
+# --------------------------------------------------------------------------- values no robot records
+
+
+def _tree_hash(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: r.positions.__setitem__((3, 1), np.nan), "position of lbr_iiwa_joint_2 is nan rad (non-finite) at sample 3"),
+    (lambda r: r.positions.__setitem__((0, 4), 1e6), "position of lbr_iiwa_joint_5 is 1000000.0 rad (beyond ±2π"),
+    (lambda r: r.positions.__setitem__((2, 3), 2.7), "position of lbr_iiwa_joint_4 is 2.7 rad (beyond the joint limits by more"),
+    (lambda r: r.velocities.__setitem__((1, 0), np.inf), "velocity of lbr_iiwa_joint_1 is inf rad/s"),
+    (lambda r: r.goals.__setitem__((0, 2), np.nan), "goal of z is nan m"),
+    (lambda r: r.commands.__setitem__((5, 6), -7.0), "command of lbr_iiwa_joint_7 is -7.0 rad (beyond ±2π"),
+])
+def test_impossible_values_are_a_one_line_error_naming_the_bag(tmp_path: Path, edit, fragment) -> None:
+    root = tmp_path / "episodes"
+    write_episode_bag(root / "ep_000", ramp_recording(scale=SCALE), "mcap")
+    bad = ramp_recording(scale=SCALE)
+    edit(bad)
+    write_episode_bag(root / "ep_001", bad, "mcap")
+    before = _tree_hash(root)
+    with pytest.raises(DatasetError) as info:
+        load_training_data(root, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    message = str(info.value)
+    assert message.startswith(str(root / "ep_001")) and fragment in message and len(message.splitlines()) == 1, message
+    assert _tree_hash(root) == before  # inputs are never modified
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.npz"))
+
+
+def test_npz_with_nan_is_a_one_line_error(tmp_path: Path) -> None:
+    file = tmp_path / "nan.npz"
+    obs = np.zeros((3, 17))
+    obs[1, 5] = np.nan
+    np.savez(file, observations=obs, actions=np.zeros((3, H, 7)))
+    with pytest.raises(DatasetError, match=r"nan.npz: observations has 1 NaN/inf value\(s\), the first at index \(1, 5\)"):
+        load_training_data(file, POLICY, DataConfig())
+
+
+def test_summary_records_the_training_range_and_a_content_hash(episode_dir: Path, tmp_path: Path) -> None:
+    w = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(w.summary["observation_range"]["low"], w.observations.min(axis=0))
+    np.testing.assert_array_equal(w.summary["observation_range"]["high"], w.observations.max(axis=0))
+    again = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache2", progress=False)
+    assert again.summary["windows_sha256"] == w.summary["windows_sha256"] and len(w.summary["windows_sha256"]) == 64

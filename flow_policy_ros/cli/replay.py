@@ -101,21 +101,22 @@ def run(args: argparse.Namespace) -> int:
             raise BagError(f"{bag_path}: empty bag (no messages)")
     policy = OnnxPolicy(args.model, providers=args.providers, intra_op_num_threads=args.threads, seed=args.seed)
     meta = policy.metadata
-    if meta.observation_range is None:
-        print("replay: warning: out-of-distribution guard off: no training range in metadata", file=sys.stderr)
     replays = []
     for bag_path in args.bags:  # read and score every bag before writing anything
         replays.append(replay_bag(bag_path, policy, data_cfg, joint_map, args.goal, args.seed, args.guidance,
                                   args.batch_size, args.replan_every, args.trajectory_topic, ood_margin=args.ood_margin))
-        warning = safety_warning(replays[-1].report)
-        if warning:
-            print(f"replay: warning: {warning}", file=sys.stderr)
     decisions = sum(r.report["decisions"] for r in replays)
     invalid = sum(r.report["invalid_outputs"] for r in replays)
     if invalid == decisions:
         first = next(r.report["first_invalid_output"] for r in replays if r.report["first_invalid_output"])
         raise InvalidOutputError(f"--model {args.model}: all {decisions} model outputs on {len(replays)} bag(s) "
                                  f"were invalid (first: {first})")
+    if meta.observation_range is None:
+        print("replay: warning: out-of-distribution guard off: no training range in metadata", file=sys.stderr)
+    for rep in replays:
+        warning = safety_warning(rep.report)
+        if warning:
+            print(f"replay: warning: {warning}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rep in zip(_output_names(args.bags), replays):
         if not args.no_plots:
