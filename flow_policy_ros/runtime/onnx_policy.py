@@ -130,7 +130,11 @@ class OnnxPolicy:
                 f"{self.requested_providers[0]} requested but ONNX Runtime could not use it on this machine "
                 f"(no GPU or missing CUDA/cuDNN libraries); running on {self.active_provider}"
             )
-        props = self.session.get_modelmeta().custom_metadata_map
+        try:  # a damaged file can hold names or metadata that are not UTF-8
+            props = self.session.get_modelmeta().custom_metadata_map
+            self.session.get_inputs(), self.session.get_outputs()
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"{self.path}: damaged model: its metadata or I/O names are not UTF-8 ({exc})") from exc
         if METADATA_KEY not in props:
             raise ModelFileError(f"{self.path}: metadata key '{METADATA_KEY}' missing; export it with `flow-policy export`")
         self.metadata = PolicyMetadata.from_json(props[METADATA_KEY], where=str(self.path), model_hash=model_hash)
