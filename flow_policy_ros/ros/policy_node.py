@@ -14,7 +14,9 @@ Topics (all remappable): in ``joint_states`` (sensor_msgs/JointState, best effor
 ``execution:=stream``, ``joint_trajectory`` (trajectory_msgs/JointTrajectory, one per new
 chunk; empty = stop) when ``execution:=trajectory``, and ``/diagnostics`` at 1 Hz (state and
 its reason, provider and fallback reason, model name and hash, tick jitter, obs→command and
-inference latency p50/p99, deadline misses, rejected messages, counters). obs→command latency
+inference latency p50/p99, deadline misses, rejected messages and goals, the out-of-distribution
+guard's score and field, counters). Goals must carry ``goal_frame``; the guard's margin is
+``ood_margin`` (see the controller's docstring). obs→command latency
 runs from the observation's ``header.stamp`` (receipt time if the stamp is 0) to the publish
 of the first command computed from it.
 """
