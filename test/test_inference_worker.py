@@ -25,7 +25,8 @@ def test_inference_worker_returns_result_or_error(fails):
     string (the controller then holds); a second request while busy is refused."""
     release = threading.Event()
 
-    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
+    def predict(observation: np.ndarray, guidance_scale: float) -> np.ndarray:
+        guidance = guidance_scale
         release.wait(5.0)
         if fails:
             raise RuntimeError("boom\nsecond line")
@@ -52,6 +53,25 @@ def test_inference_worker_returns_result_or_error(fails):
     assert not worker.submit(request(9)), "a stopped worker takes no request"
 
 
+def test_injected_delay_holds_the_result_back_and_passes_the_prefix():
+    seen = {}
+
+    def predict(observation: np.ndarray, guidance_scale: float, prefix_actions=None, prefix_length=0) -> np.ndarray:
+        seen.update(prefix_length=prefix_length)
+        return np.zeros((H, 7))
+
+    worker = InferenceWorker(predict, delay_s=0.3)
+    try:
+        req = InferenceRequest(np.zeros(1, np.float32), 1, 0, 0, 0, 1.0, np.ones((H, 7)), 2)
+        start = time.monotonic()
+        assert worker.submit(req)
+        while (result := worker.poll()) is None and time.monotonic() - start < 5.0:
+            time.sleep(0.005)
+        assert time.monotonic() - start >= 0.3 and result.prefix_length == 2 and seen["prefix_length"] == 2
+    finally:
+        worker.stop()
+
+
 def test_an_invalid_model_output_is_handed_over_as_such_and_counted_by_the_controller():
     """OnnxPolicy raises InvalidOutputError for a NaN or wrongly shaped chunk: the worker marks the result
     invalid_output, and the controller counts it under invalid_outputs (not inference_errors) and holds."""
@@ -60,7 +80,7 @@ def test_an_invalid_model_output_is_handed_over_as_such_and_counted_by_the_contr
     from flow_policy_ros.runtime.controller import ControllerConfig, PolicyController
     from flow_policy_ros.runtime.safety import SafetyLimits
 
-    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
+    def predict(observation: np.ndarray, guidance_scale: float) -> np.ndarray:
         raise InvalidOutputError("m.onnx: output 'actions' has 3 NaN/inf value(s) of 56")
 
     spec = ObservationSpec(joint_names=IIWA_JOINT_NAMES, fields=("joint_positions",))

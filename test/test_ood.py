@@ -273,7 +273,7 @@ def test_training_data_in_metadata_holds_no_absolute_path():
     out = summarize_training_data({"root": "/work/data/reach", "data_path": "/work/data/reach", "windows_sha256": "ab" * 32,
                                    "sources": ["seed1/ep_0", "seed1/ep_1"], "windows_per_episode": [3, 4],
                                    "cache": {"file": "/work/runs/x/cache/windows-1.npz"}})
-    assert out["root"] == "reach" and out["data_path"] == "reach" and out["windows_sha256"] == "ab" * 32
+    assert out["root"] == "data/reach" and out["data_path"] == "data/reach" and out["windows_sha256"] == "ab" * 32
     assert len(out["sources_sha256"]) == 64
     assert "/work" not in json.dumps(out)
 

@@ -34,6 +34,7 @@ from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_chec
 from flow_policy_ros.policy.flow import check_solver, prefix_mask, sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
+from flow_policy_ros.reports import portable_path
 from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
 from flow_policy_ros.runtime.ood import ObservationRange, observation_labels
 
@@ -49,9 +50,11 @@ class Sampler(nn.Module):
             [, prefix_actions (B, H, A), prefix_length (B,) int64]) -> actions (B, H, A)
     """
 
-    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int, solver: str = "euler") -> None:
+    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int, solver: str = "euler",
+                 noise_scale: float | None = None) -> None:
         super().__init__()
         self.net = net
+        self.noise_scale = ckpt.config.policy.noise_scale if noise_scale is None else float(noise_scale)
         regression = ckpt.config.train.objective == "regression"
         self.steps = 1 if regression else steps
         self.solver = "euler" if regression else solver
@@ -73,7 +76,7 @@ class Sampler(nn.Module):
     def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
                 prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None) -> torch.Tensor:
         obs_n = (observation - self.obs_shift) / self.obs_scale
-        x0 = noise * 0.0 if self.regression else noise
+        x0 = noise * 0.0 if self.regression else (noise if self.noise_scale == 1.0 else noise * self.noise_scale)
         reference = action_reference(observation, self.reference_indices)
         prefix_n = mask = None
         if prefix_length is not None:
@@ -90,15 +93,16 @@ class Sampler(nn.Module):
 
 
 def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True,
-                            solver: str = "euler") -> Sampler:
+                            solver: str = "euler", noise_scale: float | None = None) -> Sampler:
     """Eager PyTorch sampler with the checkpoint's (EMA) weights, in eval mode."""
     net = VelocityNet(ckpt.config.policy)
     net.load_state_dict(ckpt.ema_state if use_ema else ckpt.model_state)
-    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps, solver)
+    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps, solver, noise_scale)
     return sampler.eval().requires_grad_(False)
 
 
-def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path, solver: str = "euler") -> PolicyMetadata:
+def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path, solver: str = "euler",
+                   noise_scale: float = 1.0) -> PolicyMetadata:
     """The metadata of the exported graph: I/O contract, sampler, provenance and training range."""
     policy = ckpt.config.policy
     flow = ckpt.config.train.objective == "flow"
@@ -112,6 +116,8 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         objective=ckpt.config.train.objective,
         normalization=policy.normalization,
         action_frame=policy.action_frame,
+        chunk_basis="none" if policy.chunk_basis == "none" else f"{policy.chunk_basis}/{policy.basis_size}",
+        noise_scale=noise_scale,
         checkpoint_sha256=file_sha256(checkpoint_path),
         training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
         code_version=ckpt.code_version,
@@ -138,24 +144,19 @@ def training_range(ckpt: Checkpoint) -> ObservationRange | None:
     return None
 
 
-def _portable(value: str) -> str:
-    """An absolute path of the training machine reduced to its last component (the data set's name)."""
-    return Path(value).name if os.path.isabs(value) else value
-
-
 def summarize_training_data(summary: dict) -> dict:
     """The scalar facts of a training-data summary (episodes, windows, source, ...); per-episode
     lists are reduced to their length so the metadata stays small.
 
-    No absolute path of the training machine is kept: a path is reduced to its name (e.g.
-    '/work/data/reach' -> 'reach'). The data are identified by content: ``windows_sha256`` (hash
+    No absolute path of the training machine is kept (``reports.portable_path``:
+    '/work/data/reach' -> 'data/reach'). The data are identified by content: ``windows_sha256`` (hash
     of the training windows, when the summary has it) and ``sources_sha256`` (hash of the
     episode list with each episode's window count, available from every checkpoint).
     """
     out = {}
     for key, value in summary.items():
         if isinstance(value, str):
-            out[key] = _portable(value)
+            out[key] = portable_path(value) if os.path.isabs(value) else value  # never a path of the machine that trained it
         elif isinstance(value, (int, float, bool)) or value is None:
             out[key] = value
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
@@ -163,7 +164,7 @@ def summarize_training_data(summary: dict) -> dict:
         elif isinstance(value, (list, tuple)):
             out[f"{key}_count"] = len(value)
     if isinstance(summary.get("sources"), list):
-        listing = {"sources": [_portable(str(s)) for s in summary["sources"]],
+        listing = {"sources": [portable_path(str(s)) for s in summary["sources"]],
                    "windows_per_episode": summary.get("windows_per_episode")}
         out["sources_sha256"] = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
     return out
@@ -218,6 +219,7 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     name: str | None = None,
     solver: str = "euler",
+    noise_scale: float | None = None,
 ) -> tuple[PolicyMetadata, list[ParityRow]]:
     """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows."""
     import onnx
@@ -237,8 +239,11 @@ def export_checkpoint(
         check_solver(solver, steps)
     except ValueError as exc:
         raise UsageError(f"--solver: {exc}") from exc
-    sampler = sampler_from_checkpoint(ckpt, steps, solver=solver).freeze_time_features()
-    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver)
+    noise_scale = ckpt.config.policy.noise_scale if noise_scale is None else float(noise_scale)
+    if not 0.0 <= noise_scale <= 1.0:
+        raise UsageError(f"--noise-scale {noise_scale}: must be in [0, 1]")
+    sampler = sampler_from_checkpoint(ckpt, steps, solver=solver, noise_scale=noise_scale).freeze_time_features()
+    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver, noise_scale)
     policy = ckpt.config.policy
 
     example: tuple[torch.Tensor, ...] = (
@@ -282,7 +287,7 @@ def export_checkpoint(
         onnx.checker.check_model(str(tmp), full_check=True)
         PolicyMetadata.from_json(metadata.to_json(), where=str(out_path))
         # the reference is the plain eager sampler (time MLP run at every step), not the frozen copy
-        rows = parity_report(sampler_from_checkpoint(ckpt, steps, solver=solver), tmp, policy.obs_dim)
+        rows = parity_report(sampler_from_checkpoint(ckpt, steps, solver=solver, noise_scale=noise_scale), tmp, policy.obs_dim)
         worst = max(row.max_abs_diff for row in rows)
         if worst > PARITY_TOLERANCE:
             raise ModelFileError(f"parity check failed: max |onnx - torch| = {worst:.3g} > {PARITY_TOLERANCE:g}")

@@ -28,7 +28,7 @@ from flow_policy_ros.policy.config import ExperimentConfig, PolicyConfig, to_dic
 from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
-from flow_policy_ros.reports import write_json
+from flow_policy_ros.reports import content_sha256, portable_path, write_json
 
 KEEP_PERIODIC = 3
 
@@ -46,10 +46,13 @@ class PositionNoise:
 
     With noise e (rad) on the positions: obs_n[:, pos] += e / obs_scale[pos]; the absolute
     targets do not move, so in the relative action frame the chunk (targets - positions)
-    changes by -e for the action joints: act_n -= e / act_scale.
+    changes by -e for the action joints: act_n -= e / act_scale. With ``blend_steps`` R > 0 the
+    targets instead return to the demonstration smoothly, target h = demo h + e (1 - s(h / R)),
+    so the relative chunk changes by -e s(h / R) (s: quintic smoothstep, 0 at h = 0, 1 from h = R).
     """
 
-    def __init__(self, policy_cfg: PolicyConfig, stats: NormalizationStats, std_rad: float, device: torch.device) -> None:
+    def __init__(self, policy_cfg: PolicyConfig, stats: NormalizationStats, std_rad: float, device: torch.device,
+                 blend_steps: int = 0) -> None:
         positions = policy_cfg.observation.field_slices()["joint_positions"] if "joint_positions" in policy_cfg.observation.fields else None
         self.std = std_rad if positions is not None else 0.0
         self.obs_columns = list(range(positions.start, positions.stop)) if positions is not None else []
@@ -58,6 +61,8 @@ class PositionNoise:
         self.action_from = [self.obs_columns.index(i) for i in reference]
         self.obs_scale = torch.tensor(stats.obs_scale[self.obs_columns], dtype=torch.float32, device=device)
         self.act_scale = torch.tensor(stats.act_scale, dtype=torch.float32, device=device)
+        x = torch.clamp(torch.arange(policy_cfg.horizon, dtype=torch.float32, device=device) / max(blend_steps, 1), 0.0, 1.0)
+        self.blend = (x**3 * (10 - 15 * x + 6 * x**2)) if blend_steps > 0 else torch.ones_like(x)  # (H,)
 
     def __call__(self, obs_n: torch.Tensor, act_n: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.std == 0.0:
@@ -66,7 +71,7 @@ class PositionNoise:
         obs_n = obs_n.clone()
         obs_n[:, self.obs_columns] += noise / self.obs_scale
         if self.action_from:
-            act_n = act_n - (noise[:, self.action_from] / self.act_scale)[:, None, :]
+            act_n = act_n - (noise[:, self.action_from] / self.act_scale)[:, None, :] * self.blend[None, :, None]
         return obs_n, act_n
 
 
@@ -141,7 +146,8 @@ def train(
     obs_n = torch.tensor(stats.normalize_obs(windows.observations), dtype=torch.float32, device=device)
     act_n = torch.tensor(stats.normalize_actions(model_actions), dtype=torch.float32, device=device)
     n_windows = obs_n.shape[0]
-    position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device)
+    position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device,
+                                   train_cfg.position_noise_blend_steps)
 
     torch.manual_seed(train_cfg.seed)
     model = VelocityNet(policy_cfg).to(device)
@@ -172,7 +178,10 @@ def train(
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
 
     summary = dict(windows.summary)
-    summary.update({"windows": int(n_windows), "data_path": str(data_path), "world_size": world})
+    summary.update({"windows": int(n_windows), "data_path": portable_path(data_path),
+                    "data_sha256": content_sha256(data_path) if rank == 0 else "", "world_size": world})
+    if "root" in summary:
+        summary["root"] = portable_path(summary["root"])
 
     def make_checkpoint(step: int) -> Checkpoint:
         return Checkpoint(

@@ -18,16 +18,19 @@ from flow_policy_ros.runtime.controller import InferenceRequest, InferenceResult
 
 
 class InferenceWorker:
-    """Runs ``predict(observation, guidance_scale) -> (H, A)`` for each submitted request.
+    """Runs ``predict(observation, guidance_scale=..., [prefix_actions=..., prefix_length=...]) -> (H, A)``
+    (``OnnxPolicy.predict``) for each submitted request.
 
     ``on_done`` (optional) is called from the worker thread after each result is ready (the node
-    triggers a guard condition with it, which is thread-safe).
+    triggers a guard condition with it, which is thread-safe). ``delay_s`` (experiments only) holds
+    each result back that long after inference, to emulate a slower model.
     """
 
-    def __init__(self, predict: Callable[[np.ndarray, float | None], np.ndarray],
-                 on_done: Callable[[], None] | None = None) -> None:
+    def __init__(self, predict: Callable[..., np.ndarray], on_done: Callable[[], None] | None = None,
+                 delay_s: float = 0.0) -> None:
         self._predict = predict
         self._on_done = on_done
+        self._delay_s = float(delay_s)
         self._cv = threading.Condition()
         self._request: InferenceRequest | None = None
         self._result: InferenceResult | None = None
@@ -72,14 +75,21 @@ class InferenceWorker:
                     return
                 request, self._request = self._request, None
             start = time.perf_counter()
+            kwargs = {"guidance_scale": request.guidance_scale}
+            if request.prefix_length:
+                kwargs.update(prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
             invalid = False
             try:
-                actions, error = np.asarray(self._predict(request.observation, request.guidance_scale), dtype=np.float64), None
+                actions, error = np.asarray(self._predict(request.observation, **kwargs), dtype=np.float64), None
             except InvalidOutputError as exc:  # the model ran but its chunk failed validation
                 actions, error, invalid = None, one_line(exc), True
             except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
                 actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
-            result = InferenceResult.for_request(request, time.perf_counter() - start, actions, error, invalid)
+            latency = time.perf_counter() - start
+            if self._delay_s > 0:
+                with self._cv:
+                    self._cv.wait_for(lambda: self._stopped, timeout=self._delay_s)
+            result = InferenceResult.for_request(request, latency, actions, error, invalid)
             with self._cv:
                 self._result = result
                 self._busy = False

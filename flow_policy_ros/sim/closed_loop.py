@@ -92,6 +92,9 @@ class LoopConfig:
         ensemble_decay: m of temporal ensembling.
         velocity_scale: factor in (0, 1] on the model's velocity limits.
         ood_margin: the out-of-distribution guard's margin (range widths), as the node's parameter.
+        inject_delay_ms: experiments: each chunk becomes available this long (sim time) after its
+            request, as if inference took that long (0 = at once, the synchronous default).
+        rtc_margin_ticks: chunking 'rtc': ticks added to the measured delay to size the prefix.
     """
 
     chunking: str = "receding_horizon"
@@ -100,6 +103,8 @@ class LoopConfig:
     ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
     velocity_scale: float = 1.0
     ood_margin: float = DEFAULT_OOD_MARGIN
+    inject_delay_ms: float = 0.0
+    rtc_margin_ticks: int = 1
 
 
 @dataclass
@@ -120,8 +125,9 @@ class EpisodeResult:
         chunk_ticks: ticks at which a new chunk took effect (0 is the first).
         latencies_s: wall time of each ``predict`` call (s).
         clipped_by_limiter: ticks where the limiter changed the scheduler's action.
+        counters: the controller's counters at the end of the episode (invalid outputs, rtc, ...).
+        first_invalid_output: the first invalid model output's reason ("" = none).
         invalid_outputs: ``predict`` calls whose output failed validation.
-        first_invalid_output: the first such call's reason ("" = none).
         ood_holds: times the controller held because the observation left the training range.
         goal_rejection: why the controller rejected the goal ("" = accepted).
     """
@@ -139,6 +145,7 @@ class EpisodeResult:
     chunk_ticks: list[int] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     clipped_by_limiter: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
     invalid_outputs: int = 0
     first_invalid_output: str = ""
     ood_holds: int = 0
@@ -162,7 +169,18 @@ def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
     make_scheduler(config.chunking, meta.horizon, config.replan_every, config.ensemble_decay)
     SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
     validate_margin(config.ood_margin)
+    if not (config.inject_delay_ms >= 0 and np.isfinite(config.inject_delay_ms)):
+        raise ValueError(f"--inject-delay-ms must be >= 0, got {config.inject_delay_ms}")
+    controller_config(config, meta, None)  # chunking 'rtc' needs an rtc model
     return None if config.guidance_scale is None else validate_guidance_scale(config.guidance_scale)
+
+
+def controller_config(config: LoopConfig, meta: PolicyMetadata, guidance: float | None) -> ControllerConfig:
+    """The node's controller settings for this evaluation (stream mode, the model's limits and training range)."""
+    return ControllerConfig(meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking,
+                            config.replan_every, config.ensemble_decay, guidance_scale=guidance,
+                            rtc_max_delay=meta.rtc_max_delay, rtc_margin_ticks=config.rtc_margin_ticks,
+                            observation_range=getattr(meta, "observation_range", None), ood_margin=config.ood_margin)
 
 
 def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
@@ -206,10 +224,7 @@ class ClosedLoop:
         self.config = config
         self.guidance = validate_config(config, meta)
         self.limits = SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
-        self.controller_config = ControllerConfig(
-            meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking, config.replan_every,
-            config.ensemble_decay, guidance_scale=self.guidance, observation_range=meta.observation_range,
-            ood_margin=config.ood_margin)
+        self.controller_config = controller_config(config, meta, self.guidance)
         self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
 
     def close(self) -> None:
@@ -231,7 +246,12 @@ class ClosedLoop:
         controller = PolicyController(self.controller_config, self.limits)
         self.policy.rng = np.random.default_rng(spec.seed)
         env.reset_to(spec)
+        begin = getattr(self.policy, "begin_episode", None)
+        if begin is not None:  # a reference chunk source (the scripted expert) plans the episode
+            begin(spec, env)
         controller.on_goal(np.asarray(spec.goal, dtype=np.float64))
+        delay_ns = round(self.config.inject_delay_ms * 1e6)
+        pending: list[tuple[int, InferenceResult]] = []  # (available at, result): injected delay
         period_ns = self.controller_config.period_ns
         joints = meta.observation.joint_names
         commands: list[np.ndarray] = []
@@ -252,21 +272,34 @@ class ClosedLoop:
         while not env.done:
             now_ns = tick * period_ns
             decisions = controller.on_tick(now_ns)
+            ready = [r for t, r in pending if t <= now_ns]
+            pending = [(t, r) for t, r in pending if t > now_ns]
             more, measured = joint_state(now_ns)
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
                 start = time.perf_counter()
-                try:
-                    actions, error = self.policy.predict(request.observation, guidance_scale=request.guidance_scale), None
-                except InvalidOutputError as exc:  # as the node's worker: an invalid result, the arm holds
+                try:  # as the node's worker: an invalid output is an invalid result, the arm holds
+                    if request.prefix_length:
+                        actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale,
+                                                      prefix_actions=request.prefix_actions,
+                                                      prefix_length=request.prefix_length)
+                    else:
+                        actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
+                    error = None
+                except InvalidOutputError as exc:
                     actions, error = None, one_line(exc)
                     first_invalid = first_invalid or error
                 latencies.append(time.perf_counter() - start)
+                result = InferenceResult.for_request(request, latencies[-1], actions, error, invalid_output=error is not None)
+                if delay_ns > 0:
+                    pending.append((request.received_ns + delay_ns, result))
+                else:
+                    ready.append(result)
+            for result in ready:
                 received = controller.counters.chunks_received
-                decisions += controller.on_inference_result(
-                    InferenceResult.for_request(request, latencies[-1], actions, error, invalid_output=error is not None))
+                decisions += controller.on_inference_result(result)
                 if controller.counters.chunks_received > received:
-                    chunk_ticks.append(tick)
+                    chunk_ticks.append(tick + max(0, result.prefix_length - (tick - result.tick)))
             sent = [d for d in decisions if isinstance(d, Command)]
             if sent:
                 command = sent[-1].positions
@@ -288,8 +321,9 @@ class ClosedLoop:
             reached_time_s=status.reached_time_s, final_distance_m=status.final_distance_m,
             goal=np.asarray(spec.goal, dtype=np.float64), obstacle=obstacle, ee_path=np.asarray(ee_path),
             commands=np.asarray(commands).reshape(-1, meta.action_dim), chunk_ticks=chunk_ticks,
-            latencies_s=latencies, clipped_by_limiter=clipped, invalid_outputs=counters.invalid_outputs,
-            first_invalid_output=first_invalid, ood_holds=counters.ood_holds, goal_rejection=controller.goal_rejection,
+            latencies_s=latencies, clipped_by_limiter=clipped, counters=controller.counters.as_dict(),
+            invalid_outputs=counters.invalid_outputs, first_invalid_output=first_invalid, ood_holds=counters.ood_holds,
+            goal_rejection=controller.goal_rejection,
         )
 
 
