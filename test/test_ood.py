@@ -270,11 +270,11 @@ def test_model_without_a_range_still_loads_and_a_bad_range_is_refused(tmp_path: 
 def test_training_data_in_metadata_holds_no_absolute_path():
     from flow_policy_ros.export.onnx_export import summarize_training_data
 
-    out = summarize_training_data({"root": "/work/data/reach", "data_path": "/work/data/reach", "windows_sha256": "ab" * 32,
-                                   "sources": ["seed1/ep_0", "seed1/ep_1"], "windows_per_episode": [3, 4],
+    out = summarize_training_data({"root": "/work/data/reach", "data_path": "/work/data/reach", "data_sha256": "ab" * 32,
+                                   "note": "/work/runs/x/cache/windows-1.npz", "sources": ["seed1/ep_0", "seed1/ep_1"],
                                    "cache": {"file": "/work/runs/x/cache/windows-1.npz"}})
-    assert out["root"] == "data/reach" and out["data_path"] == "data/reach" and out["windows_sha256"] == "ab" * 32
-    assert len(out["sources_sha256"]) == 64
+    assert out["root"] == "data/reach" and out["data_path"] == "data/reach" and out["data_sha256"] == "ab" * 32
+    assert out["note"] == "runs/x/cache/windows-1.npz" and out["sources_count"] == 2
     assert "/work" not in json.dumps(out)
 
 

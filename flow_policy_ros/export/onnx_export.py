@@ -18,8 +18,6 @@ written atomically: on any failure nothing is left at the output path.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -149,9 +147,7 @@ def summarize_training_data(summary: dict) -> dict:
     lists are reduced to their length so the metadata stays small.
 
     No absolute path of the training machine is kept (``reports.portable_path``:
-    '/work/data/reach' -> 'data/reach'). The data are identified by content: ``windows_sha256`` (hash
-    of the training windows, when the summary has it) and ``sources_sha256`` (hash of the
-    episode list with each episode's window count, available from every checkpoint).
+    '/work/data/reach' -> 'data/reach'); train's ``data_sha256`` identifies the data by content.
     """
     out = {}
     for key, value in summary.items():
@@ -163,10 +159,6 @@ def summarize_training_data(summary: dict) -> dict:
             out[f"{key}_true"] = sum(value)  # e.g. per-episode success flags -> successes
         elif isinstance(value, (list, tuple)):
             out[f"{key}_count"] = len(value)
-    if isinstance(summary.get("sources"), list):
-        listing = {"sources": [portable_path(str(s)) for s in summary["sources"]],
-                   "windows_per_episode": summary.get("windows_per_episode")}
-        out["sources_sha256"] = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
     return out
 
 

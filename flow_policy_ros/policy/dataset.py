@@ -167,18 +167,14 @@ def check_windows_values(windows: Windows, source: Path | str) -> None:
 
 
 def describe_windows(windows: Windows) -> None:
-    """Add the training range of every observation dimension and a content hash to ``windows.summary``.
+    """Add the training range of every observation dimension to ``windows.summary``.
 
-    ``observation_range``: {'low', 'high'} (obs_dim,) min/max over the windows (what the exported
-    out-of-distribution guard checks against); ``windows_sha256``: sha256 of the observation and
-    action arrays (float32, C order), identifying the training data by content.
+    ``observation_range``: {'low', 'high'} (obs_dim,) min/max over the windows, what the exported
+    out-of-distribution guard checks against (the data's content hash is train's ``data_sha256``).
     """
     if len(windows):
         windows.summary["observation_range"] = {"low": windows.observations.min(axis=0).astype(float).tolist(),
                                                 "high": windows.observations.max(axis=0).astype(float).tolist()}
-    digest = hashlib.sha256(np.ascontiguousarray(windows.observations).tobytes())
-    digest.update(np.ascontiguousarray(windows.actions).tobytes())
-    windows.summary["windows_sha256"] = digest.hexdigest()
 
 
 def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data_cfg: DataConfig,
@@ -311,7 +307,7 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
             windows.summary["cache"] = {"file": str(cache_file), "hit": True}
             windows.check_shapes(policy_cfg, cache_file)
             check_windows_values(windows, cache_file)
-            if "windows_sha256" not in windows.summary:  # a cache written before the summary had them
+            if "observation_range" not in windows.summary:  # a cache written before the summary had it
                 describe_windows(windows)
             return windows
         except DatasetError as exc:
