@@ -12,6 +12,7 @@ import numpy as np
 
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.bag import find_episodes
 from flow_policy_ros.data.replay import (
     DEFAULT_BATCH,
     DEFAULT_POLICY_TOPIC,
@@ -26,7 +27,6 @@ from flow_policy_ros.data.replay import (
 )
 from flow_policy_ros.errors import BagError, InvalidOutputError
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
-from flow_policy_ros.policy.dataset import find_episodes  # numpy only: replay stays torch-free
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, validate_margin

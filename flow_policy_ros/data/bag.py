@@ -433,3 +433,11 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
         goal_times_ns=goal_times, goals=goals, command_joint_names=cmd_names,
         command_times_ns=cmd_times, commands=commands, metadata=metadata,
     )
+
+
+def find_episodes(root: Path) -> list[Path]:
+    """rosbag2 directories (with metadata.yaml) at or under ``root``, sorted; hidden dirs are skipped."""
+    if (root / "metadata.yaml").is_file():
+        return [root]
+    found = [p.parent for p in root.rglob("metadata.yaml")]
+    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))

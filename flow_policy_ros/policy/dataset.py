@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from flow_policy_ros.data.bag import read_episode_bag
+from flow_policy_ros.data.bag import find_episodes, read_episode_bag
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import TimeSeriesError
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
@@ -200,12 +200,6 @@ def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data
 # --------------------------------------------------------------------------- directories and cache
 
 
-def find_episodes(root: Path) -> list[Path]:
-    """rosbag2 directories (with metadata.yaml) at or under ``root``, sorted; hidden dirs are skipped."""
-    if (root / "metadata.yaml").is_file():
-        return [root]
-    found = [p.parent for p in root.rglob("metadata.yaml")]
-    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def default_cache_dir() -> Path:

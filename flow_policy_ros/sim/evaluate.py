@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flow_policy_ros.metrics import Z_95, episode_peaks, seam_mask, wilson_interval  # noqa: F401 - re-exported
+from flow_policy_ros.metrics import (  # noqa: F401 - Z_95, seam_mask re-exported
+    Z_95,
+    episode_peaks,
+    mean_overall_peaks,
+    seam_mask,
+    wilson_interval,
+)
 from flow_policy_ros.sim.closed_loop import (
     FAILURE_REASONS,
     EpisodeResult,
@@ -234,6 +240,7 @@ def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: Lo
     info = model_info(policy) if hasattr(policy, "session") else {"name": type(policy).__name__}
     report = summarize(results, task, seed, config, info, policy.metadata.control_period_s)
     report["peaks"] = peak_smoothness(report["seam_smoothness"])
+    report["peaks_all_windows"] = mean_overall_peaks([r.commands for r in results], policy.metadata.control_period_s)
     return report, results
 
 
