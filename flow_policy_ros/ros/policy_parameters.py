@@ -124,7 +124,9 @@ class PolicyNodeParams:
     def controller_config(self, metadata: PolicyMetadata, guidance_scale: float | None = None) -> ControllerConfig:
         """The PolicyController's configuration for ``metadata`` (``guidance_scale``: the current value)."""
         w = self.guidance_scale if guidance_scale is None else validate_guidance_scale(guidance_scale)
-        return ControllerConfig(metadata.observation, metadata.horizon, self.period_s, self.execution, self.chunking,
-                                self.replan_every, self.ensemble_decay, self.stale_timeout_s, w,
-                                metadata.rtc_max_delay, self.rtc_margin_ticks, metadata.observation_range,
-                                self.ood_margin, self.goal_frame)
+        return ControllerConfig(
+            observation=metadata.observation, horizon=metadata.horizon, period_s=self.period_s, execution=self.execution,
+            chunking=self.chunking, replan_every=self.replan_every, ensemble_decay=self.ensemble_decay,
+            stale_timeout_s=self.stale_timeout_s, guidance_scale=w, observation_range=metadata.observation_range,
+            ood_margin=self.ood_margin, goal_frame=self.goal_frame, rtc_max_delay=metadata.rtc_max_delay,
+            rtc_margin_ticks=self.rtc_margin_ticks)
