@@ -35,7 +35,11 @@ tick (that is what the controller executes until it is replaced or stopped), and
 trajectory's first point, which replaces the old one's point of the same tick, is limited
 against the setpoint of the tick before. Where a
 hold ends far from the arm, the command walks from the previous command towards the arm at
-the velocity limit, then follows the policy (see ``safety.clamp_command``).
+the velocity limit, then follows the policy (see ``safety.clamp_command``). One exception: when
+the arm is more than ``TRACKING_TOLERANCE_RAD`` from the last command, the robot's controller is
+not holding that command any more (a driver restart, a simulator reset, a hand-guided move):
+continuing from it would make the arm jump back towards it, so the limiter restarts from the
+measured position (counted in ``limiter_rebased``).
 
 Real-time chunking (``chunking='rtc'``, a model trained with a committed prefix): at each
 replan (observation at tick k) the controller commits the commands of the ticks that will pass
@@ -74,6 +78,10 @@ EXECUTION_MODES: tuple[str, ...] = ("stream", "trajectory")
 STATES: tuple[str, ...] = ("waiting", "running", "stale", "error", "hold")
 #: A measured position further than this beyond a joint limit (rad) is an alarm, not a target.
 MEASURED_LIMIT_TOLERANCE_RAD = 0.05
+#: An arm further than this (rad, any joint) from the last command is not tracking it (a driver
+#: restart, a reset or a hand-guided move): the next command ramps from where the arm is.
+#: A position controller under a 1.5 rad/s command stream lags by a few ticks (< 0.1 rad).
+TRACKING_TOLERANCE_RAD = 0.25
 
 
 # --------------------------------------------------------------------------- decisions
@@ -238,6 +246,7 @@ class ControllerCounters:
     stops_sent: int = 0
     late_first_commands: int = 0
     limiter_clipped: int = 0
+    limiter_rebased: int = 0  # the arm was not tracking the last command: ramped from where it is
     rtc_prefix_ticks: int = 0  # sum of the prefix lengths requested
     rtc_late_chunks: int = 0  # chunks that arrived after their prefix ran out
     rtc_prefix_clipped: int = 0  # requests whose needed prefix exceeded the model's d_max
@@ -576,6 +585,7 @@ class PolicyController:
         elif action is None:
             return []  # no chunk covers this tick yet: hold
         else:
+            self._rebase_if_not_tracking()
             command = self.limiter.limit(action, self._measured)
             self.counters.limiter_clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
         self.counters.commands_sent += 1
@@ -592,6 +602,8 @@ class PolicyController:
         if len(plan) == 0:
             return []
         later = tick > self._last_tick
+        if not later and self._rebase_if_not_tracking():
+            self._setpoint_before_tick = None  # ramp from the arm (the JTC does not hold the old setpoint)
         last = self.limiter.last_command
         # point 0 replaces what the robot would do at that tick: limit it against the setpoint of the tick before
         points = self.limiter.limit_trajectory(plan, self._measured, previous=previous if later else self._setpoint_before_tick)
@@ -604,6 +616,16 @@ class PolicyController:
             self._trajectory, self._next_trajectory = (tick, points), None
         self.counters.trajectories_sent += 1
         return [Trajectory(tick, self.tick_ns(tick), points, self._take_pending_stamp())]
+
+    def _rebase_if_not_tracking(self) -> bool:
+        """Restart the limiter from the measured position if the arm is far from the last command."""
+        last = self.limiter.last_command
+        if last is None or np.max(np.abs(self._measured - last)) <= TRACKING_TOLERANCE_RAD:
+            return False
+        self.limiter.reset()  # the next command is limited relative to the measured position
+        self._committed.clear()
+        self.counters.limiter_rebased += 1
+        return True
 
     def current_plan(self, tick: int) -> np.ndarray:
         """(K, A) what the newest chunk says for ticks ``tick`` on (K may be 0)."""
