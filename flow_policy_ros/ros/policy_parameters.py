@@ -15,6 +15,7 @@ from flow_policy_ros.ros.parameters import ParameterSpec
 from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import EXECUTION_MODES, ControllerConfig
 from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.runtime.safety import GUIDANCE_SCALE_BOUNDS, SafetyError, SafetyLimits, validate_guidance_scale
 
 NODE_NAME = "flow_policy_node"
@@ -62,6 +63,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                   "per-joint upper position limits (rad), may only tighten the model's; unset = model"),
     "velocity_limits": ParameterSpec(Parameter.Type.DOUBLE_ARRAY, _T.PARAMETER_DOUBLE_ARRAY,
                                      "per-joint velocity limits (rad/s), may only tighten the model's; unset = model"),
+    "ood_margin": ParameterSpec(DEFAULT_OOD_MARGIN, _T.PARAMETER_DOUBLE,
+                                "out-of-distribution guard: hold when an observation lies more than this many "
+                                "training-range widths outside the model's training range (WARN beyond half of it); "
+                                "goals beyond it are rejected", low=0.0, high=100.0),
+    "goal_frame": ParameterSpec("world", _T.PARAMETER_STRING, "frame_id a goal must carry; goals in other frames are rejected"),
     "thread_priority": ParameterSpec(0, _T.PARAMETER_INTEGER,
                                      "SCHED_FIFO priority of the control (executor) thread, 0 = normal scheduling; "
                                      "falls back with a warning when not permitted (as ros2_control's controller_manager)",
@@ -96,6 +102,8 @@ class PolicyNodeParams:
     autostart: bool = True
     rtc_margin_ticks: int = 1
     inject_delay_ms: float = 0.0
+    ood_margin: float = DEFAULT_OOD_MARGIN
+    goal_frame: str = "world"
 
     def __post_init__(self) -> None:
         if self.execution not in EXECUTION_MODES:
@@ -118,4 +126,5 @@ class PolicyNodeParams:
         w = self.guidance_scale if guidance_scale is None else validate_guidance_scale(guidance_scale)
         return ControllerConfig(metadata.observation, metadata.horizon, self.period_s, self.execution, self.chunking,
                                 self.replan_every, self.ensemble_decay, self.stale_timeout_s, w,
-                                metadata.rtc_max_delay, self.rtc_margin_ticks)
+                                metadata.rtc_max_delay, self.rtc_margin_ticks, metadata.observation_range,
+                                self.ood_margin, self.goal_frame)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flow_policy_ros.errors import one_line
+from flow_policy_ros.errors import InvalidOutputError, one_line
 from flow_policy_ros.runtime.controller import InferenceRequest, InferenceResult
 
 
@@ -78,15 +78,18 @@ class InferenceWorker:
             kwargs = {"guidance_scale": request.guidance_scale}
             if request.prefix_length:
                 kwargs.update(prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
+            invalid = False
             try:
                 actions, error = np.asarray(self._predict(request.observation, **kwargs), dtype=np.float64), None
+            except InvalidOutputError as exc:  # the model ran but its chunk failed validation
+                actions, error, invalid = None, one_line(exc), True
             except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
                 actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
             latency = time.perf_counter() - start
             if self._delay_s > 0:
                 with self._cv:
                     self._cv.wait_for(lambda: self._stopped, timeout=self._delay_s)
-            result = InferenceResult.for_request(request, latency, actions, error)
+            result = InferenceResult.for_request(request, latency, actions, error, invalid)
             with self._cv:
                 self._result = result
                 self._busy = False
