@@ -116,6 +116,9 @@ def print_table(result: dict[str, Any]) -> None:
     for name, value, target in rows:
         verdict = "" if target is None or value is None else f"<= {target:g} {'ok' if value <= target else 'MISSED'}"
         print(f"{name:<24}{_fmt(value)}  {verdict}")
+    print(f"{'stage (policy_node)':<24}{'p50 ms':>9}{'p99 ms':>9}")
+    for stage, values in result["stages"].items():
+        print(f"  {stage:<22}{_fmt(values['p50_ms'])} {_fmt(values['p99_ms'])}")
     for name, percent in result["cpu_percent"].items():
         print(f"{'CPU ' + name + ' (%)':<24}{percent:9.1f}")
     rate = result["success_rate"]

@@ -193,9 +193,18 @@ def latency_summary(policy: Mapping[str, str]) -> dict[str, Any]:
         "provider_fallback_reason": policy.get("provider_fallback_reason"),
         "model_name": policy.get("model_name"),
         "model_hash": policy.get("model_hash"),
+        "stages": stage_summary(policy),
         "policy_state": policy.get("state"),
         "policy_scheduling": policy.get("scheduling"),
     }
+
+
+def stage_summary(policy: Mapping[str, str]) -> dict[str, dict[str, float | None]]:
+    """The per-stage breakdown (ms) of policy_node's decision path from its diagnostics
+    (``stage_<name>_p50_ms`` / ``_p99_ms``, see :mod:`flow_policy_ros.runtime.latency`), in path order."""
+    from flow_policy_ros.runtime.latency import STAGES
+
+    return {stage: {f"p{q}_ms": _ms(policy, f"stage_{stage}_p{q}_ms") for q in (50, 99)} for stage in STAGES}
 
 
 def resolve_model(model: str | None) -> Path:
