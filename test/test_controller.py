@@ -40,8 +40,9 @@ HOME = np.zeros(A)
 
 
 def make(execution: str = "stream", chunking: str = "receding_horizon", replan_every: int = 4,
-         stale_timeout_s: float = 0.1) -> PolicyController:
-    config = ControllerConfig(SPEC, H, PERIOD_NS * 1e-9, execution, chunking, replan_every, 0.01, stale_timeout_s)
+         stale_timeout_s: float = 0.1, rtc_max_delay: int = 3) -> PolicyController:
+    config = ControllerConfig(SPEC, H, PERIOD_NS * 1e-9, execution, chunking, replan_every, 0.01, stale_timeout_s,
+                              rtc_max_delay=rtc_max_delay)
     return PolicyController(config, LIMITS)
 
 
@@ -255,6 +256,7 @@ class Robot:
         self.execution = execution
         self.setpoints: dict[int, np.ndarray] = {}  # tick -> setpoint the robot holds at that tick
         self.trajectory: tuple[int, np.ndarray] | None = None
+        self.pending: tuple[int, np.ndarray] | None = None
         self.last: np.ndarray | None = None
         self.commands: list[tuple[int, np.ndarray]] = []
         self.ticks = 0
@@ -265,17 +267,21 @@ class Robot:
                 self.commands.append((tick, d.positions))
                 self.last = d.positions
                 self.setpoints[tick] = d.positions
+            elif isinstance(d, Trajectory) and d.tick > tick:  # stamped ahead: spliced in when its time comes
+                self.pending = (d.tick, d.points)
             elif isinstance(d, Trajectory):
-                self.trajectory = (d.tick, d.points)
+                self.trajectory, self.pending = (d.tick, d.points), None
                 self.setpoints[tick] = d.points[tick - d.tick]
                 self.last = self.setpoints[tick]
             elif isinstance(d, Stop):
-                self.trajectory = None
+                self.trajectory = self.pending = None
 
     def advance(self, tick: int) -> None:
         """Tick boundaries up to ``tick``: the JTC moves on along its trajectory (or holds), skipped ticks too."""
         first = max(self.setpoints, default=tick - 1) + 1
         for k in range(first, tick + 1):
+            if self.pending is not None and k >= self.pending[0]:
+                self.trajectory, self.pending = self.pending, None
             if self.execution == "trajectory" and self.trajectory is not None:
                 start, points = self.trajectory
                 if 0 <= k - start < len(points):
@@ -292,7 +298,7 @@ STEPS = st.lists(
         st.sampled_from([1, 1, 1, 1, 1, 1, 2, 3]),
         st.sampled_from(["fresh"] * 6 + ["lag", "lag", "late", "none", "restart"]),
         st.sampled_from(["now", "now", "now", "next"]),
-        st.sampled_from(["ok"] * 6 + ["wild", "wild", "nan", "short", "error"]),
+        st.sampled_from(["ok"] * 6 + ["wild", "wild", "nan", "short", "error", "badprefix"]),
         st.sampled_from([False] * 9 + [True]),
         st.floats(-1.0, 1.0),
     ),
@@ -300,9 +306,13 @@ STEPS = st.lists(
 )
 
 
-def _chunk(kind: str, value: float, rng: np.random.Generator) -> tuple[np.ndarray | None, str | None]:
-    if kind == "ok":
-        return value * np.cumsum(rng.uniform(-0.1, 0.1, (H, A)), axis=0), None
+def _chunk(kind: str, value: float, rng: np.random.Generator, req: InferenceRequest) -> tuple[np.ndarray | None, str | None]:
+    """A model's answer: ok (an RTC model reproduces the prefix), wild, NaN, wrong shape, error, or bad prefix."""
+    if kind in ("ok", "badprefix"):
+        actions = value * np.cumsum(rng.uniform(-0.1, 0.1, (H, A)), axis=0)
+        if req.prefix_length and kind == "ok":
+            actions[: req.prefix_length] = req.prefix_actions[: req.prefix_length]
+        return actions, None
     if kind == "wild":
         return rng.uniform(-50, 50, (H, A)), None  # far outside the limits, jumps of many rad
     if kind == "nan":
@@ -331,7 +341,7 @@ def run_steps(steps: list, execution: str, chunking: str, replan_every: int, see
         robot.apply(ctrl.on_tick(now), tick)
         assert ctrl.current_tick == tick
         for req in pending:  # late results from the previous tick
-            robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng))), tick)
+            robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng, req))), tick)
         pending = []
         if goal_change:
             ctrl.on_goal(GOAL + value * 0.1)
@@ -345,7 +355,7 @@ def run_steps(steps: list, execution: str, chunking: str, replan_every: int, see
             robot.apply(out, tick)
             for req in requests(out):
                 if when == "now":
-                    robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng))), tick)
+                    robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng, req))), tick)
                 else:
                     pending.append(req)
         assert ctrl.state in ("waiting", "running", "stale", "error", "hold")
@@ -353,9 +363,9 @@ def run_steps(steps: list, execution: str, chunking: str, replan_every: int, see
     return robot
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=STEPS, execution=st.sampled_from(["stream", "trajectory"]),
-       chunking=st.sampled_from(["receding_horizon", "temporal_ensemble"]), replan_every=st.integers(1, H),
+       chunking=st.sampled_from(["receding_horizon", "temporal_ensemble", "rtc"]), replan_every=st.integers(1, H),
        seed=st.integers(0, 2**16))
 def test_commands_stay_in_limits_and_within_one_velocity_step(steps, execution, chunking, replan_every, seed):
     robot = run_steps(steps, execution, chunking, replan_every, seed)
@@ -377,5 +387,108 @@ def test_the_event_sequences_really_command_the_robot():
     rng = np.random.default_rng(0)
     steps = [(1, "fresh", "now", "ok", bool(i % 25 == 24), float(rng.uniform(-1, 1))) for i in range(100)]
     for execution in ("stream", "trajectory"):
-        robot = run_steps(steps, execution, "receding_horizon", 4, 0)
-        assert len(robot.setpoints) >= 90 if execution == "trajectory" else len(robot.commands) >= 90
+        for chunking in ("receding_horizon", "rtc"):
+            robot = run_steps(steps, execution, chunking, 4, 0)
+            assert len(robot.setpoints) >= 90 if execution == "trajectory" else len(robot.commands) >= 90
+
+
+# --------------------------------------------------------------------------- real-time chunking
+
+
+def rtc_running(execution: str = "stream", replan_every: int = 4, rtc_max_delay: int = 3) -> PolicyController:
+    ctrl = make(execution, "rtc", replan_every, rtc_max_delay=rtc_max_delay)
+    start_running(ctrl, chunk(0.01))
+    return ctrl
+
+
+def test_rtc_prefix_is_the_commands_actually_sent_and_they_are_sent_exactly():
+    ctrl = rtc_running()
+    sent = {0: ctrl.last_command}
+    for k in range(1, 4):
+        sent[k] = ctrl.on_tick(k * PERIOD_NS)[0].positions
+    out = ctrl.on_tick(4 * PERIOD_NS)  # due: the command of tick 4 goes out now (it is prefix row 0)
+    assert [type(d) for d in out] == [Command] and out[0].tick == 4
+    sent[4] = out[0].positions
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, np.full(A, -0.5)))[0]  # the arm is elsewhere now
+    assert req.prefix_length == 1  # no delay measured yet (results came in the same tick) + margin 1
+    np.testing.assert_array_equal(req.prefix_actions[0], sent[4])
+    # a slow result next time: the controller measures it and commits more
+    ctrl.on_tick(5 * PERIOD_NS)
+    ctrl.on_tick(6 * PERIOD_NS)
+    new = chunk(0.02)
+    new[:1] = req.prefix_actions[:1]
+    ctrl.on_inference_result(result(req, new))
+    assert ctrl.counters.rtc_late_chunks == 1
+    for k in range(7, 8):
+        ctrl.on_tick(k * PERIOD_NS)
+    ctrl.on_tick(8 * PERIOD_NS)  # due
+    req = requests(joint_state(ctrl, 8 * PERIOD_NS + 1))[0]
+    assert req.prefix_length == 3  # 2 ticks of delay + margin 1
+    committed = req.prefix_actions[:3]
+    for k, row in zip(range(9, 11), committed[1:]):  # whatever the arm does, the committed commands go out
+        joint_state(ctrl, k * PERIOD_NS - 1, np.full(A, 0.3))
+        np.testing.assert_array_equal(ctrl.on_tick(k * PERIOD_NS)[0].positions, row)
+    for a, b in zip(committed, committed[1:]):
+        assert np.all(np.abs(b - a) <= STEP + 1e-12)
+
+
+def test_rtc_chunk_takes_over_at_the_end_of_its_prefix():
+    ctrl = rtc_running()
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    ctrl.on_tick(4 * PERIOD_NS)
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, ctrl.last_command))[0]
+    new = np.tile(ctrl.last_command, (H, 1))
+    new[: req.prefix_length] = req.prefix_actions[: req.prefix_length]
+    new[req.prefix_length:] += 0.005  # the continuation differs from the old chunk
+    assert ctrl.on_inference_result(result(req, new)) == []  # stream: nothing extra to send
+    joint_state(ctrl, 5 * PERIOD_NS - 1, ctrl.last_command)
+    out = ctrl.on_tick(5 * PERIOD_NS)
+    np.testing.assert_allclose(out[0].positions, new[1])
+
+
+def test_rtc_rejects_a_chunk_that_does_not_reproduce_its_prefix():
+    ctrl = rtc_running()
+    for k in range(1, 5):
+        ctrl.on_tick(k * PERIOD_NS)
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1))[0]
+    out = ctrl.on_inference_result(result(req, chunk(0.5)))
+    assert out == [] and ctrl.state == "error" and "committed prefix" in ctrl.reason
+    assert ctrl.counters.invalid_outputs == 1
+
+
+def test_rtc_refuses_a_prefix_longer_than_replan_every():
+    ctrl = rtc_running(replan_every=2)
+    ctrl.on_tick(PERIOD_NS)
+    ctrl.on_tick(2 * PERIOD_NS)
+    req = requests(joint_state(ctrl, 2 * PERIOD_NS + 1))[0]
+    for k in range(3, 6):  # the result takes 3 ticks
+        ctrl.on_tick(k * PERIOD_NS)
+    fixed = chunk(0.01)
+    fixed[: req.prefix_length] = req.prefix_actions[: req.prefix_length]
+    ctrl.on_inference_result(result(req, fixed))
+    ctrl.on_tick(6 * PERIOD_NS)
+    assert requests(joint_state(ctrl, 6 * PERIOD_NS + 1)) == []
+    assert ctrl.state == "error" and "set replan_every >= 4" in ctrl.reason
+
+
+def test_rtc_trajectory_is_stamped_at_the_prefix_boundary_and_spliced_there():
+    ctrl = rtc_running("trajectory")
+    first = ctrl._trajectory[1]
+    for k in range(1, 5):
+        ctrl.on_tick(k * PERIOD_NS)
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, first[3]))[0]
+    d = req.prefix_length
+    np.testing.assert_array_equal(req.prefix_actions[:d], first[4:4 + d])  # what the JTC executes
+    new = np.tile(first[4], (H, 1)) + 0.004
+    new[:d] = req.prefix_actions[:d]
+    out = ctrl.on_inference_result(result(req, new))
+    assert len(out) == 1 and isinstance(out[0], Trajectory)
+    assert out[0].tick == 4 + d and out[0].stamp_ns == (4 + d) * PERIOD_NS
+    np.testing.assert_allclose(out[0].points[0], new[d])
+    assert np.all(np.abs(out[0].points[0] - req.prefix_actions[d - 1]) <= STEP + 1e-12)
+
+
+def test_rtc_needs_an_rtc_model():
+    with pytest.raises(SafetyError, match="needs a real-time chunking model"):
+        ControllerConfig(SPEC, H, 0.02, chunking="rtc", rtc_max_delay=0)

@@ -151,3 +151,96 @@ def test_training_data_summary_in_metadata_stays_small():
     assert summarize_training_data(summary) == {
         "episodes": 3, "root": "data/reach", "sources_count": 3, "success_true": 2, "skipped_failures": 1,
     }
+
+
+# --------------------------------------------------------------------------- solvers and real-time chunking
+
+
+@pytest.mark.parametrize("solver", ["midpoint", "heun"])
+def test_export_with_a_solver_matches_pytorch_and_records_it(tmp_path, solver):
+    ckpt = make_checkpoint(tmp_path / "p.pt", seed=5, horizon=8, euler_steps=4)
+    meta, rows = export_checkpoint(ckpt, tmp_path / "p.onnx", steps=3, solver=solver)
+    assert (meta.solver, meta.euler_steps) == (solver, 3)
+    assert max(r.max_abs_diff for r in rows) <= 1e-4
+    policy = OnnxPolicy(tmp_path / "p.onnx", warmup=0)
+    assert (policy.metadata.solver, policy.metadata.steps, policy.rtc) == (solver, 3, False)
+    # the graph really runs the solver: its output differs from the Euler export of the same weights
+    export_checkpoint(ckpt, tmp_path / "e.onnx", steps=3)
+    obs, noise = np.zeros(policy.metadata.obs_dim, np.float32), np.ones((8, 7), np.float32)
+    euler = OnnxPolicy(tmp_path / "e.onnx", warmup=0).predict(obs, noise)
+    assert np.max(np.abs(policy.predict(obs, noise) - euler)) > 1e-4
+    sampler = sampler_from_checkpoint(load_checkpoint(ckpt), 3, solver=solver)
+    with torch.no_grad():
+        reference = sampler(torch.from_numpy(obs[None]), torch.from_numpy(noise[None]), torch.ones(1)).numpy()[0]
+    np.testing.assert_allclose(policy.predict(obs, noise, 1.0), reference, atol=1e-4, rtol=0)
+
+
+def test_unknown_solver_is_a_one_line_error(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "p.pt")
+    proc = run_cli("export", str(ckpt), "--out", str(tmp_path / "p.onnx"), "--solver", "rk4")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def rtc_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rtc")
+    ckpt = make_checkpoint(tmp / "rtc.pt", seed=7, horizon=8, euler_steps=4, rtc_max_delay=3)
+    meta, rows = export_checkpoint(ckpt, tmp / "rtc.onnx")
+    return tmp / "rtc.onnx", ckpt, meta, rows
+
+
+def test_rtc_export_parity_covers_prefix_lengths_and_guidance(rtc_model):
+    path, _, meta, rows = rtc_model
+    assert meta.rtc and meta.rtc_max_delay == 3
+    assert {(r.prefix_length, r.guidance_scale, r.batch) for r in rows} == {
+        (d, w, b) for d in (0, 1, 3) for w in (0.0, 1.0, 2.0) for b in (1, 8)}
+    assert max(r.max_abs_diff for r in rows) <= 1e-4
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["observation", "noise", "guidance_scale", "prefix_actions", "prefix_length"]
+    assert model.graph.input[4].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert not {n.op_type for n in model.graph.node} & {"Loop", "If", "Scan"}
+    stored = PolicyMetadata.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    assert json.loads(stored.to_json())["rtc"] == {"max_delay": 3}
+
+
+def test_rtc_model_returns_the_prefix_exactly(rtc_model):
+    path, *_ = rtc_model
+    policy = OnnxPolicy(path, warmup=1)
+    assert policy.rtc
+    rng = np.random.default_rng(0)
+    obs = rng.normal(0, 0.5, (4, policy.metadata.obs_dim)).astype(np.float32)
+    noise = rng.standard_normal((4, 8, 7)).astype(np.float32)
+    prefix = rng.uniform(-1, 1, (4, 8, 7)).astype(np.float32)
+    lengths = np.array([0, 1, 2, 3])
+    out = policy.predict(obs, noise, 1.0, prefix, lengths)
+    for b, d in enumerate(lengths):
+        assert np.array_equal(out[b, :d], prefix[b, :d])
+    plain = policy.predict(obs, noise, 1.0)  # no prefix given: d = 0
+    np.testing.assert_array_equal(plain[0], out[0])
+    changed = prefix.copy()
+    changed[:, 5:] = 99.0  # rows >= d are ignored
+    np.testing.assert_array_equal(policy.predict(obs, noise, 1.0, changed, lengths), out)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prefix_length": 4}, r"outside \[0, d_max=3\]"),
+    ({"prefix_length": -1}, r"outside \[0, d_max=3\]"),
+    ({"prefix_length": 2}, "no prefix_actions"),
+    ({"prefix_length": 2, "prefix_actions": np.full((8, 7), np.nan, np.float32)}, "NaN"),
+    ({"prefix_length": 2, "prefix_actions": np.zeros((8, 6), np.float32)}, "prefix_actions shape"),
+])
+def test_rtc_bad_prefix_is_a_clear_error(rtc_model, kwargs, message):
+    from flow_policy_ros.errors import ObservationError
+
+    policy = OnnxPolicy(rtc_model[0], warmup=0)
+    with pytest.raises(ObservationError, match=message):
+        policy.predict(np.zeros(policy.metadata.obs_dim, np.float32), **kwargs)
+
+
+def test_plain_model_refuses_a_prefix(exported):
+    from flow_policy_ros.errors import ObservationError
+
+    policy = OnnxPolicy(exported[2], warmup=0)
+    assert not policy.rtc
+    with pytest.raises(ObservationError, match="not a real-time chunking model"):
+        policy.predict(np.zeros(policy.metadata.obs_dim, np.float32), prefix_length=2)

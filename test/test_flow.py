@@ -132,3 +132,151 @@ def test_condition_dropout_rate_and_regression_objective():
     regression = training_loss(net, obs, x1, 0.1, gen, objective="regression")
     with torch.no_grad():  # regression loss = E || v(0, 0, c) - x1 ||^2 with some rows dropped
         assert float(regression.loss) > 0.5
+
+
+# --------------------------------------------------------------------------- solvers
+
+
+def test_solvers_visit_their_evaluation_times():
+    from flow_policy_ros.policy.flow import evaluation_times, integrate, network_evaluations
+
+    for solver, expected in (("euler", [0.0, 0.5]), ("midpoint", [0.0, 0.25, 0.5, 0.75]), ("heun", [0.0, 0.5, 0.5, 1.0])):
+        visited = []
+        integrate(lambda x, t, v=visited: v.append(t) or torch.zeros_like(x), torch.zeros(1), 2, solver)
+        assert visited == expected == evaluation_times(solver, 2)
+        assert network_evaluations(solver, 2) == len(expected)
+
+
+def test_second_order_solvers_are_exact_for_velocity_linear_in_t():
+    """dx/dt = a + b t integrates to a + b/2 exactly with midpoint and Heun (any N), not with Euler."""
+    from flow_policy_ros.policy.flow import integrate
+
+    a, b = 0.7, -1.3
+    exact = a + b / 2
+    for n in (1, 3, 8):
+        for solver in ("midpoint", "heun"):
+            x1 = integrate(lambda x, t: torch.full_like(x, a + b * t), torch.zeros(1, dtype=torch.float64), n, solver)
+            assert abs(float(x1) - exact) < 1e-14, (solver, n)
+        euler = integrate(lambda x, t: torch.full_like(x, a + b * t), torch.zeros(1, dtype=torch.float64), n, "euler")
+        assert abs(float(euler) - (a + b * (n - 1) / (2 * n))) < 1e-14  # the left Riemann sum
+
+
+def test_solver_orders_on_a_linear_ode():
+    """dx/dt = x from x0 = 1: x(1) = e. Euler's error halves with N (order 1); midpoint's and Heun's drop 4x (order 2)."""
+    import math
+
+    from flow_policy_ros.policy.flow import integrate
+
+    def error(solver: str, n: int) -> float:
+        return abs(float(integrate(lambda x, t: x, torch.ones(1, dtype=torch.float64), n, solver)) - math.e)
+
+    assert 1.8 < error("euler", 16) / error("euler", 32) < 2.2
+    for solver in ("midpoint", "heun"):
+        assert 3.7 < error(solver, 16) / error(solver, 32) < 4.3
+        assert error(solver, 16) < error("euler", 16) / 10
+
+
+def test_unknown_solver_is_refused():
+    import pytest
+
+    from flow_policy_ros.policy.flow import integrate
+
+    with pytest.raises(ValueError, match="solver must be one of"):
+        integrate(lambda x, t: x, torch.zeros(1), 2, "rk4")
+
+
+def test_frozen_time_features_match_for_every_solver():
+    cfg, net = _rtc_net(0)[1], _rtc_net(0)[0]
+    gen = torch.Generator().manual_seed(1)
+    obs, x0 = torch.randn(3, cfg.obs_dim, generator=gen), torch.randn(3, cfg.horizon, cfg.action_dim, generator=gen)
+    for solver in ("euler", "midpoint", "heun"):
+        with torch.no_grad():
+            plain = sample_chunks(net, obs, x0, 1.5, 3, None, solver)
+            frozen = sample_chunks(net, obs, x0, 1.5, 3, step_time_features(net, 3, solver), solver)
+        torch.testing.assert_close(plain, frozen, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- real-time chunking
+
+
+def _rtc_net(seed: int, d_max: int = 3) -> tuple[VelocityNet, PolicyConfig]:
+    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=6, euler_steps=4, rtc_max_delay=d_max)
+    torch.manual_seed(seed)
+    net = VelocityNet(cfg)
+    with torch.no_grad():
+        net.output_proj.weight.normal_(0.0, 0.3)
+    return net, cfg
+
+
+def test_sampler_keeps_the_prefix_exactly_and_both_branches_see_it():
+    from flow_policy_ros.policy.flow import prefix_mask
+
+    net, cfg = _rtc_net(0)
+    gen = torch.Generator().manual_seed(2)
+    obs, x0 = torch.randn(4, cfg.obs_dim, generator=gen), torch.randn(4, cfg.horizon, cfg.action_dim, generator=gen)
+    prefix = torch.randn(4, cfg.horizon, cfg.action_dim, generator=gen)
+    lengths = torch.tensor([0, 1, 2, 3])
+    mask = prefix_mask(lengths, cfg.horizon)
+    assert mask.tolist()[2] == [1, 1, 0, 0, 0, 0]
+    with torch.no_grad():
+        out = sample_chunks(net, obs, x0, 2.0, 4, None, "heun", prefix, mask)
+        plain = sample_chunks(net, obs, x0, 2.0, 4, None, "heun", prefix, prefix_mask(torch.zeros(4, dtype=torch.int64), 6))
+    for b, d in enumerate(lengths.tolist()):
+        assert torch.equal(out[b, :d], prefix[b, :d])
+    assert torch.equal(out[0], plain[0])  # d = 0 is plain sampling
+    assert not torch.allclose(out[3, 3:], plain[3, 3:])  # the prefix changes what follows it
+    # the prefix is part of the state: with w = 0 (unconditional) it still shapes the chunk
+    with torch.no_grad():
+        uncond = sample_chunks(net, obs, x0, 0.0, 4, None, "euler", prefix, mask)
+        uncond_plain = sample_chunks(net, obs, x0, 0.0, 4, None, "euler", prefix, prefix_mask(torch.zeros(4, dtype=torch.int64), 6))
+    assert not torch.allclose(uncond[3, 3:], uncond_plain[3, 3:])
+
+
+def test_rtc_loss_is_the_flow_loss_on_the_free_rows_with_the_prefix_clean_in_the_input():
+    """Rows i < d sit at t = 1 (x1 itself) in the network input and carry no loss."""
+    from flow_policy_ros.policy.flow import prefix_mask
+
+    net, cfg = _rtc_net(1)
+    gen = torch.Generator().manual_seed(3)
+    obs, x1 = torch.randn(8, cfg.obs_dim, generator=gen), torch.randn(8, cfg.horizon, cfg.action_dim, generator=gen)
+    lengths = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    loss = training_loss(net, obs, x1, 0.0, torch.Generator().manual_seed(9), "flow", lengths).loss
+    # the same random draws by hand: drop, x0, t (training_loss draws them in this order)
+    g = torch.Generator().manual_seed(9)
+    torch.rand(8, generator=g)
+    x0, t = torch.randn(x1.shape, generator=g), torch.rand(8, generator=g)
+    mask = prefix_mask(lengths, cfg.horizon)
+    x_t = torch.where(mask[:, :, None] > 0, x1, interpolate(x0, x1, t))
+    pred = net(x_t, t, net.condition(obs), mask)
+    free = (1 - mask)[:, :, None].expand_as(pred)
+    expected = torch.sum((pred - (x1 - x0)) ** 2 * free) / torch.sum(free)
+    torch.testing.assert_close(loss, expected)
+    # a change of the target on committed rows only moves the loss through the INPUT (the prefix)
+    x1_far = x1.clone()
+    x1_far[3, :3] += 5.0
+    moved = training_loss(net, obs, x1_far, 0.0, torch.Generator().manual_seed(9), "flow", lengths).loss
+    assert not torch.isclose(moved, loss)
+
+
+def test_prefix_lengths_follow_the_configured_weights():
+    from flow_policy_ros.policy.flow import sample_prefix_lengths
+
+    gen = torch.Generator().manual_seed(0)
+    d = sample_prefix_lengths(20000, 6, 1.0, "uniform", gen)
+    counts = torch.bincount(d, minlength=7).double() / 20000
+    assert torch.all((counts - 1 / 7).abs() < 0.02)
+    d = sample_prefix_lengths(20000, 6, 1.0, "exponential", gen)
+    counts = torch.bincount(d, minlength=7)
+    assert torch.all(counts[:-1] > counts[1:])  # decaying
+    d = sample_prefix_lengths(20000, 6, 0.25, "uniform", gen)
+    assert abs(float((d > 0).double().mean()) - 0.25 * 6 / 7) < 0.02
+    assert torch.equal(sample_prefix_lengths(5, 0, 1.0, "uniform", gen), torch.zeros(5, dtype=torch.int64))
+
+
+def test_plain_network_refuses_a_prefix_mask():
+    import pytest
+
+    net, cfg = _net()
+    with pytest.raises(ValueError, match="not trained for real-time chunking"):
+        net.velocity_flat(torch.zeros(1, cfg.horizon * cfg.action_dim), torch.zeros(1), torch.zeros(1, 32), None,
+                          torch.zeros(1, cfg.horizon))

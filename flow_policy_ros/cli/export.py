@@ -12,26 +12,31 @@ from flow_policy_ros.export.onnx_export import (
     PARITY_TOLERANCE,
     export_checkpoint,
 )
+from flow_policy_ros.policy.flow import SOLVERS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint .pt written by `flow-policy train`")
     parser.add_argument("--out", required=True, help="output .onnx path (its directory must exist)")
-    parser.add_argument("--steps", type=int, help="Euler steps N to unroll (default: the config's)")
+    parser.add_argument("--steps", type=int, help="solver steps N to unroll (default: the config's euler_steps)")
+    parser.add_argument("--solver", choices=SOLVERS, default="euler",
+                        help="ODE solver unrolled in the graph: euler (N network evaluations), midpoint or heun (2N)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})")
     parser.add_argument("--name", help="model name in the metadata (default: output file stem)")
     parser.add_argument("--json", help="write the parity report and metadata to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
-    metadata, rows = export_checkpoint(args.checkpoint, args.out, args.steps, args.opset, args.name)
+    metadata, rows = export_checkpoint(args.checkpoint, args.out, args.steps, args.opset, args.name, args.solver)
     size_kb = Path(args.out).stat().st_size / 1024
     print(f"exported {args.out} ({size_kb:.0f} KiB): H={metadata.horizon} A={metadata.action_dim} "
-          f"N={metadata.euler_steps} obs_dim={metadata.obs_dim} objective={metadata.objective}")
+          f"{metadata.solver} N={metadata.euler_steps} obs_dim={metadata.obs_dim} objective={metadata.objective}"
+          + (f" rtc d_max={metadata.rtc_max_delay}" if metadata.rtc else ""))
     print("parity (ONNX Runtime CPU vs PyTorch eager):")
-    print(f"  {'w':>4} {'batch':>5} {'max |diff|':>12}")
+    print(f"  {'w':>4} {'batch':>5} {'d':>3} {'max |diff|':>12}")
     for row in rows:
-        print(f"  {row.guidance_scale:>4.1f} {row.batch:>5d} {row.max_abs_diff:>12.3e}")
+        d = "-" if row.prefix_length is None else str(row.prefix_length)
+        print(f"  {row.guidance_scale:>4.1f} {row.batch:>5d} {d:>3} {row.max_abs_diff:>12.3e}")
     print(f"  worst {max(r.max_abs_diff for r in rows):.3e} <= tolerance {PARITY_TOLERANCE:g}: OK")
     write_json(
         args.json,

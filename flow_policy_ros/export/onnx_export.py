@@ -1,11 +1,14 @@
 """``flow-policy export``: a checkpoint's whole sampler as ONE self-contained ONNX graph.
 
-The graph is normalize -> N unrolled Euler steps (both CFG branches batched) -> unnormalize,
-traced from the very ``flow.sample_chunks`` used in PyTorch, with the EMA weights:
+The graph is normalize -> N unrolled solver steps (Euler, midpoint or Heun; both CFG branches
+batched) -> unnormalize, traced from the very ``flow.sample_chunks`` used in PyTorch, with the
+EMA weights:
 
     observation [B, obs_dim] (raw units) --+
     noise       [B, H, A]   (x0)          --+--> actions [B, H, A] (rad)
     guidance_scale [1]      (w)           --+
+    prefix_actions [B, H, A] (rad)        --+    (real-time chunking models only: the committed
+    prefix_length  [B] int64 (d)          --+     prefix; the output's first d rows equal it exactly)
 
 The export then proves itself: ``onnx.checker`` full check, no Loop/If/Scan nodes, the
 metadata parses, and a parity report against the PyTorch sampler (ONNX Runtime vs eager, w in
@@ -26,7 +29,7 @@ from torch import nn
 
 from flow_policy_ros.errors import ModelFileError, UsageError
 from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from flow_policy_ros.policy.flow import sample_chunks, step_time_features
+from flow_policy_ros.policy.flow import check_solver, prefix_mask, sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
 from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
@@ -39,13 +42,19 @@ FORBIDDEN_OPS = ("Loop", "If", "Scan")
 class Sampler(nn.Module):
     """The complete sampler in raw robot units: what the ONNX graph computes.
 
-    forward(observation (B, obs_dim), noise (B, H, A), guidance_scale (1,)) -> actions (B, H, A)
+    forward(observation (B, obs_dim), noise (B, H, A), guidance_scale (1,)
+            [, prefix_actions (B, H, A), prefix_length (B,) int64]) -> actions (B, H, A)
     """
 
-    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int) -> None:
+    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int, solver: str = "euler") -> None:
         super().__init__()
         self.net = net
-        self.steps = steps if ckpt.config.train.objective == "flow" else 1
+        regression = ckpt.config.train.objective == "regression"
+        self.steps = 1 if regression else steps
+        self.solver = "euler" if regression else solver
+        check_solver(self.solver, self.steps)
+        self.rtc = net.rtc
+        self.rtc_max_delay = ckpt.config.policy.rtc_max_delay
         self.regression = ckpt.config.train.objective == "regression"
         self.reference_indices = ckpt.config.policy.action_reference_indices()
         for name, value in ckpt.stats.torch_buffers().items():
@@ -55,30 +64,46 @@ class Sampler(nn.Module):
     def freeze_time_features(self) -> Sampler:
         """Precompute the per-step time features (weights must be final): the graph stores
         them as constants instead of running the time MLP at every step."""
-        self.time_features = step_time_features(self.net, self.steps)
+        self.time_features = step_time_features(self.net, self.steps, self.solver)
         return self
 
-    def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
+                prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None) -> torch.Tensor:
         obs_n = (observation - self.obs_shift) / self.obs_scale
         x0 = noise * 0.0 if self.regression else noise
-        chunk_n = sample_chunks(self.net, obs_n, x0, guidance_scale, self.steps, self.time_features)
-        return chunk_n * self.act_scale + self.act_shift + action_reference(observation, self.reference_indices)
+        reference = action_reference(observation, self.reference_indices)
+        prefix_n = mask = None
+        if prefix_length is not None:
+            if not self.rtc:
+                raise ValueError("this policy was not trained for real-time chunking (rtc_max_delay = 0)")
+            mask = prefix_mask(prefix_length, noise.shape[1])
+            prefix_n = (prefix_actions - reference - self.act_shift) / self.act_scale
+        chunk_n = sample_chunks(self.net, obs_n, x0, guidance_scale, self.steps, self.time_features, self.solver,
+                                prefix_n, mask)
+        actions = chunk_n * self.act_scale + self.act_shift + reference
+        if mask is not None:  # the committed rows, exactly as given (no float round trip)
+            actions = torch.where(mask[:, :, None] > 0, prefix_actions, actions)
+        return actions
 
 
-def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True) -> Sampler:
+def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True,
+                            solver: str = "euler") -> Sampler:
     """Eager PyTorch sampler with the checkpoint's (EMA) weights, in eval mode."""
     net = VelocityNet(ckpt.config.policy)
     net.load_state_dict(ckpt.ema_state if use_ema else ckpt.model_state)
-    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps)
+    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps, solver)
     return sampler.eval().requires_grad_(False)
 
 
-def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path) -> PolicyMetadata:
+def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path, solver: str = "euler") -> PolicyMetadata:
     policy = ckpt.config.policy
+    flow = ckpt.config.train.objective == "flow"
     return PolicyMetadata(
         name=name,
         io=policy.io,
-        euler_steps=steps if ckpt.config.train.objective == "flow" else 1,
+        euler_steps=steps if flow else 1,
+        solver=solver if flow else "euler",
+        rtc_max_delay=policy.rtc_max_delay,
         guidance_scale=policy.guidance_scale,
         objective=ckpt.config.train.objective,
         normalization=policy.normalization,
@@ -108,10 +133,12 @@ class ParityRow:
     guidance_scale: float
     batch: int
     max_abs_diff: float
+    prefix_length: int | None = None
 
 
 def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0) -> list[ParityRow]:
-    """Max |ONNX Runtime - PyTorch| over w in {0, 1, 2} and batch in {1, 8} on random inputs."""
+    """Max |ONNX Runtime - PyTorch| over w in {0, 1, 2} and batch in {1, 8} on random inputs;
+    for a real-time chunking model also over prefix lengths d in {0, 1, d_max} (per-row mix)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -120,16 +147,26 @@ def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0
     rng = np.random.default_rng(seed)
     shift, scale = sampler.obs_shift.numpy(), sampler.obs_scale.numpy()
     horizon, action_dim = sampler.net.horizon, sampler.net.action_dim
+    d_max = sampler.rtc_max_delay
     rows = []
     for batch in (1, 8):
         observation = (shift + scale * rng.uniform(-1.2, 1.2, size=(batch, obs_dim))).astype(np.float32)
         noise = rng.standard_normal((batch, horizon, action_dim)).astype(np.float32)
-        for w in (0.0, 1.0, 2.0):
-            guidance = np.array([w], dtype=np.float32)
-            (onnx_out,) = session.run(None, {"observation": observation, "noise": noise, "guidance_scale": guidance})
-            with torch.no_grad():
-                torch_out = sampler(torch.from_numpy(observation), torch.from_numpy(noise), torch.from_numpy(guidance)).numpy()
-            rows.append(ParityRow(w, batch, float(np.max(np.abs(onnx_out - torch_out)))))
+        prefix = (rng.uniform(-1.0, 1.0, size=(batch, horizon, action_dim))).astype(np.float32)
+        for d in ((0, 1, d_max) if sampler.rtc else (None,)):
+            for w in (0.0, 1.0, 2.0):
+                guidance = np.array([w], dtype=np.float32)
+                feeds = {"observation": observation, "noise": noise, "guidance_scale": guidance}
+                args = [torch.from_numpy(observation), torch.from_numpy(noise), torch.from_numpy(guidance)]
+                if d is not None:
+                    lengths = np.full(batch, d, dtype=np.int64)
+                    lengths[::2] = min(d, 1)  # a batch mixes prefix lengths
+                    feeds.update(prefix_actions=prefix, prefix_length=lengths)
+                    args += [torch.from_numpy(prefix), torch.from_numpy(lengths)]
+                (onnx_out,) = session.run(None, feeds)
+                with torch.no_grad():
+                    torch_out = sampler(*args).numpy()
+                rows.append(ParityRow(w, batch, float(np.max(np.abs(onnx_out - torch_out))), d))
     return rows
 
 
@@ -139,6 +176,7 @@ def export_checkpoint(
     steps: int | None = None,
     opset: int = DEFAULT_OPSET,
     name: str | None = None,
+    solver: str = "euler",
 ) -> tuple[PolicyMetadata, list[ParityRow]]:
     """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows."""
     import onnx
@@ -154,15 +192,25 @@ def export_checkpoint(
     steps = steps or ckpt.config.policy.euler_steps
     if steps < 1:
         raise UsageError(f"--steps {steps}: must be >= 1")
-    sampler = sampler_from_checkpoint(ckpt, steps).freeze_time_features()
-    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path)
+    try:
+        check_solver(solver, steps)
+    except ValueError as exc:
+        raise UsageError(f"--solver: {exc}") from exc
+    sampler = sampler_from_checkpoint(ckpt, steps, solver=solver).freeze_time_features()
+    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver)
     policy = ckpt.config.policy
 
-    example = (
+    example: tuple[torch.Tensor, ...] = (
         torch.zeros(1, policy.obs_dim),
         torch.zeros(1, policy.horizon, policy.action_dim),
         torch.ones(1),
     )
+    input_names = ["observation", "noise", "guidance_scale"]
+    dynamic_axes = {"observation": {0: "batch"}, "noise": {0: "batch"}, "actions": {0: "batch"}}
+    if sampler.rtc:
+        example += (torch.zeros(1, policy.horizon, policy.action_dim), torch.ones(1, dtype=torch.int64))
+        input_names += ["prefix_actions", "prefix_length"]
+        dynamic_axes.update(prefix_actions={0: "batch"}, prefix_length={0: "batch"})
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         with warnings.catch_warnings():
@@ -171,9 +219,9 @@ def export_checkpoint(
                 sampler,
                 example,
                 str(tmp),
-                input_names=["observation", "noise", "guidance_scale"],
+                input_names=input_names,
                 output_names=["actions"],
-                dynamic_axes={"observation": {0: "batch"}, "noise": {0: "batch"}, "actions": {0: "batch"}},
+                dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -186,12 +234,14 @@ def export_checkpoint(
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()
         model.producer_name = "flow_policy_ros"
-        model.doc_string = f"flow-matching policy {metadata.name}: {policy.horizon}x{policy.action_dim} chunk, {steps} Euler steps, CFG"
+        model.doc_string = (f"flow-matching policy {metadata.name}: {policy.horizon}x{policy.action_dim} chunk, "
+                            f"{metadata.euler_steps} {metadata.solver} steps, CFG"
+                            + (f", real-time chunking (d_max {policy.rtc_max_delay})" if sampler.rtc else ""))
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
         PolicyMetadata.from_json(metadata.to_json(), where=str(out_path))
         # the reference is the plain eager sampler (time MLP run at every step), not the frozen copy
-        rows = parity_report(sampler_from_checkpoint(ckpt, steps), tmp, policy.obs_dim)
+        rows = parity_report(sampler_from_checkpoint(ckpt, steps, solver=solver), tmp, policy.obs_dim)
         worst = max(row.max_abs_diff for row in rows)
         if worst > PARITY_TOLERANCE:
             raise ModelFileError(f"parity check failed: max |onnx - torch| = {worst:.3g} > {PARITY_TOLERANCE:g}")

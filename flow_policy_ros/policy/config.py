@@ -59,6 +59,13 @@ class PolicyConfig:
         num_layers: hidden layers of the velocity MLP.
         time_embed_dim: size of the sinusoidal time embedding.
         limits: joint limits of the action joints.
+        rtc_max_delay: d_max of real-time chunking (training-time action conditioning): the
+            model learns to continue a committed prefix of up to this many actions, given
+            clean; 0 = a plain model without the prefix inputs. Must be < horizon.
+        rtc_probability: fraction of training samples given a prefix (d drawn from
+            [0, rtc_max_delay]); the others train plain sampling (d = 0).
+        rtc_delay_weights: distribution of d: 'uniform' or 'exponential' (short delays, the
+            common case, weighted more: P(d) ~ exp(-3 d / d_max)).
     """
 
     observation: ObservationSpec = field(default_factory=ObservationSpec)
@@ -75,6 +82,9 @@ class PolicyConfig:
     num_layers: int = 3
     time_embed_dim: int = 32
     limits: JointLimits = field(default_factory=JointLimits)
+    rtc_max_delay: int = 0
+    rtc_probability: float = 0.5
+    rtc_delay_weights: str = "exponential"
 
     def __post_init__(self) -> None:
         if isinstance(self.observation, dict):
@@ -84,6 +94,11 @@ class PolicyConfig:
         object.__setattr__(self, "action_joint_names", tuple(self.action_joint_names))
         object.__setattr__(self, "guided_fields", tuple(self.guided_fields))
         check_model_io(self.observation, self.action_joint_names, self.horizon, self.control_period_s, self.limits)
+        require(0 <= self.rtc_max_delay < self.horizon,
+                f"rtc_max_delay must be in [0, horizon={self.horizon}), got {self.rtc_max_delay}")
+        require(0.0 <= self.rtc_probability <= 1.0, f"rtc_probability must be in [0, 1], got {self.rtc_probability}")
+        require(self.rtc_delay_weights in ("uniform", "exponential"),
+                f"rtc_delay_weights must be 'uniform' or 'exponential', got {self.rtc_delay_weights!r}")
         require(self.euler_steps >= 1, f"euler_steps must be >= 1, got {self.euler_steps}")
         require(0.0 <= self.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {self.p_uncond}")
         for name in self.guided_fields:

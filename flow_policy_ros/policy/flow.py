@@ -11,7 +11,19 @@ probability p_uncond; sampling evaluates the conditional and unconditional veloc
 batched call (batch 2B) and combines v = v_u + w * (v_c - v_u) (w = 1: conditional only,
 w = 0: unconditional only, w > 1: extrapolate towards the condition).
 
-Euler: N fixed steps, dt = 1/N, t_k = k/N for k = 0 .. N-1.
+Solvers (:data:`SOLVERS`), N fixed steps of dt = 1/N from t_k = k/N:
+
+- ``euler``: x += dt v(x, t_k) (N network evaluations, first order; the default);
+- ``midpoint``: x += dt v(x + dt/2 v(x, t_k), t_k + dt/2) (2N evaluations, second order);
+- ``heun``: v1 = v(x, t_k), v2 = v(x + dt v1, t_k + dt), x += dt (v1 + v2)/2 (2N, second order).
+
+Real-time chunking (training-time action conditioning, Black et al. 2025, arXiv 2512.05964):
+the first d actions of a chunk may be given (the commands already committed while inference
+runs). They belong to the state, not to the condition: in this convention they sit at t = 1
+(clean data) inside x_t, a per-row mask tells the network which rows are given, the loss
+covers only rows >= d, and the sampler keeps them fixed at every evaluation. CFG treats the
+prefix like the arm's state: BOTH branches see it; only the guided condition (the goal) is
+replaced by the null condition in the unconditional branch.
 
 The regression baseline (``objective='regression'``) reuses all of this: the network maps
 (x = 0, t = 0, c) straight to the chunk, which is exactly one Euler step of size 1 from
@@ -46,19 +58,84 @@ def combine_guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance_scal
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 
-def euler_integrate(velocity: VelocityFn, x0: torch.Tensor, steps: int, t_start: float = 0.0) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t) from t_start to 1 with ``steps`` fixed Euler steps.
+SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun")
 
-    ``velocity`` receives the state and the Python float t_k = t_start + k * dt, so an
-    exported graph sees each t_k as a constant.
-    """
+
+def check_solver(solver: str, steps: int) -> None:
+    """ValueError naming the value unless ``solver`` is known and ``steps`` >= 1."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if steps < 1:
-        raise ValueError(f"euler_integrate: steps must be >= 1, got {steps}")
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def evaluation_times(solver: str, steps: int, t_start: float = 0.0) -> list[float]:
+    """The flow times at which ``integrate`` evaluates the velocity, in call order."""
+    check_solver(solver, steps)
+    dt = (1.0 - t_start) / steps
+    times = []
+    for k in range(steps):
+        t = t_start + k * dt
+        times += {"euler": [t], "midpoint": [t, t + 0.5 * dt], "heun": [t, t + dt]}[solver]
+    return times
+
+
+def network_evaluations(solver: str, steps: int) -> int:
+    """Velocity evaluations per sample (each one batched over both CFG branches)."""
+    return len(evaluation_times(solver, steps))
+
+
+def integrate(velocity: VelocityFn, x0: torch.Tensor, steps: int, solver: str = "euler",
+              t_start: float = 0.0) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) from t_start to 1 with ``steps`` fixed steps of ``solver``.
+
+    ``velocity`` receives the state and a Python float t (see :func:`evaluation_times` for the
+    order), so an exported graph sees each t as a constant.
+    """
+    check_solver(solver, steps)
     dt = (1.0 - t_start) / steps
     x = x0
     for k in range(steps):
-        x = x + dt * velocity(x, t_start + k * dt)
+        t = t_start + k * dt
+        if solver == "euler":
+            x = x + dt * velocity(x, t)
+        elif solver == "midpoint":
+            x = x + dt * velocity(x + (0.5 * dt) * velocity(x, t), t + 0.5 * dt)
+        else:  # heun
+            v1 = velocity(x, t)
+            v2 = velocity(x + dt * v1, t + dt)
+            x = x + (0.5 * dt) * (v1 + v2)
     return x
+
+
+def euler_integrate(velocity: VelocityFn, x0: torch.Tensor, steps: int, t_start: float = 0.0) -> torch.Tensor:
+    """:func:`integrate` with the Euler solver: x += dt v(x, t_k), t_k = t_start + k dt."""
+    return integrate(velocity, x0, steps, "euler", t_start)
+
+
+def prefix_mask(prefix_length: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B, H) float mask, 1 on the rows i < d of a committed prefix of length d = prefix_length (B,)."""
+    rows = torch.arange(horizon, device=prefix_length.device)
+    return (rows[None, :] < prefix_length.reshape(-1, 1)).to(torch.float32)
+
+
+def sample_prefix_lengths(batch: int, max_delay: int, probability: float, weights: str,
+                          generator: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
+    """Training delays d (B,) int64: with ``probability`` a d in [0, max_delay] drawn with ``weights``
+    ('uniform', or 'exponential': P(d) proportional to exp(-d / max(1, max_delay / 3)) ), else 0."""
+    if max_delay <= 0:
+        return torch.zeros(batch, dtype=torch.int64, device=device)
+    d = torch.arange(max_delay + 1, dtype=torch.float64)
+    if weights == "uniform":
+        p = torch.ones_like(d)
+    elif weights == "exponential":
+        p = torch.exp(-d / max(1.0, max_delay / 3.0))
+    else:
+        raise ValueError(f"rtc_delay_weights must be 'uniform' or 'exponential', got {weights!r}")
+    gen_device = generator.device
+    draws = torch.multinomial((p / p.sum()).to(torch.float32).to(gen_device), batch, replacement=True, generator=generator)
+    use = torch.rand(batch, generator=generator, device=gen_device) < probability
+    return torch.where(use, draws, torch.zeros_like(draws)).to(device)
 
 
 @dataclass(frozen=True)
@@ -74,39 +151,50 @@ def training_loss(
     p_uncond: float,
     generator: torch.Generator,
     objective: str = "flow",
+    prefix_length: torch.Tensor | None = None,
 ) -> LossOutput:
     """Loss on a batch: normalized observations (B, obs_dim) and chunks x1 (B, H, A).
 
     ``flow``: conditional flow matching, E ||v(x_t, t, c) - (x1 - x0)||^2 with t ~ U(0, 1).
     ``regression``: E ||v(0, 0, c) - x1||^2 (the deterministic baseline, see module doc).
-    Both drop the guided condition with probability p_uncond.
+    Both drop the guided condition with probability p_uncond. ``prefix_length`` (B,) int64
+    (real-time chunking, only for a model built with ``rtc_max_delay`` > 0): rows i < d are
+    given clean (t = 1) in the input and left out of the loss.
     """
-    batch = x1.shape[0]
+    batch, horizon = x1.shape[0], x1.shape[1]
     drop = torch.rand(batch, generator=generator, device=x1.device) < p_uncond
     cond = model.condition(obs_n, drop)
+    mask = None if prefix_length is None else prefix_mask(prefix_length, horizon).to(x1.device)
     if objective == "flow":
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         t = torch.rand(batch, generator=generator, device=x1.device)
-        prediction = model(interpolate(x0, x1, t), t, cond)
+        x_t = interpolate(x0, x1, t)
         target = target_velocity(x0, x1)
     elif objective == "regression":
-        prediction = model(torch.zeros_like(x1), torch.zeros(batch, device=x1.device), cond)
-        target = x1
+        x_t, t, target = torch.zeros_like(x1), torch.zeros(batch, device=x1.device), x1
     else:
         raise ValueError(f"training_loss: unknown objective {objective!r}")
-    loss = torch.mean((prediction - target) ** 2)
+    if mask is not None:
+        x_t = torch.where(mask[:, :, None] > 0, x1, x_t)  # the committed prefix sits at t = 1
+    prediction = model(x_t, t, cond, mask)
+    squared = (prediction - target) ** 2
+    if mask is None:
+        loss = torch.mean(squared)
+    else:
+        free = (1.0 - mask)[:, :, None].expand_as(squared)
+        loss = torch.sum(squared * free) / torch.clamp(torch.sum(free), min=1.0)
     return LossOutput(loss, float(drop.float().mean()))
 
 
 def step_times(steps: int) -> list[float]:
     """The Euler grid t_k = k / steps, k = 0 .. steps-1 (the times ``euler_integrate`` visits)."""
-    return [k / steps for k in range(steps)]
+    return evaluation_times("euler", steps)
 
 
 @torch.no_grad()
-def step_time_features(model: VelocityNet, steps: int) -> torch.Tensor:
-    """``model.time_features`` at every Euler time: (steps, width)."""
-    t = torch.tensor(step_times(steps), dtype=model.null_condition.dtype)
+def step_time_features(model: VelocityNet, steps: int, solver: str = "euler") -> torch.Tensor:
+    """``model.time_features`` at every evaluation time of ``solver``: (evaluations, width)."""
+    t = torch.tensor(evaluation_times(solver, steps), dtype=model.null_condition.dtype)
     return model.time_features(t)
 
 
@@ -117,26 +205,46 @@ def sample_chunks(
     guidance_scale: torch.Tensor | float,
     steps: int,
     time_features: torch.Tensor | None = None,
+    solver: str = "euler",
+    prefix: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample normalized chunks (B, H, A) from noise x0 (B, H, A) given obs_n (B, obs_dim).
 
     1. Condition features for both branches, once: [c_cond; c_uncond] (2B, width).
-    2. Each Euler step evaluates both branches in one batched call on [x; x] (2B, H, A).
-    3. Combine with CFG and take the Euler step.
+    2. Each velocity evaluation runs both branches in one batched call on [x; x] (2B, H*A),
+       with the committed prefix (if any) written into x first: both branches see it.
+    3. Combine with CFG; the solver takes the step; at the end the prefix rows are the prefix.
 
-    ``time_features`` (steps, width), if given, are ``model.time_features(t_k)`` precomputed
-    for t_k = k/steps (see ``step_time_features``); the exported graph stores them as constants.
+    ``time_features`` (evaluations, width), if given, are ``model.time_features`` precomputed at
+    :func:`evaluation_times` (see ``step_time_features``); the exported graph stores them as
+    constants. ``prefix`` (B, H, A) normalized and ``mask`` (B, H) (1 on committed rows): real-time
+    chunking, for a model built with ``rtc_max_delay`` > 0.
     """
     batch, horizon, action_dim = x0.shape
+    flat = horizon * action_dim
     cond = torch.cat([model.condition(obs_n), model.unconditional(obs_n)], dim=0)
+    if mask is not None:
+        keep = mask[:, :, None].expand(-1, -1, action_dim).reshape(-1, flat)
+        given = prefix.reshape(-1, flat) * keep
+        free = 1.0 - keep
+        mask2 = torch.cat([mask, mask], dim=0)
+    calls = [0]
 
     # The state is kept flat (B, H*A) and both branches are split with constant-shape
     # reshapes, so an exported graph has no per-step shape arithmetic.
     def guided_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         t_const = torch.full((1,), t, dtype=x.dtype, device=x.device)  # broadcast over the batch
-        time_feat = None if time_features is None else time_features[round(t * steps)][None, :]
-        v = model.velocity_flat(torch.cat([x, x], dim=0), t_const, cond, time_feat).reshape(2, -1, horizon * action_dim)
+        time_feat = None if time_features is None else time_features[calls[0]][None, :]
+        calls[0] += 1
+        if mask is not None:
+            x = given + free * x
+        both = torch.cat([x, x], dim=0)
+        v = model.velocity_flat(both, t_const, cond, time_feat, None if mask is None else mask2)
+        v = v.reshape(2, -1, flat)
         return combine_guidance(v[0], v[1], guidance_scale)
 
-    x1 = euler_integrate(guided_velocity, x0.reshape(-1, horizon * action_dim), steps)
+    x1 = integrate(guided_velocity, x0.reshape(-1, flat), steps, solver)
+    if mask is not None:
+        x1 = given + free * x1
     return x1.reshape(-1, horizon, action_dim)

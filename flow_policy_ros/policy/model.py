@@ -42,11 +42,12 @@ class VelocityNet(nn.Module):
         self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
         self.time_embed_dim = cfg.time_embed_dim
         width, chunk = cfg.hidden_dim, cfg.horizon * cfg.action_dim
+        self.rtc = cfg.rtc_max_delay > 0  # real-time chunking: a per-row "committed" mask is an input
         self.register_buffer("guided_mask", torch.tensor(cfg.guided_mask(), dtype=torch.bool))
         self.null_condition = nn.Parameter(torch.zeros(cfg.obs_dim))
         self.cond_encoder = nn.Sequential(nn.Linear(cfg.obs_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.time_encoder = nn.Sequential(nn.Linear(cfg.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.input_proj = nn.Linear(chunk, width)
+        self.input_proj = nn.Linear(chunk + (cfg.horizon if self.rtc else 0), width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(cfg.num_layers))
         self.output_proj = nn.Linear(width, chunk)
         self.activation = nn.SiLU()
@@ -68,21 +69,30 @@ class VelocityNet(nn.Module):
         """Condition features of the unconditional branch (guided fields all nulled)."""
         return self.condition(obs_n, torch.ones(obs_n.shape[0], dtype=torch.bool, device=obs_n.device))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Velocity (B, H, A) at x (B, H, A), flow time t (B,) or (1,) in [0, 1], condition (B, width)."""
-        return self.velocity_flat(x.reshape(x.shape[0], -1), t, cond).reshape(x.shape)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity (B, H, A) at x (B, H, A), flow time t (B,) or (1,) in [0, 1], condition (B, width).
+
+        ``mask`` (B, H): 1 on the rows of a committed prefix (real-time chunking models only).
+        """
+        return self.velocity_flat(x.reshape(x.shape[0], -1), t, cond, None, mask).reshape(x.shape)
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
         """Time features (B or 1, width) of flow time t (B,) or (1,)."""
         return self.time_encoder(sinusoidal_embedding(t, self.time_embed_dim))
 
-    def velocity_flat(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, time_feat: torch.Tensor | None = None) -> torch.Tensor:
+    def velocity_flat(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, time_feat: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """As ``forward`` on flattened chunks: x (B, H*A) -> velocity (B, H*A).
 
         ``time_feat`` may carry precomputed ``time_features(t)`` (the exporter bakes them in).
+        ``mask`` (B, H): committed-prefix rows (RTC models; None = no prefix).
         """
+        if mask is not None and not self.rtc:
+            raise ValueError("this velocity network was not trained for real-time chunking (rtc_max_delay = 0)")
         if time_feat is None:
             time_feat = self.time_features(t)
+        if self.rtc:
+            x = torch.cat([x, torch.zeros(x.shape[0], self.horizon, dtype=x.dtype, device=x.device) if mask is None else mask], -1)
         h = self.input_proj(x) + time_feat + cond
         for layer in self.hidden:
             h = h + layer(self.activation(h))

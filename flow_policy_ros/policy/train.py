@@ -25,7 +25,7 @@ from tqdm import tqdm
 from flow_policy_ros.errors import UsageError
 from flow_policy_ros.policy.checkpoint import Checkpoint, code_version, load_checkpoint, save_checkpoint
 from flow_policy_ros.policy.config import ExperimentConfig, PolicyConfig, to_dict
-from flow_policy_ros.policy.flow import training_loss
+from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
 from flow_policy_ros.reports import write_json
@@ -73,12 +73,17 @@ class PositionNoise:
 class _LossModule(torch.nn.Module):
     """The training loss as a module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, net: VelocityNet, p_uncond: float, objective: str) -> None:
+    def __init__(self, net: VelocityNet, policy_cfg: PolicyConfig, objective: str) -> None:
         super().__init__()
-        self.net, self.p_uncond, self.objective = net, p_uncond, objective
+        self.net, self.policy_cfg, self.objective = net, policy_cfg, objective
 
     def forward(self, obs_n: torch.Tensor, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return training_loss(self.net, obs_n, x1, self.p_uncond, generator, self.objective).loss
+        cfg = self.policy_cfg
+        prefix_length = None
+        if cfg.rtc_max_delay > 0:  # real-time chunking: a clean committed prefix of random length
+            prefix_length = sample_prefix_lengths(x1.shape[0], cfg.rtc_max_delay, cfg.rtc_probability,
+                                                  cfg.rtc_delay_weights, generator, x1.device)
+        return training_loss(self.net, obs_n, x1, cfg.p_uncond, generator, self.objective, prefix_length).loss
 
 
 def _distributed() -> tuple[int, int]:
@@ -160,7 +165,7 @@ def train(
             raise UsageError(f"--resume {resume}: checkpoint is at step {start_step}, train.steps is {train_cfg.steps}")
 
     # DDP synchronizes gradients through its forward, so the whole loss is one module call.
-    trained: torch.nn.Module = _LossModule(model, policy_cfg.p_uncond, train_cfg.objective)
+    trained: torch.nn.Module = _LossModule(model, policy_cfg, train_cfg.objective)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 

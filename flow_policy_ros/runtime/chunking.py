@@ -6,7 +6,8 @@ from an observation taken at tick ``k`` is an :class:`ActionChunk` with ``start_
 may arrive several ticks after its observation; its actions for ticks that have passed are
 dropped (never replayed) simply because the scheduler only ever looks up the current tick.
 
-Two strategies:
+Strategies (``rtc``, real-time chunking, schedules as receding horizon; the committed prefix
+that makes the new chunk continue the executing one is kept by ``runtime.controller``):
 
 * :class:`RecedingHorizon` (default): open-loop execution of the newest chunk. A new chunk
   is due once ``replan_every`` actions of the current one have been executed; when it
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CHUNKING_MODES: tuple[str, ...] = ("receding_horizon", "temporal_ensemble")
+CHUNKING_MODES: tuple[str, ...] = ("receding_horizon", "temporal_ensemble", "rtc")
 #: ACT's default ensembling coefficient m.
 DEFAULT_ENSEMBLE_DECAY = 0.01
 #: Actions executed from a chunk before the next is due (see the module docstring).
@@ -230,8 +231,12 @@ class TemporalEnsemble(ChunkScheduler):
 def make_scheduler(
     mode: str, horizon: int, replan_every: int, ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
 ) -> ChunkScheduler:
-    """Build the scheduler named ``mode`` (one of :data:`CHUNKING_MODES`)."""
-    if mode == "receding_horizon":
+    """Build the scheduler named ``mode`` (one of :data:`CHUNKING_MODES`).
+
+    ``rtc`` (real-time chunking) schedules like receding horizon: the newest chunk replaces the
+    current one; its committed prefix is the controller's business (``runtime.controller``).
+    """
+    if mode in ("receding_horizon", "rtc"):
         return RecedingHorizon(horizon, replan_every)
     if mode == "temporal_ensemble":
         return TemporalEnsemble(horizon, replan_every, ensemble_decay)

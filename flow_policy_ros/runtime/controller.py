@@ -37,6 +37,21 @@ against the setpoint of the tick before. Where a
 hold ends far from the arm, the command walks from the previous command towards the arm at
 the velocity limit, then follows the policy (see ``safety.clamp_command``).
 
+Real-time chunking (``chunking='rtc'``, a model trained with a committed prefix): at each
+replan (observation at tick k) the controller commits the commands of the ticks that will pass
+before the new chunk can apply, d = (the longest recent inference delay in ticks) + a margin,
+clipped to the model's d_max, and passes them as the prefix; the model returns them exactly
+and continues them. The prefix is what is actually commanded: in stream mode the command sent
+at tick k and the next d - 1 commands of the executing chunk run through the limiter at
+commit time and are then sent exactly as committed (after a missed tick one may be
+re-limited to one step from the last command sent: counted in ``rtc_prefix_broken``); in trajectory mode the published
+trajectory's points for those ticks (what the JointTrajectoryController executes). The new
+chunk takes over at tick k + d: stream mode switches there, trajectory mode stamps the new
+trajectory at tick k + d (a JTC splices it in at the prefix boundary). A chunk that arrives
+after k + d is counted in ``rtc_late_chunks`` and applies from its arrival. If the required d
+exceeds ``replan_every`` the controller refuses (state ``error``, reason naming both numbers):
+the next replan would start before this one's chunk applies.
+
 Time: ticks are integers, tick k nominally at ``t0 + k * period`` where t0 is the time of the
 first tick event; a tick event that finds ticks skipped counts them as deadline misses.
 Units: rad, rad/s, ns.
@@ -53,7 +68,7 @@ from flow_policy_ros.contract import ObservationSpec
 from flow_policy_ros.errors import SafetyError
 from flow_policy_ros.runtime.chunking import ActionChunk, make_scheduler
 from flow_policy_ros.runtime.observation import build_observation
-from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits, validate_guidance_scale
+from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits, clamp_command, validate_guidance_scale
 
 EXECUTION_MODES: tuple[str, ...] = ("stream", "trajectory")
 STATES: tuple[str, ...] = ("waiting", "running", "stale", "error", "hold")
@@ -111,6 +126,8 @@ class InferenceRequest:
     stamp_ns: int
     generation: int
     guidance_scale: float | None
+    prefix_actions: np.ndarray | None = None  # (H, A) rad, rows >= prefix_length unused (rtc)
+    prefix_length: int = 0
 
 
 Decision = Command | Trajectory | Stop | InferenceRequest
@@ -137,11 +154,13 @@ class InferenceResult:
     error: str | None = None
     stamp_ns: int = 0
     generation: int = 0
+    prefix_length: int = 0
 
     @classmethod
     def for_request(cls, request: InferenceRequest, latency_s: float, actions: np.ndarray | None = None,
                     error: str | None = None) -> InferenceResult:
-        return cls(request.tick, request.received_ns, latency_s, actions, error, request.stamp_ns, request.generation)
+        return cls(request.tick, request.received_ns, latency_s, actions, error, request.stamp_ns, request.generation,
+                   request.prefix_length)
 
 
 # --------------------------------------------------------------------------- configuration and counters
@@ -161,6 +180,8 @@ class ControllerConfig:
         ensemble_decay: m of temporal ensembling.
         stale_timeout_s: joint states older than this (s, by receipt time) stop new commands.
         guidance_scale: CFG weight w; None = the model's default.
+        rtc_max_delay: the model's d_max (metadata ``rtc``); required > 0 for chunking 'rtc'.
+        rtc_margin_ticks: ticks added to the measured inference delay to size the prefix.
     """
 
     observation: ObservationSpec
@@ -172,6 +193,8 @@ class ControllerConfig:
     ensemble_decay: float = 0.01
     stale_timeout_s: float = 0.1
     guidance_scale: float | None = None
+    rtc_max_delay: int = 0
+    rtc_margin_ticks: int = 1
 
     def __post_init__(self) -> None:
         if self.execution not in EXECUTION_MODES:
@@ -183,6 +206,15 @@ class ControllerConfig:
         if self.guidance_scale is not None:
             validate_guidance_scale(self.guidance_scale)
         make_scheduler(self.chunking, self.horizon, self.replan_every, self.ensemble_decay)  # validates
+        if self.chunking == "rtc" and self.rtc_max_delay <= 0:
+            raise SafetyError("chunking 'rtc' needs a real-time chunking model (metadata rtc); this model has none: "
+                              "use receding_horizon or export a model trained with rtc_max_delay > 0")
+        if self.rtc_margin_ticks < 0:
+            raise SafetyError(f"rtc_margin_ticks must be >= 0, got {self.rtc_margin_ticks}")
+
+    @property
+    def rtc(self) -> bool:
+        return self.chunking == "rtc"
 
     @property
     def period_ns(self) -> int:
@@ -206,6 +238,10 @@ class ControllerCounters:
     stops_sent: int = 0
     late_first_commands: int = 0
     limiter_clipped: int = 0
+    rtc_prefix_ticks: int = 0  # sum of the prefix lengths requested
+    rtc_late_chunks: int = 0  # chunks that arrived after their prefix ran out
+    rtc_prefix_clipped: int = 0  # requests whose needed prefix exceeded the model's d_max
+    rtc_prefix_broken: int = 0  # committed commands re-limited after a missed tick (sent != prefix)
     inference_s: deque = field(default_factory=lambda: deque(maxlen=1000))
     jitter_s: deque = field(default_factory=lambda: deque(maxlen=3000))
 
@@ -254,6 +290,12 @@ class PolicyController:
         self._trajectory: tuple[int, np.ndarray] | None = None  # what the robot executes: (start tick, points)
         self._pending_stamp_ns: int | None = None
         self._setpoint_before_tick: np.ndarray | None = None  # trajectory mode: the setpoint of the previous tick
+        # real-time chunking
+        self._committed: dict[int, np.ndarray] = {}  # stream: tick -> command fixed for it
+        self._next_trajectory: tuple[int, np.ndarray] | None = None  # trajectory: stamped for a later tick
+        self._delays: deque = deque(maxlen=16)  # ticks from request to result
+        self._requested_prefix: np.ndarray | None = None  # (d, A) of the request in flight
+        self._last_sent: tuple[int, np.ndarray] | None = None  # stream: (tick, command)
 
     # -- read-only views ------------------------------------------------------------------
     @property
@@ -314,6 +356,7 @@ class PolicyController:
             # executing the old trajectory until the new one replaces it.
             self._generation += 1
             self.scheduler.reset()
+            self._committed.clear()
             self._pending_stamp_ns = self._await_obs_after_ns = self._owed_tick = None
         self._goal = goal
         return []
@@ -345,17 +388,20 @@ class PolicyController:
             self._await_obs_after_ns = now_ns  # on_joint_state requests inference on the next joint state
         if self.state == "error" or self.config.execution == "trajectory":
             return decisions
-        if due:
+        covered = tick in self._committed or (self.config.rtc and self.scheduler.action_at(tick) is not None)
+        if due and not covered:
             self._owed_tick = tick  # sent when the new chunk arrives (or late, from the old chunk)
-        else:
+        else:  # rtc: this tick's command is sent now and becomes the first row of the prefix
             decisions += self._stream(tick)
         return decisions
 
     def on_inference_result(self, result: InferenceResult) -> list[Decision]:
-        """A result for an earlier :class:`InferenceRequest`; the chunk applies from the current tick."""
+        """A result for an earlier :class:`InferenceRequest`; the chunk applies from the current tick
+        (rtc: from the end of its prefix)."""
         self._in_flight = False
         if self._last_tick is None:
             return []
+        self._delays.append(self._last_tick - result.tick)
         if result.generation != self._generation:
             self.counters.chunks_discarded += 1
             return []
@@ -373,6 +419,10 @@ class PolicyController:
         if not np.all(np.isfinite(actions)):
             self.counters.invalid_outputs += 1
             return self._fail(tick, f"invalid model output: {int(np.sum(~np.isfinite(actions)))} NaN/inf values")
+        d = result.prefix_length
+        if d and (self._requested_prefix is None or not np.allclose(actions[:d], self._requested_prefix, rtol=0, atol=1e-5)):
+            self.counters.invalid_outputs += 1
+            return self._fail(tick, f"invalid model output: the chunk does not reproduce its {d}-action committed prefix")
         if self.state == "error":
             self._set_state("running")
         if self.state != "running":
@@ -381,11 +431,15 @@ class PolicyController:
             return []
         self.counters.chunks_received += 1
         self._pending_stamp_ns = result.stamp_ns or result.received_ns
+        if d and tick >= result.tick + d:
+            self.counters.rtc_late_chunks += 1
         if self.config.execution == "stream":
             if self._owed_tick == tick:
                 self._owed_tick = None
                 return self._stream(tick)
             return []
+        if d and tick < result.tick + d:  # splice at the prefix boundary: stamped for a later tick
+            return self._publish_trajectory(result.tick + d, previous=actions[d - 1])
         return self._publish_trajectory(tick)
 
     # -- internals ------------------------------------------------------------------------
@@ -422,7 +476,8 @@ class PolicyController:
         if self.config.execution == "trajectory" and self.state == "running" and state in ("stale", "error", "hold"):
             decisions.append(Stop(reason))
             self.counters.stops_sent += 1
-            self._trajectory = None  # the JTC holds the setpoint it has now: the limiter's last command
+            self._trajectory = self._next_trajectory = None  # the JTC holds the setpoint it has now: the last command
+        self._committed.clear()
         self._set_state(state, reason)
         self.scheduler.reset()
         self._pending_stamp_ns = self._await_obs_after_ns = self._owed_tick = None
@@ -438,11 +493,60 @@ class PolicyController:
         self._await_obs_after_ns = None
         if self.state not in ("running", "error") or (self._needs_goal and self._goal is None):
             return []
+        tick = self._last_tick
+        prefix, d = None, 0
+        if self.config.rtc:
+            d = self._prefix_length()
+            if d > self.config.replan_every:
+                return self._fail(tick, f"rtc: the prefix needs {d} ticks (inference took up to {max(self._delays)} ticks, "
+                                        f"margin {self.config.rtc_margin_ticks}) but replan_every is {self.config.replan_every}: "
+                                        f"set replan_every >= {d}")
+            d = min(d, self.config.rtc_max_delay)
+            rows = self._commit_prefix(tick, d)
+            d = len(rows)
+            if d:
+                prefix = np.zeros((self.config.horizon, self.limits.size))
+                prefix[:d] = rows
+            self._requested_prefix = prefix[:d].copy() if d else None
+            self.counters.rtc_prefix_ticks += d
         observation = build_observation(self.config.observation, self._positions, self._velocities, self._goal)
         self._in_flight = True
         self.counters.inference_requests += 1
-        return [InferenceRequest(observation, self._last_tick, self._received_ns, self._stamp_ns, self._generation,
-                                 self.guidance_scale)]
+        return [InferenceRequest(observation, tick, self._received_ns, self._stamp_ns, self._generation,
+                                 self.guidance_scale, prefix, d)]
+
+    def _prefix_length(self) -> int:
+        """Ticks that will pass before a chunk requested now can apply, plus the margin."""
+        needed = (max(self._delays) if self._delays else 0) + self.config.rtc_margin_ticks
+        if needed > self.config.rtc_max_delay:
+            self.counters.rtc_prefix_clipped += 1
+        return needed
+
+    def _commit_prefix(self, tick: int, d: int) -> np.ndarray:
+        """(d', A) the commands of ticks tick .. tick+d'-1, fixed now (d' <= d; 0 without a chunk to continue)."""
+        if d == 0:
+            return np.empty((0, self.limits.size))
+        if self.config.execution == "trajectory":
+            if self._trajectory is None:
+                return np.empty((0, self.limits.size))
+            rows = []
+            for t in range(tick, tick + d):  # what the JTC will execute at each tick (a pending splice included)
+                start, points = self._next_trajectory if self._next_trajectory and t >= self._next_trajectory[0] \
+                    else self._trajectory
+                rows.append(points[min(max(t - start, 0), len(points) - 1)])
+            return np.stack(rows)
+        if self._last_sent is None or self._last_sent[0] != tick:
+            return np.empty((0, self.limits.size))  # nothing was commanded at this tick: no prefix
+        rows = [self._last_sent[1]]
+        plan = self.scheduler.plan(tick)
+        for i in range(1, d):
+            target = plan[min(i, len(plan) - 1)] if len(plan) else rows[-1]
+            command = self._committed.get(tick + i)
+            if command is None:
+                command = clamp_command(target, rows[-1], self._measured, self.limits, self.config.period_s, measured_steps=i)
+                self._committed[tick + i] = command
+            rows.append(command)
+        return np.stack(rows)
 
     def _serve_owed_late(self) -> list[Decision]:
         """The observation for the new chunk came 3/4 of a period late: this tick's command from the old chunk."""
@@ -457,35 +561,71 @@ class PolicyController:
         return stamp
 
     def _stream(self, tick: int) -> list[Decision]:
+        for old in [t for t in self._committed if t < tick]:
+            del self._committed[old]
         action = self.scheduler.action_at(tick)
-        if action is None:
+        committed = self._committed.pop(tick, None)
+        if committed is not None:  # rtc: fixed at commit time, sent exactly (it is the model's prefix) ...
+            last = self.limiter.last_command
+            command = committed
+            if last is not None:  # ... unless a missed tick put it beyond one step from the last command sent
+                step = self.limits.velocity * self.config.period_s
+                command = np.clip(committed, last - step, last + step)
+                self.counters.rtc_prefix_broken += int(not np.array_equal(command, committed))
+            self.limiter.advance(command)
+        elif action is None:
             return []  # no chunk covers this tick yet: hold
-        command = self.limiter.limit(action, self._measured)
-        self.counters.limiter_clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
+        else:
+            command = self.limiter.limit(action, self._measured)
+            self.counters.limiter_clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
         self.counters.commands_sent += 1
+        self._last_sent = (tick, command)
         return [Command(tick, command, self._take_pending_stamp())]
 
-    def _publish_trajectory(self, tick: int) -> list[Decision]:
-        """The plan from ``tick`` on as one trajectory whose point 0 applies at tick ``tick``."""
-        plan = self.scheduler.plan(tick)
+    def _publish_trajectory(self, tick: int, previous: np.ndarray | None = None) -> list[Decision]:
+        """The plan from ``tick`` on as one trajectory whose point 0 applies at tick ``tick``.
+
+        ``tick`` may lie ahead (rtc: the end of the committed prefix, whose last action is
+        ``previous``); the robot keeps executing the current trajectory until then.
+        """
+        plan = self.current_plan(tick)
         if len(plan) == 0:
             return []
-        # point 0 replaces what the robot would do at this tick: limit it against the previous tick's setpoint
-        points = self.limiter.limit_trajectory(plan, self._measured, previous=self._setpoint_before_tick)
+        later = tick > self._last_tick
+        last = self.limiter.last_command
+        # point 0 replaces what the robot would do at that tick: limit it against the setpoint of the tick before
+        points = self.limiter.limit_trajectory(plan, self._measured, previous=previous if later else self._setpoint_before_tick)
         self.counters.limiter_clipped += int(not np.allclose(points, plan, rtol=0.0, atol=1e-9))
-        self._trajectory = (tick, points)
+        if later:
+            self._next_trajectory = (tick, points)
+            if last is not None:
+                self.limiter.advance(last)  # the robot is still on the current trajectory
+        else:
+            self._trajectory, self._next_trajectory = (tick, points), None
         self.counters.trajectories_sent += 1
         return [Trajectory(tick, self.tick_ns(tick), points, self._take_pending_stamp())]
+
+    def current_plan(self, tick: int) -> np.ndarray:
+        """(K, A) what the newest chunk says for ticks ``tick`` on (K may be 0)."""
+        chunk = getattr(self.scheduler, "current", None)
+        if chunk is not None and chunk.covers(tick):
+            return chunk.actions[tick - chunk.start_tick:].copy()
+        return self.scheduler.plan(tick) if tick == self._last_tick else np.empty((0, 0))
 
     def _follow_trajectory(self, tick: int) -> None:
         """Trajectory mode: the robot moves along the published trajectory; so does the last command."""
         self._setpoint_before_tick = self.limiter.last_command
         self.scheduler.action_at(tick)  # advances the scheduler's clock, drops passed chunks
+        if self._next_trajectory is not None and tick >= self._next_trajectory[0]:
+            start, points = self._next_trajectory  # the spliced trajectory takes over
+            self._trajectory, self._next_trajectory = self._next_trajectory, None
+            self.limiter.advance(points[min(tick - start, len(points) - 1)])
+            if tick > start:
+                self._setpoint_before_tick = points[min(tick - 1 - start, len(points) - 1)].copy()
+            return
         if self._trajectory is not None:
-            start, points = self._trajectory
-            if 0 <= tick - 1 - start < len(points):  # the robot was at this point one tick ago (skipped ticks too)
-                self._setpoint_before_tick = points[tick - 1 - start].copy()
-            if 0 < tick - start < len(points):
-                self.limiter.advance(points[tick - start])
-            elif tick - start >= len(points):
-                self.limiter.advance(points[-1])  # the JTC holds the last point
+            start, points = self._trajectory  # past its end the JTC holds the last point
+            if tick - 1 - start >= 0:  # where the robot was one tick ago (skipped ticks too)
+                self._setpoint_before_tick = points[min(tick - 1 - start, len(points) - 1)].copy()
+            if tick - start > 0:
+                self.limiter.advance(points[min(tick - start, len(points) - 1)])

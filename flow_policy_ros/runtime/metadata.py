@@ -15,6 +15,8 @@ from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.errors import ConfigError, ModelFileError
 
 METADATA_KEY = "flow_policy"
+#: Solvers a graph may have been unrolled with (kept equal to ``policy.flow.SOLVERS``).
+SOLVERS = ("euler", "midpoint", "heun")
 FORMAT_VERSION = 1
 
 
@@ -26,7 +28,10 @@ class PolicyMetadata:
         name: model name (file stem at export).
         io: the model I/O contract (observation spec, action joints, H, control period, limits),
             the same type the training config embeds; its fields are also attributes here.
-        euler_steps: N, Euler steps unrolled in the graph.
+        euler_steps: N, solver steps unrolled in the graph (the key keeps its round-1 name).
+        solver: 'euler', 'midpoint' or 'heun' (files without the key are Euler).
+        rtc_max_delay: d_max of a real-time chunking model (its graph has the inputs
+            ``prefix_actions`` and ``prefix_length``); 0 = a plain model.
         guidance_scale: default CFG weight w.
         objective: 'flow' or 'regression' (regression ignores the noise input).
         normalization: 'minmax' or 'meanstd' (the statistics themselves are in the graph).
@@ -40,6 +45,8 @@ class PolicyMetadata:
     name: str
     io: ModelIO
     euler_steps: int
+    solver: str = "euler"
+    rtc_max_delay: int = 0
     guidance_scale: float = 1.0
     objective: str = "flow"
     normalization: str = "minmax"
@@ -70,6 +77,16 @@ class PolicyMetadata:
         return self.io.limits
 
     @property
+    def steps(self) -> int:
+        """N, solver steps in the graph."""
+        return self.euler_steps
+
+    @property
+    def rtc(self) -> bool:
+        """True for a real-time chunking model (inputs prefix_actions and prefix_length)."""
+        return self.rtc_max_delay > 0
+
+    @property
     def action_dim(self) -> int:
         return self.io.action_dim
 
@@ -88,6 +105,8 @@ class PolicyMetadata:
                 "horizon": self.horizon,
                 "action_dim": self.action_dim,
                 "euler_steps": self.euler_steps,
+                "solver": self.solver,
+                "rtc": {"max_delay": self.rtc_max_delay} if self.rtc_max_delay > 0 else None,
                 "control_period_s": self.control_period_s,
                 "limits": {"lower": list(self.limits.lower), "upper": list(self.limits.upper), "velocity": list(self.limits.velocity)},
                 "guidance_scale": self.guidance_scale,
@@ -130,6 +149,8 @@ class PolicyMetadata:
                 name=str(data["name"]),
                 io=io,
                 euler_steps=int(data["euler_steps"]),
+                solver=str(data.get("solver", "euler")),
+                rtc_max_delay=int((data.get("rtc") or {}).get("max_delay", 0)),
                 guidance_scale=float(data.get("guidance_scale", 1.0)),
                 objective=str(data.get("objective", "flow")),
                 normalization=str(data.get("normalization", "")),
@@ -145,6 +166,8 @@ class PolicyMetadata:
             (meta.obs_dim == data["obs_dim"], f"obs_dim {data['obs_dim']} but the observation spec gives {meta.obs_dim}"),
             (meta.action_dim == data["action_dim"], f"action_dim {data['action_dim']} but {meta.action_dim} action joints"),
             (meta.euler_steps >= 1, f"euler_steps {meta.euler_steps} must be >= 1"),
+            (meta.solver in SOLVERS, f"solver {meta.solver!r} must be one of {SOLVERS}"),
+            (0 <= meta.rtc_max_delay < meta.horizon, f"rtc.max_delay {meta.rtc_max_delay} must be in [0, horizon)"),
         ]
         for ok, message in checks:
             if not ok:

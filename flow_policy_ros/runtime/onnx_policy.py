@@ -5,6 +5,11 @@ model whose metadata is missing or inconsistent with the graph, picks the execut
 by what the session really uses (onnxruntime-gpu lists CUDA as *available* even on a machine
 without a GPU, so the active providers after session creation are what count), warms up, and
 owns a seeded random stream for the noise so a run can be replayed exactly.
+
+Two kinds of model load and run here: plain ones (inputs observation, noise, guidance_scale)
+and real-time chunking ones (metadata ``rtc``; also ``prefix_actions`` and ``prefix_length``:
+the first d actions are given and returned exactly). ``OnnxPolicy.rtc`` says which it is;
+``predict`` feeds a plain call (d = 0) to an RTC model by itself.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
 EXPECTED_INPUTS = ("observation", "noise", "guidance_scale")
+#: Extra inputs of a real-time chunking model (metadata ``rtc``): the committed prefix.
+RTC_INPUTS = ("prefix_actions", "prefix_length")
 
 
 def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -113,15 +120,25 @@ class OnnxPolicy:
         meta = self.metadata
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        if tuple(sorted(inputs)) != tuple(sorted(EXPECTED_INPUTS)) or outputs != ["actions"]:
+        wanted = EXPECTED_INPUTS + (RTC_INPUTS if meta.rtc else ())
+        if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs != ["actions"]:
+            kind = f"a real-time chunking model (rtc d_max {meta.rtc_max_delay})" if meta.rtc else "a plain model (no rtc)"
             raise ModelFileError(
-                f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, expected {list(EXPECTED_INPUTS)} / ['actions']"
+                f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, but the metadata describes {kind} "
+                f"with inputs {list(wanted)} / ['actions']"
             )
         expected = {"observation": [meta.obs_dim], "noise": [meta.horizon, meta.action_dim]}
+        if meta.rtc:
+            expected["prefix_actions"] = [meta.horizon, meta.action_dim]
         for name, tail in expected.items():
             shape = list(inputs[name].shape[1:])
             if shape != tail:
                 raise ModelFileError(f"{self.path}: input '{name}' has shape [B, {shape}] but the metadata says [B, {tail}]")
+
+    @property
+    def rtc(self) -> bool:
+        """True for a real-time chunking model (it takes a committed prefix)."""
+        return self.metadata.rtc
 
     def sample_noise(self, batch: int | None = None) -> np.ndarray:
         """Draw x0 from the owned stream: (H, A) or (batch, H, A) float32."""
@@ -135,12 +152,17 @@ class OnnxPolicy:
         observation: np.ndarray,
         noise: np.ndarray | None = None,
         guidance_scale: float | None = None,
+        prefix_actions: np.ndarray | None = None,
+        prefix_length: int | np.ndarray | None = None,
     ) -> np.ndarray:
         """Action chunk(s) in robot units (rad).
 
         observation: (obs_dim,) or (B, obs_dim) in raw units (order per metadata.observation).
         noise: x0 of matching shape (H, A) / (B, H, A); drawn from the owned stream if None.
         guidance_scale: CFG weight w (default: the metadata's).
+        prefix_actions: (H, A) / (B, H, A) committed joint targets (rad, absolute), rows >= d
+            ignored; prefix_length: d (int or (B,)) in [0, d_max]. RTC models only; the output's
+            first d rows equal the prefix exactly.
         Returns (H, A) or (B, H, A) float32.
         """
         meta = self.metadata
@@ -165,7 +187,38 @@ class OnnxPolicy:
         w = meta.guidance_scale if guidance_scale is None else float(guidance_scale)
         if not np.isfinite(w):
             raise ObservationError(f"guidance_scale {w} is not finite")
-        (actions,) = self.session.run(
-            None, {"observation": obs, "noise": noise_arr, "guidance_scale": np.array([w], dtype=np.float32)}
-        )
+        feeds = {"observation": obs, "noise": noise_arr, "guidance_scale": np.array([w], dtype=np.float32)}
+        if meta.rtc:
+            feeds.update(self._prefix_feeds(batch, single, prefix_actions, prefix_length))
+        elif prefix_length is not None and np.any(np.asarray(prefix_length) != 0):
+            raise ObservationError(f"{self.path.name} is not a real-time chunking model: it takes no prefix")
+        (actions,) = self.session.run(None, feeds)
         return actions[0] if single else actions
+
+    def _prefix_feeds(self, batch: int, single: bool, prefix_actions: np.ndarray | None,
+                      prefix_length: int | np.ndarray | None) -> dict[str, np.ndarray]:
+        """prefix_actions (B, H, A) float32 and prefix_length (B,) int64, checked against the metadata."""
+        meta = self.metadata
+        lengths = np.zeros(batch, np.int64) if prefix_length is None else np.asarray(prefix_length, dtype=np.int64).reshape(-1)
+        if lengths.size == 1 and batch > 1:
+            lengths = np.full(batch, int(lengths[0]), np.int64)
+        if lengths.shape != (batch,):
+            raise ObservationError(f"prefix_length has {lengths.size} values for a batch of {batch}")
+        if np.any(lengths < 0) or np.any(lengths > meta.rtc_max_delay):
+            raise ObservationError(f"prefix_length {lengths.tolist()} outside [0, d_max={meta.rtc_max_delay}]")
+        shape = (batch, meta.horizon, meta.action_dim)
+        if prefix_actions is None:
+            if np.any(lengths > 0):
+                raise ObservationError("prefix_length > 0 but no prefix_actions given")
+            prefix = np.zeros(shape, np.float32)
+        else:
+            prefix = np.asarray(prefix_actions, dtype=np.float32)
+            if single and prefix.ndim == 2:
+                prefix = prefix[None]
+            if prefix.shape != shape:
+                raise ObservationError(f"prefix_actions shape {np.shape(prefix_actions)}, expected {shape[1:]} or {shape}")
+            rows = np.arange(meta.horizon)[None, :] < lengths[:, None]
+            if not np.all(np.isfinite(prefix[rows])):
+                raise ObservationError("prefix_actions has NaN/inf in its committed rows")
+            prefix = np.where(rows[:, :, None], prefix, 0.0).astype(np.float32)  # rows >= d are ignored
+        return {"prefix_actions": prefix, "prefix_length": lengths}
