@@ -177,7 +177,14 @@ class TrainConfig:
             policy learns to steer back to the demonstrated path from slightly-off states (the
             covariate shift that makes behaviour cloning drift). 0 disables it.
         checkpoint_every: steps between checkpoints.
-        log_every: steps between loss-log entries.
+        log_every: steps between loss-log entries (console, ``train_log.csv``, loss plot).
+        val_fraction: fraction of the EPISODES held out for validation (never single windows:
+            neighbouring windows of one episode are near copies, so a window split would
+            measure memorisation). Chosen with ``seed``; at least one episode when > 0. The
+            normalization statistics are fitted on the training episodes only. 0 disables it.
+        val_every: steps between validation losses (flow-matching loss of the EMA weights, the
+            ones exported, on every held-out window with a fixed noise stream, so successive
+            values are comparable).
     """
 
     objective: str = "flow"
@@ -190,6 +197,8 @@ class TrainConfig:
     position_noise_std: float = 0.0
     checkpoint_every: int = 2000
     log_every: int = 50
+    val_fraction: float = 0.05
+    val_every: int = 500
 
     def __post_init__(self) -> None:
         require(self.objective in ("flow", "regression"), f"train.objective must be 'flow' or 'regression', got {self.objective!r}")
@@ -200,6 +209,8 @@ class TrainConfig:
         require(self.position_noise_std >= 0, f"train.position_noise_std must be >= 0, got {self.position_noise_std}")
         require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+        require(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        require(self.val_every >= 1, f"train.val_every must be >= 1, got {self.val_every}")
 
 
 @dataclass(frozen=True)
