@@ -12,6 +12,10 @@ PKG_FILES := setup.py setup.cfg package.xml $(wildcard resource/* launch/*.py co
 
 # DDS stays on this machine: every rclpy process started from here inherits these.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+# The venv is an ament prefix (share/ament_index, share/flow_policy_ros, lib/flow_policy_ros):
+# ament_index_python, `ros2 run` and `ros2 launch` find the package through this variable.
+VENV_PREFIX := $(abspath $(VENV))
+export AMENT_PREFIX_PATH := $(VENV_PREFIX)$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH))
 export ROS_DOMAIN_ID ?= $(shell echo $$(( ($$$$ % 90) + 10 )))
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -40,9 +44,16 @@ $(STAMP): requirements.txt requirements-ros.txt
 	@touch $@
 
 # The package itself (console scripts + share/flow_policy_ros data files); re-installed when
-# its data files change.
+# its data files change. pip puts console scripts in bin/; ros2 run and launch_ros look in
+# lib/<package>/, as colcon installs them (setup.cfg), so they are linked there too. The
+# activate script puts the venv on AMENT_PREFIX_PATH.
+NODE_EXES := policy_node sim_node flow-policy
+ACTIVATE_LINE := export AMENT_PREFIX_PATH="$$VIRTUAL_ENV$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}"  \# flow_policy_ros: ament prefix
 $(PKG_STAMP): $(STAMP) $(PKG_FILES) $(wildcard flow_policy_ros/*.py flow_policy_ros/*/*.py)
 	$(PIP) install -q --no-deps --no-build-isolation .
+	@mkdir -p $(VENV)/lib/flow_policy_ros
+	@for exe in $(NODE_EXES); do ln -sfn ../../bin/$$exe $(VENV)/lib/flow_policy_ros/$$exe; done
+	@grep -q 'flow_policy_ros: ament prefix' $(VENV)/bin/activate || echo '$(ACTIVATE_LINE)' >> $(VENV)/bin/activate
 	@touch $@
 
 demo: setup

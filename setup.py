@@ -18,6 +18,9 @@ setup(
         (f"share/{PACKAGE}/models", glob("models/*.onnx") + glob("models/*.md")),
     ],
     install_requires=["setuptools"],
+    # colcon test runs pytest (instead of falling back to unittest, which finds no test here)
+    # when pytest is a test dependency: colcon-core reads extras_require["test"].
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="flow_policy_ros maintainers",
     maintainer_email="maintainers@flow-policy-ros.dev",

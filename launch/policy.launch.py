@@ -1,8 +1,14 @@
-"""Start policy_node with the installed config/policy.yaml.
+"""Start policy_node (a managed lifecycle node) with the installed config/policy.yaml.
 
-Launch arguments: ``model`` (ONNX path, empty = packaged default), ``control_rate_hz``,
-``execution`` (stream | trajectory), and remaps ``joint_states_topic``, ``goal_topic``,
-``commands_topic``, ``joint_trajectory_topic``.
+Parameters come from ``params_file`` (default: ``share/flow_policy_ros/config/policy.yaml``); each
+of ``model``, ``execution``, ``control_rate_hz``, ``guidance_scale``, ``autostart`` and
+``use_sim_time`` overrides its parameter only when given. Remaps: ``joint_states_topic``,
+``goal_topic``, ``commands_topic``, ``joint_trajectory_topic``.
+
+With ``autostart`` (true in policy.yaml) the node configures and activates itself; with
+``autostart:=false`` it waits unconfigured for ``ros2 lifecycle set /flow_policy_node configure``
+(then ``activate``). If the node exits with an error (a bad model path, say) the launch ends with
+status 1.
 
     ros2 launch flow_policy_ros policy.launch.py execution:=trajectory model:=/path/policy.onnx
 """
@@ -10,44 +16,41 @@ Launch arguments: ``model`` (ONNX path, empty = packaged default), ``control_rat
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 
+from flow_policy_ros.ros.launch_support import (
+    POLICY_ARGUMENTS,
+    POLICY_REMAPS,
+    declare_arguments,
+    end_launch_with,
+    given_values,
+    parameter_overrides,
+)
 from launch import LaunchDescription
 
 
-def generate_launch_description() -> LaunchDescription:
-    params_file = os.path.join(get_package_share_directory("flow_policy_ros"), "config", "policy.yaml")
-    arguments = [
-        DeclareLaunchArgument("model", default_value="", description="ONNX policy; empty = packaged default model"),
-        DeclareLaunchArgument("control_rate_hz", default_value="50.0", description="control tick rate (Hz)"),
-        DeclareLaunchArgument("execution", default_value="stream", description="stream | trajectory"),
-        DeclareLaunchArgument("joint_states_topic", default_value="joint_states"),
-        DeclareLaunchArgument("goal_topic", default_value="goal"),
-        DeclareLaunchArgument("commands_topic", default_value="commands"),
-        DeclareLaunchArgument("joint_trajectory_topic", default_value="joint_trajectory"),
-    ]
+def _policy_node(context):
+    overrides = parameter_overrides(POLICY_ARGUMENTS, given_values(context, POLICY_ARGUMENTS))
     node = Node(
         package="flow_policy_ros",
         executable="policy_node",
         name="flow_policy_node",
         output="screen",
         emulate_tty=True,
-        parameters=[
-            params_file,
-            {
-                "model_path": ParameterValue(LaunchConfiguration("model"), value_type=str),
-                "control_rate_hz": ParameterValue(LaunchConfiguration("control_rate_hz"), value_type=float),
-                "execution": ParameterValue(LaunchConfiguration("execution"), value_type=str),
-            },
-        ],
-        remappings=[
-            ("joint_states", LaunchConfiguration("joint_states_topic")),
-            ("goal", LaunchConfiguration("goal_topic")),
-            ("commands", LaunchConfiguration("commands_topic")),
-            ("joint_trajectory", LaunchConfiguration("joint_trajectory_topic")),
-        ],
+        parameters=[LaunchConfiguration("params_file").perform(context), *([overrides] if overrides else [])],
+        remappings=[(topic, LaunchConfiguration(argument)) for argument, topic in POLICY_REMAPS.items()],
     )
-    return LaunchDescription([*arguments, node])
+    return [node, end_launch_with(node)]
+
+
+def generate_launch_description() -> LaunchDescription:
+    params_file = os.path.join(get_package_share_directory("flow_policy_ros"), "config", "policy.yaml")
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=params_file, description="policy_node parameter file"),
+        *declare_arguments(POLICY_ARGUMENTS),
+        *[DeclareLaunchArgument(argument, default_value=topic, description=f"topic for {topic}")
+          for argument, topic in POLICY_REMAPS.items()],
+        OpaqueFunction(function=_policy_node),
+    ])

@@ -244,3 +244,13 @@ def test_plain_model_refuses_a_prefix(exported):
     assert not policy.rtc
     with pytest.raises(ObservationError, match="not a real-time chunking model"):
         policy.predict(np.zeros(policy.metadata.obs_dim, np.float32), prefix_length=2)
+
+
+def test_metadata_carries_no_absolute_path_of_the_training_machine():
+    from flow_policy_ros.export.onnx_export import summarize_training_data
+    from flow_policy_ros.reports import portable_path
+
+    out = summarize_training_data({"root": "/home/me/ws/data/reach", "data_path": "/srv/x/runs/w.npz", "episodes": 3})
+    assert out == {"root": "data/reach", "data_path": "runs/w.npz", "episodes": 3}
+    assert portable_path("/opt/somewhere/episodes.npz") == "episodes.npz"
+    assert portable_path("data/reach") == "data/reach"

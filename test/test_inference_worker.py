@@ -25,7 +25,8 @@ def test_inference_worker_returns_result_or_error(fails):
     string (the controller then holds); a second request while busy is refused."""
     release = threading.Event()
 
-    def predict(observation: np.ndarray, guidance: float) -> np.ndarray:
+    def predict(observation: np.ndarray, guidance_scale: float) -> np.ndarray:
+        guidance = guidance_scale
         release.wait(5.0)
         if fails:
             raise RuntimeError("boom\nsecond line")
@@ -60,7 +61,7 @@ def test_worker_records_its_stages_and_inline_result_is_ready_at_once(inline):
 
     done = threading.Event()
     latencies = StageLatencies()
-    worker = InferenceWorker(lambda obs, w: np.full((H, 7), w) + obs[0], on_done=done.set, inline=inline,
+    worker = InferenceWorker(lambda obs, guidance_scale: np.full((H, 7), guidance_scale) + obs[0], on_done=done.set, inline=inline,
                              latencies=latencies)
     try:
         assert worker.submit(request(3))
@@ -78,3 +79,24 @@ def test_worker_records_its_stages_and_inline_result_is_ready_at_once(inline):
     finally:
         worker.stop()
     assert not worker.submit(request(4))
+    with pytest.raises(ValueError, match="inference thread"):
+        InferenceWorker(lambda obs, guidance_scale: obs, inline=True, delay_s=0.1)
+
+
+def test_injected_delay_holds_the_result_back_and_passes_the_prefix():
+    seen = {}
+
+    def predict(observation: np.ndarray, guidance_scale: float, prefix_actions=None, prefix_length=0) -> np.ndarray:
+        seen.update(prefix_length=prefix_length)
+        return np.zeros((H, 7))
+
+    worker = InferenceWorker(predict, delay_s=0.3)
+    try:
+        req = InferenceRequest(np.zeros(1, np.float32), 1, 0, 0, 0, 1.0, np.ones((H, 7)), 2)
+        start = time.monotonic()
+        assert worker.submit(req)
+        while (result := worker.poll()) is None and time.monotonic() - start < 5.0:
+            time.sleep(0.005)
+        assert time.monotonic() - start >= 0.3 and result.prefix_length == 2 and seen["prefix_length"] == 2
+    finally:
+        worker.stop()

@@ -1,53 +1,54 @@
-"""Checks of launch/*.launch.py against the INSTALLED share directory (what `ros2 launch` would use).
+"""launch/*.launch.py: checked against the INSTALLED share directory, and run for real where launch_ros is.
 
-``ros2 launch`` cannot run here (no launch/launch_ros), so the files are parsed with ``ast``:
-every ``os.path.join(<share>, "config"/...)``-style file they reference must exist under
-``flow_policy_ros.paths.share_dir()``, every parameter they set must be declared by the node
-it is given to, and every parameter in the installed YAML files must be declared by the node
-(the nodes' parameter tables are imported). When ``launch`` IS importable, the files are also
-loaded and their LaunchDescription built.
+Always (no launch needed): the files are parsed with ``ast``: every ``Node(...)`` names an
+executable of this package, every YAML file they reference is installed and has the node's
+section, every parameter in the installed YAML and every launch argument of
+``launch_support``'s tables is declared by its node with the same type, and no parameter
+argument carries a default that would silently replace the YAML's value.
+
+When ``launch`` and ``launch_ros`` are importable (a system ROS 2; the PyPI wheels used here
+have neither, so CI skips these), each launch file is run as ``ros2 launch`` runs it
+(``LaunchService`` + ``IncludeLaunchDescription``) in a subprocess on this session's DDS domain:
+sim_demo ends with status 0 after ``episodes:=2``; a bad model path ends policy.launch.py with
+status 1; without ``execution:=...`` the parameter file's value is used.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import node_env
 
 from flow_policy_ros import paths
+from flow_policy_ros.ros import launch_support
+from flow_policy_ros.ros.launch_support import POLICY_ARGUMENTS, SIM_ARGUMENTS, ParameterArgument, parameter_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO_ROOT / "launch").glob("*.launch.py"))
-#: node name in the YAML / launch file -> (executable, module with the parameter table, table name)
+#: node name in the YAML / launch file -> (executable, module with the parameter table, YAML file)
 NODES = {
-    "flow_policy_node": ("policy_node", "flow_policy_ros.ros.policy_node", "PARAMETERS"),
-    "sim_node": ("sim_node", "flow_policy_ros.ros.sim_node", "PARAMETERS"),
+    "flow_policy_node": ("policy_node", "flow_policy_ros.ros.policy_node", "policy.yaml"),
+    "sim_node": ("sim_node", "flow_policy_ros.ros.sim_node", "sim.yaml"),
 }
+#: ParameterSpec.type (rcl_interfaces ParameterType) of each Python type a launch argument converts to.
+PARAMETER_TYPES = {str: 4, float: 3, int: 2, bool: 1}
+HAVE_LAUNCH = importlib.util.find_spec("launch") is not None and importlib.util.find_spec("launch_ros") is not None
+needs_launch = pytest.mark.skipif(not HAVE_LAUNCH, reason="launch / launch_ros are not installed here "
+                                  "(ROS 2 from PyPI wheels has no launch); the layout they need is checked in test_install_layout")
 
 
-def declared(executable: str) -> set[str]:
-    for _, (exe, module, table) in NODES.items():
-        if exe == executable:
-            return set(getattr(importlib.import_module(module), table))
-    raise AssertionError(f"unknown executable {executable}")
-
-
-def _strings(node: ast.AST, names: dict[str, ast.AST]) -> list[str]:
-    """String constants in ``node``, following variables assigned in the file (``params_file = ...``)."""
-    out = []
-    for n in ast.walk(node):
-        if isinstance(n, ast.Constant) and isinstance(n.value, str):
-            out.append(n.value)
-        elif isinstance(n, ast.Name) and n.id in names:
-            out += _strings(names[n.id], names)
-    return out
-
-
-def _assignments(tree: ast.AST) -> dict[str, ast.AST]:
-    return {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+def parameter_table(node_name: str) -> dict:
+    return importlib.import_module(NODES[node_name][1]).PARAMETERS
 
 
 def _node_calls(tree: ast.AST) -> list[ast.Call]:
@@ -75,44 +76,145 @@ def test_launch_files_installed_and_current(share):
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_referenced_files_and_parameters_exist(path, share):
-    """Each Node(...) names an executable of this package; the YAML files passed to it exist in the
-    installed share/config and hold that node's section; dict parameters are declared by the node."""
-    tree = ast.parse(path.read_text(), str(path))
+def test_nodes_and_referenced_files_exist(path, share):
+    """Each Node(...) names an executable of this package under its YAML node name; each YAML file the
+    launch file names is installed in share/config and holds the section of a node the file starts."""
+    source = path.read_text()
+    tree = ast.parse(source, str(path))
     calls = _node_calls(tree)
     assert calls, f"{path.name}: no Node(...)"
+    started = set()
     for call in calls:
-        executable = ast.literal_eval(_kwarg(call, "executable"))
-        name = ast.literal_eval(_kwarg(call, "name"))
-        assert name in NODES and NODES[name][0] == executable, f"{path.name}: node {name} / {executable} unknown"
-        params = _kwarg(call, "parameters")
-        yamls = [s for s in _strings(params, _assignments(tree)) if s.endswith(".yaml")]
-        assert yamls, f"{path.name}: {name} gets no YAML file"
-        for file_name in yamls:
-            installed = share / "config" / file_name
-            assert installed.is_file(), f"{path.name} references {installed}, which is not installed"
-            assert name in yaml.safe_load(installed.read_text()), f"{installed} has no section {name}"
-        for element in params.elts:
-            if isinstance(element, ast.Dict):
-                keys = {ast.literal_eval(k) for k in element.keys}
-                assert keys <= declared(executable), f"{path.name}: {keys - declared(executable)} not declared by {name}"
-    assert "get_package_share_directory" in path.read_text()
+        assert ast.literal_eval(_kwarg(call, "package")) == "flow_policy_ros"
+        executable, name = _kwarg(call, "executable"), _kwarg(call, "name")
+        pairs = ([(ast.literal_eval(executable), ast.literal_eval(name))] if isinstance(executable, ast.Constant)
+                 else [(exe, node) for node, (exe, _, _) in NODES.items() if f'"{exe}"' in source and f'"{node}"' in source])
+        for exe, node in pairs:
+            assert node in NODES and NODES[node][0] == exe, f"{path.name}: node {node} / {exe} unknown"
+            started.add(node)
+    yamls = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and str(n.value).endswith(".yaml")}
+    assert yamls, f"{path.name}: references no parameter file"
+    for file_name in yamls:
+        installed = share / "config" / file_name
+        assert installed.is_file(), f"{path.name} references {installed}, which is not installed"
+        assert set(yaml.safe_load(installed.read_text())) & started, f"{installed} has no section for {started}"
+    assert "get_package_share_directory" in source and "end_launch_with" in source
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_no_launch_default_replaces_a_yaml_value(path):
+    """Parameter arguments come from launch_support's tables (empty default = not given); no
+    DeclareLaunchArgument in the file gives a parameter argument a default of its own."""
+    tree = ast.parse(path.read_text(), str(path))
+    parameter_arguments = {a.name for a in POLICY_ARGUMENTS + SIM_ARGUMENTS}
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"):
+        if call.args and isinstance(call.args[0], ast.Constant):
+            assert call.args[0].value not in parameter_arguments, f"{path.name}: {call.args[0].value} declared with a default"
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert "parameter_overrides" in used and "declare_arguments" in used
 
 
 @pytest.mark.parametrize("node_name", sorted(NODES))
 def test_installed_yaml_parameters_are_declared(node_name, share):
-    executable = NODES[node_name][0]
-    yaml_name = {"flow_policy_node": "policy.yaml", "sim_node": "sim.yaml"}[node_name]
-    data = yaml.safe_load((share / "config" / yaml_name).read_text())
+    data = yaml.safe_load((share / "config" / NODES[node_name][2]).read_text())
     params = set(data[node_name]["ros__parameters"])
-    assert params <= declared(executable), f"{yaml_name}: {params - declared(executable)} not declared by {executable}"
+    assert params <= set(parameter_table(node_name)), f"{params - set(parameter_table(node_name))} not declared"
 
 
-def test_launch_descriptions_build_when_launch_is_available():
-    if importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None:
-        pytest.skip("launch / launch_ros are not installed here (ROS 2 from PyPI wheels has no launch)")
-    for path in LAUNCH_FILES:
-        spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        assert module.generate_launch_description().entities
+@pytest.mark.parametrize(("node_name", "arguments"), [("flow_policy_node", POLICY_ARGUMENTS), ("sim_node", SIM_ARGUMENTS)])
+def test_launch_arguments_set_declared_parameters_of_their_type(node_name, arguments):
+    table = parameter_table(node_name)
+    for argument in arguments:
+        if argument.parameter == "use_sim_time":  # declared by every rclpy node
+            assert argument.type is bool
+            continue
+        assert argument.parameter in table, f"{argument.name} sets undeclared parameter {argument.parameter}"
+        assert PARAMETER_TYPES[argument.type] == table[argument.parameter].type, f"{argument.name}: type differs"
+
+
+def test_parameter_overrides_only_for_given_arguments():
+    given = {"model": "/m.onnx", "execution": "", "control_rate_hz": "25", "autostart": "False", "use_sim_time": "true"}
+    assert parameter_overrides(POLICY_ARGUMENTS, given) == {
+        "model_path": "/m.onnx", "control_rate_hz": 25.0, "autostart": False, "use_sim_time": True}
+    assert parameter_overrides(POLICY_ARGUMENTS, {}) == {}
+    assert parameter_overrides(SIM_ARGUMENTS, {"episodes": "3"}) == {"episodes": 3}
+    assert isinstance(parameter_overrides(POLICY_ARGUMENTS, {"control_rate_hz": "50"})["control_rate_hz"], float)
+
+
+@pytest.mark.parametrize(("argument", "text"), [(ParameterArgument("autostart", "autostart", bool, ""), "maybe"),
+                                                (ParameterArgument("episodes", "episodes", int, ""), "3.5")])
+def test_bad_launch_argument_names_itself(argument, text):
+    with pytest.raises(ValueError, match=rf"launch argument {argument.name}:='{text}'"):
+        launch_support.typed_value(argument, text)
+
+
+# --------------------------------------------------------------------------- for real (needs launch_ros)
+
+RUNNER = """
+import sys
+from launch import LaunchDescription, LaunchService
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import AnyLaunchDescriptionSource
+path, arguments = sys.argv[1], sys.argv[2:]
+service = LaunchService(argv=arguments, noninteractive=True)
+pairs = [tuple(a.split(':=', 1)) for a in arguments]
+service.include_launch_description(LaunchDescription([
+    IncludeLaunchDescription(AnyLaunchDescriptionSource(path), launch_arguments=pairs)]))
+sys.exit(service.run())
+"""
+
+
+def run_launch(share: Path, file_name: str, arguments: list[str], log: Path) -> subprocess.Popen:
+    """``ros2 launch flow_policy_ros FILE ARGS`` (what ros2launch does), output to ``log``."""
+    env = node_env()  # the install prefix on AMENT_PREFIX_PATH, as `make` or sourcing setup.bash leave it
+    env["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (str(share.parents[1]), env.get("AMENT_PREFIX_PATH")) if p)
+    out = open(log, "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(share / "launch" / file_name), *arguments],
+                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc._log_file = out  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout_s: float) -> int:
+    try:
+        return proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=15)
+        proc._log_file.close()  # type: ignore[attr-defined]
+
+
+@needs_launch
+@pytest.mark.slow
+def test_sim_demo_ends_with_status_0_after_its_episodes(share, tmp_path):
+    proc = run_launch(share, "sim_demo.launch.py", ["episodes:=2"], tmp_path / "launch.log")
+    assert finish(proc, 120) == 0, (tmp_path / "launch.log").read_text()[-3000:]
+    assert "all 2 episodes done" in (tmp_path / "launch.log").read_text()
+
+
+@needs_launch
+@pytest.mark.slow
+def test_failing_node_ends_the_launch_with_status_1(share, tmp_path):
+    proc = run_launch(share, "policy.launch.py", [f"model:={tmp_path / 'missing.onnx'}"], tmp_path / "launch.log")
+    assert finish(proc, 60) == 1
+    assert "missing.onnx" in (tmp_path / "launch.log").read_text()
+
+
+@needs_launch
+@pytest.mark.slow
+def test_parameter_file_value_kept_unless_the_argument_is_given(share, tmp_path):
+    """params_file says execution: trajectory; no execution:=... given, so the node runs trajectory mode."""
+    data = yaml.safe_load((share / "config" / "policy.yaml").read_text())
+    data["flow_policy_node"]["ros__parameters"].update(execution="trajectory", providers=["CPUExecutionProvider"])
+    params = tmp_path / "policy.yaml"
+    params.write_text(yaml.safe_dump(data))
+    log = tmp_path / "launch.log"
+    proc = run_launch(share, "policy.launch.py", [f"params_file:={params}"], log)
+    deadline = time.monotonic() + 60
+    while "configured:" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert finish(proc, 30) == 0, log.read_text()[-3000:]
+    line = next(x for x in log.read_text().splitlines() if "configured:" in x)
+    assert ", trajectory," in line, line

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "flow_policy_ros"
-CORE = {"errors", "contract", "paths", "reports", "__init__", "__main__"}
+CORE = {"errors", "contract", "paths", "reports", "metrics", "__init__", "__main__"}
 
 #: layer -> package layers it may import (core is always allowed).
 ALLOWED: dict[str, set[str]] = {

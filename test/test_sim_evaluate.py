@@ -172,47 +172,91 @@ def test_compare_policies_runs_every_model_and_guidance_on_the_same_seeds(tiny_m
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     reports = module.compare([tiny_model], TASK, episodes=1, seed=4, guidance=[0.0, 2.0], chunking="receding_horizon",
-                             replan_every=8, progress=False)
-    assert [r["guidance_scale"] for r in reports] == [0.0, 2.0]
+                             replan_every=8, progress=False, reference=True)
+    assert [r["guidance_scale"] for r in reports] == [None, 0.0, 2.0]  # the expert row first
     assert all(r["episode_seeds"] == [eval_episode_seeds(4, 1)[0]] * 2 for r in reports)
-    row = module.table_row(reports[1])
+    assert module.table_row(reports[0]).startswith("| scripted expert | expert | - | 100% (1/1) |")
+    row = module.table_row(reports[2])
     assert row.startswith("| tiny | flow | 2 | ") and row.count("|") == module.TABLE_HEADER.splitlines()[0].count("|")
 
 
-class ExpertChunks:
-    """The scripted expert's plan served as action chunks: a positive control of the loop (not a mock of it).
-
-    Same interface the loop uses of OnnxPolicy (``metadata``, ``predict``, ``rng``); chunk i of a
-    request at tick k holds the expert's targets for the ticks k+1 .. k+H (rad).
-    """
-
-    def __init__(self, metadata: object) -> None:
-        from flow_policy_ros.sim.experts import ScriptedExpert
-
-        self.metadata = metadata
-        self.expert = ScriptedExpert()
-        self.loop: object = None
-        self.rng = None
-
-    def predict(self, observation: np.ndarray, guidance_scale: float | None = None) -> np.ndarray:
-        t = self.loop.env.next_tick_time_s
-        period = self.metadata.control_period_s
-        return np.array([self.expert.command(t + i * period) for i in range(self.metadata.horizon)])
-
-
 @pytest.mark.parametrize("task", ["reach", TASK])
-def test_expert_chunks_through_the_same_loop_succeed(policy: OnnxPolicy, task: str) -> None:
-    """The scheduler + clamp pipeline itself does not make a good chunk source fail (and the clamp stays idle)."""
+def test_expert_reference_through_the_same_loop_succeeds(policy: OnnxPolicy, task: str) -> None:
+    """The scripted expert served as chunks (sim.reference.ExpertPolicy) through the node's controller: the
+    scheduler + clamp pipeline itself does not make a good chunk source fail, and the clamp stays idle."""
     from flow_policy_ros.sim.closed_loop import ClosedLoop
+    from flow_policy_ros.sim.reference import ExpertPolicy
 
-    source = ExpertChunks(policy.metadata)
+    source = ExpertPolicy(policy.metadata)
     with ClosedLoop(source, LoopConfig(replan_every=8)) as loop:  # type: ignore[arg-type]
-        source.loop = loop
-        results = []
-        for seed in eval_episode_seeds(5, 2):
-            source.expert.plan(sample_episode(task, seed))
-            results.append(loop.run_episode(task, seed))
+        results = [loop.run_episode(task, seed) for seed in eval_episode_seeds(5, 2)]
+    source.close()
     assert all(r.success for r in results), [(r.seed, r.failure) for r in results]
     assert all(r.clipped_by_limiter == 0 for r in results)
     if task == TASK:
         assert all(r.route in ("left", "right") for r in results)
+
+
+def test_reference_ratios_and_peaks_are_computed_from_both_reports() -> None:
+    from flow_policy_ros.sim.evaluate import peak_smoothness, reference_ratios
+
+    def report(seam_a: float, inside_a: float, seam_j: float, inside_j: float) -> dict:
+        return {"seam_smoothness": {"accel_peak_seam_rad_s2": seam_a, "accel_peak_inside_rad_s2": inside_a,
+                                    "jerk_peak_seam_rad_s3": seam_j, "jerk_peak_inside_rad_s3": inside_j}}
+
+    ours, ref = report(12.0, 6.0, 900.0, 1200.0), report(8.0, 4.0, 600.0, 300.0)
+    assert peak_smoothness(ours["seam_smoothness"]) == {"accel_peak_rad_s2": 12.0, "jerk_peak_rad_s3": 1200.0}
+    ratios = reference_ratios(ours, ref)
+    assert ratios == {"accel_seam": 1.5, "accel_inside": 1.5, "jerk_seam": 1.5, "jerk_inside": 4.0,
+                      "accel_peak": 1.5, "jerk_peak": 2.0}
+
+
+def test_eval_sim_reference_expert_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "eval.json"  # the directory is created
+    assert main(["eval-sim", "--model", str(tiny_model), "--task", "reach", "--episodes", "2", "--seed", "3",
+                 "--reference", "expert", "--no-plots", "--no-progress", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["reference"]["model"]["name"] == "scripted expert"
+    assert report["reference"]["episode_seeds"] == report["episode_seeds"]
+    assert report["reference"]["successes"] == 2
+    assert set(report["reference_ratios"]) == {"accel_seam", "accel_inside", "jerk_seam", "jerk_inside", "accel_peak", "jerk_peak"}
+
+
+def test_injected_delay_makes_chunks_arrive_later_in_sim_time(policy: OnnxPolicy) -> None:
+    """--inject-delay-ms: with 100 ms (5 ticks) and replan every 4, the first command waits 5 ticks and every
+    chunk takes effect 5 ticks after its request."""
+    from flow_policy_ros.sim.closed_loop import ClosedLoop
+
+    with ClosedLoop(policy, LoopConfig(replan_every=4, inject_delay_ms=100.0)) as loop:
+        result = loop.run_episode("reach", eval_episode_seeds(6, 1)[0])
+    assert result.chunk_ticks[0] == 5
+    assert all(b - a >= 5 for a, b in zip(result.chunk_ticks, result.chunk_ticks[1:]))
+    assert result.counters["late_first_commands"] > 0
+
+
+@pytest.fixture(scope="module")
+def rtc_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("rtc") / "rtc.onnx", seed=4, horizon=16, rtc_max_delay=8,
+                           observation={"fields": ["joint_positions", "goal"]})
+
+
+def test_rtc_chunking_in_the_closed_loop_commits_prefixes_under_delay(rtc_model: Path) -> None:
+    """chunking rtc + 100 ms delay: prefixes of delay + margin ticks are committed and reproduced (no invalid
+    output), new chunks take effect at the prefix boundary, and the velocity limit holds."""
+    from flow_policy_ros.sim.closed_loop import ClosedLoop
+
+    policy = OnnxPolicy(rtc_model, seed=0)
+    with ClosedLoop(policy, LoopConfig(chunking="rtc", replan_every=7, inject_delay_ms=100.0)) as loop:
+        result = loop.run_episode("reach", eval_episode_seeds(6, 1)[0])
+    c = result.counters
+    assert c["invalid_outputs"] == 0 and c["inference_requests"] > 5
+    assert c["rtc_prefix_ticks"] >= 6 * (c["inference_requests"] - 2)  # 5 ticks of delay + margin 1, after the first two
+    assert c["rtc_late_chunks"] == 0 and c["rtc_prefix_broken"] == 0
+    step = np.abs(np.diff(result.commands, axis=0))
+    assert np.all(step <= np.asarray(policy.metadata.limits.velocity) * policy.metadata.control_period_s + 1e-9)
+
+
+def test_rtc_chunking_needs_an_rtc_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval-sim", "--model", str(tiny_model), "--task", "reach", "--episodes", "1", "--chunking", "rtc",
+                 "--no-plots", "--no-progress"]) == 2
+    assert "needs a real-time chunking model" in capsys.readouterr().err

@@ -122,6 +122,7 @@ def setup(tmp_path: Path) -> Iterator[Callable[..., Commander]]:
         base.update(params)
         procs.append(start_sim_node(tmp_path / "sim_node.log", **base))
         commanders.append(Commander())
+        commanders[-1].proc = procs[-1]  # type: ignore[attr-defined]
         return commanders[-1]
 
     try:
@@ -208,10 +209,13 @@ def test_stream_commands_move_the_arm(setup):
     assert np.max(np.abs(q_later - q_end)) < 1e-4, "arm drifted after the last command"
 
 
-def test_episodes_end_and_report_outcomes(setup):
-    """Two short episodes (time limit 0.5 s) run back to back and each outcome is published as JSON."""
+def test_episodes_end_and_report_outcomes(setup, tmp_path):
+    """Two short episodes (time limit 0.5 s) run back to back, each outcome is published as JSON, and
+    after the last one the node ends by itself with exit status 0 (a launch file ends with it)."""
     robot = setup(wait_for_commander=False, seeds=[3, 4], time_limit_s=0.5, reset_pause_s=0.1)
     robot.wait_for(lambda: len(robot.outcomes) == 2, 20.0, "two episode outcomes")
+    assert robot.proc.wait(timeout=15) == 0
+    assert "all 2 episodes done" in (tmp_path / "sim_node.log").read_text()
     with robot.lock:
         outcomes = list(robot.outcomes)
     assert [o["seed"] for o in outcomes] == [3, 4] and [o["episode"] for o in outcomes] == [0, 1]

@@ -16,8 +16,11 @@ from flow_policy_ros.sim.closed_loop import (
 from flow_policy_ros.sim.evaluate import (
     default_plot_dir,
     evaluate,
+    evaluate_reference,
     format_summary,
+    reference_ratios,
 )
+from flow_policy_ros.sim.reference import REFERENCES
 from flow_policy_ros.sim.tasks import TASKS
 
 
@@ -29,6 +32,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
     parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
     parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="actions executed per chunk before the next (1..H)")
+    parser.add_argument("--reference", choices=REFERENCES, help="also run this reference on the same episodes through the "
+                        "same controller and report policy/reference smoothness ratios (JSON key 'reference')")
+    parser.add_argument("--inject-delay-ms", type=float, default=0.0,
+                        help="experiments: each chunk becomes available MS later in sim time (inference delay)")
     parser.add_argument("--out", type=Path, help="plot directory (default: <json stem>_plots/ beside --json, else ./eval_<task>)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -38,8 +45,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if not args.model.is_file():
         raise CliError(f"--model {args.model}: file not found")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise CliError(f"--json {args.json}: directory {args.json.parent} does not exist")
     try:
         eval_episode_seeds(args.seed, args.episodes)
     except ValueError as exc:
@@ -53,12 +58,17 @@ def run(args: argparse.Namespace) -> int:
     from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
     policy = OnnxPolicy(args.model, seed=args.seed)
-    config = LoopConfig(chunking=args.chunking, replan_every=args.replan_every, guidance_scale=args.guidance)
+    config = LoopConfig(chunking=args.chunking, replan_every=args.replan_every, guidance_scale=args.guidance,
+                        inject_delay_ms=args.inject_delay_ms)
     try:
         validate_config(config, policy.metadata)
     except ValueError as exc:  # --replan-every / --guidance out of range for this model
         raise CliError(str(exc)) from exc
     report, results = evaluate(policy, args.task, args.episodes, args.seed, config, progress=not args.no_progress)
+    if args.reference:
+        report["reference"] = evaluate_reference(policy, args.task, args.episodes, args.seed, config,
+                                                 progress=not args.no_progress)
+        report["reference_ratios"] = reference_ratios(report, report["reference"])
     if not args.no_plots:
         from flow_policy_ros.sim.eval_plots import write_plots
 

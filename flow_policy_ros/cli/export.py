@@ -23,11 +23,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="ODE solver unrolled in the graph: euler (N network evaluations), midpoint or heun (2N)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})")
     parser.add_argument("--name", help="model name in the metadata (default: output file stem)")
+    parser.add_argument("--noise-scale", type=float,
+                        help="sampling temperature tau in [0, 1] baked into the graph (default: the config's policy.noise_scale)")
     parser.add_argument("--json", help="write the parity report and metadata to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
-    metadata, rows = export_checkpoint(args.checkpoint, args.out, args.steps, args.opset, args.name, args.solver)
+    metadata, rows = export_checkpoint(args.checkpoint, args.out, args.steps, args.opset, args.name, args.solver,
+                                       args.noise_scale)
     size_kb = Path(args.out).stat().st_size / 1024
     print(f"exported {args.out} ({size_kb:.0f} KiB): H={metadata.horizon} A={metadata.action_dim} "
           f"{metadata.solver} N={metadata.euler_steps} obs_dim={metadata.obs_dim} objective={metadata.objective}"

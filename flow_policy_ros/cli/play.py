@@ -19,13 +19,16 @@ from flow_policy_ros.data.play import (
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, metavar="BAG", help="rosbag2 directory (mcap or sqlite3)")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (2 = twice as fast)")
-    parser.add_argument("--topics", nargs="+", help="play only these topics (default: all)")
+    parser.add_argument("--topics", nargs="+", help="play only these topics (default: all); to drive a live "
+                        "policy_node leave its output out, e.g. --topics /joint_states /goal")
     parser.add_argument("--loop", action="store_true", help="restart at the end until interrupted")
-    parser.add_argument("--clock", action="store_true", help="publish /clock (rosgraph_msgs/Clock) with the bag time")
+    parser.add_argument("--clock", action="store_true", help="publish /clock (rosgraph_msgs/Clock) with the bag time; "
+                        "nodes follow it only with use_sim_time:=true")
     parser.add_argument("--clock-rate", type=float, default=100.0, help="/clock publish rate (Hz)")
     parser.add_argument("--start-offset", type=float, default=0.0, help="skip the first S seconds of the bag")
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds until every topic has a subscriber")
+                        help="first wait up to S seconds until each played topic (not /clock) has a subscriber; "
+                        "the topics waited for are printed")
     parser.add_argument("--delay", type=float, default=0.5, help="then wait S seconds before the first message (discovery)")
     parser.add_argument("--json", type=Path, help="write playback statistics here")
 
@@ -48,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         node = rclpy.create_node("flow_policy_play")
         player = BagPlayer(node, messages, args.clock, args.clock_rate)
-        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
-            node.get_logger().warning(f"not every topic has a subscriber after {args.wait_for_subscribers} s; playing anyway")
+        if args.wait_for_subscribers > 0:
+            print(f"play: waiting up to {args.wait_for_subscribers:g} s for subscribers on {', '.join(sorted(player.publishers))}",
+                  flush=True)
+            missing = player.wait_for_subscribers(args.wait_for_subscribers)
+            if missing:
+                node.get_logger().warning(f"no subscriber on {', '.join(missing)} after {args.wait_for_subscribers:g} s; "
+                                          "playing anyway")
         time.sleep(args.delay)
         while True:
             stats = player.play_once(args.rate, args.start_offset)

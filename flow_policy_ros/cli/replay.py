@@ -23,12 +23,15 @@ from flow_policy_ros.data.replay import (
 )
 from flow_policy_ros.errors import BagError
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
+from flow_policy_ros.policy.dataset import find_episodes  # numpy only: replay stays torch-free
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bags", nargs="+", type=Path, metavar="BAG", help="rosbag2 directories (mcap or sqlite3)")
+    parser.add_argument("bags", nargs="+", type=Path, metavar="BAG",
+                        help="rosbag2 directories (mcap or sqlite3), or directories of them (e.g. a `collect --out` or "
+                             "`demo --record` directory: every bag found under it, sorted)")
     parser.add_argument("--model", type=Path, required=True, help="exported .onnx policy")
     parser.add_argument("--out", type=Path, required=True, help="output directory (report.json, plots, bags)")
     parser.add_argument("--config", type=Path, help="experiment YAML; its `data` section names topics and command joints")
@@ -56,7 +59,19 @@ def _output_names(bags: Sequence[Path]) -> list[str]:
     return names
 
 
+def expand_bags(paths: Sequence[Path]) -> list[Path]:
+    """Each path that is not itself a rosbag2 directory stands for the bags under it (sorted), as for train."""
+    bags: list[Path] = []
+    for path in paths:
+        found = find_episodes(path) if path.is_dir() else [path]  # a missing path: the bag reader names it
+        if not found:
+            raise CliError(f"{path}: no rosbag2 recording (metadata.yaml) in or under it")
+        bags += found
+    return bags
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    args.bags = expand_bags(args.bags)
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.replan_every < 1:

@@ -50,6 +50,7 @@ from rosbags.typesys import Stores, get_typestore
 from flow_policy_ros.data.config import DEFAULT_DATA_CONFIG, DataConfig
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.errors import BagError
+from flow_policy_ros.runtime.observation import stamp_to_ns  # noqa: F401 - part of the bag API
 
 #: Message definitions used for writing and as fallback for reading (bags embed their own).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
@@ -96,9 +97,6 @@ def _header(stamp_ns: int, frame_id: str) -> Any:
     return TYPESTORE.types["std_msgs/msg/Header"](stamp=_time(stamp_ns), frame_id=frame_id)
 
 
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/msg/Time → int ns."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def joint_state_msg(stamp_ns: int, names: Sequence[str], position: np.ndarray, velocity: np.ndarray) -> Any:

@@ -113,15 +113,18 @@ class BagPlayer:
             self._clock_type = Clock
             self.clock_pub = node.create_publisher(Clock, CLOCK_TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
 
-    def wait_for_subscribers(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` until every publisher has a matched subscription; True if all do."""
+    def wait_for_subscribers(self, timeout_s: float) -> list[str]:
+        """Wait up to ``timeout_s`` until each of the bag's topics has a matched subscription.
+
+        ``/clock`` is not waited for (a node with use_sim_time subscribes to it, but nothing else
+        does, and playback must not stall on it). Returns the topics still without one (sorted;
+        empty = all matched).
+        """
         deadline = time.monotonic() + timeout_s
-        pubs = [*self.publishers.values(), *([self.clock_pub] if self.clock_pub is not None else [])]
         while True:
-            if all(p.get_subscription_count() > 0 for p in pubs):
-                return True
-            if time.monotonic() >= deadline:
-                return False
+            missing = sorted(t for t, p in self.publishers.items() if p.get_subscription_count() == 0)
+            if not missing or time.monotonic() >= deadline:
+                return missing
             time.sleep(0.05)
 
     def _publish_clock(self, bag_time_ns: int) -> None:

@@ -43,9 +43,10 @@ from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import TimeSeriesError, period_ns
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
-from flow_policy_ros.errors import BagError, UsageError
+from flow_policy_ros.errors import BagError, TrajectoryError, UsageError
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.observation import trajectory_arrays
 
 DEFAULT_TRAJECTORY_TOPIC = "/joint_trajectory"
 DEFAULT_POLICY_TOPIC = "/policy/joint_trajectory"
@@ -122,16 +123,15 @@ def _trajectory_commands(path: Path, messages: list[tuple[int, Any]], names: Seq
     """JointTrajectory messages → (times (K,), commands (K, A)) in ``names`` order (matched by name)."""
     stamps, offsets, positions = [], [], []
     for log_time, msg in sorted(messages, key=lambda m: bagio.stamp_or_log(m[1], m[0])):
-        index = {n: i for i, n in enumerate(msg.joint_names)}
-        missing = [n for n in names if n not in index]
-        if missing:
-            raise BagError(f"{path}: a JointTrajectory lacks joint(s) {missing}; it has {list(msg.joint_names)}")
-        cols = [index[n] for n in names]
-        if not msg.points:
+        try:
+            _, point_offsets, points = trajectory_arrays(msg, names)
+        except TrajectoryError as exc:
+            raise BagError(f"{path}: {exc}") from exc
+        if len(points) == 0:
             continue
         stamps.append(bagio.stamp_or_log(msg, log_time))
-        offsets.append(np.array([bagio.stamp_to_ns(p.time_from_start) for p in msg.points], np.int64))
-        positions.append(np.array([np.asarray(p.positions, np.float64)[cols] for p in msg.points]))
+        offsets.append(point_offsets)
+        positions.append(points)
     return trajectory_to_tick_commands(stamps, offsets, positions, period_s)
 
 

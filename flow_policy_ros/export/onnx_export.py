@@ -32,6 +32,7 @@ from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_chec
 from flow_policy_ros.policy.flow import check_solver, prefix_mask, sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
+from flow_policy_ros.reports import portable_path
 from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
 
 DEFAULT_OPSET = 17
@@ -46,9 +47,11 @@ class Sampler(nn.Module):
             [, prefix_actions (B, H, A), prefix_length (B,) int64]) -> actions (B, H, A)
     """
 
-    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int, solver: str = "euler") -> None:
+    def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int, solver: str = "euler",
+                 noise_scale: float | None = None) -> None:
         super().__init__()
         self.net = net
+        self.noise_scale = ckpt.config.policy.noise_scale if noise_scale is None else float(noise_scale)
         regression = ckpt.config.train.objective == "regression"
         self.steps = 1 if regression else steps
         self.solver = "euler" if regression else solver
@@ -70,7 +73,7 @@ class Sampler(nn.Module):
     def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
                 prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None) -> torch.Tensor:
         obs_n = (observation - self.obs_shift) / self.obs_scale
-        x0 = noise * 0.0 if self.regression else noise
+        x0 = noise * 0.0 if self.regression else (noise if self.noise_scale == 1.0 else noise * self.noise_scale)
         reference = action_reference(observation, self.reference_indices)
         prefix_n = mask = None
         if prefix_length is not None:
@@ -87,15 +90,16 @@ class Sampler(nn.Module):
 
 
 def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True,
-                            solver: str = "euler") -> Sampler:
+                            solver: str = "euler", noise_scale: float | None = None) -> Sampler:
     """Eager PyTorch sampler with the checkpoint's (EMA) weights, in eval mode."""
     net = VelocityNet(ckpt.config.policy)
     net.load_state_dict(ckpt.ema_state if use_ema else ckpt.model_state)
-    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps, solver)
+    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps, solver, noise_scale)
     return sampler.eval().requires_grad_(False)
 
 
-def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path, solver: str = "euler") -> PolicyMetadata:
+def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path, solver: str = "euler",
+                   noise_scale: float = 1.0) -> PolicyMetadata:
     policy = ckpt.config.policy
     flow = ckpt.config.train.objective == "flow"
     return PolicyMetadata(
@@ -108,6 +112,8 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         objective=ckpt.config.train.objective,
         normalization=policy.normalization,
         action_frame=policy.action_frame,
+        chunk_basis="none" if policy.chunk_basis == "none" else f"{policy.chunk_basis}/{policy.basis_size}",
+        noise_scale=noise_scale,
         checkpoint_sha256=file_sha256(checkpoint_path),
         training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
         code_version=ckpt.code_version,
@@ -119,7 +125,9 @@ def summarize_training_data(summary: dict) -> dict:
     lists are reduced to their length so the metadata stays small."""
     out = {}
     for key, value in summary.items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if key in ("root", "data_path") and isinstance(value, str):
+            out[key] = portable_path(value)  # never a path of the machine that trained it
+        elif isinstance(value, (str, int, float, bool)) or value is None:
             out[key] = value
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
             out[f"{key}_true"] = sum(value)  # e.g. per-episode success flags -> successes
@@ -177,6 +185,7 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     name: str | None = None,
     solver: str = "euler",
+    noise_scale: float | None = None,
 ) -> tuple[PolicyMetadata, list[ParityRow]]:
     """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows."""
     import onnx
@@ -196,8 +205,11 @@ def export_checkpoint(
         check_solver(solver, steps)
     except ValueError as exc:
         raise UsageError(f"--solver: {exc}") from exc
-    sampler = sampler_from_checkpoint(ckpt, steps, solver=solver).freeze_time_features()
-    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver)
+    noise_scale = ckpt.config.policy.noise_scale if noise_scale is None else float(noise_scale)
+    if not 0.0 <= noise_scale <= 1.0:
+        raise UsageError(f"--noise-scale {noise_scale}: must be in [0, 1]")
+    sampler = sampler_from_checkpoint(ckpt, steps, solver=solver, noise_scale=noise_scale).freeze_time_features()
+    metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver, noise_scale)
     policy = ckpt.config.policy
 
     example: tuple[torch.Tensor, ...] = (
@@ -241,7 +253,7 @@ def export_checkpoint(
         onnx.checker.check_model(str(tmp), full_check=True)
         PolicyMetadata.from_json(metadata.to_json(), where=str(out_path))
         # the reference is the plain eager sampler (time MLP run at every step), not the frozen copy
-        rows = parity_report(sampler_from_checkpoint(ckpt, steps, solver=solver), tmp, policy.obs_dim)
+        rows = parity_report(sampler_from_checkpoint(ckpt, steps, solver=solver, noise_scale=noise_scale), tmp, policy.obs_dim)
         worst = max(row.max_abs_diff for row in rows)
         if worst > PARITY_TOLERANCE:
             raise ModelFileError(f"parity check failed: max |onnx - torch| = {worst:.3g} > {PARITY_TOLERANCE:g}")

@@ -34,6 +34,7 @@ from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.errors import ConfigError
 
 NORMALIZATION_MODES = ("minmax", "meanstd")
+CHUNK_BASES = ("none", "dct", "bspline")  # see flow_policy_ros.policy.basis
 ACTION_FRAMES = ("relative", "absolute")
 
 
@@ -58,6 +59,12 @@ class PolicyConfig:
         hidden_dim: width of the velocity MLP.
         num_layers: hidden layers of the velocity MLP.
         time_embed_dim: size of the sinusoidal time embedding.
+        chunk_basis: 'none' (the flow runs over the H raw actions of each joint) or a smooth basis
+            of ``flow_policy_ros.policy.basis`` ('dct', 'bspline'): the flow runs over ``basis_size``
+            coefficients per joint and the graph decodes them into H actions (smooth by construction).
+        basis_size: K, coefficients per joint (2..H) for a smooth basis; ignored (0) for 'none'.
+        noise_scale: sampling temperature tau in [0, 1]: the graph starts the flow at tau * noise
+            (1 = the trained N(0, I); below 1 trades sample diversity for chunk-to-chunk consistency).
         limits: joint limits of the action joints.
         rtc_max_delay: d_max of real-time chunking (training-time action conditioning): the
             model learns to continue a committed prefix of up to this many actions, given
@@ -81,6 +88,9 @@ class PolicyConfig:
     hidden_dim: int = 192
     num_layers: int = 3
     time_embed_dim: int = 32
+    chunk_basis: str = "none"
+    basis_size: int = 0
+    noise_scale: float = 1.0
     limits: JointLimits = field(default_factory=JointLimits)
     rtc_max_delay: int = 0
     rtc_probability: float = 0.5
@@ -99,6 +109,13 @@ class PolicyConfig:
         require(0.0 <= self.rtc_probability <= 1.0, f"rtc_probability must be in [0, 1], got {self.rtc_probability}")
         require(self.rtc_delay_weights in ("uniform", "exponential"),
                 f"rtc_delay_weights must be 'uniform' or 'exponential', got {self.rtc_delay_weights!r}")
+        require(self.chunk_basis in CHUNK_BASES, f"chunk_basis must be one of {CHUNK_BASES}, got {self.chunk_basis!r}")
+        if self.chunk_basis != "none":
+            require(2 <= self.basis_size <= self.horizon,
+                    f"basis_size must be in [2, horizon={self.horizon}] for chunk_basis {self.chunk_basis!r}, got {self.basis_size}")
+            require(self.rtc_max_delay == 0, f"rtc_max_delay {self.rtc_max_delay} needs chunk_basis 'none' (the committed "
+                                             f"prefix lives in action space), got chunk_basis {self.chunk_basis!r}")
+        require(0.0 <= self.noise_scale <= 1.0, f"noise_scale must be in [0, 1], got {self.noise_scale}")
         require(self.euler_steps >= 1, f"euler_steps must be >= 1, got {self.euler_steps}")
         require(0.0 <= self.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {self.p_uncond}")
         for name in self.guided_fields:
@@ -128,6 +145,11 @@ class PolicyConfig:
             self.time_embed_dim >= 2 and self.time_embed_dim % 2 == 0,
             f"time_embed_dim must be an even number >= 2, got {self.time_embed_dim}",
         )
+
+    @property
+    def flow_steps(self) -> int:
+        """Rows of the flow state per joint: K for a smooth chunk basis, else H."""
+        return self.horizon if self.chunk_basis == "none" else self.basis_size
 
     @property
     def io(self) -> ModelIO:
@@ -176,6 +198,11 @@ class TrainConfig:
             each training sample while its target positions stay on the demonstration: the
             policy learns to steer back to the demonstrated path from slightly-off states (the
             covariate shift that makes behaviour cloning drift). 0 disables it.
+        position_noise_blend_steps: how the perturbed sample's targets return to the demonstration.
+            0: at once (every target of the chunk stays on the demonstration, so the chunk's first
+            action jumps back by the perturbation: a step at every chunk seam). R > 0: smoothly over
+            the first R actions (target h = demonstration + e * (1 - s(h / R)), s the C2 quintic
+            smoothstep), so the chunk continues from where the arm is.
         checkpoint_every: steps between checkpoints.
         log_every: steps between loss-log entries (console, ``train_log.csv``, loss plot).
         val_fraction: fraction of the EPISODES held out for validation (never single windows:
@@ -195,6 +222,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     position_noise_std: float = 0.0
+    position_noise_blend_steps: int = 0
     checkpoint_every: int = 2000
     log_every: int = 50
     val_fraction: float = 0.05
@@ -207,6 +235,8 @@ class TrainConfig:
         require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         require(0.0 <= self.ema_decay < 1.0, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         require(self.position_noise_std >= 0, f"train.position_noise_std must be >= 0, got {self.position_noise_std}")
+        require(self.position_noise_blend_steps >= 0,
+                f"train.position_noise_blend_steps must be >= 0, got {self.position_noise_blend_steps}")
         require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         require(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")

@@ -25,6 +25,10 @@ covers only rows >= d, and the sampler keeps them fixed at every evaluation. CFG
 prefix like the arm's state: BOTH branches see it; only the guided condition (the goal) is
 replaced by the null condition in the unconditional branch.
 
+With a smooth chunk basis (``model.basis``, see ``flow_policy_ros.policy.basis``) all of the
+above runs on the coefficients c = M^T x (B, K, A): data x1 and noise x0 are projected, and the
+sampler decodes the final state, x = M c. (Real-time chunking needs the plain action space.)
+
 The regression baseline (``objective='regression'``) reuses all of this: the network maps
 (x = 0, t = 0, c) straight to the chunk, which is exactly one Euler step of size 1 from
 x0 = 0. So the same sampler (and the same exported graph) serves both objectives.
@@ -161,6 +165,7 @@ def training_loss(
     (real-time chunking, only for a model built with ``rtc_max_delay`` > 0): rows i < d are
     given clean (t = 1) in the input and left out of the loss.
     """
+    x1 = model.encode(x1)  # (B, K, A); x1 itself without a basis
     batch, horizon = x1.shape[0], x1.shape[1]
     drop = torch.rand(batch, generator=generator, device=x1.device) < p_uncond
     cond = model.condition(obs_n, drop)
@@ -221,7 +226,8 @@ def sample_chunks(
     constants. ``prefix`` (B, H, A) normalized and ``mask`` (B, H) (1 on committed rows): real-time
     chunking, for a model built with ``rtc_max_delay`` > 0.
     """
-    batch, horizon, action_dim = x0.shape
+    x0 = model.encode(x0)  # noise -> coefficients (B, K, A): N(0, I) for an orthonormal basis
+    batch, horizon, action_dim = x0.shape  # horizon: K rows of the flow state (H without a basis)
     flat = horizon * action_dim
     cond = torch.cat([model.condition(obs_n), model.unconditional(obs_n)], dim=0)
     if mask is not None:
@@ -247,4 +253,4 @@ def sample_chunks(
     x1 = integrate(guided_velocity, x0.reshape(-1, flat), steps, solver)
     if mask is not None:
         x1 = given + free * x1
-    return x1.reshape(-1, horizon, action_dim)
+    return model.decode(x1.reshape(-1, horizon, action_dim))

@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from flow_policy_ros.policy.basis import chunk_basis_matrix
 from flow_policy_ros.policy.config import PolicyConfig
 
 
@@ -39,9 +40,13 @@ class VelocityNet(nn.Module):
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
-        self.horizon, self.action_dim = cfg.horizon, cfg.action_dim
+        self.horizon, self.action_dim, self.flow_steps = cfg.horizon, cfg.action_dim, cfg.flow_steps
         self.time_embed_dim = cfg.time_embed_dim
-        width, chunk = cfg.hidden_dim, cfg.horizon * cfg.action_dim
+        width, chunk = cfg.hidden_dim, cfg.flow_steps * cfg.action_dim
+        # derived from the config, so not stored in checkpoints (persistent=False)
+        matrix = None if cfg.chunk_basis == "none" else torch.tensor(
+            chunk_basis_matrix(cfg.chunk_basis, cfg.horizon, cfg.basis_size), dtype=torch.float32)
+        self.register_buffer("basis", matrix, persistent=False)
         self.rtc = cfg.rtc_max_delay > 0  # real-time chunking: a per-row "committed" mask is an input
         self.register_buffer("guided_mask", torch.tensor(cfg.guided_mask(), dtype=torch.bool))
         self.null_condition = nn.Parameter(torch.zeros(cfg.obs_dim))
@@ -54,6 +59,14 @@ class VelocityNet(nn.Module):
         # Start as the zero velocity field: early samples stay at the noise scale.
         nn.init.zeros_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Chunks (B, H, A) -> flow state (B, K, A): c = M^T x (identity without a basis)."""
+        return x if self.basis is None else torch.matmul(self.basis.t(), x)
+
+    def decode(self, c: torch.Tensor) -> torch.Tensor:
+        """Flow state (B, K, A) -> chunks (B, H, A): x = M c (identity without a basis)."""
+        return c if self.basis is None else torch.matmul(self.basis, c)
 
     def condition(self, obs_n: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Condition features (B, width) from normalized observations (B, obs_dim).
@@ -70,7 +83,8 @@ class VelocityNet(nn.Module):
         return self.condition(obs_n, torch.ones(obs_n.shape[0], dtype=torch.bool, device=obs_n.device))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Velocity (B, H, A) at x (B, H, A), flow time t (B,) or (1,) in [0, 1], condition (B, width).
+        """Velocity (B, K, A) at flow state x (B, K, A) (K = H without a basis), flow time t (B,) or (1,),
+        condition (B, width).
 
         ``mask`` (B, H): 1 on the rows of a committed prefix (real-time chunking models only).
         """
@@ -82,7 +96,7 @@ class VelocityNet(nn.Module):
 
     def velocity_flat(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, time_feat: torch.Tensor | None = None,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
-        """As ``forward`` on flattened chunks: x (B, H*A) -> velocity (B, H*A).
+        """As ``forward`` on flattened states: x (B, K*A) -> velocity (B, K*A).
 
         ``time_feat`` may carry precomputed ``time_features(t)`` (the exporter bakes them in).
         ``mask`` (B, H): committed-prefix rows (RTC models; None = no prefix).

@@ -38,7 +38,7 @@ from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
 from flow_policy_ros.policy.train_log import CSV_NAME, StopOnInterrupt, TrainingLog, plot_loss  # noqa: F401 - plot_loss re-exported
-from flow_policy_ros.reports import write_json
+from flow_policy_ros.reports import content_sha256, portable_path, write_json
 
 KEEP_PERIODIC = 3
 
@@ -132,10 +132,13 @@ class PositionNoise:
 
     With noise e (rad) on the positions: obs_n[:, pos] += e / obs_scale[pos]; the absolute
     targets do not move, so in the relative action frame the chunk (targets - positions)
-    changes by -e for the action joints: act_n -= e / act_scale.
+    changes by -e for the action joints: act_n -= e / act_scale. With ``blend_steps`` R > 0 the
+    targets instead return to the demonstration smoothly, target h = demo h + e (1 - s(h / R)),
+    so the relative chunk changes by -e s(h / R) (s: quintic smoothstep, 0 at h = 0, 1 from h = R).
     """
 
-    def __init__(self, policy_cfg: PolicyConfig, stats: NormalizationStats, std_rad: float, device: torch.device) -> None:
+    def __init__(self, policy_cfg: PolicyConfig, stats: NormalizationStats, std_rad: float, device: torch.device,
+                 blend_steps: int = 0) -> None:
         positions = policy_cfg.observation.field_slices()["joint_positions"] if "joint_positions" in policy_cfg.observation.fields else None
         self.std = std_rad if positions is not None else 0.0
         self.obs_columns = list(range(positions.start, positions.stop)) if positions is not None else []
@@ -144,6 +147,8 @@ class PositionNoise:
         self.action_from = [self.obs_columns.index(i) for i in reference]
         self.obs_scale = torch.tensor(stats.obs_scale[self.obs_columns], dtype=torch.float32, device=device)
         self.act_scale = torch.tensor(stats.act_scale, dtype=torch.float32, device=device)
+        x = torch.clamp(torch.arange(policy_cfg.horizon, dtype=torch.float32, device=device) / max(blend_steps, 1), 0.0, 1.0)
+        self.blend = (x**3 * (10 - 15 * x + 6 * x**2)) if blend_steps > 0 else torch.ones_like(x)  # (H,)
 
     def __call__(self, obs_n: torch.Tensor, act_n: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.std == 0.0:
@@ -152,7 +157,7 @@ class PositionNoise:
         obs_n = obs_n.clone()
         obs_n[:, self.obs_columns] += noise / self.obs_scale
         if self.action_from:
-            act_n = act_n - (noise[:, self.action_from] / self.act_scale)[:, None, :]
+            act_n = act_n - (noise[:, self.action_from] / self.act_scale)[:, None, :] * self.blend[None, :, None]
         return obs_n, act_n
 
 
@@ -249,7 +254,8 @@ def train(
     obs_val, act_val = obs_all[val_index], act_all[val_index]
     del obs_all, act_all
     n_windows = obs_n.shape[0]
-    position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device)
+    position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device,
+                                   train_cfg.position_noise_blend_steps)
 
     torch.manual_seed(train_cfg.seed)
     model = VelocityNet(policy_cfg).to(device)
@@ -284,8 +290,11 @@ def train(
     val_seed = train_cfg.seed * 1_000_003 + 7_777_777
 
     summary = dict(windows.summary)
-    summary.update({"windows": int(len(windows)), "data_path": str(data_path), "world_size": world,
+    summary.update({"windows": int(len(windows)), "data_path": portable_path(data_path),
+                    "data_sha256": content_sha256(data_path) if rank == 0 else "", "world_size": world,
                     "split": split.summary(windows.episode_index, train_cfg.val_fraction)})
+    if "root" in summary:
+        summary["root"] = portable_path(summary["root"])
     train_log = TrainingLog(out_dir / CSV_NAME if rank == 0 else None, history)
     say(f"training to step {train_cfg.steps} in {out_dir} (log {out_dir / CSV_NAME}, Ctrl-C saves a checkpoint)")
 

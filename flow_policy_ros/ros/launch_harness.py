@@ -42,6 +42,8 @@ STARTUP_BUDGET_S = 60.0
 #: Upper bound on one episode (s): the task's 6 s limit, the reset pause and slack.
 EPISODE_BUDGET_S = 10.0
 STOP_TIMEOUT_S = 5.0
+#: Seconds for the last messages of a node that exited with status 0 to arrive.
+EXIT_GRACE_S = 2.0
 
 
 def ros_environment(environ: Mapping[str, str] | None = None, pid: int | None = None) -> dict[str, str]:
@@ -239,9 +241,14 @@ def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: 
 
 def run_loop(nodes: NodeProcesses, monitor: LoopMonitor, until: Callable[[list[dict[str, Any]]], bool],
              deadline_s: float, on_outcome: Callable[[dict[str, Any]], None] | None = None) -> str | None:
-    """Wait until ``until(outcomes)``; returns why it stopped early ('died: ...', 'timeout') or None."""
+    """Wait until ``until(outcomes)``; returns why it stopped early ('died: ...', 'timeout') or None.
+
+    A node that exits with status 0 (sim_node after its last episode) gets ``EXIT_GRACE_S`` for
+    its last messages to arrive before its exit counts as dying early.
+    """
     deadline = time.monotonic() + deadline_s
     reported = 0
+    clean_exit_at: float | None = None
     while True:
         outcomes, _, _ = monitor.snapshot()
         for outcome in outcomes[reported:]:
@@ -251,7 +258,9 @@ def run_loop(nodes: NodeProcesses, monitor: LoopMonitor, until: Callable[[list[d
         if until(outcomes):
             return None
         dead = nodes.dead()
-        if dead:
+        if dead and clean_exit_at is None and not any(dead.values()):
+            clean_exit_at = time.monotonic()
+        if dead and (any(dead.values()) or time.monotonic() - clean_exit_at > EXIT_GRACE_S):
             return "died: " + ", ".join(f"{name} exited with status {code}" for name, code in dead.items())
         if time.monotonic() > deadline:
             return "timeout"

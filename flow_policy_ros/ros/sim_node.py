@@ -26,8 +26,11 @@ is matched (``wait_for_commander``). Each episode: reset the world to the task's
 the goal, hold still for ``reset_pause_s`` (joint states published, commands ignored, so the
 commander can settle onto the new episode), then run in real time until the time limit, a
 collision or (``end_on_success``) success, and publish the outcome. Sim time 0 of the episode
-(``time_to_goal_s``) is the end of the pause. After the last episode the arm keeps holding and
-publishing joint states.
+(``time_to_goal_s``) is the end of the pause. After the last of a finite number of episodes
+(``episodes`` or ``seeds``) the node waits until every subscriber has acknowledged the outcomes
+(at most ``FINISH_ACK_TIMEOUT_S``), holds the arm for ``FINISH_HOLD_S`` and ends the process with
+exit status 0, so a launch file or ``flow-policy demo`` ends with it. With neither set it runs
+until stopped.
 
 Recording. With ``record_path`` set, each episode is written to
 ``<record_path>/episode_<NNNN>_seed<S>`` (rosbag2, via ``bag.BagWriter``) with
@@ -49,6 +52,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterType
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -65,14 +69,19 @@ from flow_policy_ros.ros.messages import time_msg
 from flow_policy_ros.ros.node_runner import spin_node
 from flow_policy_ros.ros.parameters import ParameterSpec, declare_all
 from flow_policy_ros.ros.realtime import set_thread_priority
+from flow_policy_ros.runtime.observation import stamp_to_ns, trajectory_arrays
 from flow_policy_ros.sim.arm import PHYSICS_HZ
 from flow_policy_ros.sim.env import SimEnv, sim_time_ns
 from flow_policy_ros.sim.tasks import TASKS, EpisodeSpec, sample_episode
-from flow_policy_ros.sim.trajectory import TrajectoryError, TrajectoryFollower
+from flow_policy_ros.sim.trajectory import TrajectoryFollower
 
 NODE_NAME = "sim_node"
 #: Falling further behind the wall clock than this (ns) re-anchors the real-time schedule.
 MAX_LAG_NS = 50_000_000
+#: After the last episode: wait this long at most for subscribers to acknowledge the outcomes (s),
+#: then hold the arm (publishing joint states) this long (s) before the process ends.
+FINISH_ACK_TIMEOUT_S = 2.0
+FINISH_HOLD_S = 0.2
 DIAGNOSTIC_STRING = "diagnostic_msgs/msg/DiagnosticArray"
 
 
@@ -225,6 +234,7 @@ class SimNode(Node):
         if self.recorder is not None:
             self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.create_timer(1.0, self._publish_diagnostics)
+        self._finished = self.create_guard_condition(self.context.try_shutdown)
         self._thread = threading.Thread(target=self._run, name="physics", daemon=True)
         self._thread.start()
         self.get_logger().info(
@@ -255,16 +265,10 @@ class SimNode(Node):
         if now_ns < self._accept_after_ns:
             return
         try:
-            index = [list(msg.joint_names).index(n) for n in IIWA_JOINT_NAMES] if msg.points else []
-            offsets = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
-            rows = [np.asarray(pt.positions, dtype=np.float64) for pt in msg.points]
-            if any(row.size != len(msg.joint_names) for row in rows):
-                raise TrajectoryError("a point's position count differs from joint_names")
-            positions = np.array([row[index] for row in rows]).reshape(len(rows), len(IIWA_JOINT_NAMES))
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp_ns, offsets_ns, positions = trajectory_arrays(msg, IIWA_JOINT_NAMES)
             with self._follower_lock:
-                self.follower.set_trajectory(stamp_ns, offsets, positions, now_ns)
-        except ValueError as exc:  # TrajectoryError is a ValueError; so is a missing joint name
+                self.follower.set_trajectory(stamp_ns, (offsets_ns * 1e-9).tolist(), positions, now_ns)
+        except ValueError as exc:  # TrajectoryError (one class for message and follower errors) is a ValueError
             self._reject(f"joint_trajectory: {exc}")
             return
         self.trajectories_received += 1
@@ -285,7 +289,7 @@ class SimNode(Node):
         self._joint_pub.publish(msg)
         self.joint_states_sent += 1
         if self.recorder is not None and self.state == "running":
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             self.recorder.write(self._joint_pub.topic_name, bagio.JOINT_STATE, msg, stamp_ns)
 
     def _sleep_until(self, t_ns: int) -> None:
@@ -326,9 +330,14 @@ class SimNode(Node):
         while not self._stop.is_set() and (count is None or episode < count):
             self._run_episode(episode)
             episode += 1
+        if self._stop.is_set():
+            return
         self.state = "done"
-        self._accept_after_ns = 0
-        self._run_realtime(lambda: False, monitor=False)  # keep holding/following and publishing
+        self._outcome_pub.wait_for_all_acked(Duration(seconds=FINISH_ACK_TIMEOUT_S))
+        self._hold_for(round(FINISH_HOLD_S * 1e9))
+        self.get_logger().info(f"all {count} episodes done ({sum(o['success'] for o in self.outcomes)} successes): "
+                               "shutting down")
+        self._finished.trigger()  # the executor thread shuts the context down: main() exits 0, as after SIGINT
 
     def _run_episode(self, episode: int) -> None:
         p = self.params

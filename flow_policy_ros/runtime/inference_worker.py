@@ -31,21 +31,26 @@ from flow_policy_ros.runtime.latency import StageLatencies
 
 
 class InferenceWorker:
-    """Runs ``predict(observation, guidance_scale) -> (H, A)`` for each submitted request.
+    """Runs ``predict(observation, guidance_scale=..., [prefix_actions=..., prefix_length=...]) -> (H, A)``
+    (``OnnxPolicy.predict``) for each submitted request.
 
     Args:
         predict: the model call.
         on_done: called (threaded mode only) from the worker thread after each result is ready;
-            the node triggers a guard condition with it, which is thread-safe.
+            the node wakes its executor with it (thread-safe).
+        delay_s: experiments only: hold each result back that long after inference, to emulate
+            a slower model (threaded mode; inline it would block the caller, so it is refused).
         inline: run ``predict`` inside :meth:`submit`, in the caller's thread (no worker thread).
         latencies: where to record the handoff/inference/return stages (optional).
     """
 
-    def __init__(self, predict: Callable[[np.ndarray, float | None], np.ndarray],
-                 on_done: Callable[[], None] | None = None, inline: bool = False,
-                 latencies: StageLatencies | None = None) -> None:
+    def __init__(self, predict: Callable[..., np.ndarray], on_done: Callable[[], None] | None = None,
+                 delay_s: float = 0.0, inline: bool = False, latencies: StageLatencies | None = None) -> None:
+        if inline and delay_s > 0:
+            raise ValueError(f"InferenceWorker: an injected delay ({delay_s} s) needs the inference thread, not inline")
         self._predict = predict
         self._on_done = on_done
+        self._delay_s = float(delay_s)
         self.inline = inline
         self.latencies = latencies
         self._cv = threading.Condition()
@@ -98,8 +103,11 @@ class InferenceWorker:
 
     def _infer(self, request: InferenceRequest, submitted_ns: int) -> InferenceResult:
         start_ns = time.perf_counter_ns()
+        kwargs = {"guidance_scale": request.guidance_scale}
+        if request.prefix_length:
+            kwargs.update(prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
         try:
-            actions, error = np.asarray(self._predict(request.observation, request.guidance_scale), dtype=np.float64), None
+            actions, error = np.asarray(self._predict(request.observation, **kwargs), dtype=np.float64), None
         except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
             actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
         end_ns = time.perf_counter_ns()
@@ -123,6 +131,10 @@ class InferenceWorker:
                     return
                 request, self._request = self._request, None
                 submitted_ns = self._submitted_ns
-            self._finish(self._infer(request, submitted_ns))
+            result = self._infer(request, submitted_ns)
+            if self._delay_s > 0:
+                with self._cv:
+                    self._cv.wait_for(lambda: self._stopped, timeout=self._delay_s)
+            self._finish(result)
             if self._on_done is not None:
                 self._on_done()

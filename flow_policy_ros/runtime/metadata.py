@@ -36,6 +36,8 @@ class PolicyMetadata:
         objective: 'flow' or 'regression' (regression ignores the noise input).
         normalization: 'minmax' or 'meanstd' (the statistics themselves are in the graph).
         action_frame: 'relative' or 'absolute' (informational: the graph outputs absolute targets).
+        chunk_basis: 'none' or the smooth chunk basis and its size, e.g. 'bspline/6' (informational).
+        noise_scale: sampling temperature baked into the graph (x0 = noise_scale * noise; informational).
         checkpoint_sha256: hash of the checkpoint the graph was exported from.
         training_data: summary of the training data (episodes, windows, source).
         code_version: package version + commit at export.
@@ -51,6 +53,8 @@ class PolicyMetadata:
     objective: str = "flow"
     normalization: str = "minmax"
     action_frame: str = "absolute"
+    chunk_basis: str = "none"
+    noise_scale: float = 1.0
     checkpoint_sha256: str = ""
     training_data: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
@@ -113,6 +117,8 @@ class PolicyMetadata:
                 "objective": self.objective,
                 "normalization": self.normalization,
                 "action_frame": self.action_frame,
+                "chunk_basis": self.chunk_basis,
+                "noise_scale": self.noise_scale,
                 "checkpoint_sha256": self.checkpoint_sha256,
                 "training_data": self.training_data,
                 "code_version": self.code_version,
@@ -155,6 +161,8 @@ class PolicyMetadata:
                 objective=str(data.get("objective", "flow")),
                 normalization=str(data.get("normalization", "")),
                 action_frame=str(data.get("action_frame", "absolute")),
+                chunk_basis=str(data.get("chunk_basis", "none")),
+                noise_scale=float(data.get("noise_scale", 1.0)),
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 training_data=dict(data.get("training_data", {})),
                 code_version=str(data.get("code_version", "")),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flow_policy_ros.contract import ObservationSpec
-from flow_policy_ros.errors import ObservationError
+from flow_policy_ros.errors import ObservationError, TrajectoryError
 
 
 class MissingJointError(ObservationError):
@@ -90,3 +90,32 @@ def build_observation(
             raise NonFiniteValueError(f"observation field {name!r} has NaN/inf: {value.tolist()}")
         parts.append(value)
     return np.concatenate(parts).astype(np.float32)
+
+
+def stamp_to_ns(stamp: object) -> int:
+    """builtin_interfaces/Time (or Duration) -> int ns; any object with ``sec`` and ``nanosec``."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def trajectory_arrays(msg: object, wanted: Sequence[str]) -> tuple[int, np.ndarray, np.ndarray]:
+    """A trajectory_msgs/JointTrajectory (rclpy's or rosbags') by joint NAME.
+
+    Returns (header stamp ns, point offsets (K,) int64 ns, positions (K, len(wanted)) rad). An empty
+    trajectory (K = 0: "stop") needs no joint names. Raises TrajectoryError naming what is wrong.
+    """
+    names = list(msg.joint_names)
+    stamp_ns = stamp_to_ns(msg.header.stamp)
+    if not msg.points:
+        return stamp_ns, np.zeros(0, np.int64), np.zeros((0, len(wanted)))
+    index = {name: i for i, name in enumerate(names)}
+    if len(index) != len(names):
+        raise TrajectoryError(f"joint_names repeats a joint: {names}")
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise TrajectoryError(f"JointTrajectory lacks joint(s) {missing}; it has {names}")
+    cols = [index[name] for name in wanted]
+    rows = [np.asarray(point.positions, dtype=np.float64) for point in msg.points]
+    if any(row.size != len(names) for row in rows):
+        raise TrajectoryError("a point's position count differs from joint_names")
+    offsets = np.array([stamp_to_ns(point.time_from_start) for point in msg.points], np.int64)
+    return stamp_ns, offsets, np.stack([row[cols] for row in rows])

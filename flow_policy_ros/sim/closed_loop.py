@@ -82,6 +82,9 @@ class LoopConfig:
         guidance_scale: CFG weight w; None = the model's default.
         ensemble_decay: m of temporal ensembling.
         velocity_scale: factor in (0, 1] on the model's velocity limits.
+        inject_delay_ms: experiments: each chunk becomes available this long (sim time) after its
+            request, as if inference took that long (0 = at once, the synchronous default).
+        rtc_margin_ticks: chunking 'rtc': ticks added to the measured delay to size the prefix.
     """
 
     chunking: str = "receding_horizon"
@@ -89,6 +92,8 @@ class LoopConfig:
     guidance_scale: float | None = None
     ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
     velocity_scale: float = 1.0
+    inject_delay_ms: float = 0.0
+    rtc_margin_ticks: int = 1
 
 
 @dataclass
@@ -109,6 +114,7 @@ class EpisodeResult:
         chunk_ticks: ticks at which a new chunk took effect (0 is the first).
         latencies_s: wall time of each ``predict`` call (s).
         clipped_by_limiter: ticks where the limiter changed the scheduler's action.
+        counters: the controller's counters at the end of the episode (invalid outputs, rtc, ...).
     """
 
     seed: int
@@ -124,6 +130,7 @@ class EpisodeResult:
     chunk_ticks: list[int] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
     clipped_by_limiter: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 def check_sim_joints(meta: PolicyMetadata) -> None:
@@ -142,7 +149,17 @@ def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
     """Check ``config`` against the model (ValueError/SafetyError naming the value); returns the guidance w or None."""
     make_scheduler(config.chunking, meta.horizon, config.replan_every, config.ensemble_decay)
     SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
+    if not (config.inject_delay_ms >= 0 and np.isfinite(config.inject_delay_ms)):
+        raise ValueError(f"--inject-delay-ms must be >= 0, got {config.inject_delay_ms}")
+    controller_config(config, meta, None)  # chunking 'rtc' needs an rtc model
     return None if config.guidance_scale is None else validate_guidance_scale(config.guidance_scale)
+
+
+def controller_config(config: LoopConfig, meta: PolicyMetadata, guidance: float | None) -> ControllerConfig:
+    """The node's controller settings for this evaluation (stream mode, the model's limits)."""
+    return ControllerConfig(meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking,
+                            config.replan_every, config.ensemble_decay, guidance_scale=guidance,
+                            rtc_max_delay=meta.rtc_max_delay, rtc_margin_ticks=config.rtc_margin_ticks)
 
 
 def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
@@ -179,9 +196,7 @@ class ClosedLoop:
         self.config = config
         self.guidance = validate_config(config, meta)
         self.limits = SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
-        self.controller_config = ControllerConfig(
-            meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking, config.replan_every,
-            config.ensemble_decay, guidance_scale=self.guidance)
+        self.controller_config = controller_config(config, meta, self.guidance)
         self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
 
     def close(self) -> None:
@@ -203,7 +218,12 @@ class ClosedLoop:
         controller = PolicyController(self.controller_config, self.limits)
         self.policy.rng = np.random.default_rng(spec.seed)
         env.reset_to(spec)
+        begin = getattr(self.policy, "begin_episode", None)
+        if begin is not None:  # a reference chunk source (the scripted expert) plans the episode
+            begin(spec, env)
         controller.on_goal(np.asarray(spec.goal, dtype=np.float64))
+        delay_ns = round(self.config.inject_delay_ms * 1e6)
+        pending: list[tuple[int, InferenceResult]] = []  # (available at, result): injected delay
         period_ns = self.controller_config.period_ns
         joints = meta.observation.joint_names
         commands: list[np.ndarray] = []
@@ -223,16 +243,28 @@ class ClosedLoop:
         while not env.done:
             now_ns = tick * period_ns
             decisions = controller.on_tick(now_ns)
+            ready = [r for t, r in pending if t <= now_ns]
+            pending = [(t, r) for t, r in pending if t > now_ns]
             more, measured = joint_state(now_ns)
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
                 start = time.perf_counter()
-                actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
+                if request.prefix_length:
+                    actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale,
+                                                  prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
+                else:
+                    actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
                 latencies.append(time.perf_counter() - start)
+                result = InferenceResult.for_request(request, latencies[-1], actions)
+                if delay_ns > 0:
+                    pending.append((request.received_ns + delay_ns, result))
+                else:
+                    ready.append(result)
+            for result in ready:
                 received = controller.counters.chunks_received
-                decisions += controller.on_inference_result(InferenceResult.for_request(request, latencies[-1], actions))
+                decisions += controller.on_inference_result(result)
                 if controller.counters.chunks_received > received:
-                    chunk_ticks.append(tick)
+                    chunk_ticks.append(tick + max(0, result.prefix_length - (tick - result.tick)))
             sent = [d for d in decisions if isinstance(d, Command)]
             if sent:
                 command = sent[-1].positions
@@ -251,7 +283,7 @@ class ClosedLoop:
             reached_time_s=status.reached_time_s, final_distance_m=status.final_distance_m,
             goal=np.asarray(spec.goal, dtype=np.float64), obstacle=obstacle, ee_path=np.asarray(ee_path),
             commands=np.asarray(commands).reshape(-1, meta.action_dim), chunk_ticks=chunk_ticks,
-            latencies_s=latencies, clipped_by_limiter=clipped,
+            latencies_s=latencies, clipped_by_limiter=clipped, counters=controller.counters.as_dict(),
         )
 
 

@@ -18,7 +18,6 @@ windows inside one chunk, averaged over episodes, and their ratio (≈ 1: seams 
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flow_policy_ros.metrics import Z_95, episode_peaks, seam_mask, wilson_interval  # noqa: F401 - re-exported
 from flow_policy_ros.sim.closed_loop import (
     FAILURE_REASONS,
     EpisodeResult,
@@ -38,49 +38,8 @@ from flow_policy_ros.sim.tasks import SIDES
 if TYPE_CHECKING:
     from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
-#: Two-sided 95 % standard-normal quantile.
-Z_95 = 1.959963984540054
 #: Episodes whose command traces are plotted.
 TRACE_EPISODES = 2
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval (lo, hi) of a binomial proportion; (0, 1) when ``trials`` is 0."""
-    if trials <= 0:
-        return 0.0, 1.0
-    if not 0 <= successes <= trials:
-        raise ValueError(f"successes {successes} must be in [0, trials={trials}]")
-    p = successes / trials
-    denom = 1.0 + z * z / trials
-    center = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    # min/max: rounding must not push an end past p (at p = 0 or 1 the interval ends there exactly)
-    return min(p, max(0.0, center - half)), max(p, min(1.0, center + half))
-
-
-def seam_mask(length: int, order: int, seams: Sequence[int]) -> np.ndarray:
-    """(length,) bool: difference window n..n+order of the command sequence contains a seam.
-
-    A seam at tick b (b > 0, the first tick of a new chunk) is inside window n when n < b <= n + order,
-    i.e. the window holds commands from both sides of it.
-    """
-    n = np.arange(length)
-    mask = np.zeros(length, dtype=bool)
-    for b in seams:
-        if b > 0:
-            mask |= (n < b) & (b <= n + order)
-    return mask
-
-
-def episode_peaks(commands: np.ndarray, seams: Sequence[int], period_s: float) -> dict[str, float | None]:
-    """Peak |acceleration| (rad/s²) and |jerk| (rad/s³) over joints, at seams and inside chunks."""
-    peaks: dict[str, float | None] = {}
-    for name, order in (("accel", 2), ("jerk", 3)):
-        values = np.abs(np.diff(commands, n=order, axis=0)).max(axis=1) / period_s**order if len(commands) > order else np.empty(0)
-        at_seam = seam_mask(len(values), order, seams)
-        peaks[f"{name}_seam"] = float(values[at_seam].max()) if at_seam.any() else None
-        peaks[f"{name}_inside"] = float(values[~at_seam].max()) if (~at_seam).any() else None
-    return peaks
 
 
 def seam_smoothness(results: Sequence[EpisodeResult], period_s: float) -> dict[str, Any]:
@@ -121,6 +80,7 @@ def summarize(results: Sequence[EpisodeResult], task: str, seed: int, config: Lo
         "guidance_scale": config.guidance_scale if config.guidance_scale is not None else model.get("default_guidance_scale"),
         "chunking": config.chunking,
         "replan_every": config.replan_every,
+        "inject_delay_ms": config.inject_delay_ms,
         "success_rate": successes / n if n else 0.0,
         "successes": successes,
         "success_ci95": [lo, hi],
@@ -129,6 +89,8 @@ def summarize(results: Sequence[EpisodeResult], task: str, seed: int, config: Lo
         "latency_ms": {"p50": _percentile_ms(latencies, 50), "p99": _percentile_ms(latencies, 99), "calls": len(latencies)},
         "time_to_goal_s": {"mean": float(np.mean(reached)) if reached else None, "episodes": len(reached)},
         "limiter_clipped_fraction": sum(r.clipped_by_limiter for r in results) / max(1, sum(len(r.commands) for r in results)),
+        "controller": {key: sum(r.counters.get(key, 0) for r in results)
+                       for key in sorted({k for r in results for k in r.counters})},
         "model": model,
         "per_episode": [_episode_json(r) for r in results],
     }
@@ -155,9 +117,57 @@ def model_info(policy: OnnxPolicy) -> dict[str, Any]:
     meta = policy.metadata
     return {
         "name": meta.name, "hash": meta.model_hash, "path": str(policy.path), "objective": meta.objective,
-        "horizon": meta.horizon, "euler_steps": meta.euler_steps, "default_guidance_scale": meta.guidance_scale,
-        "provider": policy.active_provider,
+        "horizon": meta.horizon, "euler_steps": meta.euler_steps, "solver": meta.solver,
+        "default_guidance_scale": meta.guidance_scale, "rtc_max_delay": meta.rtc_max_delay,
+        "chunk_basis": meta.chunk_basis, "noise_scale": meta.noise_scale, "provider": policy.active_provider,
     }
+
+
+def peak_smoothness(smoothness: dict[str, Any]) -> dict[str, float | None]:
+    """Peak |acceleration| and |jerk| of a report: the larger of the seam and inside means."""
+    out: dict[str, float | None] = {}
+    for name, unit in (("accel", "rad_s2"), ("jerk", "rad_s3")):
+        values = [v for v in (smoothness[f"{name}_peak_seam_{unit}"], smoothness[f"{name}_peak_inside_{unit}"]) if v is not None]
+        out[f"{name}_peak_{unit}"] = max(values) if values else None
+    return out
+
+
+def reference_ratios(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, float | None]:
+    """Policy / reference ratios of peak acceleration and jerk (seam, inside, and the larger of both)."""
+    ours, ref = report["seam_smoothness"], reference["seam_smoothness"]
+    ratios: dict[str, float | None] = {}
+    for name, unit in (("accel", "rad_s2"), ("jerk", "rad_s3")):
+        for where in ("seam", "inside"):
+            a, b = ours[f"{name}_peak_{where}_{unit}"], ref[f"{name}_peak_{where}_{unit}"]
+            ratios[f"{name}_{where}"] = a / b if a is not None and b else None
+    peaks, ref_peaks = peak_smoothness(ours), peak_smoothness(ref)
+    for name, unit in (("accel", "rad_s2"), ("jerk", "rad_s3")):
+        a, b = peaks[f"{name}_peak_{unit}"], ref_peaks[f"{name}_peak_{unit}"]
+        ratios[f"{name}_peak"] = a / b if a is not None and b else None
+    return ratios
+
+
+def evaluate_reference(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
+                       progress: bool = True) -> dict[str, Any]:
+    """The scripted expert on the same episodes through the same controller (see ``sim.reference``)."""
+    from dataclasses import replace
+
+    from flow_policy_ros.sim.reference import ExpertPolicy
+
+    expert = ExpertPolicy(policy.metadata)
+    plain = replace(config, chunking="receding_horizon" if config.chunking == "rtc" else config.chunking, inject_delay_ms=0.0)
+    try:
+        report, _ = evaluate(expert, task, episodes, seed, plain, progress=progress, label=f"reference expert {task}")
+    finally:
+        expert.close()
+    report.pop("per_episode")
+    report["model"] = {"name": "scripted expert", "objective": "expert"}
+    report["peaks"] = peak_smoothness(report["seam_smoothness"])
+    return report
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -177,6 +187,18 @@ def format_summary(report: dict[str, Any]) -> str:
     ]
     if report["task"] == "reach_around":
         lines.insert(2, f"  successful routes: {report['modes']}; all episodes by route: {report['routes']}")
+    peaks = report.get("peaks")
+    if peaks:
+        lines.append(f"  peak |acceleration| {peaks['accel_peak_rad_s2']:.1f} rad/s^2, peak |jerk| {peaks['jerk_peak_rad_s3']:.0f} rad/s^3"
+                     " (max of seam and inside, mean over episodes)")
+    reference = report.get("reference")
+    if reference:
+        r, ref = report["reference_ratios"], reference
+        lines.append(
+            f"  vs scripted expert on the same episodes (expert success {ref['successes']}/{ref['episodes']}, peak accel "
+            f"{ref['peaks']['accel_peak_rad_s2']:.1f}, jerk {ref['peaks']['jerk_peak_rad_s3']:.0f}): policy/expert accel "
+            f"{_ratio(r['accel_peak'])} (seam {_ratio(r['accel_seam'])}, inside {_ratio(r['accel_inside'])}), jerk "
+            f"{_ratio(r['jerk_peak'])} (seam {_ratio(r['jerk_seam'])}, inside {_ratio(r['jerk_inside'])})")
     return "\n".join(lines)
 
 
@@ -196,7 +218,9 @@ def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: Lo
             bar.update(1)
 
         results = run_episodes(policy, task, seeds, config, on_episode=on_episode)
-    report = summarize(results, task, seed, config, model_info(policy), policy.metadata.control_period_s)
+    info = model_info(policy) if hasattr(policy, "session") else {"name": type(policy).__name__}
+    report = summarize(results, task, seed, config, info, policy.metadata.control_period_s)
+    report["peaks"] = peak_smoothness(report["seam_smoothness"])
     return report, results
 
 
