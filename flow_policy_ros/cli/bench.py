@@ -133,6 +133,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write results to this JSON file")
     parser.add_argument("--ros", action="store_true", help="closed-loop ROS 2 benchmark (sim_node + policy_node)")
     parser.add_argument("--duration", type=float, default=60.0, help="--ros: seconds of closed loop (default 60)")
+    parser.add_argument("--inference", choices=["inline", "thread"],
+                        help="--ros: policy_node's inference_thread (default: config/policy.yaml's)")
+    parser.add_argument("--executor", choices=["single_threaded", "events"],
+                        help="--ros: policy_node's executor (default: config/policy.yaml's)")
     parser.add_argument("--sweep", action="store_true",
                         help="solvers x steps x batch table, ONNX Runtime vs PyTorch eager (needs --checkpoint)")
     parser.add_argument("--solvers", nargs="+", metavar="SOLVER", help="--sweep: solvers (default: all)")

@@ -223,10 +223,12 @@ def resolve_model(model: str | None) -> Path:
 
 def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: str, episodes: int,
                       execution: str, record: Path | None, thread_priority: int = 0,
-                      seeds: list[int] | None = None) -> NodeProcesses:
+                      seeds: list[int] | None = None,
+                      policy_overrides: Mapping[str, object] | None = None) -> NodeProcesses:
     """Start sim_node and policy_node with the installed YAML files and this run's overrides
     (``thread_priority`` > 0: SCHED_FIFO for both nodes' control threads, see ``realtime.py``;
-    ``seeds``: the episode seeds, default 0, 1, 2, ...)."""
+    ``seeds``: the episode seeds, default 0, 1, 2, ...; ``policy_overrides``: more policy_node
+    parameters, e.g. ``inference_thread``)."""
     nodes = NodeProcesses(env, log_dir)
     sim_overrides: dict[str, object] = {"task": task, "episodes": episodes, "thread_priority": thread_priority}
     if seeds is not None:
@@ -235,7 +237,8 @@ def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: 
         sim_overrides["record_path"] = str(record.resolve())
     nodes.start("sim_node", "flow_policy_ros.ros.sim_node", paths.config_path("sim.yaml"), sim_overrides)
     nodes.start("policy_node", "flow_policy_ros.ros.policy_node", paths.config_path("policy.yaml"),
-                {"model_path": str(model), "execution": execution, "thread_priority": thread_priority})
+                {"model_path": str(model), "execution": execution, "thread_priority": thread_priority,
+                 **(policy_overrides or {})})
     return nodes
 
 
