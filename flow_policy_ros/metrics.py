@@ -54,3 +54,24 @@ def episode_peaks(commands: np.ndarray, seams: Sequence[int], period_s: float) -
         peaks[f"{name}_seam"] = float(values[at_seam].max()) if at_seam.any() else None
         peaks[f"{name}_inside"] = float(values[~at_seam].max()) if (~at_seam).any() else None
     return peaks
+
+
+def overall_peaks(commands: np.ndarray, period_s: float) -> dict[str, float | None]:
+    """Peak |acceleration| (rad/s²) and |jerk| (rad/s³) over joints and ALL difference windows.
+
+    Needs no chunk seams, so it is measured the same way on a recorded command topic (a bag) as on
+    the in-process loop: the per-episode figure whose mean eval-sim and ``demo --record`` report.
+    """
+    out: dict[str, float | None] = {}
+    for name, order in (("accel", 2), ("jerk", 3)):
+        out[name] = float(np.abs(np.diff(commands, n=order, axis=0)).max() / period_s**order) if len(commands) > order else None
+    return out
+
+
+def mean_overall_peaks(sequences: Sequence[np.ndarray], period_s: float) -> dict[str, float | None]:
+    """Mean over episodes of :func:`overall_peaks`: {'accel_rad_s2', 'jerk_rad_s3', 'episodes'}."""
+    peaks = [overall_peaks(np.asarray(c, dtype=np.float64), period_s) for c in sequences]
+    accel = [p["accel"] for p in peaks if p["accel"] is not None]
+    jerk = [p["jerk"] for p in peaks if p["jerk"] is not None]
+    return {"accel_rad_s2": float(np.mean(accel)) if accel else None,
+            "jerk_rad_s3": float(np.mean(jerk)) if jerk else None, "episodes": len(accel)}

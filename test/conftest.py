@@ -90,3 +90,14 @@ def node_process(tmp_path: Path) -> Iterator:
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fuzzing counts of test_fuzz.py (what was thrown at the package, and how it answered)."""
+    module = sys.modules.get("test_fuzz")
+    counts = getattr(module, "FUZZ_COUNTS", None)
+    if not counts:
+        return
+    terminalreporter.section("fuzzing (test/test_fuzz.py)")
+    for campaign, counter in counts.items():
+        terminalreporter.write_line(f"{campaign}: " + ", ".join(f"{key} {value}" for key, value in sorted(counter.items())))

@@ -15,8 +15,32 @@ from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats
 
 
-def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow", **policy_overrides: Any) -> Path:
-    """Save a checkpoint of a seeded random network; small by default (hidden 32, 1 layer, H 8)."""
+def wide_observation_range(policy: PolicyConfig) -> dict[str, list[float]]:
+    """A training range that covers everything an iiwa can observe: joint positions over their
+    limits (+0.1 rad), velocities ±3 rad/s, goals in a 4 m box. The tiny models' statistics come
+    from random numbers, so their real range means nothing; with this one the out-of-distribution
+    guard only trips on inputs no arm produces (tests of the guard pass a narrow range)."""
+    limits = dict(zip(policy.action_joint_names, zip(policy.limits.lower, policy.limits.upper)))
+    low, high = [], []
+    for name in policy.observation.fields:
+        if name == "goal":
+            low += [-2.0, -2.0, -2.0]
+            high += [2.0, 2.0, 2.0]
+            continue
+        for joint in policy.observation.joint_names:
+            lo, hi = limits.get(joint, (-3.1, 3.1)) if name == "joint_positions" else (-3.0, 3.0)
+            low.append(lo - 0.1 if name == "joint_positions" else lo)
+            high.append(hi + 0.1 if name == "joint_positions" else hi)
+    return {"low": low, "high": high}
+
+
+def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow",
+                    observation_range: dict[str, list[float]] | None = None, **policy_overrides: Any) -> Path:
+    """Save a checkpoint of a seeded random network; small by default (hidden 32, 1 layer, H 8).
+
+    ``observation_range`` ({'low', 'high'}, obs_dim each) is the training range the export puts in
+    the metadata; default :func:`wide_observation_range`.
+    """
     defaults: dict[str, Any] = {"hidden_dim": 32, "num_layers": 1, "horizon": 8, "euler_steps": 4}
     defaults.update(policy_overrides)
     policy = PolicyConfig(**defaults)
@@ -35,16 +59,72 @@ def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow", **policy
     save_checkpoint(
         path,
         Checkpoint(config=config, stats=stats, model_state=state, ema_state=state, step=0,
-                   data_summary={"source": "synthetic (test/model_factory.py)", "config": to_dict(policy)["horizon"]}),
+                   data_summary={"source": "synthetic (test/model_factory.py)", "config": to_dict(policy)["horizon"],
+                                 "observation_range": observation_range or wide_observation_range(policy)}),
     )
     return path
 
 
-def make_tiny_model(path: Path, seed: int = 0, **policy_overrides: Any) -> Path:
+def make_tiny_model(path: Path, seed: int = 0, observation_range: dict[str, list[float]] | None = None,
+                    **policy_overrides: Any) -> Path:
     """Export a small real policy to ``path`` (.onnx) via the package's exporter."""
     from flow_policy_ros.export.onnx_export import export_checkpoint
 
     path = Path(path)
-    ckpt = make_checkpoint(path.with_suffix(".pt"), seed=seed, **policy_overrides)
+    ckpt = make_checkpoint(path.with_suffix(".pt"), seed=seed, observation_range=observation_range, **policy_overrides)
     export_checkpoint(ckpt, path)
     return path
+
+
+def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshold: float = 0.0) -> Path:
+    """Copy the real exported model ``src`` to ``dst`` with its output changed by a few onnx.helper nodes.
+
+    kind: 'nan' (every output NaN), 'nan_if_negative' (NaN when observation[index] < threshold, finite otherwise),
+    'short' (only the first H/2 rows; the declared shape stays symbolic), 'declared_short' (the output
+    declared as [B, H/2, A] while the metadata says H).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    out = graph.output[0]
+    for node in graph.node:
+        node.output[:] = ["actions_raw" if o == "actions" else o for o in node.output]
+    horizon = int(json_metadata(model)["horizon"])
+    if kind == "nan":
+        graph.initializer.append(helper.make_tensor("nan_c", TensorProto.FLOAT, [1], [float("nan")]))
+        graph.node.append(helper.make_node("Mul", ["actions_raw", "nan_c"], ["actions"]))
+    elif kind == "nan_if_negative":
+        graph.initializer.extend([helper.make_tensor("s0", TensorProto.INT64, [1], [index]),
+                                  helper.make_tensor("s1", TensorProto.INT64, [1], [index + 1]),
+                                  helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+                                  helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+                                  helper.make_tensor("threshold", TensorProto.FLOAT, [1], [threshold])])
+        graph.node.extend([
+            helper.make_node("Slice", ["observation", "s0", "s1", "ax"], ["obs_i"]),  # (B, 1)
+            helper.make_node("Sub", ["obs_i", "threshold"], ["obs0"]),
+            helper.make_node("Sqrt", ["obs0"], ["root"]),  # NaN where observation[index] < threshold
+            helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+            helper.make_node("Unsqueeze", ["nan_or_zero", "ax"], ["nan_or_zero3"]),  # (B, 1, 1)
+            helper.make_node("Add", ["actions_raw", "nan_or_zero3"], ["actions"]),
+        ])
+    elif kind in ("short", "declared_short"):
+        graph.initializer.extend([helper.make_tensor("s0", TensorProto.INT64, [1], [0]),
+                                  helper.make_tensor("sh", TensorProto.INT64, [1], [horizon // 2]),
+                                  helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
+        graph.node.append(helper.make_node("Slice", ["actions_raw", "s0", "sh", "ax"], ["actions"]))
+        if kind == "declared_short":
+            out.type.tensor_type.shape.dim[1].ClearField("dim_param")
+            out.type.tensor_type.shape.dim[1].dim_value = horizon // 2
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
+def json_metadata(model: Any) -> dict[str, Any]:
+    """The flow_policy metadata of a loaded onnx ModelProto as a dict."""
+    import json
+
+    return json.loads({p.key: p.value for p in model.metadata_props}["flow_policy"])

@@ -243,3 +243,30 @@ def test_joint_states_without_velocities_read_as_nan(tmp_path: Path) -> None:
     back = read_episode_bag(bag, joint_names=NAMES)
     np.testing.assert_array_equal(back.positions, rec.positions)
     assert np.isnan(back.velocities).all()
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    (b"\x00\x01\x00\x00\x05", "cannot decode message #3 on /joint_states (sensor_msgs/msg/JointState)"),  # short read
+    (None, "cannot decode message #3 on /joint_states (sensor_msgs/msg/JointState)"),  # a flipped length field
+])
+def test_one_undecodable_message_names_bag_topic_and_index(tmp_path: Path, payload: bytes | None, fragment: str) -> None:
+    """A message whose CDR bytes are damaged (sqlite3 storage: rewrite that one row) is one BagError line naming
+    the bag, the topic and the message's index on it; the bag is left as it was."""
+    import sqlite3
+
+    bag = tmp_path / "bag"
+    write_episode_bag(bag, make_recording(), "sqlite3")
+    db = next(bag.glob("*.db3"))
+    with sqlite3.connect(db) as con:
+        topic_id = con.execute("SELECT id FROM topics WHERE name = '/joint_states'").fetchone()[0]
+        row, data = con.execute("SELECT id, data FROM messages WHERE topic_id = ? ORDER BY timestamp LIMIT 1 OFFSET 3",
+                                (topic_id,)).fetchone()
+        if payload is None:  # the header's frame_id length (bytes 12..15 after the 4-byte CDR header) -> 2^31
+            payload = data[:12] + b"\xff\xff\xff\x7f" + data[16:]
+        con.execute("UPDATE messages SET data = ? WHERE id = ?", (payload, row))
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(BagError) as info:
+        read_episode_bag(bag)
+    message = str(info.value)
+    assert message.startswith(str(bag)) and fragment in message and len(message.splitlines()) == 1, message
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before

@@ -259,9 +259,14 @@ class Robot:
         self.pending: tuple[int, np.ndarray] | None = None
         self.last: np.ndarray | None = None
         self.commands: list[tuple[int, np.ndarray]] = []
+        self.rebased: dict[int, np.ndarray] = {}  # tick -> measured position the limiter restarted from
         self.ticks = 0
 
-    def apply(self, decisions: list, tick: int) -> None:
+    def apply(self, decisions: list, tick: int, rebased_from: np.ndarray | None = None) -> None:
+        """``rebased_from``: the controller restarted its limiter from this measured arm position (the arm was
+        not tracking the last command): the decisions' first command is checked against it instead."""
+        if rebased_from is not None and any(isinstance(d, (Command, Trajectory)) for d in decisions):
+            self.rebased[tick] = rebased_from.copy()
         for d in decisions:
             if isinstance(d, Command):
                 self.commands.append((tick, d.positions))
@@ -332,16 +337,22 @@ def run_steps(steps: list, execution: str, chunking: str, replan_every: int, see
     arm = rng.uniform(-0.5, 0.5, A)
     ctrl.on_goal(GOAL)
     tick, pending = 0, []
+
+    def apply(decisions: list, at_tick: int, before: int) -> None:
+        robot.apply(decisions, at_tick, arm if ctrl.counters.limiter_rebased > before else None)
+
     ctrl.on_joint_state(0, arm, None, arm, 0)
     robot.apply(ctrl.on_tick(0), 0)  # the first tick event fixes the controller's tick 0 at t = 0
     for advance, js, when, kind, goal_change, value in steps:
         tick += advance
         now = tick * PERIOD_NS + int(rng.integers(0, 2_000_000))
         robot.advance(tick)
-        robot.apply(ctrl.on_tick(now), tick)
+        before = ctrl.counters.limiter_rebased
+        apply(ctrl.on_tick(now), tick, before)
         assert ctrl.current_tick == tick
         for req in pending:  # late results from the previous tick
-            robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng, req))), tick)
+            before = ctrl.counters.limiter_rebased
+            apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng, req))), tick, before)
         pending = []
         if goal_change:
             ctrl.on_goal(GOAL + value * 0.1)
@@ -351,11 +362,13 @@ def run_steps(steps: list, execution: str, chunking: str, replan_every: int, see
             arm = arm + np.clip(robot.last - arm, -STEP, STEP)  # the arm follows; 'lag' leaves it behind
         if js != "none":
             offset = 17_000_000 if js == "late" else int(rng.integers(0, 4_000_000))
+            before = ctrl.counters.limiter_rebased
             out = ctrl.on_joint_state(now + offset, arm, None, arm, now + offset)
-            robot.apply(out, tick)
+            apply(out, tick, before)
             for req in requests(out):
                 if when == "now":
-                    robot.apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng, req))), tick)
+                    before = ctrl.counters.limiter_rebased
+                    apply(ctrl.on_inference_result(result(req, *_chunk(kind, value, rng, req))), tick, before)
                 else:
                     pending.append(req)
         assert ctrl.state in ("waiting", "running", "stale", "error", "hold")
@@ -370,15 +383,21 @@ def run_steps(steps: list, execution: str, chunking: str, replan_every: int, see
 def test_commands_stay_in_limits_and_within_one_velocity_step(steps, execution, chunking, replan_every, seed):
     robot = run_steps(steps, execution, chunking, replan_every, seed)
     # what the robot was told to do, tick by tick
-    sent = [p for _, p in robot.commands] if execution == "stream" else [robot.setpoints[t] for t in sorted(robot.setpoints)]
+    if execution == "stream":
+        ticks = [t for t, _ in robot.commands]
+        sent = [p for _, p in robot.commands]
+        assert len(ticks) == len(set(ticks)), "at most one command per tick"
+    else:
+        ticks = sorted(robot.setpoints)
+        sent = [robot.setpoints[t] for t in ticks]
     for positions in sent:
         assert np.all(np.isfinite(positions))
         assert np.all(positions >= LIMITS.lower - 1e-12) and np.all(positions <= LIMITS.upper + 1e-12)
-    if execution == "stream":
-        ticks = [t for t, _ in robot.commands]
-        assert len(ticks) == len(set(ticks)), "at most one command per tick"
-    for previous, current in zip(sent, sent[1:]):
-        assert np.all(np.abs(current - previous) <= STEP + 1e-9), (previous, current)
+    for k in range(1, len(sent)):
+        # one velocity step from the previous command; after a limiter restart (the arm was not tracking
+        # it), one step from where the arm was
+        reference = np.clip(robot.rebased.get(ticks[k], sent[k - 1]), LIMITS.lower, LIMITS.upper)
+        assert np.all(np.abs(sent[k] - reference) <= STEP + 1e-9), (reference, sent[k])
 
 
 def test_the_event_sequences_really_command_the_robot():
@@ -492,3 +511,17 @@ def test_rtc_trajectory_is_stamped_at_the_prefix_boundary_and_spliced_there():
 def test_rtc_needs_an_rtc_model():
     with pytest.raises(SafetyError, match="needs a real-time chunking model"):
         ControllerConfig(SPEC, H, 0.02, chunking="rtc", rtc_max_delay=0)
+
+
+def test_an_arm_that_is_not_tracking_gets_a_ramp_from_where_it_is():
+    """A simulator reset or a driver restart leaves the arm far from the last command: the next command
+    starts one step from the arm (not a jump back towards the stale command), counted in limiter_rebased."""
+    ctrl = make()
+    start_running(ctrl, chunk(0.01))
+    far = HOME - 1.0  # the arm was reset elsewhere
+    ctrl.on_goal(GOAL + 0.1)
+    ctrl.on_tick(PERIOD_NS)
+    req = requests(joint_state(ctrl, PERIOD_NS + 1, far))[0]
+    out = ctrl.on_inference_result(result(req, np.tile(far + 0.5, (H, 1))))
+    assert np.all(np.abs(out[0].positions - far) <= STEP + 1e-12)
+    assert ctrl.counters.limiter_rebased == 1

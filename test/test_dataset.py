@@ -22,17 +22,18 @@ NAMES = list(IIWA_JOINT_NAMES)
 
 
 def ramp_recording(offset: float = 0.0, command_jitter_ns: np.ndarray | None = None,
-                   success: bool | None = True) -> EpisodeRecording:
-    """Tick k: position[j] = 100 j + k, velocity = -position, command[j] = 1000 + 100 j + k (+ offset)."""
+                   success: bool | None = True, scale: float = 1.0) -> EpisodeRecording:
+    """Tick k: position[j] = 100 j + k, velocity = -position, command[j] = 1000 + 100 j + k (+ offset), all
+    times ``scale`` (the directory tests use a scale that keeps the values physically possible)."""
     ticks = EPOCH + PERIOD_NS * np.arange(TICKS, dtype=np.int64)
     k = np.arange(TICKS, dtype=np.float64)[:, None]
     j = np.arange(7, dtype=np.float64)[None, :]
-    positions = offset + 100 * j + k
+    positions = (offset + 100 * j + k) * scale
     jitter = np.zeros(TICKS, np.int64) if command_jitter_ns is None else command_jitter_ns
     return EpisodeRecording(
         joint_names=NAMES, joint_times_ns=ticks, positions=positions, velocities=-positions,
         goal_times_ns=ticks[[0, 5]], goals=[[1, 2, 3], [4, 5, 6]],
-        command_joint_names=NAMES, command_times_ns=ticks + jitter, commands=1000 + positions,
+        command_joint_names=NAMES, command_times_ns=ticks + jitter, commands=1000 * scale + positions,
         metadata={} if success is None else {"success": success},
     )
 
@@ -99,12 +100,16 @@ def test_missing_action_joint_is_named() -> None:
         windows_from_recording(ramp_recording(), policy, DataConfig())
 
 
+#: Scale of the directory episodes: positions below 2.1 rad, commands within the limits (+0.5 rad).
+SCALE = 1e-4
+
+
 @pytest.fixture
 def episode_dir(tmp_path: Path) -> Path:
     root = tmp_path / "episodes"
-    write_episode_bag(root / "ep_000", ramp_recording(offset=0.0), "mcap")
-    write_episode_bag(root / "ep_001", ramp_recording(offset=10_000.0), "sqlite3")
-    write_episode_bag(root / "ep_002", ramp_recording(offset=20_000.0, success=False), "mcap")
+    write_episode_bag(root / "ep_000", ramp_recording(offset=0.0, scale=SCALE), "mcap")
+    write_episode_bag(root / "ep_001", ramp_recording(offset=10_000.0, scale=SCALE), "sqlite3")
+    write_episode_bag(root / "ep_002", ramp_recording(offset=20_000.0, success=False, scale=SCALE), "mcap")
     return root
 
 
@@ -116,7 +121,8 @@ def test_directory_windows_never_cross_episodes(episode_dir: Path, tmp_path: Pat
     np.testing.assert_array_equal(w.episode_index, np.repeat([0, 1], TICKS))
     for index, offset in ((0, 0.0), (1, 10_000.0)):
         acts = w.actions[w.episode_index == index]
-        assert acts.min() >= 1000 + offset and acts.max() < 2000 + offset + 700  # only its own commands
+        # only its own commands: [1000 + offset, 1609 + offset] * SCALE, the other episode's are 1.0 rad away
+        assert acts.min() >= (1000 + offset) * SCALE - 1e-6 and acts.max() <= (1609 + offset) * SCALE + 1e-6
         np.testing.assert_array_equal(acts[-1], np.repeat(acts[-1, :1], H, axis=0))
 
 
@@ -151,7 +157,8 @@ def test_npz_round_trip_and_shape_check(tmp_path: Path) -> None:
     w.save_npz(file)
     back = load_training_data(file, POLICY, DataConfig())
     np.testing.assert_array_equal(back.actions, w.actions)
-    assert back.summary == w.summary
+    assert {k: back.summary[k] for k in w.summary} == w.summary
+    assert back.summary["observation_range"]["low"] == w.observations.min(axis=0).tolist()  # added on load
     with pytest.raises(DatasetError, match=r"windows.npz: actions have shape \(10, 4, 7\), expected \(N, 5, 7\)"):
         load_training_data(file, PolicyConfig(horizon=5), DataConfig())
 
@@ -178,3 +185,55 @@ def test_missing_velocities_fail_only_when_the_observation_needs_them() -> None:
     positions_only = PolicyConfig(horizon=H, observation={"fields": ["joint_positions", "goal"]})
     windows = windows_from_recording(rec, positions_only, DataConfig())
     assert np.isfinite(windows.observations).all() and len(windows) > 0
+
+
+# --------------------------------------------------------------------------- values no robot records
+
+
+def _tree_hash(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda r: r.positions.__setitem__((3, 1), np.nan), "position of lbr_iiwa_joint_2 is nan rad (non-finite) at sample 3"),
+    (lambda r: r.positions.__setitem__((0, 4), 1e6), "position of lbr_iiwa_joint_5 is 1000000.0 rad (beyond ±2π"),
+    (lambda r: r.positions.__setitem__((2, 3), 2.7), "position of lbr_iiwa_joint_4 is 2.7 rad (beyond the joint limits by more"),
+    (lambda r: r.velocities.__setitem__((1, 0), np.inf), "velocity of lbr_iiwa_joint_1 is inf rad/s"),
+    (lambda r: r.goals.__setitem__((0, 2), np.nan), "goal of z is nan m"),
+    (lambda r: r.commands.__setitem__((5, 6), -7.0), "command of lbr_iiwa_joint_7 is -7.0 rad (beyond ±2π"),
+])
+def test_impossible_values_are_a_one_line_error_naming_the_bag(tmp_path: Path, edit, fragment) -> None:
+    root = tmp_path / "episodes"
+    write_episode_bag(root / "ep_000", ramp_recording(scale=SCALE), "mcap")
+    bad = ramp_recording(scale=SCALE)
+    edit(bad)
+    write_episode_bag(root / "ep_001", bad, "mcap")
+    before = _tree_hash(root)
+    with pytest.raises(DatasetError) as info:
+        load_training_data(root, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    message = str(info.value)
+    assert message.startswith(str(root / "ep_001")) and fragment in message and len(message.splitlines()) == 1, message
+    assert _tree_hash(root) == before  # inputs are never modified
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.npz"))
+
+
+def test_npz_with_nan_is_a_one_line_error(tmp_path: Path) -> None:
+    file = tmp_path / "nan.npz"
+    obs = np.zeros((3, 17))
+    obs[1, 5] = np.nan
+    np.savez(file, observations=obs, actions=np.zeros((3, H, 7)))
+    with pytest.raises(DatasetError, match=r"nan.npz: observations has 1 NaN/inf value\(s\), the first at index \(1, 5\)"):
+        load_training_data(file, POLICY, DataConfig())
+
+
+def test_summary_records_the_training_range(episode_dir: Path, tmp_path: Path) -> None:
+    w = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(w.summary["observation_range"]["low"], w.observations.min(axis=0))
+    np.testing.assert_array_equal(w.summary["observation_range"]["high"], w.observations.max(axis=0))
+    cached = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    assert cached.summary["cache"]["hit"] and cached.summary["observation_range"] == w.summary["observation_range"]

@@ -100,3 +100,34 @@ def test_injected_delay_holds_the_result_back_and_passes_the_prefix():
         assert time.monotonic() - start >= 0.3 and result.prefix_length == 2 and seen["prefix_length"] == 2
     finally:
         worker.stop()
+
+
+def test_an_invalid_model_output_is_handed_over_as_such_and_counted_by_the_controller():
+    """OnnxPolicy raises InvalidOutputError for a NaN or wrongly shaped chunk: the worker marks the result
+    invalid_output, and the controller counts it under invalid_outputs (not inference_errors) and holds."""
+    from flow_policy_ros.contract import IIWA_JOINT_NAMES, JointLimits, ObservationSpec
+    from flow_policy_ros.errors import InvalidOutputError
+    from flow_policy_ros.runtime.controller import ControllerConfig, PolicyController
+    from flow_policy_ros.runtime.safety import SafetyLimits
+
+    def predict(observation: np.ndarray, guidance_scale: float) -> np.ndarray:
+        raise InvalidOutputError("m.onnx: output 'actions' has 3 NaN/inf value(s) of 56")
+
+    spec = ObservationSpec(joint_names=IIWA_JOINT_NAMES, fields=("joint_positions",))
+    ctrl = PolicyController(ControllerConfig(spec, 8, 0.02), SafetyLimits.from_joint_limits(JointLimits()))
+    q = np.zeros(7)
+    ctrl.on_joint_state(0, q, None, q, 0)
+    ctrl.on_tick(0)
+    (req,) = ctrl.on_joint_state(1_000_000, q, None, q, 1_000_000)
+    worker = InferenceWorker(predict)
+    try:
+        worker.submit(req)
+        deadline = time.monotonic() + 5.0
+        while (result := worker.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        worker.stop()
+    assert result.invalid_output and result.actions is None and "NaN/inf" in result.error
+    ctrl.on_inference_result(result)
+    assert ctrl.state == "error" and "invalid model output: m.onnx" in ctrl.reason
+    assert (ctrl.counters.invalid_outputs, ctrl.counters.inference_errors) == (1, 0)

@@ -263,3 +263,91 @@ def test_write_bag_refuses_to_overwrite(tmp_path: Path, model: Path, capsys: pyt
     (tmp_path / "out" / "b.replay").mkdir(parents=True)
     _expect_error(capsys, ["replay", str(bag_path), "--model", str(model), "--out", str(tmp_path / "out"), "--write-bag"],
                   "already exists")
+
+
+# --------------------------------------------------------------------------- invalid outputs and safety
+
+
+def test_all_outputs_invalid_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, model: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from model_factory import with_broken_output
+
+    bag_path = synthetic_bag(tmp_path / "b", seconds=0.5)
+    broken = with_broken_output(model, tmp_path / "short.onnx", "nan_if_negative")
+    # every observation negative on joint 1 -> every output NaN (the load-time check call sees 0 and passes)
+    negative = tmp_path / "neg"
+    with bagio.BagWriter(negative, "mcap") as writer:
+        writer.write("/goal", bagio.POINT_STAMPED, bagio.point_stamped_msg(EPOCH, GOAL), EPOCH)
+        for k in range(40):
+            t = EPOCH + k * DT_NS
+            writer.write("/joint_states", bagio.JOINT_STATE, bagio.joint_state_msg(t, MODEL_NAMES, np.full(7, -0.3), np.zeros(7)), t)
+    err = _expect_error(capsys, ["replay", str(negative), "--model", str(broken), "--out", str(tmp_path / "out")],
+                        "all 39 model outputs on 1 bag(s) were invalid", "NaN/inf")
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert tree_hash(bag_path)  # the other bag is untouched by this run
+
+
+def test_some_invalid_outputs_are_counted_and_not_scored(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture) -> None:
+    from model_factory import with_broken_output
+
+    bag_path = synthetic_bag(tmp_path / "b", seconds=3.0)  # joint 1 swings through 0: some observations negative
+    broken = with_broken_output(model, tmp_path / "neg.onnx", "nan_if_negative")
+    report = run_replay([bag_path], broken, tmp_path / "out", "--write-bag")
+    rep = report["bags"][0]
+    err = capsys.readouterr().err
+    assert 0 < rep["invalid_outputs"] < rep["decisions"] and "NaN/inf" in rep["first_invalid_output"]
+    assert f"{rep['invalid_outputs']} of {rep['decisions']} model outputs invalid" in err
+    assert np.isfinite(rep["overall"]["mae_rad"]) and rep["seam_jerk"] is None
+    assert report["overall"]["invalid_outputs"] == rep["invalid_outputs"]
+    assert rep["safety"]["held_decisions"] >= rep["invalid_outputs"]
+    out_bag = Path(rep["output_bag"]["path"])
+    empty = sum(len(bagio.deserialize(m.data, m.msgtype).points) == 0
+                for m in bagio.iter_raw_messages(out_bag, ["/policy/joint_trajectory"]))
+    assert empty == rep["safety"]["held_decisions"] == rep["output_bag"]["held"]
+
+
+def test_out_of_distribution_bag_is_reported_warned_and_held_in_the_written_bag(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model trained on |q_1| <= 0.2 rad replays a recording where joint 1 swings 0.5 rad: the decisions
+    beyond 0.3 rad (the margin is a quarter of the 0.4 rad width) are out of distribution; replay says so per
+    bag and on the console, and --write-bag holds those decisions and clamps the rest (limits and velocity
+    from the measured position), as the node would."""
+    low, high = [-0.2] + [-3.0] * 13 + [-2.0] * 3, [0.2] + [3.0] * 13 + [2.0] * 3
+    narrow = make_tiny_model(tmp_path / "narrow.onnx", seed=3, observation_range={"low": low, "high": high})
+    bag_path = synthetic_bag(tmp_path / "b", seconds=1.0)
+    before = tree_hash(bag_path)
+    report = run_replay([bag_path], narrow, tmp_path / "out", "--write-bag")
+    err = capsys.readouterr().err
+    rep = report["bags"][0]
+    safety = rep["safety"]
+    assert 0.1 < safety["ood_fraction"] < 0.9 and safety["ood_decisions"] == round(safety["ood_fraction"] * rep["decisions"])
+    assert "joint_positions[lbr_iiwa_joint_1]" in safety["worst_ood"] and "of decisions out of distribution" in err
+    assert report["overall"]["safety"]["ood_fraction"] == safety["ood_fraction"]
+    assert rep["output_bag"]["content"].startswith("what policy_node would publish")
+    out_bag = Path(rep["output_bag"]["path"])
+    meta = OnnxPolicy(narrow, warmup=0).metadata
+    step = np.array(meta.limits.velocity) * meta.control_period_s
+    written = [bagio.deserialize(m.data, m.msgtype) for m in bagio.iter_raw_messages(out_bag, ["/policy/joint_trajectory"])]
+    assert len(written) == rep["decisions"]
+    assert sum(len(msg.points) == 0 for msg in written) == safety["held_decisions"] >= safety["ood_decisions"]
+    for msg in written:
+        points = np.array([p.positions for p in msg.points]).reshape(-1, 7)
+        assert np.all(points >= np.array(meta.limits.lower) - 1e-12) and np.all(points <= np.array(meta.limits.upper) + 1e-12)
+        assert np.all(np.abs(np.diff(points, axis=0)) <= step + 1e-9)
+    assert tree_hash(bag_path) == before
+
+
+def test_replay_counts_commands_outside_limits_and_steps_beyond_the_velocity_limit(tmp_path: Path) -> None:
+    """The untrained tiny model predicts chunks that jump: the review counts them, as fractions of the
+    predicted commands (N·H)."""
+    model_path = make_tiny_model(tmp_path / "m.onnx", seed=3)
+    rep = replay_bag(synthetic_bag(tmp_path / "b", seconds=0.5), OnnxPolicy(model_path, warmup=0))
+    safety = rep.report["safety"]
+    n, h = rep.predicted.shape[:2]
+    predicted = rep.predicted.astype(np.float64)
+    meta = OnnxPolicy(model_path, warmup=0).metadata
+    outside = ((predicted < meta.limits.lower) | (predicted > meta.limits.upper)).any(axis=2).sum()
+    assert safety["outside_limits_commands"] == outside and safety["outside_limits_fraction"] == pytest.approx(outside / (n * h))
+    steps = np.diff(np.concatenate([rep.decisions.measured[:, None], predicted], axis=1), axis=1)
+    fast = (np.abs(steps) > np.array(meta.limits.velocity) * meta.control_period_s + 1e-9).any(axis=2).sum()
+    assert safety["velocity_violation_steps"] == fast > 0

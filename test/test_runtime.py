@@ -163,3 +163,40 @@ def test_runtime_imports_neither_torch_nor_pybullet(model_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False False"
+
+
+# --------------------------------------------------------------------------- output validation
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("nan", "NaN/inf value(s)"),
+    ("short", "has shape (1, 4, 7), expected (1, 8, 7)"),
+    ("declared_short", "declared with shape ['batch', 4, 'Addactions_dim_2'] but the metadata says [B, 8, 7]"),
+])
+def test_model_with_an_invalid_output_is_refused_at_load(model_path, tmp_path, kind, fragment):
+    from model_factory import with_broken_output
+
+    broken = with_broken_output(model_path, tmp_path / f"{kind}.onnx", kind)
+    for warmup in (0, 3):  # the check call runs even without warm-up
+        with pytest.raises(ModelFileError) as info:
+            OnnxPolicy(broken, providers=[CPU], warmup=warmup)
+        message = str(info.value)
+        assert str(broken) in message and len(message.splitlines()) == 1
+        assert fragment.split("'Addactions")[0] in message, message
+
+
+def test_output_invalid_at_run_time_is_an_invalid_output_error(model_path, tmp_path):
+    from model_factory import with_broken_output
+
+    from flow_policy_ros.errors import InvalidOutputError
+
+    policy = OnnxPolicy(with_broken_output(model_path, tmp_path / "neg.onnx", "nan_if_negative"), providers=[CPU])
+    obs = np.zeros(policy.metadata.obs_dim, np.float32)
+    assert np.all(np.isfinite(policy.predict(obs)))
+    obs[0] = -0.5
+    with pytest.raises(InvalidOutputError, match=r"neg.onnx: output 'actions' has 56 NaN/inf value\(s\) of 56"):
+        policy.predict(obs)
+    batch = np.zeros((3, policy.metadata.obs_dim), np.float32)
+    batch[1, 0] = -1.0
+    with pytest.raises(InvalidOutputError, match="56 NaN/inf value"):
+        policy.predict(batch)

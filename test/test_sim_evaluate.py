@@ -260,3 +260,39 @@ def test_rtc_chunking_needs_an_rtc_model(tiny_model: Path, capsys: pytest.Captur
     assert main(["eval-sim", "--model", str(tiny_model), "--task", "reach", "--episodes", "1", "--chunking", "rtc",
                  "--no-plots", "--no-progress"]) == 2
     assert "needs a real-time chunking model" in capsys.readouterr().err
+
+
+def _nan_model(tiny_model: Path, tmp_path: Path) -> Path:
+    """The tiny model, with NaN output wherever joint 2 is below 1.0 rad: always, in the sim (home 0.19 rad),
+    but not at the load-time check (the middle of this training range, 1.5 rad)."""
+    from model_factory import wide_observation_range, with_broken_output
+
+    from flow_policy_ros.policy.config import PolicyConfig
+
+    rng = wide_observation_range(PolicyConfig(horizon=16))
+    rng["low"][1], rng["high"][1] = 0.0, 3.0
+    base = make_tiny_model(tmp_path / "base.onnx", seed=5, horizon=16, observation_range=rng)
+    return with_broken_output(base, tmp_path / "nan.onnx", "nan_if_negative", index=1, threshold=1.0)
+
+
+def test_invalid_outputs_are_counted_and_are_not_a_timeout(tiny_model: Path, tmp_path: Path) -> None:
+    policy = OnnxPolicy(_nan_model(tiny_model, tmp_path), seed=0, warmup=1)
+    (result,) = run_episodes(policy, "reach", eval_episode_seeds(0, 1))
+    assert not result.success and result.failure == "invalid_output"
+    assert result.invalid_outputs == len(result.latencies_s) > 0 and "NaN/inf" in result.first_invalid_output
+    start = sample_episode("reach", result.seed).start_q
+    # no command was ever sent: the loop holds the measured position (it settles by < 5 mrad)
+    np.testing.assert_allclose(result.commands, np.tile(start, (len(result.commands), 1)), atol=5e-3)
+
+
+def test_eval_sim_exits_2_with_one_line_when_every_output_is_invalid(tiny_model: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "r.json"
+    code = main(["eval-sim", "--model", str(_nan_model(tiny_model, tmp_path)), "--task", "reach", "--episodes", "1",
+                 "--no-plots", "--no-progress", "--json", str(report)])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if not line.startswith("pybullet build time")]
+    assert code == 2 and len(lines) == 1 and "model outputs were invalid" in lines[0] and "NaN/inf" in lines[0], lines
+    data = json.loads(report.read_text())  # the report is still written, with the counts
+    assert data["invalid_outputs"] == data["inference_calls"] > 0 and data["failures"]["invalid_output"] == 1
+    assert data["failures"]["timeout"] == 0 and "guards:" in captured.out

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.ros.launch_harness import (
     EPISODE_BUDGET_S,
@@ -44,6 +46,21 @@ def add_thread_priority_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thread-priority", type=int, default=0, metavar="N",
                         help="SCHED_FIFO priority 1-99 for the nodes' control threads (0 = normal scheduling, default); "
                              "falls back with a warning when not permitted")
+
+
+def recorded_smoothness(root: Path, period_s: float) -> dict[str, Any]:
+    """Mean per-episode peak |acceleration| and |jerk| of the /commands recorded under ``root`` (stream mode),
+    measured as eval-sim's ``peaks_all_windows`` (all finite-difference windows, one command per tick)."""
+    from flow_policy_ros.data import bag as bagio
+    from flow_policy_ros.data.bag import find_episodes
+    from flow_policy_ros.metrics import mean_overall_peaks
+
+    sequences = []
+    for episode in find_episodes(root):
+        messages = bagio.read_topics(episode, {"/commands": bagio.FLOAT64_MULTI_ARRAY}, optional=["/commands"])["/commands"]
+        if messages:
+            sequences.append(np.array([m.data for _, m in sorted(messages, key=lambda x: x[0])], dtype=np.float64))
+    return {**mean_overall_peaks(sequences, period_s), "source": "recorded /commands (stream mode)"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         "node_exit_status": {name: proc.returncode for name, proc in nodes.procs.items()},
         "log_dir": str(log_dir),
     }
+    if args.record is not None and outcomes:
+        result["smoothness"] = recorded_smoothness(args.record, 1.0 / 50.0)
     print_summary(result)
     write_json(args.json, result)
     if problem is not None:
@@ -113,3 +132,7 @@ def print_summary(result: Mapping[str, Any]) -> None:
     print(f"tick jitter         p50 {_fmt(result['tick_jitter_p50_ms'])} ms  p99 {_fmt(result['tick_jitter_p99_ms'])} ms  "
           f"deadline misses {result['deadline_misses']}")
     print(f"obs -> command      p50 {_fmt(result['obs_to_command_p50_ms'])} ms  p99 {_fmt(result['obs_to_command_p99_ms'])} ms")
+    smooth = result.get("smoothness")
+    if smooth and smooth["accel_rad_s2"] is not None:
+        print(f"recorded commands   peak |accel| {smooth['accel_rad_s2']:.1f} rad/s^2  peak |jerk| {smooth['jerk_rad_s3']:.0f} rad/s^3"
+              f"  (mean over {smooth['episodes']} episodes, all windows)")

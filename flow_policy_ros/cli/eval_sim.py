@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.errors import InvalidOutputError
 from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.sim.closed_loop import (
     LoopConfig,
     eval_episode_seeds,
@@ -32,6 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
     parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
     parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="actions executed per chunk before the next (1..H)")
+    parser.add_argument("--ood-margin", type=float, default=DEFAULT_OOD_MARGIN,
+                        help="out-of-distribution guard margin in training-range widths (as policy_node's ood_margin)")
     parser.add_argument("--reference", choices=REFERENCES, help="also run this reference on the same episodes through the "
                         "same controller and report policy/reference smoothness ratios (JSON key 'reference')")
     parser.add_argument("--inject-delay-ms", type=float, default=0.0,
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     policy = OnnxPolicy(args.model, seed=args.seed)
     config = LoopConfig(chunking=args.chunking, replan_every=args.replan_every, guidance_scale=args.guidance,
-                        inject_delay_ms=args.inject_delay_ms)
+                        ood_margin=args.ood_margin, inject_delay_ms=args.inject_delay_ms)
     try:
         validate_config(config, policy.metadata)
     except ValueError as exc:  # --replan-every / --guidance out of range for this model
@@ -76,4 +80,8 @@ def run(args: argparse.Namespace) -> int:
         report["plots"] = [str(p) for p in write_plots(out, results, policy.metadata, args.task)]
     print(format_summary(report))
     write_json(args.json, report)
+    calls, invalid = report["inference_calls"], report["invalid_outputs"]
+    if calls and invalid == calls:
+        raise InvalidOutputError(f"--model {args.model}: all {calls} model outputs were invalid "
+                                 f"(first: {report['first_invalid_output']})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,21 +12,24 @@ import numpy as np
 
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.bag import find_episodes
 from flow_policy_ros.data.replay import (
     DEFAULT_BATCH,
     DEFAULT_POLICY_TOPIC,
     DEFAULT_TRAJECTORY_TOPIC,
+    WRITTEN_CONTENT,
     BagReplay,
     error_metrics,
     load_joint_map,
     replay_bag,
+    safety_warning,
     write_replay_bag,
 )
-from flow_policy_ros.errors import BagError
+from flow_policy_ros.errors import BagError, InvalidOutputError
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
-from flow_policy_ros.policy.dataset import find_episodes  # numpy only: replay stays torch-free
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, validate_margin
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +49,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in preference order "
                         "(default: CUDA if it works, else CPU)")
     parser.add_argument("--trajectory-topic", default=DEFAULT_TRAJECTORY_TOPIC, help="JointTrajectory chunks used as commands")
-    parser.add_argument("--write-bag", action="store_true", help="also write <out>/<bag>.replay with the predicted chunks")
+    parser.add_argument("--ood-margin", type=float, default=DEFAULT_OOD_MARGIN,
+                        help="out-of-distribution margin in training-range widths (policy_node's ood_margin)")
+    parser.add_argument("--write-bag", action="store_true",
+                        help="also write <out>/<bag>.replay with what policy_node would have published (clamped chunks, holds)")
     parser.add_argument("--policy-topic", default=DEFAULT_POLICY_TOPIC, help="topic of the predicted chunks in --write-bag")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--json", type=Path, help="also write the report here")
@@ -76,6 +83,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.replan_every < 1:
         raise CliError(f"--replan-every must be >= 1, got {args.replan_every}")
+    try:
+        validate_margin(args.ood_margin)
+    except ValueError as exc:
+        raise CliError(f"--ood-margin: {exc}") from exc
     out = args.out.resolve()
     for bag_path in args.bags:
         resolved = bag_path.resolve()
@@ -108,7 +119,19 @@ def run(args: argparse.Namespace) -> int:
     replays = []
     for bag_path in args.bags:  # read and score every bag before writing anything
         replays.append(replay_bag(bag_path, policy, data_cfg, joint_map, args.goal, args.seed, args.guidance,
-                                  args.batch_size, args.replan_every, args.trajectory_topic))
+                                  args.batch_size, args.replan_every, args.trajectory_topic, ood_margin=args.ood_margin))
+    decisions = sum(r.report["decisions"] for r in replays)
+    invalid = sum(r.report["invalid_outputs"] for r in replays)
+    if invalid == decisions:
+        first = next(r.report["first_invalid_output"] for r in replays if r.report["first_invalid_output"])
+        raise InvalidOutputError(f"--model {args.model}: all {decisions} model outputs on {len(replays)} bag(s) "
+                                 f"were invalid (first: {first})")
+    if meta.observation_range is None:
+        print("replay: warning: out-of-distribution guard off: no training range in metadata", file=sys.stderr)
+    for rep in replays:
+        warning = safety_warning(rep.report)
+        if warning:
+            print(f"replay: warning: {warning}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rep in zip(_output_names(args.bags), replays):
         if not args.no_plots:
@@ -119,24 +142,39 @@ def run(args: argparse.Namespace) -> int:
         if args.write_bag:
             out_bag = args.out / f"{name}.replay"
             chunks = write_replay_bag(out_bag, rep, meta, args.policy_topic)
-            rep.report["output_bag"] = {"path": str(out_bag), "topic": args.policy_topic, "chunks": chunks}
+            rep.report["output_bag"] = {"path": str(out_bag), "topic": args.policy_topic, "trajectories": chunks,
+                                        "held": rep.report["safety"]["held_decisions"], "content": WRITTEN_CONTENT}
     report = _report(args, policy, replays)
     write_json(args.out / "report.json", report)
     write_json(args.json, report)
     summary = report["overall"]
+    safety = summary["safety"]
+    ood = "guard off" if safety["ood_fraction"] is None else f"{safety['ood_fraction']:.1%} out of distribution"
     print(f"replay: {summary['decisions']} decisions in {len(replays)} bag(s); first-action MAE "
-          f"{summary['first_action_mae_rad']:.4g} rad, MAE {summary['mae_rad']:.4g} rad, "
+          f"{summary['first_action_mae_rad']:.4g} rad, MAE {summary['mae_rad']:.4g} rad "
+          f"({summary['invalid_outputs']} invalid outputs not scored); {ood}, "
+          f"{safety['outside_limits_fraction']:.1%} of commands outside the limits, "
+          f"{safety['velocity_violation_fraction']:.1%} of steps beyond the velocity limit; "
           f"{summary['inference_decisions_per_s']:.0f} decisions/s; report {args.out / 'report.json'}")
     return 0
 
 
 def _report(args: argparse.Namespace, policy: Any, replays: Sequence[BagReplay]) -> dict[str, Any]:
     meta: PolicyMetadata = policy.metadata
-    pred = np.concatenate([r.predicted for r in replays])
-    targets = np.concatenate([r.decisions.targets for r in replays])
-    valid = np.concatenate([r.decisions.valid for r in replays])
+    ok = np.concatenate([~r.invalid for r in replays])
+    pred = np.concatenate([r.predicted for r in replays])[ok]
+    targets = np.concatenate([r.decisions.targets for r in replays])[ok]
+    valid = np.concatenate([r.decisions.valid for r in replays])[ok]
     overall = error_metrics(pred, targets, valid, meta.action_joint_names, meta.control_period_s)
     infer_s = sum(r.report["timing_s"]["inference"] for r in replays)
+    decisions = sum(r.report["decisions"] for r in replays)
+    scored = len(pred) * meta.horizon  # the valid decisions' predicted commands
+
+    def fraction(key: str, count_key: str, per: str) -> float | None:
+        if any(r.report["safety"][key] is None for r in replays):
+            return None
+        total = decisions if per == "decisions" else scored
+        return sum(r.report["safety"][count_key] for r in replays) / max(1, total)
     return {
         "model": {"path": str(args.model), "name": meta.name, "sha256": meta.model_hash, "provider": policy.active_provider,
                   "horizon": meta.horizon, "action_joint_names": list(meta.action_joint_names),
@@ -144,8 +182,16 @@ def _report(args: argparse.Namespace, policy: Any, replays: Sequence[BagReplay])
         "seed": args.seed,
         "guidance_scale": meta.guidance_scale if args.guidance is None else args.guidance,
         "bags": [r.report for r in replays],
-        "overall": {"decisions": len(pred), "first_action_mae_rad": overall["first_action"]["mae_rad"],
+        "ood_margin": args.ood_margin,
+        "overall": {"decisions": decisions, "invalid_outputs": decisions - len(pred),
+                    "first_action_mae_rad": overall["first_action"]["mae_rad"],
                     "mae_rad": overall["overall"]["mae_rad"], "rmse_rad": overall["overall"]["rmse_rad"],
                     "horizon_mae_rad": overall["horizon"]["mae_rad"],
-                    "inference_decisions_per_s": len(pred) / infer_s if infer_s > 0 else None},
+                    "inference_decisions_per_s": decisions / infer_s if infer_s > 0 else None,
+                    "safety": {"ood_fraction": fraction("ood_fraction", "ood_decisions", "decisions"),
+                               "outside_limits_fraction": fraction("outside_limits_fraction", "outside_limits_commands",
+                                                                   "commands"),
+                               "velocity_violation_fraction": fraction("velocity_violation_fraction",
+                                                                       "velocity_violation_steps", "commands"),
+                               "held_decisions": sum(r.report["safety"]["held_decisions"] for r in replays)}},
     }

@@ -26,7 +26,9 @@ Conventions fixed here:
   and refuses to overwrite.
 
 Every bad input raises :class:`~flow_policy_ros.errors.BagError` with a one-line message naming
-the bag and the problem.
+the bag and the problem: a corrupt file (flipped bytes, truncation) anywhere, in the index, a
+chunk or one message's CDR bytes (rosbags' SerdeError, OverflowError, struct errors, short
+reads, invalid UTF-8, apsw/sqlite corruption), names the bag, the topic and the message index.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+import apsw
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
 from flow_policy_ros.data.config import DEFAULT_DATA_CONFIG, DataConfig
@@ -64,9 +68,11 @@ FLOAT64_MULTI_ARRAY = "std_msgs/msg/Float64MultiArray"
 JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
 
 _STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-# What rosbags (and the libraries under it) raise on a truncated or corrupt file.
-_READ_ERRORS = (AnyReaderError, ReaderError, sqlite3.Error, struct.error, EOFError, OSError, KeyError,
-                IndexError, ValueError, AssertionError)
+# What rosbags (and the libraries under it: mcap parsing, apsw/sqlite3, the CDR deserializers)
+# raise on a truncated or corrupt file; found by fuzzing (test/test_fuzz.py). ValueError covers
+# UnicodeDecodeError, OSError short reads.
+_READ_ERRORS = (AnyReaderError, ReaderError, SerdeError, apsw.Error, sqlite3.Error, struct.error, EOFError, OSError,
+                OverflowError, MemoryError, KeyError, IndexError, ValueError, TypeError, AssertionError)
 
 
 class RawMessage(NamedTuple):
@@ -255,8 +261,8 @@ def _check_bag_dir(path: Path) -> None:
 
 def _open_reader(path: Path) -> AnyReader:
     _check_bag_dir(path)
-    reader = AnyReader([path], default_typestore=TYPESTORE)
     try:
+        reader = AnyReader([path], default_typestore=TYPESTORE)
         reader.open()
     except _READ_ERRORS as exc:
         raise BagError(f"{path}: corrupt or truncated bag, cannot open it ({_one_line(exc)})") from exc
@@ -269,25 +275,43 @@ def list_topics(path: Path) -> dict[str, TopicSummary]:
     reader = _open_reader(path)
     try:
         return {topic: TopicSummary(str(info.msgtype), int(info.msgcount)) for topic, info in reader.topics.items()}
+    except _READ_ERRORS as exc:
+        raise BagError(f"{path}: corrupt bag metadata, cannot list its topics ({_one_line(exc)})") from exc
     finally:
+        _close(reader)
+
+
+def _close(reader: AnyReader) -> None:
+    try:
         reader.close()
+    except _READ_ERRORS:  # a corrupt file may fail again on close; the first error is the one reported
+        pass
 
 
 def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterator[RawMessage]:
-    """Yield the bag's messages in log-time order, optionally only on ``topics``, as raw CDR bytes."""
+    """Yield the bag's messages in log-time order, optionally only on ``topics``, as raw CDR bytes.
+
+    A read failure is a BagError naming the bag, the index of the message that could not be read
+    (over the selected topics) and the last message read before it (topic and per-topic index).
+    """
     path = Path(path)
     reader = _open_reader(path)
+    count, per_topic, last = 0, {}, "none"
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and not conns:
             return
         try:
             for conn, log_time, data in reader.messages(connections=conns):
+                index = per_topic[conn.topic] = per_topic.get(conn.topic, -1) + 1
+                last = f"{conn.topic} #{index}"
+                count += 1
                 yield RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
         except _READ_ERRORS as exc:
-            raise BagError(f"{path}: corrupt or truncated bag ({_one_line(exc)})") from exc
+            raise BagError(f"{path}: corrupt or truncated bag: cannot read message {count} (the last one read: "
+                           f"{last}) ({_one_line(exc)})") from exc
     finally:
-        reader.close()
+        _close(reader)
 
 
 def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
@@ -311,7 +335,8 @@ def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
         try:
             out[raw.topic].append((raw.log_time_ns, deserialize(raw.data, raw.msgtype)))
         except _READ_ERRORS as exc:
-            raise BagError(f"{path}: cannot decode a {raw.msgtype} on {raw.topic} ({_one_line(exc)})") from exc
+            raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
+                           f"{_one_line(exc)}") from exc
     return out
 
 
@@ -408,3 +433,11 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
         goal_times_ns=goal_times, goals=goals, command_joint_names=cmd_names,
         command_times_ns=cmd_times, commands=commands, metadata=metadata,
     )
+
+
+def find_episodes(root: Path) -> list[Path]:
+    """rosbag2 directories (with metadata.yaml) at or under ``root``, sorted; hidden dirs are skipped."""
+    if (root / "metadata.yaml").is_file():
+        return [root]
+    found = [p.parent for p in root.rglob("metadata.yaml")]
+    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))

@@ -23,6 +23,16 @@ Conventions:
   policy that planned every tick replays exactly.
 - Joint map (YAML mapping ``driver_name: model_name``): renames the bag's joints onto the
   model's; it must name every model joint.
+- Invalid outputs: a decision whose chunk fails ``OnnxPolicy``'s output validation (wrong shape,
+  NaN/inf: :class:`~flow_policy_ros.errors.InvalidOutputError`) is counted, kept out of every
+  error metric, and held in ``--write-bag``.
+- Safety (:func:`safety_review`): per bag, the fraction of decisions out of distribution (the
+  guard of :mod:`flow_policy_ros.runtime.ood` at ``ood_margin``), of predicted commands outside
+  the joint limits and of steps (from the measured position through the chunk) beyond the
+  velocity limit; and what ``policy_node`` would have published: each chunk clamped by
+  :mod:`flow_policy_ros.runtime.safety` from the measured position, an empty JointTrajectory
+  (hold) where the node would hold (out of distribution, invalid output, measured position
+  beyond the limits). ``--write-bag`` writes that, not the raw prediction.
 
 Imports neither torch nor pybullet. Inputs are only read; every output is written atomically.
 """
@@ -41,12 +51,15 @@ import yaml
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.recording import EpisodeRecording
-from flow_policy_ros.data.timeseries import TimeSeriesError, period_ns
+from flow_policy_ros.data.timeseries import TimeSeriesError, period_ns, resample_linear
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
-from flow_policy_ros.errors import BagError, TrajectoryError, UsageError
+from flow_policy_ros.errors import BagError, InvalidOutputError, TrajectoryError, UsageError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
+from flow_policy_ros.runtime.controller import MEASURED_LIMIT_TOLERANCE_RAD
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.observation import trajectory_arrays
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, classify, ood_score, ood_scores
+from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 
 DEFAULT_TRAJECTORY_TOPIC = "/joint_trajectory"
 DEFAULT_POLICY_TOPIC = "/policy/joint_trajectory"
@@ -64,7 +77,7 @@ def load_joint_map(path: Path) -> dict[str, str]:
         raise UsageError(f"--joint-map {path}: file not found")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"--joint-map {path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise UsageError(f"--joint-map {path}: expected a mapping of driver joint name -> model joint name")
@@ -224,6 +237,7 @@ class Decisions:
         targets: (N, H, A) float64, what followed each decision (rad); padded steps repeat the last action.
         valid: (N, H) bool, False where the step runs past the last recorded action (not scored).
         action_ticks_ns: (K,) int64 and actions (K, A) float64: the whole recorded action series.
+        measured: (N, A) float64, measured positions of the action joints at the decisions (rad).
     """
 
     ticks_ns: np.ndarray
@@ -232,6 +246,7 @@ class Decisions:
     valid: np.ndarray
     action_ticks_ns: np.ndarray
     actions: np.ndarray
+    measured: np.ndarray
 
 
 def build_decisions(src: ReplaySource, meta: PolicyMetadata) -> Decisions:
@@ -243,12 +258,17 @@ def build_decisions(src: ReplaySource, meta: PolicyMetadata) -> Decisions:
         if len(keep) == 0:
             raise BagError(f"{src.path}: no decision time: the observation is never defined on the action ticks")
         obs = observations_at(src.recording, ticks[keep], io, str(src.path))
+        rec = src.recording
+        cols = [rec.joint_names.index(n) for n in meta.action_joint_names]
+        measured = resample_linear(rec.joint_times_ns, rec.positions[:, cols], ticks[keep])
     except TimeSeriesError as exc:
         raise BagError(f"{src.path}: {exc}") from exc
+    if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(measured))):
+        raise BagError(f"{src.path}: the recorded joint states or goal hold NaN/inf where the policy observes them")
     h = meta.horizon
     idx = chunk_indices(int(keep[0]), len(keep), h, len(ticks))
     valid = (keep[:, None] + np.arange(h)[None, :]) < len(ticks)
-    return Decisions(ticks[keep], obs.astype(np.float32), actions[idx], valid, ticks, actions)
+    return Decisions(ticks[keep], obs.astype(np.float32), actions[idx], valid, ticks, actions, measured)
 
 
 def decision_noise(seed: int, count: int, horizon: int, action_dim: int) -> np.ndarray:
@@ -256,27 +276,66 @@ def decision_noise(seed: int, count: int, horizon: int, action_dim: int) -> np.n
     return np.random.default_rng(seed).standard_normal((count, horizon, action_dim)).astype(np.float32)
 
 
+@dataclass
+class Predictions:
+    """The policy's chunks for every decision of a bag.
+
+    Attributes:
+        chunks: (N, H, A) float32 joint targets (rad); NaN where the output was invalid.
+        invalid: (N,) bool, the decision's output failed validation (InvalidOutputError).
+        first_invalid: the first invalid output's one-line reason ("" = none).
+        seconds: wall time of the batched inference.
+    """
+
+    chunks: np.ndarray
+    invalid: np.ndarray
+    first_invalid: str
+    seconds: float
+
+
 def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
-                    batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, float]:
-    """Run ``policy.predict`` on (N, obs_dim) + (N, H, A) noise in batches → ((N, H, A) float32, seconds)."""
+                    batch_size: int = DEFAULT_BATCH) -> Predictions:
+    """Run ``policy.predict`` on (N, obs_dim) + (N, H, A) noise in batches.
+
+    A batch whose output fails validation is re-run one decision at a time, so exactly the
+    invalid decisions are marked.
+    """
     out = np.empty(noise.shape, np.float32)
+    invalid = np.zeros(len(observations), bool)
+    first = ""
     start = time.perf_counter()
     for lo in range(0, len(observations), batch_size):
-        hi = lo + batch_size
-        out[lo:hi] = policy.predict(observations[lo:hi], noise=noise[lo:hi], guidance_scale=guidance)
-    return out, time.perf_counter() - start
+        hi = min(lo + batch_size, len(observations))
+        try:
+            out[lo:hi] = policy.predict(observations[lo:hi], noise=noise[lo:hi], guidance_scale=guidance)
+            continue
+        except InvalidOutputError:
+            pass
+        for i in range(lo, hi):
+            try:
+                out[i] = policy.predict(observations[i], noise=noise[i], guidance_scale=guidance)
+            except InvalidOutputError as exc:
+                out[i], invalid[i] = np.nan, True
+                first = first or one_line(exc)
+    return Predictions(out, invalid, first, time.perf_counter() - start)
 
 
 def single_latency_ms(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
-                      samples: int = 50) -> dict[str, float]:
-    """Unbatched latency (ms) of up to ``samples`` decisions: what a live node pays per decision."""
-    n = min(samples, len(observations))
+                      samples: int = 50) -> dict[str, float | None]:
+    """Unbatched latency (ms) of up to ``samples`` decisions: what a live node pays per decision
+    (calls whose output is invalid are not timed)."""
     times = []
-    for i in range(n):
+    for i in range(min(samples, len(observations))):
         start = time.perf_counter()
-        policy.predict(observations[i], noise=noise[i], guidance_scale=guidance)
+        try:
+            policy.predict(observations[i], noise=noise[i], guidance_scale=guidance)
+        except InvalidOutputError:
+            continue
         times.append((time.perf_counter() - start) * 1e3)
-    return {"single_p50": float(np.percentile(times, 50)), "single_p99": float(np.percentile(times, 99)), "single_samples": n}
+    if not times:
+        return {"single_p50": None, "single_p99": None, "single_samples": 0}
+    return {"single_p50": float(np.percentile(times, 50)), "single_p99": float(np.percentile(times, 99)),
+            "single_samples": len(times)}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -339,6 +398,93 @@ def error_metrics(predicted: np.ndarray, targets: np.ndarray, valid: np.ndarray,
     }
 
 
+# --------------------------------------------------------------------------- safety
+
+
+@dataclass
+class SafetyReview:
+    """What policy_node would have made of the predictions of one bag.
+
+    Attributes:
+        published: (N, H, A) float64, each chunk clamped as the node sends it (rad); NaN rows where held.
+        held: (N,) bool, the node would hold instead (out of distribution, invalid, measured beyond limits).
+        report: the JSON summary (fractions and counts; see :func:`safety_review`).
+    """
+
+    published: np.ndarray
+    held: np.ndarray
+    report: dict[str, Any]
+
+
+def safety_review(predicted: np.ndarray, invalid: np.ndarray, dec: Decisions, meta: PolicyMetadata,
+                  ood_margin: float = DEFAULT_OOD_MARGIN) -> SafetyReview:
+    """Out-of-distribution decisions, predicted commands outside the limits, steps beyond the velocity
+    limit, and the chunks as the node would publish them (see the module docstring).
+
+    predicted: (N, H, A) rad (NaN rows where ``invalid``); invalid: (N,) bool. Fractions: OOD of
+    decisions; outside limits of the valid decisions' predicted commands (N·H); velocity of their
+    steps (point 0 from the measured position, then point to point: N·H).
+    """
+    limits = SafetyLimits.from_joint_limits(meta.limits)
+    n, h, _ = predicted.shape
+    rng = meta.observation_range
+    report: dict[str, Any] = {"ood_margin": ood_margin, "ood_guard": "on" if rng is not None else
+                              "off: no training range in metadata"}
+    ood = np.zeros(n, bool)
+    if rng is not None:
+        scores = ood_scores(dec.observations, rng)
+        levels = np.array([classify(v, ood_margin) for v in scores])
+        ood = levels == "ood"
+        worst = int(np.argmax(scores))
+        report.update({"ood_decisions": int(ood.sum()), "ood_fraction": float(ood.mean()),
+                       "ood_warn_fraction": float((levels == "warn").mean()),
+                       "worst_ood": ood_score(dec.observations[worst], rng).describe() if scores[worst] > 0 else None})
+    else:
+        report.update({"ood_decisions": None, "ood_fraction": None, "ood_warn_fraction": None, "worst_ood": None})
+    beyond = ((dec.measured < limits.lower - MEASURED_LIMIT_TOLERANCE_RAD)
+              | (dec.measured > limits.upper + MEASURED_LIMIT_TOLERANCE_RAD)).any(axis=1)
+    ok = ~invalid
+    chunks = predicted[ok].astype(np.float64)
+    outside = (chunks < limits.lower) | (chunks > limits.upper)
+    steps = np.diff(np.concatenate([dec.measured[ok][:, None, :], chunks], axis=1), axis=1)
+    too_fast = np.abs(steps) > limits.velocity * meta.control_period_s + 1e-9
+    held = invalid | ood | beyond
+    published = np.full(predicted.shape, np.nan)
+    clamped = 0
+    for i in np.flatnonzero(~held):
+        published[i] = CommandLimiter(limits, meta.control_period_s).limit_trajectory(predicted[i], dec.measured[i])
+        clamped += int(not np.allclose(published[i], predicted[i], rtol=0.0, atol=1e-9))
+    commands = max(1, int(ok.sum()) * h)
+    report.update({
+        "outside_limits_commands": int(outside.any(axis=2).sum()),
+        "outside_limits_fraction": float(outside.any(axis=2).sum() / commands),
+        "velocity_violation_steps": int(too_fast.any(axis=2).sum()),
+        "velocity_violation_fraction": float(too_fast.any(axis=2).sum() / commands),
+        "measured_beyond_limits_decisions": int(beyond.sum()),
+        "held_decisions": int(held.sum()),
+        "clamped_decisions": clamped,
+    })
+    return SafetyReview(published, held, report)
+
+
+def safety_warning(report: dict[str, Any]) -> str:
+    """One console line for a bag's report when anything would have alarmed the node, else ''."""
+    safety = report["safety"]
+    parts = []
+    if report["invalid_outputs"]:
+        parts.append(f"{report['invalid_outputs']} of {report['decisions']} model outputs invalid "
+                     f"({report['first_invalid_output']})")
+    if safety["ood_fraction"]:
+        parts.append(f"{safety['ood_fraction']:.1%} of decisions out of distribution (worst: {safety['worst_ood']})")
+    if safety["outside_limits_fraction"]:
+        parts.append(f"{safety['outside_limits_fraction']:.1%} of predicted commands outside the joint limits")
+    if safety["velocity_violation_fraction"]:
+        parts.append(f"{safety['velocity_violation_fraction']:.1%} of predicted steps beyond the velocity limit")
+    if safety["measured_beyond_limits_decisions"]:
+        parts.append(f"{safety['measured_beyond_limits_decisions']} decisions with a measured position beyond the limits")
+    return f"{report['bag']}: " + "; ".join(parts) if parts else ""
+
+
 # --------------------------------------------------------------------------- one bag
 
 
@@ -348,15 +494,22 @@ class BagReplay:
 
     source: ReplaySource
     decisions: Decisions
-    predicted: np.ndarray  # (N, H, A) float32
+    predicted: np.ndarray  # (N, H, A) float32, NaN rows where the output was invalid
     report: dict[str, Any] = field(default_factory=dict)
+    invalid: np.ndarray | None = None  # (N,) bool
+    safety: SafetyReview | None = None
 
 
 def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DATA_CONFIG,
                joint_map: dict[str, str] | None = None, goal: Sequence[float] | None = None, seed: int = 0,
                guidance: float | None = None, batch_size: int = DEFAULT_BATCH, replan_every: int = DEFAULT_REPLAN_EVERY,
-               trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC, latency_samples: int = 50) -> BagReplay:
-    """Read, rebuild decisions, predict (batched, seeded noise) and score one bag."""
+               trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC, latency_samples: int = 50,
+               ood_margin: float = DEFAULT_OOD_MARGIN) -> BagReplay:
+    """Read, rebuild decisions, predict (batched, seeded noise), score one bag and review its safety.
+
+    Error metrics cover the decisions with a valid output (None when there is none); the seam
+    jerk needs consecutive chunks and is None when any output is invalid.
+    """
     meta: PolicyMetadata = policy.metadata
     t0 = time.perf_counter()
     src = read_source(path, meta, data_cfg, joint_map, goal, trajectory_topic)
@@ -364,35 +517,55 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
     dec = build_decisions(src, meta)
     t2 = time.perf_counter()
     noise = decision_noise(seed, len(dec.ticks_ns), meta.horizon, meta.action_dim)
-    predicted, infer_s = predict_batched(policy, dec.observations, noise, guidance, batch_size)
+    pred = predict_batched(policy, dec.observations, noise, guidance, batch_size)
+    predicted, infer_s, ok = pred.chunks, pred.seconds, ~pred.invalid
     n = len(predicted)
     latency = {"batch_size": batch_size, "batched_per_decision_mean": infer_s * 1e3 / n,
-               **single_latency_ms(policy, dec.observations, noise, guidance, latency_samples)}
+               **single_latency_ms(policy, dec.observations[ok], noise[ok], guidance, latency_samples)}
+    if ok.any():
+        metrics = error_metrics(predicted[ok], dec.targets[ok], dec.valid[ok], meta.action_joint_names,
+                                meta.control_period_s)
+    else:
+        metrics = {"first_action": None, "per_joint": None, "overall": None, "horizon": None}
+    review = safety_review(predicted, pred.invalid, dec, meta, ood_margin)
     report = {
         "bag": str(src.path), "action_source": src.action_source, "goal_source": src.goal_source,
         "decisions": n, "duration_s": float((dec.ticks_ns[-1] - dec.ticks_ns[0]) * 1e-9),
         "first_decision_ns": int(dec.ticks_ns[0]),
         "skipped_joint_states": int(src.recording.metadata.get("skipped_joint_states", 0)),
-        **error_metrics(predicted, dec.targets, dec.valid, meta.action_joint_names, meta.control_period_s),
-        "seam_jerk": seam_jerk(predicted, dec.targets[:, 0, :], meta.control_period_s, replan_every),
+        "invalid_outputs": int(pred.invalid.sum()), "first_invalid_output": pred.first_invalid,
+        **metrics,
+        "seam_jerk": seam_jerk(predicted, dec.targets[:, 0, :], meta.control_period_s, replan_every) if ok.all() else None,
+        "safety": review.report,
         "latency_ms": latency,
         "timing_s": {"read": t1 - t0, "observations": t2 - t1, "inference": infer_s},
         "decisions_per_s": {"inference": n / infer_s, "end_to_end": n / (t2 - t0 + infer_s)},
     }
-    return BagReplay(src, dec, predicted, report)
+    return BagReplay(src, dec, predicted, report, pred.invalid, review)
+
+
+#: What --write-bag puts on the policy topic (repeated in the report).
+WRITTEN_CONTENT = ("what policy_node would publish: each predicted chunk clamped by runtime.safety (joint limits, "
+                   "velocity limit from the measured position); an empty JointTrajectory (hold) where the node would "
+                   "hold: out of distribution, invalid model output, measured position beyond the limits")
 
 
 def write_replay_bag(out: Path, replayed: BagReplay, meta: PolicyMetadata, topic: str = DEFAULT_POLICY_TOPIC) -> int:
     """New bag at ``out``: every original message copied plus one JointTrajectory per decision on ``topic``.
 
-    Chunk j is stamped and logged at its decision tick; point i at (i+1)·dt. Same storage as the
-    input. Returns the number of predicted chunks written.
+    Decision j's trajectory is :data:`WRITTEN_CONTENT` (the safety review's published chunk, or an
+    empty trajectory where the node would hold), stamped and logged at its decision tick; point i
+    at (i+1)·dt. Same storage as the input. Returns the number of trajectories written.
     """
     src = replayed.source.path
     if topic in bagio.list_topics(src):
         raise UsageError(f"{src}: already has a topic {topic}; choose another --policy-topic")
     storage = "mcap" if any(src.glob("*.mcap")) else "sqlite3"
-    ticks, chunks = replayed.decisions.ticks_ns, replayed.predicted
+    review = replayed.safety
+    if review is None:
+        raise UsageError(f"{src}: this replay has no safety review; replay_bag makes one")
+    ticks = replayed.decisions.ticks_ns
+    chunks = [np.zeros((0, meta.action_dim)) if held else chunk for chunk, held in zip(review.published, review.held)]
     names = list(meta.action_joint_names)
     j = 0
     with bagio.BagWriter(out, storage) as writer:

@@ -17,6 +17,10 @@ import numpy as np
 
 from flow_policy_ros.errors import TimeSeriesError
 
+#: Longest control grid built (ticks; 2.3 days at 50 Hz). A longer one comes from a corrupt stamp,
+#: and allocating it would exhaust memory instead of failing.
+MAX_GRID_TICKS = 10_000_000
+
 
 def period_ns(period_s: float) -> int:
     """Period in s → integer ns (rounded to the nearest ns)."""
@@ -29,12 +33,15 @@ def control_grid(start_ns: int, stop_ns: int, period_s: float) -> np.ndarray:
     """Tick times (K,) int64: ``start_ns + k·period`` for every k ≥ 0 with a time ≤ ``stop_ns``.
 
     ``period_s`` is rounded to whole ns first, so ticks never drift. ``stop_ns < start_ns``
-    gives an empty grid.
+    gives an empty grid; more than :data:`MAX_GRID_TICKS` ticks is a TimeSeriesError.
     """
     step = period_ns(period_s)
     if stop_ns < start_ns:
         return np.zeros(0, np.int64)
     count = (int(stop_ns) - int(start_ns)) // step + 1
+    if count > MAX_GRID_TICKS:
+        raise TimeSeriesError(f"the recording spans {(int(stop_ns) - int(start_ns)) * 1e-9:.3g} s "
+                              f"({count} ticks > {MAX_GRID_TICKS}): a stamp is probably corrupt")
     return int(start_ns) + step * np.arange(count, dtype=np.int64)
 
 

@@ -34,6 +34,7 @@ from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
 from flow_policy_ros.reports import portable_path
 from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.ood import ObservationRange, observation_labels
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -100,6 +101,7 @@ def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema:
 
 def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Path, solver: str = "euler",
                    noise_scale: float = 1.0) -> PolicyMetadata:
+    """The metadata of the exported graph: I/O contract, sampler, provenance and training range."""
     policy = ckpt.config.policy
     flow = ckpt.config.train.objective == "flow"
     return PolicyMetadata(
@@ -117,17 +119,41 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         checkpoint_sha256=file_sha256(checkpoint_path),
         training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
         code_version=ckpt.code_version,
+        observation_range=training_range(ckpt),
     )
+
+
+def training_range(ckpt: Checkpoint) -> ObservationRange | None:
+    """Min/max of every observation dimension over the training windows, or None when unknown.
+
+    From the data summary (``observation_range``, written by ``policy.dataset``) when the
+    checkpoint has it; else from minmax normalization statistics, whose shift ± scale are exactly
+    the training min/max (a dimension narrower than 2·MIN_SCALE comes out that wide, i.e. a
+    slightly wider range); meanstd statistics without a summary range give None.
+    """
+    spec = ckpt.config.policy.observation
+    labels = observation_labels(spec)
+    recorded = ckpt.data_summary.get("observation_range")
+    if isinstance(recorded, dict) and "low" in recorded and "high" in recorded:
+        return ObservationRange(recorded["low"], recorded["high"], labels, "training windows (min/max)")
+    if ckpt.stats.mode == "minmax":
+        return ObservationRange(ckpt.stats.obs_shift - ckpt.stats.obs_scale, ckpt.stats.obs_shift + ckpt.stats.obs_scale,
+                                labels, "training windows (min/max, from the minmax normalization statistics)")
+    return None
 
 
 def summarize_training_data(summary: dict) -> dict:
     """The scalar facts of a training-data summary (episodes, windows, source, ...); per-episode
-    lists are reduced to their length so the metadata stays small."""
+    lists are reduced to their length so the metadata stays small.
+
+    No absolute path of the training machine is kept (``reports.portable_path``:
+    '/work/data/reach' -> 'data/reach'); train's ``data_sha256`` identifies the data by content.
+    """
     out = {}
     for key, value in summary.items():
-        if key in ("root", "data_path") and isinstance(value, str):
-            out[key] = portable_path(value)  # never a path of the machine that trained it
-        elif isinstance(value, (str, int, float, bool)) or value is None:
+        if isinstance(value, str):
+            out[key] = portable_path(value) if os.path.isabs(value) else value  # never a path of the machine that trained it
+        elif isinstance(value, (int, float, bool)) or value is None:
             out[key] = value
         elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
             out[f"{key}_true"] = sum(value)  # e.g. per-episode success flags -> successes

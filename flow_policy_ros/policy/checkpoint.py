@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from flow_policy_ros.errors import CheckpointError
+from flow_policy_ros.errors import CheckpointError, one_line
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
 from flow_policy_ros.policy.normalization import NormalizationStats, StatisticsError
 
@@ -109,6 +109,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path}: statistics cover obs_dim {stats.obs_dim}/A {stats.action_dim}, config says "
             f"{config.policy.obs_dim}/{config.policy.action_dim}"
         )
+    for key in ("model", "ema"):
+        check_weights(payload[key], config, f"{path}: {key!r} weights")
     return Checkpoint(
         config=config,
         stats=stats,
@@ -121,6 +123,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         loss_history=payload.get("loss_history") or [],
         code_version=payload.get("code_version", ""),
     )
+
+
+def check_weights(state: Any, config: ExperimentConfig, where: str) -> None:
+    """Raise CheckpointError naming ``where`` unless ``state`` loads strictly into the config's network.
+
+    torch's own message (missing/unexpected keys, size mismatches) spans many lines; it is
+    flattened, and cut after its first two problems.
+    """
+    from flow_policy_ros.policy.model import VelocityNet
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{where} are not a state dict of tensors")
+    try:
+        VelocityNet(config.policy).load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = "; ".join(problems[:2]) + (f"; and {len(problems) - 2} more" if len(problems) > 2 else "")
+        raise CheckpointError(f"{where} do not fit the network of its config ({detail or one_line(exc)})") from exc
 
 
 def file_sha256(path: str | Path) -> str:

@@ -271,8 +271,10 @@ class ExperimentConfig:
             raise ConfigError(f"{path}: config file not found")
         try:
             data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from exc
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -301,7 +303,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. int('abc') inside a field's validation
         raise ConfigError(f"{where}: {exc}") from exc
 
 

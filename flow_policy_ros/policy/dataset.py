@@ -4,6 +4,12 @@ The windowing itself (control grid, alignment, padding) is :mod:`flow_policy_ros
 shared with offline replay.
 
 Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_index (N,) int64.
+
+Values are checked before windowing: a recording with a non-finite or physically impossible
+joint position (|q| > 2π rad, or an action joint beyond its limits by more than
+:data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`), an infinite velocity, a non-finite goal or command is a
+one-line :class:`DatasetError` naming the bag, so bad data never reaches the statistics. Inputs
+are only read.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from flow_policy_ros.data.bag import read_episode_bag
+from flow_policy_ros.data.bag import find_episodes, read_episode_bag
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import TimeSeriesError
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
@@ -29,6 +35,10 @@ from flow_policy_ros.policy.config import DataConfig, PolicyConfig, to_dict
 
 #: Bump when the windowing changes, so stale caches are not reused.
 CACHE_VERSION = 1
+#: A recorded position this far beyond an action joint's limit (rad) is a broken recording, not motion.
+IMPOSSIBLE_BEYOND_LIMIT_RAD = 0.5
+#: No revolute joint reading beyond one turn (rad) is plausible.
+MAX_ABS_POSITION_RAD = 2 * np.pi
 
 
 
@@ -103,6 +113,70 @@ class Windows:
                                f"(horizon H={h}, action joints A={a})")
 
 
+def _first_bad(values: np.ndarray, bad: np.ndarray, names: list[str], what: str, unit: str) -> str:
+    """'<what> of <joint> is <value> <unit> at sample <i>' for the first True of ``bad`` (T, J), else ''."""
+    hits = np.argwhere(bad)
+    if len(hits) == 0:
+        return ""
+    i, j = (int(v) for v in hits[0])
+    return f"{what} of {names[j]} is {values[i, j]} {unit} at sample {i} ({len(hits)} bad value(s))"
+
+
+def check_recording_values(rec: EpisodeRecording, policy_cfg: PolicyConfig, source: str) -> None:
+    """Raise DatasetError naming ``source`` for a value no real robot recording can hold.
+
+    Checked: joint positions and commands finite and within ±2π rad, action joints within their
+    limits ± :data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`; velocities not infinite (NaN marks "not
+    recorded"); goals finite.
+    """
+    limits = policy_cfg.limits
+    lower = dict(zip(policy_cfg.action_joint_names, limits.lower))
+    upper = dict(zip(policy_cfg.action_joint_names, limits.upper))
+
+    def positions(values: np.ndarray, names: list[str], what: str) -> str:
+        values = np.asarray(values, np.float64).reshape(len(values), len(names))
+        lo = np.array([lower.get(n, -np.inf) - IMPOSSIBLE_BEYOND_LIMIT_RAD for n in names])
+        hi = np.array([upper.get(n, np.inf) + IMPOSSIBLE_BEYOND_LIMIT_RAD for n in names])
+        with np.errstate(invalid="ignore"):
+            found = _first_bad(values, ~np.isfinite(values), names, what, "rad (non-finite)")
+            found = found or _first_bad(values, np.abs(values) > MAX_ABS_POSITION_RAD, names, what,
+                                        "rad (beyond ±2π: physically impossible)")
+            found = found or _first_bad(values, (values < lo) | (values > hi), names, what,
+                                        f"rad (beyond the joint limits by more than {IMPOSSIBLE_BEYOND_LIMIT_RAD} rad)")
+        return found
+
+    problem = positions(rec.positions, list(rec.joint_names), "joint_states position")
+    if not problem and len(rec.velocities):
+        problem = _first_bad(rec.velocities, np.isinf(rec.velocities), list(rec.joint_names),
+                             "joint_states velocity", "rad/s (infinite)")
+    if not problem and len(rec.goals):
+        problem = _first_bad(rec.goals, ~np.isfinite(rec.goals), ["x", "y", "z"], "goal", "m (non-finite)")
+    if not problem and len(rec.command_times_ns):
+        problem = positions(rec.commands, list(rec.command_joint_names), "command")
+    if problem:
+        raise DatasetError(f"{source}: {problem}")
+
+
+def check_windows_values(windows: Windows, source: Path | str) -> None:
+    """Raise DatasetError naming ``source`` when a window holds NaN/inf (e.g. a hand-made npz)."""
+    for name, values in (("observations", windows.observations), ("actions", windows.actions)):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = tuple(int(v) for v in np.argwhere(bad)[0])
+            raise DatasetError(f"{source}: {name} has {int(bad.sum())} NaN/inf value(s), the first at index {first}")
+
+
+def describe_windows(windows: Windows) -> None:
+    """Add the training range of every observation dimension to ``windows.summary``.
+
+    ``observation_range``: {'low', 'high'} (obs_dim,) min/max over the windows, what the exported
+    out-of-distribution guard checks against (the data's content hash is train's ``data_sha256``).
+    """
+    if len(windows):
+        windows.summary["observation_range"] = {"low": windows.observations.min(axis=0).astype(float).tolist(),
+                                                "high": windows.observations.max(axis=0).astype(float).tolist()}
+
+
 def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data_cfg: DataConfig,
                            source: str = "", episode_index: int = 0) -> Windows:
     """Cut one episode into windows (see the module docstring for alignment and padding)."""
@@ -126,12 +200,6 @@ def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data
 # --------------------------------------------------------------------------- directories and cache
 
 
-def find_episodes(root: Path) -> list[Path]:
-    """rosbag2 directories (with metadata.yaml) at or under ``root``, sorted; hidden dirs are skipped."""
-    if (root / "metadata.yaml").is_file():
-        return [root]
-    found = [p.parent for p in root.rglob("metadata.yaml")]
-    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def default_cache_dir() -> Path:
@@ -182,6 +250,7 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
     skipped: list[str] = []
     for episode in tqdm(episodes, desc="episodes", unit="ep", disable=not progress):
         rec = _read_for_windows(episode, policy_cfg, data_cfg)
+        check_recording_values(rec, policy_cfg, str(episode))
         name = str(episode.relative_to(root)) if episode != root else episode.name
         if rec.metadata.get("success") is False and not include_failures:
             skipped.append(name)
@@ -220,6 +289,8 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
     if path.is_file():
         windows = Windows.load_npz(path)
         windows.check_shapes(policy_cfg, path)
+        check_windows_values(windows, path)
+        describe_windows(windows)
         return windows
     episodes = find_episodes(path)
     cache_file = Path(cache_dir or default_cache_dir()) / (
@@ -229,17 +300,22 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
             windows = Windows.load_npz(cache_file)
             windows.summary["cache"] = {"file": str(cache_file), "hit": True}
             windows.check_shapes(policy_cfg, cache_file)
+            check_windows_values(windows, cache_file)
+            if "observation_range" not in windows.summary:  # a cache written before the summary had it
+                describe_windows(windows)
             return windows
         except DatasetError as exc:
             warnings.warn(f"{cache_file}: unusable cache, rebuilding ({exc})", stacklevel=2)
     windows = windows_from_directory(path, policy_cfg, data_cfg, include_failures, progress)
     windows.check_shapes(policy_cfg, path)
+    describe_windows(windows)
     windows.save_npz(cache_file)
     windows.summary["cache"] = {"file": str(cache_file), "hit": False}
     return windows
 
 
 __all__ = [
-    "CACHE_VERSION", "DatasetError", "Windows", "action_ticks", "cache_key", "chunk_indices", "default_cache_dir",
+    "CACHE_VERSION", "DatasetError", "Windows", "action_ticks", "cache_key", "check_recording_values",
+    "check_windows_values", "chunk_indices", "default_cache_dir", "describe_windows",
     "find_episodes", "load_training_data", "observable_mask", "observations_at", "windows_from_directory", "windows_from_recording",
 ]

@@ -53,8 +53,14 @@ def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controll
     values = {
         "state": state, "reason": reason, "active_provider": policy.active_provider,
         "provider_fallback_reason": policy.fallback_reason, "model_name": meta.name, "model_hash": meta.model_hash,
-        **extra, "guidance_scale": f"{controller.guidance_scale:g}", **counters.as_dict(),
+        **extra, "guidance_scale": f"{controller.guidance_scale:g}", "warning": controller.warning,
+        "ood_guard": controller.ood_guard, "ood_score": "nan" if controller.ood is None else f"{controller.ood.value:.3g}",
+        "ood_field": "" if controller.ood is None else controller.ood.label, "goal_rejection": controller.goal_rejection,
+        **counters.as_dict(),
         **percentiles_ms({"inference_latency": counters.inference_s, "tick_jitter": counters.jitter_s,
                           "obs_to_command_latency": obs_to_command_s}),
     }
-    return diagnostic_array(stamp, name, POLICY_LEVELS[state], f"{state}: {reason}" if reason else state, meta.name, values)
+    level, message = POLICY_LEVELS[state], f"{state}: {reason}" if reason else state
+    if state == "running" and controller.warning:  # running, but near the edge of the training range
+        level, message = "WARN", f"{state}: {controller.warning}"
+    return diagnostic_array(stamp, name, level, message, meta.name, values)

@@ -80,6 +80,7 @@ class PolicyNode(LifecycleNode):
         self.scheduling = "SCHED_OTHER"
         self._active = False
         self._goal: np.ndarray | None = None
+        self._goal_frame = ""
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
         self.latency = StageLatencies()
@@ -130,6 +131,8 @@ class PolicyNode(LifecycleNode):
             (self.destroy_subscription, self.create_subscription(PointStamped, "goal", self._on_goal, _LATCHED)),
             (self.destroy_timer, self.create_timer(1.0, self._publish_diagnostics)),
         ]
+        if meta.observation_range is None:
+            self.get_logger().warning(f"out-of-distribution guard {self.controller.ood_guard}")
         self.get_logger().info(f"configured: model {meta.name} ({meta.model_hash[:12]}) on {self.policy.active_provider}; "
                                f"H={meta.horizon} A={meta.action_dim}; {p.control_rate_hz} Hz, {p.execution}, "
                                f"{p.chunking}, replan_every={p.replan_every}")
@@ -140,7 +143,7 @@ class PolicyNode(LifecycleNode):
         if self._held is not None:
             self.controller.limiter.advance(self._held)  # the robot holds the last command sent
         if self._goal is not None:
-            self.controller.on_goal(self._goal)
+            self.controller.on_goal(self._goal, self._goal_frame)
         self._last_reason = ""
         self._obs_to_cmd_s.clear()
         self.latency = self.worker.latencies = StageLatencies()
@@ -213,12 +216,16 @@ class PolicyNode(LifecycleNode):
 
     def _on_goal(self, msg: PointStamped) -> None:
         try:
-            self._goal = point_array(msg)
+            self._goal, self._goal_frame = point_array(msg), msg.header.frame_id
         except ObservationError as exc:
             self._reject(str(exc))
             return
         if self._active:
-            self._carry_out(self.controller.on_goal(self._goal))
+            rejected = self.controller.counters.rejected_goals
+            self._carry_out(self.controller.on_goal(self._goal, self._goal_frame))
+            if self.controller.counters.rejected_goals > rejected:
+                self.get_logger().warning(f"rejected goal ({rejected + 1} so far): {self.controller.goal_rejection}",
+                                          throttle_duration_sec=1.0)
 
     def _on_tick(self) -> None:
         self._on_inference_done()  # normally handled at once via the guard condition

@@ -16,6 +16,7 @@ from flow_policy_ros.ros.parameters import ParameterSpec
 from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import EXECUTION_MODES, ControllerConfig
 from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.runtime.safety import GUIDANCE_SCALE_BOUNDS, SafetyError, SafetyLimits, validate_guidance_scale
 
 NODE_NAME = "flow_policy_node"
@@ -73,6 +74,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
                                   "per-joint upper position limits (rad), may only tighten the model's; unset = model"),
     "velocity_limits": ParameterSpec(Parameter.Type.DOUBLE_ARRAY, _T.PARAMETER_DOUBLE_ARRAY,
                                      "per-joint velocity limits (rad/s), may only tighten the model's; unset = model"),
+    "ood_margin": ParameterSpec(DEFAULT_OOD_MARGIN, _T.PARAMETER_DOUBLE,
+                                "out-of-distribution guard: hold when an observation lies more than this many "
+                                "training-range widths outside the model's training range (WARN beyond half of it); "
+                                "goals beyond it are rejected", low=0.0, high=100.0),
+    "goal_frame": ParameterSpec("world", _T.PARAMETER_STRING, "frame_id a goal must carry; goals in other frames are rejected"),
     "thread_priority": ParameterSpec(0, _T.PARAMETER_INTEGER,
                                      "SCHED_FIFO priority of the control (executor) thread, 0 = normal scheduling; "
                                      "falls back with a warning when not permitted (as ros2_control's controller_manager)",
@@ -107,6 +113,8 @@ class PolicyNodeParams:
     autostart: bool = True
     rtc_margin_ticks: int = 1
     inject_delay_ms: float = 0.0
+    ood_margin: float = DEFAULT_OOD_MARGIN
+    goal_frame: str = "world"
     inference_thread: bool = False
     executor: str = "events"
 
@@ -136,6 +144,10 @@ class PolicyNodeParams:
     def controller_config(self, metadata: PolicyMetadata, guidance_scale: float | None = None) -> ControllerConfig:
         """The PolicyController's configuration for ``metadata`` (``guidance_scale``: the current value)."""
         w = self.guidance_scale if guidance_scale is None else validate_guidance_scale(guidance_scale)
-        return ControllerConfig(metadata.observation, metadata.horizon, self.period_s, self.execution, self.chunking,
-                                self.replan_every, self.ensemble_decay, self.stale_timeout_s, w,
-                                metadata.rtc_max_delay, self.rtc_margin_ticks)
+        # by keyword: ControllerConfig's optional fields are not in a stable order
+        return ControllerConfig(metadata.observation, metadata.horizon, self.period_s, execution=self.execution,
+                                chunking=self.chunking, replan_every=self.replan_every,
+                                ensemble_decay=self.ensemble_decay, stale_timeout_s=self.stale_timeout_s,
+                                guidance_scale=w, observation_range=metadata.observation_range,
+                                ood_margin=self.ood_margin, goal_frame=self.goal_frame,
+                                rtc_max_delay=metadata.rtc_max_delay, rtc_margin_ticks=self.rtc_margin_ticks)

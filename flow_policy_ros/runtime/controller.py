@@ -18,13 +18,18 @@ Events and what they may return:
   (stream) or the whole :class:`Trajectory` (trajectory mode), or a :class:`Stop` when the
   result is an error or an invalid chunk (wrong shape, NaN/inf): the robot holds.
 * :meth:`~PolicyController.on_goal`: a new goal drops the chunk being executed and any
-  inference in flight for the old goal (their results are counted as discarded).
+  inference in flight for the old goal (their results are counted as discarded). A goal in
+  another frame than ``goal_frame``, non-finite, or outside the training goal range plus
+  ``ood_margin`` is rejected (counted in ``rejected_goals``, the reason in
+  :attr:`~PolicyController.goal_rejection`): the previous goal stays, or the controller keeps
+  waiting.
 
 States: ``waiting`` (no complete fresh data yet), ``running``, ``stale`` (joint states older
 than the timeout: no new commands until fresh data returns), ``error`` (inference failed or
 returned an invalid chunk: no new commands, retried every ``replan_every`` ticks) and
-``hold`` (the input is untrusted: a measured position beyond the joint limits; held until it
-is back inside). In trajectory mode, leaving ``running`` for ``stale``, ``error`` or ``hold``
+``hold`` (the input is untrusted: a measured position beyond the joint limits, or an
+observation further outside the training range than ``ood_margin``; held until it is back
+inside). In trajectory mode, leaving ``running`` for ``stale``, ``error`` or ``hold``
 publishes one empty JointTrajectory (:class:`Stop`): a JointTrajectoryController then holds
 its current setpoint instead of finishing a chunk computed from data no longer trusted.
 
@@ -35,7 +40,17 @@ tick (that is what the controller executes until it is replaced or stopped), and
 trajectory's first point, which replaces the old one's point of the same tick, is limited
 against the setpoint of the tick before. Where a
 hold ends far from the arm, the command walks from the previous command towards the arm at
-the velocity limit, then follows the policy (see ``safety.clamp_command``).
+the velocity limit, then follows the policy (see ``safety.clamp_command``). One exception: when
+the arm is more than ``TRACKING_TOLERANCE_RAD`` from the last command, the robot's controller is
+not holding that command any more (a driver restart, a simulator reset, a hand-guided move):
+continuing from it would make the arm jump back towards it, so the limiter restarts from the
+measured position (counted in ``limiter_rebased``).
+
+Out-of-distribution guard (:mod:`flow_policy_ros.runtime.ood`): with the model's training
+range (``ControllerConfig.observation_range``), every tick and every inference request measures
+the observation against it; beyond ``ood_margin`` range widths the controller holds naming the
+field, beyond half of it :attr:`~PolicyController.warning` says so while it keeps running.
+Without a range the guard is off (:attr:`~PolicyController.ood_guard` says why).
 
 Real-time chunking (``chunking='rtc'``, a model trained with a committed prefix): at each
 replan (observation at tick k) the controller commits the commands of the ticks that will pass
@@ -68,12 +83,17 @@ from flow_policy_ros.contract import ObservationSpec
 from flow_policy_ros.errors import SafetyError
 from flow_policy_ros.runtime.chunking import ActionChunk, make_scheduler
 from flow_policy_ros.runtime.observation import build_observation
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, ObservationRange, OodScore, classify, ood_score, validate_margin
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits, clamp_command, validate_guidance_scale
 
 EXECUTION_MODES: tuple[str, ...] = ("stream", "trajectory")
 STATES: tuple[str, ...] = ("waiting", "running", "stale", "error", "hold")
 #: A measured position further than this beyond a joint limit (rad) is an alarm, not a target.
 MEASURED_LIMIT_TOLERANCE_RAD = 0.05
+#: An arm further than this (rad, any joint) from the last command is not tracking it (a driver
+#: restart, a reset or a hand-guided move): the next command ramps from where the arm is.
+#: A position controller under a 1.5 rad/s command stream lags by a few ticks (< 0.1 rad).
+TRACKING_TOLERANCE_RAD = 0.25
 
 
 # --------------------------------------------------------------------------- decisions
@@ -152,6 +172,8 @@ class InferenceResult:
         error: one line describing why inference failed, else None.
         stamp_ns: the observation's header stamp (0 = unknown: ``received_ns`` is used).
         generation: the request's goal generation.
+        invalid_output: ``error`` is the model's output failing validation (counted as an
+            invalid output, not an inference error).
     """
 
     tick: int
@@ -162,12 +184,13 @@ class InferenceResult:
     stamp_ns: int = 0
     generation: int = 0
     prefix_length: int = 0
+    invalid_output: bool = False
 
     @classmethod
     def for_request(cls, request: InferenceRequest, latency_s: float, actions: np.ndarray | None = None,
-                    error: str | None = None) -> InferenceResult:
+                    error: str | None = None, invalid_output: bool = False) -> InferenceResult:
         return cls(request.tick, request.received_ns, latency_s, actions, error, request.stamp_ns, request.generation,
-                   request.prefix_length)
+                   request.prefix_length, invalid_output)
 
 
 # --------------------------------------------------------------------------- configuration and counters
@@ -187,6 +210,10 @@ class ControllerConfig:
         ensemble_decay: m of temporal ensembling.
         stale_timeout_s: joint states older than this (s, by receipt time) stop new commands.
         guidance_scale: CFG weight w; None = the model's default.
+        observation_range: the model's training range (metadata), None = no OOD guard.
+        ood_margin: range widths beyond the training range before the controller holds (warns
+            beyond half of it); goals beyond it are rejected.
+        goal_frame: the frame_id a goal must carry (when the caller passes one).
         rtc_max_delay: the model's d_max (metadata ``rtc``); required > 0 for chunking 'rtc'.
         rtc_margin_ticks: ticks added to the measured inference delay to size the prefix.
     """
@@ -200,10 +227,17 @@ class ControllerConfig:
     ensemble_decay: float = 0.01
     stale_timeout_s: float = 0.1
     guidance_scale: float | None = None
+    observation_range: ObservationRange | None = None
+    ood_margin: float = DEFAULT_OOD_MARGIN
+    goal_frame: str = "world"
     rtc_max_delay: int = 0
     rtc_margin_ticks: int = 1
 
     def __post_init__(self) -> None:
+        validate_margin(self.ood_margin)
+        if self.observation_range is not None and len(self.observation_range.labels) != self.observation.obs_dim:
+            raise SafetyError(f"observation_range covers {len(self.observation_range.labels)} values, "
+                              f"the observation has {self.observation.obs_dim}")
         if self.execution not in EXECUTION_MODES:
             raise SafetyError(f"execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if not self.period_s > 0:
@@ -245,6 +279,10 @@ class ControllerCounters:
     stops_sent: int = 0
     late_first_commands: int = 0
     limiter_clipped: int = 0
+    limiter_rebased: int = 0  # the arm was not tracking the last command: ramped from where it is
+    ood_holds: int = 0
+    ood_warnings: int = 0
+    rejected_goals: int = 0
     rtc_prefix_ticks: int = 0  # sum of the prefix lengths requested
     rtc_late_chunks: int = 0  # chunks that arrived after their prefix ran out
     rtc_prefix_clipped: int = 0  # requests whose needed prefix exceeded the model's d_max
@@ -277,6 +315,14 @@ class PolicyController:
         self.state = "waiting"
         self.reason = ""  # why the controller is not running (one line)
         self._needs_goal = "goal" in config.observation.fields
+        #: last reason a goal was rejected ("" = none so far)
+        self.goal_rejection = ""
+        #: running but close to the training range's edge (beyond half the margin): why, else ""
+        self.warning = ""
+        #: the latest observation's distance from the training range (None: guard off or no data yet)
+        self.ood: OodScore | None = None
+        rng = config.observation_range
+        self._goal_range = rng.field(config.observation, "goal") if rng is not None and self._needs_goal else None
         # latest data
         self._positions: np.ndarray | None = None
         self._velocities: np.ndarray | None = None
@@ -309,6 +355,13 @@ class PolicyController:
     def last_command(self) -> np.ndarray | None:
         """The last command the robot was sent (rad), or None before the first."""
         return self.limiter.last_command
+
+    @property
+    def ood_guard(self) -> str:
+        """'on (margin M range widths)' or 'off: <why>'."""
+        if self.config.observation_range is None:
+            return "off: no training range in metadata"
+        return f"on (margin {self.config.ood_margin:g} range widths)"
 
     @property
     def generation(self) -> int:
@@ -354,9 +407,19 @@ class PolicyController:
             decisions += self._request()
         return decisions
 
-    def on_goal(self, goal: np.ndarray) -> list[Decision]:
-        """A goal (m, 3,), checked by the caller. A changed goal drops the chunks of the old one."""
-        goal = np.asarray(goal, dtype=np.float64)
+    def on_goal(self, goal: np.ndarray, frame_id: str | None = None) -> list[Decision]:
+        """A goal (3,) m in ``frame_id`` (None: the caller vouches for the frame).
+
+        A changed goal drops the chunks of the old one. A goal in another frame than
+        ``config.goal_frame``, non-finite, or outside the training goal range plus the margin is
+        rejected (see the module docstring).
+        """
+        goal = np.asarray(goal, dtype=np.float64).reshape(-1)
+        problem = self._goal_problem(goal, frame_id)
+        if problem:
+            self.counters.rejected_goals += 1
+            self.goal_rejection = problem
+            return []
         if self._goal is not None and not np.array_equal(goal, self._goal):
             # a new task (episode): chunks planned for the old goal are worthless; replan at once.
             # The limiter keeps the last command sent, and in trajectory mode the robot keeps
@@ -380,10 +443,13 @@ class PolicyController:
             self.counters.late_first_commands += 1
             self._owed_tick = None
         if self._measured is None or (self._needs_goal and self._goal is None):
-            return self._hold("waiting", "no joint states and goal yet" if self._measured is None else "no goal yet")
+            reason = "no joint states and goal yet" if self._measured is None else "no goal yet"
+            if self.goal_rejection and self._goal is None:
+                reason += f" (last goal rejected: {self.goal_rejection})"
+            return self._hold("waiting", reason)
         if now_ns - self._received_ns > self.config.stale_timeout_s * 1e9:
             return self._hold("stale", f"joint states older than {self.config.stale_timeout_s} s")
-        beyond = self._measured_beyond_limits()
+        beyond = self._measured_beyond_limits() or self._out_of_distribution(self._observation())
         if beyond:
             return self._hold("hold", beyond)
         if self.state == "error" and tick < self._retry_tick:
@@ -414,6 +480,9 @@ class PolicyController:
             return []
         self.counters.inference_s.append(result.latency_s)
         tick = self._last_tick
+        if result.error is not None and result.invalid_output:
+            self.counters.invalid_outputs += 1
+            return self._fail(tick, f"invalid model output: {result.error}")
         if result.error is not None:
             self.counters.inference_errors += 1
             return self._fail(tick, f"inference failed: {result.error}")
@@ -474,6 +543,38 @@ class PolicyController:
         return (f"measured position of action joint {i} is {self._measured[i]:.3f} rad, beyond its limits "
                 f"[{self.limits.lower[i]:.3f}, {self.limits.upper[i]:.3f}]")
 
+    def _goal_problem(self, goal: np.ndarray, frame_id: str | None) -> str:
+        if frame_id is not None and frame_id != self.config.goal_frame:
+            return f"goal in frame {frame_id!r}, expected {self.config.goal_frame!r}"
+        if goal.shape != (3,) or not np.all(np.isfinite(goal)):
+            return f"goal must be 3 finite values (m), got {goal.tolist()}"
+        if self._goal_range is not None:
+            score = ood_score(goal, self._goal_range)
+            if score.value > self.config.ood_margin:
+                return f"{score.describe()} (margin {self.config.ood_margin:g})"
+        return ""
+
+    def _observation(self) -> np.ndarray:
+        return build_observation(self.config.observation, self._positions, self._velocities, self._goal)
+
+    def _out_of_distribution(self, observation: np.ndarray) -> str:
+        """Measure ``observation`` against the training range: the hold reason beyond the margin, else ''."""
+        rng = self.config.observation_range
+        if rng is None:
+            return ""
+        self.ood = score = ood_score(observation, rng)
+        level = classify(score.value, self.config.ood_margin)
+        warning = "" if level == "ok" else f"near the edge of the training range: {score.describe()}"
+        was_warning = bool(self.warning)
+        self.warning = warning if level == "warn" else ""
+        if self.warning and not was_warning:
+            self.counters.ood_warnings += 1
+        if level != "ood":
+            return ""
+        if self.state != "hold":
+            self.counters.ood_holds += 1
+        return f"out of distribution: {score.describe()} (margin {self.config.ood_margin:g})"
+
     def _set_state(self, state: str, reason: str = "") -> None:
         self.state = state
         self.reason = "" if state == "running" else reason
@@ -500,6 +601,10 @@ class PolicyController:
         self._await_obs_after_ns = None
         if self.state not in ("running", "error") or (self._needs_goal and self._goal is None):
             return []
+        observation = self._observation()
+        beyond = self._out_of_distribution(observation)
+        if beyond:  # this joint state left the training range: no chunk from it
+            return self._hold("hold", beyond)
         tick = self._last_tick
         prefix, d = None, 0
         if self.config.rtc:
@@ -516,7 +621,6 @@ class PolicyController:
                 prefix[:d] = rows
             self._requested_prefix = prefix[:d].copy() if d else None
             self.counters.rtc_prefix_ticks += d
-        observation = build_observation(self.config.observation, self._positions, self._velocities, self._goal)
         self._in_flight = True
         self.counters.inference_requests += 1
         return [InferenceRequest(observation, tick, self._received_ns, self._stamp_ns, self._generation,
@@ -583,6 +687,7 @@ class PolicyController:
         elif action is None:
             return []  # no chunk covers this tick yet: hold
         else:
+            self._rebase_if_not_tracking()
             command = self.limiter.limit(action, self._measured)
             self.counters.limiter_clipped += int(not _unchanged(command, action))
         self.counters.commands_sent += 1
@@ -599,6 +704,8 @@ class PolicyController:
         if len(plan) == 0:
             return []
         later = tick > self._last_tick
+        if not later and self._rebase_if_not_tracking():
+            self._setpoint_before_tick = None  # ramp from the arm (the JTC does not hold the old setpoint)
         last = self.limiter.last_command
         # point 0 replaces what the robot would do at that tick: limit it against the setpoint of the tick before
         points = self.limiter.limit_trajectory(plan, self._measured, previous=previous if later else self._setpoint_before_tick)
@@ -611,6 +718,16 @@ class PolicyController:
             self._trajectory, self._next_trajectory = (tick, points), None
         self.counters.trajectories_sent += 1
         return [Trajectory(tick, self.tick_ns(tick), points, self._take_pending_stamp())]
+
+    def _rebase_if_not_tracking(self) -> bool:
+        """Restart the limiter from the measured position if the arm is far from the last command."""
+        last = self.limiter.last_command
+        if last is None or np.max(np.abs(self._measured - last)) <= TRACKING_TOLERANCE_RAD:
+            return False
+        self.limiter.reset()  # the next command is limited relative to the measured position
+        self._committed.clear()
+        self.counters.limiter_rebased += 1
+        return True
 
     def current_plan(self, tick: int) -> np.ndarray:
         """(K, A) what the newest chunk says for ticks ``tick`` on (K may be 0)."""

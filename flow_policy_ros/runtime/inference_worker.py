@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flow_policy_ros.errors import one_line
+from flow_policy_ros.errors import InvalidOutputError, one_line
 from flow_policy_ros.runtime.controller import InferenceRequest, InferenceResult
 from flow_policy_ros.runtime.latency import StageLatencies
 
@@ -106,15 +106,18 @@ class InferenceWorker:
         kwargs = {"guidance_scale": request.guidance_scale}
         if request.prefix_length:
             kwargs.update(prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
+        invalid = False
         try:
             actions, error = np.asarray(self._predict(request.observation, **kwargs), dtype=np.float64), None
+        except InvalidOutputError as exc:  # the model ran but its chunk failed validation
+            actions, error, invalid = None, one_line(exc), True
         except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
             actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
         end_ns = time.perf_counter_ns()
         if self.latencies is not None:
             self.latencies.add_ns("handoff", start_ns - submitted_ns)
             self.latencies.add_ns("inference", end_ns - start_ns)
-        return InferenceResult.for_request(request, (end_ns - start_ns) * 1e-9, actions, error)
+        return InferenceResult.for_request(request, (end_ns - start_ns) * 1e-9, actions, error, invalid)
 
     def _finish(self, result: InferenceResult) -> None:
         with self._cv:

@@ -3,6 +3,11 @@
 One JSON document says what the graph expects and produces: observation layout, action
 joints, chunk shape, sampler steps, control period, joint limits, and where it came from.
 Pure Python: the runtime validates it without torch.
+
+Format version 1, extended compatibly: ``observation_range`` (the training range of every
+observation dimension, for the out-of-distribution guard of :mod:`flow_policy_ros.runtime.ood`)
+is optional. A file without it still loads (its ``observation_range`` is None and the guard is
+off); a runtime that predates it ignores it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.errors import ConfigError, ModelFileError
+from flow_policy_ros.runtime.ood import ObservationRange
 
 METADATA_KEY = "flow_policy"
 #: Solvers a graph may have been unrolled with (kept equal to ``policy.flow.SOLVERS``).
@@ -41,6 +47,7 @@ class PolicyMetadata:
         checkpoint_sha256: hash of the checkpoint the graph was exported from.
         training_data: summary of the training data (episodes, windows, source).
         code_version: package version + commit at export.
+        observation_range: training range of every observation dimension, or None (older export).
         model_hash: sha256 of the ONNX file (set by the runtime when loading, not stored).
     """
 
@@ -58,6 +65,7 @@ class PolicyMetadata:
     checkpoint_sha256: str = ""
     training_data: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
+    observation_range: ObservationRange | None = None
     model_hash: str = ""
 
     @property
@@ -99,8 +107,10 @@ class PolicyMetadata:
         return self.io.obs_dim
 
     def to_json(self) -> str:
+        extra = {} if self.observation_range is None else {"observation_range": self.observation_range.to_json()}
         return json.dumps(
             {
+                **extra,
                 "format_version": FORMAT_VERSION,
                 "name": self.name,
                 "observation": {"fields": list(self.observation.fields), "joint_names": list(self.observation.joint_names)},
@@ -166,6 +176,8 @@ class PolicyMetadata:
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 training_data=dict(data.get("training_data", {})),
                 code_version=str(data.get("code_version", "")),
+                observation_range=(None if data.get("observation_range") is None else
+                                   ObservationRange.from_json(data["observation_range"], io.observation, where)),
                 model_hash=model_hash,
             )
         except (ConfigError, TypeError, ValueError) as exc:

@@ -6,6 +6,13 @@ by what the session really uses (onnxruntime-gpu lists CUDA as *available* even 
 without a GPU, so the active providers after session creation are what count), warms up, and
 owns a seeded random stream for the noise so a run can be replayed exactly.
 
+Outputs are validated, at load and on every call: the graph's declared output shape must agree
+with the metadata (rank 3, ``[B, H, A]`` where a dimension is concrete; symbolic dimensions are
+accepted), the load-time check call must return a finite (H, A) chunk (else
+:class:`~flow_policy_ros.errors.ModelFileError` naming the file), and :meth:`OnnxPolicy.predict`
+raises :class:`~flow_policy_ros.errors.InvalidOutputError` (one line) for an output of the wrong
+shape or with NaN/inf, so no caller ever receives an invalid chunk.
+
 Two kinds of model load and run here: plain ones (inputs observation, noise, guidance_scale)
 and real-time chunking ones (metadata ``rtc``; also ``prefix_actions`` and ``prefix_length``:
 the first d actions are given and returned exactly). ``OnnxPolicy.rtc`` says which it is;
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow_policy_ros.errors import ModelFileError, ObservationError
+from flow_policy_ros.errors import InvalidOutputError, ModelFileError, ObservationError, one_line
 from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -28,6 +35,22 @@ CPU = "CPUExecutionProvider"
 EXPECTED_INPUTS = ("observation", "noise", "guidance_scale")
 #: Extra inputs of a real-time chunking model (metadata ``rtc``): the committed prefix.
 RTC_INPUTS = ("prefix_actions", "prefix_length")
+
+
+def output_problem(actions: np.ndarray, expected: tuple[int, ...]) -> str:
+    """Why ``actions`` is not a valid model output of shape ``expected``, or "" when it is.
+
+    Valid: exactly ``expected`` (e.g. (B, H, A)), floating point, every value finite.
+    """
+    actions = np.asarray(actions)
+    if actions.shape != tuple(expected):
+        return f"output 'actions' has shape {tuple(actions.shape)}, expected {tuple(expected)}"
+    if not np.issubdtype(actions.dtype, np.floating):
+        return f"output 'actions' has dtype {actions.dtype}, expected float32"
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        return f"output 'actions' has {int(bad.sum())} NaN/inf value(s) of {actions.size}"
+    return ""
 
 
 def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -65,7 +88,8 @@ class OnnxPolicy:
         providers: execution-provider preference (default CUDA, then CPU).
         intra_op_num_threads: ONNX Runtime threads per op (1 gives the steadiest p99 on 2 cores).
         seed: seed of the noise stream used when ``predict`` is not given noise.
-        warmup: inference calls made at load (first calls allocate and are slow).
+        warmup: inference calls made at load (first calls allocate and are slow). At least one
+            call is always made: it checks that the model returns a finite (H, A) chunk.
     """
 
     def __init__(
@@ -95,7 +119,7 @@ class OnnxPolicy:
         try:
             self.session = ort.InferenceSession(raw, options, providers=self.requested_providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
-            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: {one_line(exc)})") from exc
         finally:
             ort.set_default_logger_severity(3)
         self.active_provider = active_provider(self.session.get_providers(), self.requested_providers)
@@ -106,15 +130,17 @@ class OnnxPolicy:
                 f"{self.requested_providers[0]} requested but ONNX Runtime could not use it on this machine "
                 f"(no GPU or missing CUDA/cuDNN libraries); running on {self.active_provider}"
             )
-        props = self.session.get_modelmeta().custom_metadata_map
+        try:  # a damaged file can hold names or metadata that are not UTF-8
+            props = self.session.get_modelmeta().custom_metadata_map
+            self.session.get_inputs(), self.session.get_outputs()
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"{self.path}: damaged model: its metadata or I/O names are not UTF-8 ({exc})") from exc
         if METADATA_KEY not in props:
             raise ModelFileError(f"{self.path}: metadata key '{METADATA_KEY}' missing; export it with `flow-policy export`")
         self.metadata = PolicyMetadata.from_json(props[METADATA_KEY], where=str(self.path), model_hash=model_hash)
         self._check_io()
         self.rng = np.random.default_rng(seed)
-        meta = self.metadata
-        for _ in range(max(0, warmup)):
-            self.predict(np.zeros(meta.obs_dim, np.float32), noise=np.zeros((meta.horizon, meta.action_dim), np.float32))
+        self._check_output_at_load(max(1, int(warmup)))
 
     def _check_io(self) -> None:
         meta = self.metadata
@@ -134,6 +160,39 @@ class OnnxPolicy:
             shape = list(inputs[name].shape[1:])
             if shape != tail:
                 raise ModelFileError(f"{self.path}: input '{name}' has shape [B, {shape}] but the metadata says [B, {tail}]")
+        declared = self.session.get_outputs()[0].shape
+        want = [None, meta.horizon, meta.action_dim]
+        if declared is not None and (len(declared) != 3 or any(
+                isinstance(have, int) and need is not None and have != need for have, need in zip(declared, want))):
+            raise ModelFileError(f"{self.path}: output 'actions' is declared with shape {list(declared)} but the "
+                                 f"metadata says [B, {meta.horizon}, {meta.action_dim}] (H, A)")
+
+    def _check_output_at_load(self, calls: int) -> None:
+        """Warm up with ``calls`` calls on a typical observation; the first result must be a finite (H, A) chunk.
+
+        The observation is the middle of the training range when the metadata has one, else zeros.
+        """
+        meta = self.metadata
+        rng = meta.observation_range
+        obs = np.zeros(meta.obs_dim, np.float32) if rng is None else ((rng.low + rng.high) / 2).astype(np.float32)
+        noise = np.zeros((meta.horizon, meta.action_dim), np.float32)
+        feeds = {"observation": obs[None], "noise": noise[None], "guidance_scale": np.array([meta.guidance_scale], np.float32)}
+        if meta.rtc:
+            feeds.update(self._prefix_feeds(1, False, None, None))
+        for _ in range(calls):
+            _, problem = self._run(feeds)
+            if problem:
+                raise ModelFileError(f"{self.path}: the load-time check call on a typical observation failed: {problem}")
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+        """One session call on checked inputs (observation (B, obs_dim), ...) → (actions, "") or (None, why not)."""
+        meta = self.metadata
+        try:
+            (actions,) = self.session.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types when a graph cannot run on an input
+            return None, f"ONNX Runtime could not run the graph ({type(exc).__name__}: {one_line(exc)})"
+        problem = output_problem(actions, (feeds["observation"].shape[0], meta.horizon, meta.action_dim))
+        return (None, problem) if problem else (actions, "")
 
     @property
     def rtc(self) -> bool:
@@ -163,7 +222,9 @@ class OnnxPolicy:
         prefix_actions: (H, A) / (B, H, A) committed joint targets (rad, absolute), rows >= d
             ignored; prefix_length: d (int or (B,)) in [0, d_max]. RTC models only; the output's
             first d rows equal the prefix exactly.
-        Returns (H, A) or (B, H, A) float32.
+        Returns (H, A) or (B, H, A) float32, every value finite.
+        Raises ObservationError for a bad input, InvalidOutputError (one line) when the graph's
+        output has the wrong shape or NaN/inf values (or cannot run on this input).
         """
         meta = self.metadata
         obs = np.asarray(observation, dtype=np.float32)
@@ -192,7 +253,9 @@ class OnnxPolicy:
             feeds.update(self._prefix_feeds(batch, single, prefix_actions, prefix_length))
         elif prefix_length is not None and np.any(np.asarray(prefix_length) != 0):
             raise ObservationError(f"{self.path.name} is not a real-time chunking model: it takes no prefix")
-        (actions,) = self.session.run(None, feeds)
+        actions, problem = self._run(feeds)
+        if problem:
+            raise InvalidOutputError(f"{self.path.name}: {problem}")
         return actions[0] if single else actions
 
     def _prefix_feeds(self, batch: int, single: bool, prefix_actions: np.ndarray | None,

@@ -22,6 +22,13 @@ Noise: at the start of each episode the policy's own noise stream is reseeded wi
 seed, so an episode's result depends on its seed alone (not on which episodes ran before), and
 two models or two guidance scales see the same start, goal and noise (common random numbers).
 
+Invalid model outputs (wrong shape, NaN/inf: :class:`~flow_policy_ros.errors.InvalidOutputError`
+from ``OnnxPolicy.predict``) go to the controller as invalid results, exactly as the node's
+inference worker hands them over: the arm holds, the controller retries, and the episode counts
+them; an episode that fails after one is an ``invalid_output`` failure, not a timeout. Likewise
+an episode whose goal the controller rejected (outside the training goal range + margin) is
+``goal_rejected`` and one that failed after an out-of-distribution hold ``out_of_distribution``.
+
 Units: rad, rad/s, m, s.
 """
 
@@ -34,12 +41,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flow_policy_ros.contract import IIWA_JOINT_NAMES
-from flow_policy_ros.errors import ModelFileError
+from flow_policy_ros.errors import InvalidOutputError, ModelFileError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, make_scheduler
 from flow_policy_ros.runtime.controller import Command, ControllerConfig, InferenceRequest, InferenceResult, PolicyController
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.observation import build_observation, values_by_name
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, validate_margin
 from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
 from flow_policy_ros.sim.env import Observation, SimEnv
 from flow_policy_ros.sim.tasks import EpisodeSpec, sample_episode
@@ -54,7 +62,8 @@ MAX_EVAL_SEED = 99
 COLLECT_SEEDS_PER_BASE = 1_000_000
 #: Collection ``--seed`` the evaluation block belongs to (900): no training set uses it.
 EVAL_COLLECT_BLOCK = EVAL_SEED_BASE // COLLECT_SEEDS_PER_BASE
-FAILURE_REASONS: tuple[str, ...] = ("timeout", "self_collision", "obstacle_contact")
+FAILURE_REASONS: tuple[str, ...] = ("timeout", "self_collision", "obstacle_contact", "invalid_output",
+                                    "out_of_distribution", "goal_rejected")
 
 
 def eval_episode_seeds(seed: int, episodes: int) -> list[int]:
@@ -82,6 +91,7 @@ class LoopConfig:
         guidance_scale: CFG weight w; None = the model's default.
         ensemble_decay: m of temporal ensembling.
         velocity_scale: factor in (0, 1] on the model's velocity limits.
+        ood_margin: the out-of-distribution guard's margin (range widths), as the node's parameter.
         inject_delay_ms: experiments: each chunk becomes available this long (sim time) after its
             request, as if inference took that long (0 = at once, the synchronous default).
         rtc_margin_ticks: chunking 'rtc': ticks added to the measured delay to size the prefix.
@@ -92,6 +102,7 @@ class LoopConfig:
     guidance_scale: float | None = None
     ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
     velocity_scale: float = 1.0
+    ood_margin: float = DEFAULT_OOD_MARGIN
     inject_delay_ms: float = 0.0
     rtc_margin_ticks: int = 1
 
@@ -115,6 +126,10 @@ class EpisodeResult:
         latencies_s: wall time of each ``predict`` call (s).
         clipped_by_limiter: ticks where the limiter changed the scheduler's action.
         counters: the controller's counters at the end of the episode (invalid outputs, rtc, ...).
+        first_invalid_output: the first invalid model output's reason ("" = none).
+        invalid_outputs: ``predict`` calls whose output failed validation.
+        ood_holds: times the controller held because the observation left the training range.
+        goal_rejection: why the controller rejected the goal ("" = accepted).
     """
 
     seed: int
@@ -131,6 +146,10 @@ class EpisodeResult:
     latencies_s: list[float] = field(default_factory=list)
     clipped_by_limiter: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    invalid_outputs: int = 0
+    first_invalid_output: str = ""
+    ood_holds: int = 0
+    goal_rejection: str = ""
 
 
 def check_sim_joints(meta: PolicyMetadata) -> None:
@@ -149,6 +168,7 @@ def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
     """Check ``config`` against the model (ValueError/SafetyError naming the value); returns the guidance w or None."""
     make_scheduler(config.chunking, meta.horizon, config.replan_every, config.ensemble_decay)
     SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
+    validate_margin(config.ood_margin)
     if not (config.inject_delay_ms >= 0 and np.isfinite(config.inject_delay_ms)):
         raise ValueError(f"--inject-delay-ms must be >= 0, got {config.inject_delay_ms}")
     controller_config(config, meta, None)  # chunking 'rtc' needs an rtc model
@@ -156,10 +176,11 @@ def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
 
 
 def controller_config(config: LoopConfig, meta: PolicyMetadata, guidance: float | None) -> ControllerConfig:
-    """The node's controller settings for this evaluation (stream mode, the model's limits)."""
+    """The node's controller settings for this evaluation (stream mode, the model's limits and training range)."""
     return ControllerConfig(meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking,
                             config.replan_every, config.ensemble_decay, guidance_scale=guidance,
-                            rtc_max_delay=meta.rtc_max_delay, rtc_margin_ticks=config.rtc_margin_ticks)
+                            rtc_max_delay=meta.rtc_max_delay, rtc_margin_ticks=config.rtc_margin_ticks,
+                            observation_range=getattr(meta, "observation_range", None), ood_margin=config.ood_margin)
 
 
 def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
@@ -170,7 +191,8 @@ def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
     return build_observation(meta.observation, positions, velocities, obs.goal)
 
 
-def _failure(env: SimEnv) -> str | None:
+def _failure(env: SimEnv, invalid_outputs: int = 0, ood_holds: int = 0, goal_rejected: bool = False) -> str | None:
+    """Why an episode failed: a collision first (physical), then what the guards saw, else a timeout."""
     status = env.status()
     if status.success:
         return None
@@ -178,6 +200,12 @@ def _failure(env: SimEnv) -> str | None:
         return "self_collision"
     if status.obstacle_contact:
         return "obstacle_contact"
+    if goal_rejected:
+        return "goal_rejected"
+    if invalid_outputs:
+        return "invalid_output"
+    if ood_holds:
+        return "out_of_distribution"
     return "timeout"
 
 
@@ -230,6 +258,7 @@ class ClosedLoop:
         ee_path = [env.arm.end_effector_position()]
         chunk_ticks: list[int] = []
         latencies: list[float] = []
+        first_invalid = ""
 
         def joint_state(now_ns: int) -> tuple[list, np.ndarray]:
             obs = env.observe()
@@ -249,13 +278,19 @@ class ClosedLoop:
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
                 start = time.perf_counter()
-                if request.prefix_length:
-                    actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale,
-                                                  prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
-                else:
-                    actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
+                try:  # as the node's worker: an invalid output is an invalid result, the arm holds
+                    if request.prefix_length:
+                        actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale,
+                                                      prefix_actions=request.prefix_actions,
+                                                      prefix_length=request.prefix_length)
+                    else:
+                        actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
+                    error = None
+                except InvalidOutputError as exc:
+                    actions, error = None, one_line(exc)
+                    first_invalid = first_invalid or error
                 latencies.append(time.perf_counter() - start)
-                result = InferenceResult.for_request(request, latencies[-1], actions)
+                result = InferenceResult.for_request(request, latencies[-1], actions, error, invalid_output=error is not None)
                 if delay_ns > 0:
                     pending.append((request.received_ns + delay_ns, result))
                 else:
@@ -275,15 +310,20 @@ class ClosedLoop:
             env.step(values_by_name(meta.action_joint_names, command, IIWA_JOINT_NAMES, "command"))
             ee_path.append(env.arm.end_effector_position())
             tick += 1
-        clipped = controller.counters.limiter_clipped
+        counters = controller.counters
+        clipped = counters.limiter_clipped
         status = env.status()
         obstacle = None if spec.obstacle is None else (*spec.obstacle.center_xy, spec.obstacle.radius_m)
         return EpisodeResult(
-            seed=spec.seed, success=status.success, failure=_failure(env), route=status.route,
+            seed=spec.seed, success=status.success,
+            failure=_failure(env, counters.invalid_outputs, counters.ood_holds, bool(controller.goal_rejection)),
+            route=status.route,
             reached_time_s=status.reached_time_s, final_distance_m=status.final_distance_m,
             goal=np.asarray(spec.goal, dtype=np.float64), obstacle=obstacle, ee_path=np.asarray(ee_path),
             commands=np.asarray(commands).reshape(-1, meta.action_dim), chunk_ticks=chunk_ticks,
             latencies_s=latencies, clipped_by_limiter=clipped, counters=controller.counters.as_dict(),
+            invalid_outputs=counters.invalid_outputs, first_invalid_output=first_invalid, ood_holds=counters.ood_holds,
+            goal_rejection=controller.goal_rejection,
         )
 
 

@@ -13,7 +13,10 @@ route (reach_around) and ``routes`` = all episodes per route incl. 'none'; ``fai
 reason; ``seam_smoothness`` = peak |acceleration| (rad/s²) and |jerk| (rad/s³) of the commanded
 sequence (finite differences at the control period) in windows that straddle a chunk seam vs
 windows inside one chunk, averaged over episodes, and their ratio (≈ 1: seams invisible);
-``latency_ms`` p50/p99 of ``predict``; ``time_to_goal_s`` mean over successful episodes.
+``latency_ms`` p50/p99 of ``predict``; ``time_to_goal_s`` mean over successful episodes;
+``invalid_outputs`` = model outputs that failed validation (wrong shape, NaN/inf) of
+``inference_calls``, with the first reason; ``ood_holds`` = out-of-distribution holds and
+``goals_rejected`` = episodes whose goal the guard refused, at ``ood_margin``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flow_policy_ros.metrics import Z_95, episode_peaks, seam_mask, wilson_interval  # noqa: F401 - re-exported
+from flow_policy_ros.metrics import (  # noqa: F401 - Z_95, seam_mask re-exported
+    Z_95,
+    episode_peaks,
+    mean_overall_peaks,
+    seam_mask,
+    wilson_interval,
+)
 from flow_policy_ros.sim.closed_loop import (
     FAILURE_REASONS,
     EpisodeResult,
@@ -89,6 +98,12 @@ def summarize(results: Sequence[EpisodeResult], task: str, seed: int, config: Lo
         "latency_ms": {"p50": _percentile_ms(latencies, 50), "p99": _percentile_ms(latencies, 99), "calls": len(latencies)},
         "time_to_goal_s": {"mean": float(np.mean(reached)) if reached else None, "episodes": len(reached)},
         "limiter_clipped_fraction": sum(r.clipped_by_limiter for r in results) / max(1, sum(len(r.commands) for r in results)),
+        "inference_calls": len(latencies),
+        "invalid_outputs": sum(r.invalid_outputs for r in results),
+        "first_invalid_output": next((r.first_invalid_output for r in results if r.first_invalid_output), ""),
+        "ood_margin": config.ood_margin,
+        "ood_holds": sum(r.ood_holds for r in results),
+        "goals_rejected": sum(bool(r.goal_rejection) for r in results),
         "controller": {key: sum(r.counters.get(key, 0) for r in results)
                        for key in sorted({k for r in results for k in r.counters})},
         "model": model,
@@ -109,6 +124,7 @@ def _episode_json(r: EpisodeResult) -> dict[str, Any]:
     return {
         "seed": r.seed, "success": r.success, "failure": r.failure, "route": r.route,
         "reached_time_s": r.reached_time_s, "final_distance_m": r.final_distance_m, "goal_m": r.goal.tolist(),
+        "invalid_outputs": r.invalid_outputs, "ood_holds": r.ood_holds, "goal_rejection": r.goal_rejection,
     }
 
 
@@ -181,6 +197,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"(replan every {report['replan_every']}): success {report['successes']}/{report['episodes']} = "
         f"{report['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%})",
         f"  failures: {report['failures']}",
+        f"  guards: {report['invalid_outputs']}/{report['inference_calls']} invalid model outputs, "
+        f"{report['ood_holds']} out-of-distribution holds, {report['goals_rejected']} goals rejected "
+        f"(ood_margin {report['ood_margin']:g})",
         f"  jerk peak at seams / inside chunks: {ratio if ratio is None else round(ratio, 2)}; "
         f"latency p50 {report['latency_ms']['p50']:.2f} ms, p99 {report['latency_ms']['p99']:.2f} ms; "
         f"time to goal {'-' if ttg is None else f'{ttg:.2f} s'}",
@@ -221,6 +240,7 @@ def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: Lo
     info = model_info(policy) if hasattr(policy, "session") else {"name": type(policy).__name__}
     report = summarize(results, task, seed, config, info, policy.metadata.control_period_s)
     report["peaks"] = peak_smoothness(report["seam_smoothness"])
+    report["peaks_all_windows"] = mean_overall_peaks([r.commands for r in results], policy.metadata.control_period_s)
     return report, results
 
 

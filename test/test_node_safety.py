@@ -1,0 +1,211 @@
+"""policy_node's guarantees over DDS: a real node process, a simulated arm in this process.
+
+* the velocity limit holds against the previous command actually sent when the goal changes while the
+  arm lags far behind its commands (the bug a limiter reset on goal change caused: 1.4-2x the limit);
+* an observation outside the model's training range holds the node (ERROR on /diagnostics naming the
+  field) and it resumes when the observation returns;
+* a goal in the wrong frame or outside the training goal range is rejected, counted and reported, and
+  the node keeps its previous goal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PointStamped
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, IIWA_VELOCITY_LIMIT
+
+pytestmark = pytest.mark.slow
+
+H = 8
+DT = 0.02
+STEP = np.array(IIWA_VELOCITY_LIMIT) * DT  # rad per control tick
+START = np.array([-0.6, -0.4, -0.2, -1.0, 0.2, 0.4, 0.6])
+GOAL_A = (0.5, 0.1, 0.4)
+GOAL_B = (0.3, -0.4, 0.7)
+
+
+class LaggingArm:
+    """The robot side: an arm that moves towards the last command at ``speed`` rad/s (far slower than the
+    1.5 rad/s command limit, so it falls behind), joint states at 100 Hz, a latched goal; records
+    commands and diagnostics (level, message, values)."""
+
+    def __init__(self, speed: float = 0.2) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = Node("lagging_arm", context=self.context)
+        self.q = START.copy()
+        self.speed = speed
+        self.override: dict[int, float] = {}  # joint index -> reported position (the arm itself is not moved)
+        self.lock = threading.Lock()
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.lags: list[float] = []  # |command - arm position| (rad, worst joint) when each command arrives
+        self.diagnostics: list[tuple[int, str, dict[str, str]]] = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.joint_pub = self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self.goal_pub = self.node.create_publisher(PointStamped, "goal", latched)
+        self.node.create_subscription(Float64MultiArray, "commands", self._on_command, QoSProfile(depth=10))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.node.create_timer(0.01, self._tick)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def publish_goal(self, point: tuple[float, float, float], frame: str = "world") -> None:
+        msg = PointStamped()
+        msg.header.frame_id = frame
+        msg.point.x, msg.point.y, msg.point.z = point
+        self.goal_pub.publish(msg)
+
+    def _tick(self) -> None:
+        with self.lock:
+            if self.commands:
+                self.q = self.q + np.clip(self.commands[-1][1] - self.q, -self.speed * 0.01, self.speed * 0.01)
+            reported = self.q.copy()
+            for i, value in self.override.items():
+                reported[i] = value
+        msg = JointState(name=list(IIWA_JOINT_NAMES), position=reported.tolist(), velocity=[0.0] * 7)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.joint_pub.publish(msg)
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        with self.lock:
+            self.commands.append((time.monotonic(), np.array(msg.data)))
+            self.lags.append(float(np.abs(self.commands[-1][1] - self.q).max()))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.endswith(": policy"):
+                with self.lock:
+                    self.diagnostics.append((int.from_bytes(status.level, "little") if isinstance(status.level, bytes)
+                                             else int(status.level), status.message,
+                                             {kv.key: kv.value for kv in status.values}))
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if condition():
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+@pytest.fixture
+def arm() -> Iterator[LaggingArm]:
+    robot = LaggingArm()
+    try:
+        yield robot
+    finally:
+        robot.close()
+
+
+def params(model: Path, **overrides: object) -> dict[str, object]:
+    return {"model_path": str(model), "providers": ["CPUExecutionProvider"], "warmup": 1, **overrides}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_factory import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx", horizon=H)  # the wide range
+
+
+def test_goal_change_under_a_lagging_arm_keeps_every_step_within_the_velocity_limit(tiny_model, node_process, arm):
+    """The untrained model's chunks jump far, so the limiter works on every tick; the arm follows at 0.2
+    rad/s (the command limit is 1.5 rad/s) and lags. Two goal changes mid-run: every published command stays within
+    v·dt of the previous published command, per joint, across them."""
+    arm.publish_goal(GOAL_A)
+    node_process(params=params(tiny_model, replan_every=4))
+    arm.wait_for(lambda: len(arm.commands) > 25, 20.0, "commands for goal A")
+    changes = []
+    for goal in (GOAL_B, GOAL_A):
+        with arm.lock:
+            changes.append(len(arm.commands))
+        arm.publish_goal(goal)
+        arm.wait_for(lambda n=changes[-1]: len(arm.commands) > n + 40, 10.0, "commands after the goal change")
+    with arm.lock:
+        commands = [c for _, c in arm.commands]
+        lag = max(arm.lags)
+    steps = np.abs(np.diff(np.array(commands), axis=0))
+    worst = float((steps / STEP).max())
+    print(f"{len(commands)} commands, goal changes at {changes}, worst step {worst:.3f} x v*dt, arm lag up to {lag:.3f} rad")
+    assert np.all(steps <= STEP + 1e-9), f"a step of {worst:.3f} x the velocity limit"
+    # the limiter keeps a command within one step of the measured arm too, so a lag of about one step is the
+    # most an arm can build up; with it, a limiter reset to the arm's position would allow (1 + lag/step) x v*dt
+    assert lag >= 0.9 * STEP.max(), "the arm must lag behind its commands for this test to mean anything"
+    arm.wait_for(lambda: arm.diagnostics and int(arm.diagnostics[-1][2]["chunks_received"]) > 5, 3.0, "diagnostics")
+    with arm.lock:
+        values = arm.diagnostics[-1][2]
+    assert int(values["limiter_clipped"]) > 0 and values["ood_guard"] == "on (margin 0.25 range widths)"
+
+
+def test_out_of_distribution_holds_naming_the_field_then_resumes(tmp_path, node_process, arm):
+    """A model trained with joint 1 in [-0.7, -0.5] rad: reported at +0.4 rad it is out of distribution
+    (5 range widths): no command, diagnostics ERROR naming joint_positions[lbr_iiwa_joint_1]; back at
+    -0.6 rad the node runs again."""
+    from model_factory import make_tiny_model, wide_observation_range
+
+    from flow_policy_ros.policy.config import PolicyConfig
+
+    rng = wide_observation_range(PolicyConfig(horizon=H))
+    rng["low"][0], rng["high"][0] = -0.7, -0.5
+    model = make_tiny_model(tmp_path / "narrow.onnx", horizon=H, observation_range=rng)
+    arm.publish_goal(GOAL_A)
+    node_process(params=params(model, max_velocity_scale=0.1))  # slow: the arm stays near its start
+    arm.wait_for(lambda: len(arm.commands) > 10, 20.0, "commands inside the training range")
+    with arm.lock:
+        arm.override[0] = 0.4
+    changed = time.monotonic()
+    arm.wait_for(lambda: arm.diagnostics and arm.diagnostics[-1][2]["state"] == "hold", 5.0, "state hold")
+    with arm.lock:
+        level, message, values = arm.diagnostics[-1]
+        sent = [t for t, _ in arm.commands if t > changed + 0.1]
+    assert level == 2 and message.startswith("hold: out of distribution: joint_positions[lbr_iiwa_joint_1] = 0.400")
+    assert int(values["ood_holds"]) >= 1 and values["ood_field"] == "joint_positions[lbr_iiwa_joint_1]"
+    assert sent == [], "commands were sent from an out-of-distribution observation"
+    with arm.lock:
+        arm.override.clear()
+    resumed = time.monotonic()
+    arm.wait_for(lambda: any(t > resumed for t, _ in arm.commands), 5.0, "commands after the observation returned")
+
+
+def test_goal_in_the_wrong_frame_or_out_of_range_is_rejected_and_the_previous_goal_kept(tiny_model, node_process, arm):
+    arm.publish_goal(GOAL_A)
+    node_process(params=params(tiny_model))
+    arm.wait_for(lambda: len(arm.commands) > 10, 20.0, "commands")
+    arm.publish_goal(GOAL_B, frame="base_link")
+    arm.wait_for(lambda: arm.diagnostics and arm.diagnostics[-1][2]["rejected_goals"] == "1", 5.0, "one rejected goal")
+    with arm.lock:
+        values = arm.diagnostics[-1][2]
+        before = len(arm.commands)
+    assert values["goal_rejection"] == "goal in frame 'base_link', expected 'world'" and values["state"] == "running"
+    arm.wait_for(lambda: len(arm.commands) > before + 20, 5.0, "commands on the previous goal")
+    arm.publish_goal((100.0, 0.0, 0.4))  # 100 m away: far outside the training goal range (+-2 m)
+    arm.wait_for(lambda: arm.diagnostics[-1][2]["rejected_goals"] == "2", 5.0, "a second rejected goal")
+    with arm.lock:
+        values = arm.diagnostics[-1][2]
+        before = len(arm.commands)
+    assert values["goal_rejection"].startswith("goal[x] = 100.000 is 24.5 range widths outside the training range")
+    arm.wait_for(lambda: len(arm.commands) > before + 20, 5.0, "commands on the previous goal")
