@@ -74,3 +74,74 @@ def test_demo_one_episode_end_to_end(model_path, tmp_path, execution):
     replay = subprocess.run([sys.executable, "-m", "flow_policy_ros", "replay", str(bags[0]), "--model", str(model_path),
                              "--out", str(tmp_path / "replay")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stdout + replay.stderr  # flow-policy replay reads the recording back
+
+
+def test_bench_ros_reads_the_stage_breakdown_from_diagnostics(capsys):
+    """The per-stage keys policy_node publishes come back in path order, ms as floats, 'nan' as None,
+    and the bench table prints every stage."""
+    from flow_policy_ros.cli.ros_bench import print_table
+    from flow_policy_ros.ros.launch_harness import latency_summary, stage_summary
+    from flow_policy_ros.runtime.latency import STAGES, StageLatencies
+
+    latencies = StageLatencies()
+    latencies.add("inference", 0.0004)
+    latencies.add("obs_to_command", 0.0011)
+    diagnostics = {**latencies.diagnostic_values(), "deadline_misses": "0", "scheduling": "SCHED_OTHER"}
+    stages = stage_summary(diagnostics)
+    assert list(stages) == list(STAGES)
+    assert stages["inference"] == {"p50_ms": pytest.approx(0.4), "p99_ms": pytest.approx(0.4)}
+    assert stages["handoff"] == {"p50_ms": None, "p99_ms": None}
+    result = {**latency_summary(diagnostics), "cpu_percent": {"policy_node": 9.0}, "success_rate": None,
+              "episodes": 0, "successes": 0, "load_average": (1.0, 1.0, 1.0), "cpu_count": 2}
+    assert result["stages"] == stages
+    print_table(result)
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert stage in out
+
+
+def _bench_args(argv: list[str]):
+    import argparse
+
+    from flow_policy_ros.cli import bench
+
+    parser = argparse.ArgumentParser()
+    bench.configure_parser(parser)
+    return bench, parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--sweep"], "needs --checkpoint"),
+    (["--sweep", "--checkpoint", "/nonexistent.pt"], "not found"),
+    (["--sweep", "--checkpoint", __file__, "--solvers", "rk4"], "unknown"),
+    (["--sweep", "--checkpoint", __file__, "--steps", "0"], ">= 1"),
+    (["--sweep", "--checkpoint", __file__, "--calls", "10"], "at least 50"),
+])
+def test_bench_sweep_refuses_bad_input_before_any_work(argv, message):
+    from flow_policy_ros.errors import UsageError
+
+    bench, args = _bench_args(argv)
+    with pytest.raises(UsageError, match=message):
+        bench.run(args)
+
+
+def test_bench_sweep_times_every_cell_on_both_engines(tmp_path, capsys):
+    """Every (solver, steps, batch) cell has both engines' p50 <= p99 and a throughput, the solver's
+    network-evaluation count, and an export that passed parity; the table shows every row."""
+    from model_factory import make_checkpoint
+
+    from flow_policy_ros.cli.bench_sweep import print_sweep_table, sweep
+
+    checkpoint = make_checkpoint(tmp_path / "tiny.pt")
+    result = sweep(checkpoint, ["euler", "heun"], [1, 2], batches=[1, 4], calls=50, progress=False)
+    cells = [(r["solver"], r["steps"], r["batch"]) for r in result["rows"]]
+    assert cells == [(s, n, b) for s in ("euler", "heun") for n in (1, 2) for b in (1, 4)]
+    for row in result["rows"]:
+        assert row["nfe"] == row["steps"] * (2 if row["solver"] == "heun" else 1)
+        assert row["parity_max_abs_diff"] <= 1e-4
+        for engine in ("onnxruntime", "torch_eager"):
+            cell = row[engine]
+            assert 0 < cell["p50_ms"] <= cell["p99_ms"] and cell["chunks_per_s"] > 0
+    print_sweep_table(result)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith(("euler", "heun")) for line in lines) == 8

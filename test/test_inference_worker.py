@@ -53,6 +53,36 @@ def test_inference_worker_returns_result_or_error(fails):
     assert not worker.submit(request(9)), "a stopped worker takes no request"
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_worker_records_its_stages_and_inline_result_is_ready_at_once(inline):
+    """Threaded or inline, the result is the same; the worker records handoff, inference and
+    return once per request. Inline, the result is ready when submit returns (no thread, no on_done)."""
+    from flow_policy_ros.runtime.latency import StageLatencies
+
+    done = threading.Event()
+    latencies = StageLatencies()
+    worker = InferenceWorker(lambda obs, guidance_scale: np.full((H, 7), guidance_scale) + obs[0], on_done=done.set, inline=inline,
+                             latencies=latencies)
+    try:
+        assert worker.submit(request(3))
+        if inline:
+            assert not worker.busy and not done.is_set()
+            result = worker.poll()
+        else:
+            assert done.wait(5.0)
+            result = worker.poll()
+        assert result is not None and result.tick == 3 and np.all(result.actions == 3.0)
+        assert worker.poll() is None
+        assert [latencies.count(s) for s in ("handoff", "inference", "return")] == [1, 1, 1]
+        assert latencies.count("receipt") == 0
+        assert latencies.percentile_ms("inference", 50) == pytest.approx(result.latency_s * 1e3)
+    finally:
+        worker.stop()
+    assert not worker.submit(request(4))
+    with pytest.raises(ValueError, match="inference thread"):
+        InferenceWorker(lambda obs, guidance_scale: obs, inline=True, delay_s=0.1)
+
+
 def test_injected_delay_holds_the_result_back_and_passes_the_prefix():
     seen = {}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from geometry_msgs.msg import PointStamped
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sensor_msgs.msg import JointState
 
 from flow_policy_ros.errors import ObservationError
@@ -110,3 +112,58 @@ def test_action_to_multiarray_msg():
     msg = action_to_multiarray_msg(np.array([0.1, 0.2, 0.3]), NAMES)
     assert list(msg.data) == [0.1, 0.2, 0.3]
     assert msg.layout.dim[0].size == 3 and msg.layout.dim[0].label == "j1,j2,j3"
+
+
+@given(
+    order=st.permutations(list(range(5))),
+    values=st.lists(st.one_of(st.floats(-3.0, 3.0), st.sampled_from([np.nan, np.inf])), min_size=5, max_size=5),
+    drop=st.one_of(st.none(), st.integers(0, 4)),
+    duplicate=st.booleans(),
+    need_velocity=st.booleans(),
+    velocity_count=st.sampled_from([0, 5]),
+)
+@settings(max_examples=300, deadline=None)
+def test_joint_state_reader_agrees_with_the_reference_functions(order, values, drop, duplicate, need_velocity,
+                                                                velocity_count):
+    """Whatever the message (order, extra/missing/repeated joints, NaN, no velocities), the cached
+    reader returns what joint_state_arrays + values_by_name return, or raises the same error type;
+    reading a second message with the same names (the cached path) agrees too."""
+    from flow_policy_ros.ros.messages import JointStateReader
+
+    all_names = ["a", "b", "c", "d", "extra"]
+    names = [all_names[i] for i in order if i != drop]
+    positions = [values[i] for i in order if i != drop]
+    if duplicate:
+        names, positions = names + names[:1], positions + positions[:1]
+    velocities = [v / 2 for v in positions] if velocity_count else []
+    msg = joint_state(names, positions, velocities)
+    observed, action = ("d", "a", "b"), ("a", "c")
+    reader = JointStateReader(observed, action, need_velocity)
+    try:
+        pos, vel = joint_state_arrays(msg, observed, need_velocity)
+        expected = (pos, vel, values_by_name(msg.name, msg.position, action, "position"))
+    except ObservationError as exc:
+        for _ in range(2):
+            with pytest.raises(type(exc)):
+                reader.read(msg)
+        return
+    for _ in range(2):
+        got = reader.read(msg)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[2], expected[2])
+        assert (got[1] is None) == (expected[1] is None)
+        if expected[1] is not None:
+            np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_joint_state_reader_follows_a_driver_that_changes_its_joint_order():
+    from flow_policy_ros.ros.messages import JointStateReader
+
+    reader = JointStateReader(NAMES, ("j3",), need_velocity=False)
+    pos, _, measured = reader.read(joint_state(["j1", "j2", "j3"], [1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(pos, [1.0, 2.0, 3.0])
+    pos, _, measured = reader.read(joint_state(["j3", "j1", "j2"], [3.0, 1.0, 2.0]))
+    np.testing.assert_array_equal(pos, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(measured, [3.0])
+    with pytest.raises(MissingJointError, match="j2"):
+        reader.read(joint_state(["j3", "j1"], [3.0, 1.0]))

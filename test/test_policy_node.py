@@ -221,3 +221,34 @@ def test_trajectory_mode_stale_publishes_one_empty_trajectory(model_path, node_p
     robot.mode = "ok"
     resumed = time.monotonic()
     robot.wait_for(lambda: any(t > resumed and len(m.points) > 0 for t, m in robot.trajectories), 5.0, "trajectories again")
+
+
+@pytest.mark.parametrize(("inference_thread", "executor"), [(False, "single_threaded"), (True, "single_threaded"),
+                                                            (False, "events"), (True, "events")])
+def test_every_inference_and_executor_mode_commands_and_reports_its_stages(model_path, node_process, robot_factory,
+                                                                           inference_thread, executor):
+    """Inline or threaded inference, on either executor: commands flow at the tick rate, /diagnostics
+    name the mode and carry every stage of the decision path (ms, from this activation), and SIGINT
+    ends the node with status 0. (Durations are not asserted: speed belongs to `bench --ros`.)"""
+    from conftest import stop_process
+
+    from flow_policy_ros.runtime.latency import STAGES
+
+    robot = robot_factory()
+    proc = node_process(params=base_params(model_path, inference_thread=inference_thread, executor=executor))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    robot.wait_for(lambda: any(d.get("stage_obs_to_command_p50_ms", "nan") != "nan" for d in robot.diagnostics), 5.0,
+                   "a diagnostics message with the stage breakdown")
+    start = time.monotonic()
+    time.sleep(1.0)
+    assert 40 <= len(robot.commands_between(start, start + 1.0)) <= 55
+    with robot.lock:
+        diag = robot.diagnostics[-1]
+    assert diag["inference"] == ("thread" if inference_thread else "inline") and diag["executor"] == executor
+    for stage in STAGES:
+        for q in (50, 99):
+            assert float(diag[f"stage_{stage}_p{q}_ms"]) >= 0.0, (stage, diag)
+    assert float(diag["stage_obs_to_command_p50_ms"]) == pytest.approx(float(diag["obs_to_command_latency_p50_ms"]),
+                                                                       abs=1e-3)
+    stop_process(proc)
+    assert proc.returncode == 0

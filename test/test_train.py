@@ -3,6 +3,7 @@ checkpoints round-trip exactly, and torchrun DDP works with two CPU processes.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from flow_policy_ros.errors import CheckpointError
+from flow_policy_ros.errors import CheckpointError, ConfigError
 from flow_policy_ros.export.onnx_export import sampler_from_checkpoint
 from flow_policy_ros.policy.checkpoint import load_checkpoint, save_checkpoint
 from flow_policy_ros.policy.config import ExperimentConfig, ObservationSpec, PolicyConfig, TrainConfig
@@ -182,3 +183,134 @@ def test_position_noise_moves_observations_but_keeps_absolute_targets():
     moved = np.abs(noisy_obs - obs)
     assert 0.02 < moved[:, 0].mean() < 0.06  # positions moved by ~N(0, 0.05)
     np.testing.assert_allclose(moved[:, 1:], 0.0, atol=1e-12)  # goal untouched
+
+
+# --------------------------------------------------------------------------- training feedback
+
+
+def episodic_windows(path: Path, episodes: int = 20, seed: int = 0) -> Path:
+    """Toy windows grouped in episodes of 10..30 windows (episode e's windows have goal x = e / episodes)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(10, 31, size=episodes)
+    episode_index = np.repeat(np.arange(episodes), sizes)
+    n = len(episode_index)
+    c = episode_index / episodes
+    obs = np.stack([rng.normal(0, 0.1, n), c, np.zeros(n), np.zeros(n)], axis=1).astype(np.float32)
+    actions = np.repeat((1.0 + c)[:, None, None], 2, axis=1).astype(np.float32)
+    Windows(obs, actions, episode_index, {"source": "toy episodic"}).save_npz(path)
+    return path
+
+
+def test_split_holds_out_whole_episodes_chosen_by_the_seed():
+    from flow_policy_ros.errors import UsageError
+    from flow_policy_ros.policy.train import split_episodes
+
+    episode_index = np.repeat(np.arange(40), np.arange(1, 41))  # episode e has e + 1 windows
+    split = split_episodes(episode_index, 0.1, seed=3)
+    assert len(split.val_episodes) == 4
+    assert set(episode_index[split.train]).isdisjoint(episode_index[split.val])
+    assert set(episode_index[split.val]) == set(split.val_episodes.tolist())
+    assert len(split.train) + len(split.val) == len(episode_index)
+    np.testing.assert_array_equal(split_episodes(episode_index, 0.1, seed=3).val, split.val)
+    assert not np.array_equal(split_episodes(episode_index, 0.1, seed=4).val_episodes, split.val_episodes)
+    assert len(split_episodes(episode_index, 0.001, seed=0).val_episodes) == 1  # at least one episode
+    assert len(split_episodes(episode_index, 0.99, seed=0).val_episodes) == 39  # never all of them
+    none = split_episodes(episode_index, 0.0, seed=0)
+    assert len(none.val) == 0 and len(none.train) == len(episode_index)
+    with pytest.raises(UsageError, match="val_fraction 0.05.*1 episode"):
+        split_episodes(np.zeros(100, np.int64), 0.05, seed=0)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
+
+
+def test_training_reports_dataset_split_csv_log_and_validation(tmp_path):
+    """The console lines give the dataset size and the split; train_log.csv has a row per log step with
+    the validation loss at validation steps only; the statistics come from the training episodes alone;
+    the summary and the loss plot carry the validation loss."""
+    import csv
+
+    from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
+    from flow_policy_ros.policy.train import split_episodes
+
+    data = episodic_windows(tmp_path / "toy.npz")
+    config = toy_config(40, val_fraction=0.2, val_every=20)
+    lines: list[str] = []
+    result = train(data, config, tmp_path / "run", progress=False, log=lines.append)
+    windows = Windows.load_npz(data)
+    split = split_episodes(windows.episode_index, 0.2, seed=0)
+    text = "\n".join(lines)
+    assert f"data: 20 episodes, {len(windows)} windows" in text
+    assert f"train 16 episodes / {len(split.train)} windows, validation 4 episodes / {len(split.val)} windows" in text
+    with open(tmp_path / "run" / "train_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
+    assert [r["val_loss"] != "" for r in rows] == [False, True, False, True]
+    assert all(float(r["lr"]) > 0 and float(r["train_loss"]) > 0 for r in rows)
+    walls = [float(r["wall_time_s"]) for r in rows]
+    assert walls == sorted(walls)
+    assert result.val_loss == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-5) and not result.interrupted
+    ckpt = load_checkpoint(result.checkpoint_path)
+    assert ckpt.data_summary["split"]["val_windows"] == len(split.val)
+    assert ckpt.data_summary["split"]["val_episode_index"] == split.val_episodes.tolist()
+    obs = windows.observations[split.train]
+    relative = windows.actions[split.train] - action_reference(obs, config.policy.action_reference_indices())
+    expected = NormalizationStats.fit(obs, relative, config.policy.normalization)
+    np.testing.assert_allclose(ckpt.stats.act_scale, expected.act_scale, rtol=1e-6)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["final_val_loss"] == pytest.approx(result.val_loss)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_resume_says_which_step_it_runs_to_and_continues_the_log(tmp_path):
+    import csv
+
+    data = episodic_windows(tmp_path / "toy.npz")
+    config = toy_config(40, val_every=20)
+    train(data, config, tmp_path / "a", progress=False)
+    lines: list[str] = []
+    train(data, config, tmp_path / "b", resume=tmp_path / "a" / "step_0000020.pt", progress=False, log=lines.append)
+    assert any("at step 20: training to step 40 (20 steps to go)" in line for line in lines), lines
+    with open(tmp_path / "b" / "train_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]  # the history travels in the checkpoint
+    assert float(rows[2]["wall_time_s"]) >= float(rows[1]["wall_time_s"])
+
+
+def test_ctrl_c_saves_a_checkpoint_says_where_and_the_run_resumes(tmp_path):
+    """SIGINT during training: the run stops after the current step, writes last.pt at that step, says so,
+    exits 130; --resume from it continues to train.steps."""
+    import signal
+    import time
+
+    import yaml
+
+    data = episodic_windows(tmp_path / "toy.npz")
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(toy_config(1_000_000, val_every=10_000).to_dict()))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flow_policy_ros", "train", str(data), "--config", str(config), "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for a few logged rows, not for a time
+            log = out / "train_log.csv"
+            if log.is_file() and len(log.read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    ckpt = load_checkpoint(out / "last.pt")
+    assert 30 <= ckpt.step < 1_000_000
+    assert f"interrupted at step {ckpt.step}/1000000: checkpoint saved to {out / 'last.pt'}" in stdout
+    assert f"stopped at step {ckpt.step}/1000000" in stdout
+    resumed = subprocess.run([*cmd, "--resume", str(out / "last.pt"), "--steps", str(ckpt.step + 5)],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {ckpt.step}: training to step {ckpt.step + 5} (5 steps to go)" in resumed.stdout
+    assert load_checkpoint(out / "last.pt").step == ckpt.step + 5

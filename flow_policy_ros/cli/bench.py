@@ -6,7 +6,8 @@ over ``--calls`` calls after warm-up, plus batch-8 throughput; a table on stdout
 document. Numbers from one run are comparable with each other; across runs on a shared
 2-core machine they drift, so quote ratios from one run.
 
-``--ros`` runs the closed-loop ROS 2 benchmark instead (``flow_policy_ros.cli.ros_bench``).
+``--ros`` runs the closed-loop ROS 2 benchmark instead (``flow_policy_ros.cli.ros_bench``);
+``--sweep`` times solvers x steps x batch sizes on both engines (``flow_policy_ros.cli.bench_sweep``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from flow_policy_ros.cli import CliError, write_json
 
 WARMUP_CALLS = 50
+CALLS_DEFAULT = 2000
 
 
 def latency_stats(fn: Callable[[], Any], calls: int, warmup: int = WARMUP_CALLS) -> dict[str, float]:
@@ -54,7 +56,24 @@ def throughput(fn: Callable[[], Any], batch: int, seconds: float = 2.0) -> float
     return count * batch / (time.perf_counter() - start)
 
 
-def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int = 0) -> dict[str, Any]:
+def spaced_latency(fn: Callable[[], Any], gap_s: float, calls: int = 100) -> dict[str, float]:
+    """p50/p99 (ms) of ``fn`` called once every ``gap_s`` (sleeping in between), as a control loop
+    calls its model: on a busy machine the caches go cold between calls, which back-to-back
+    timing never sees."""
+    fn()
+    times = np.empty(calls)
+    for i in range(calls):
+        time.sleep(gap_s)
+        start = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - start
+    times *= 1e3
+    return {"gap_ms": gap_s * 1e3, "p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99)),
+            "calls": calls}
+
+
+def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int = 0,
+                gap_ms: float = 0.0) -> dict[str, Any]:
     from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
     policy = OnnxPolicy(model_path, providers=["CPUExecutionProvider"], intra_op_num_threads=1, seed=seed)
@@ -67,6 +86,9 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
     w = np.array([meta.guidance_scale], np.float32)
     feed1 = {"observation": obs1, "noise": noise1, "guidance_scale": w}
     feed8 = {"observation": obs8, "noise": noise8, "guidance_scale": w}
+    if policy.rtc:  # a real-time chunking graph also takes a (here empty) prefix
+        for feed in (feed1, feed8):
+            feed.update(prefix_actions=np.zeros_like(feed["noise"]), prefix_length=np.zeros(len(feed["noise"]), np.int64))
 
     result: dict[str, Any] = {
         "model": str(model_path),
@@ -74,11 +96,14 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         "horizon": meta.horizon,
         "action_dim": meta.action_dim,
         "euler_steps": meta.euler_steps,
+        "solver": meta.solver,
         "guidance_scale": meta.guidance_scale,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
     }
     ort_stats = latency_stats(lambda: policy.session.run(None, feed1), calls)
     ort_stats["predict_p50_ms"] = latency_stats(lambda: policy.predict(obs1[0]), max(200, calls // 4))["p50_ms"]
+    if gap_ms > 0:
+        ort_stats["predict_spaced"] = spaced_latency(lambda: policy.predict(obs1[0]), gap_ms * 1e-3)
     ort_stats["batch8_chunks_per_s"] = throughput(lambda: policy.session.run(None, feed8), 8)
     ort_stats["provider"] = policy.active_provider
     result["onnxruntime"] = ort_stats
@@ -90,7 +115,7 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         from flow_policy_ros.policy.checkpoint import load_checkpoint
 
         torch.set_num_threads(1)
-        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.euler_steps)
+        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.euler_steps, solver=meta.solver)
         t_obs1, t_noise1, t_w = torch.from_numpy(obs1), torch.from_numpy(noise1), torch.from_numpy(w)
         t_obs8, t_noise8 = torch.from_numpy(obs8), torch.from_numpy(noise8)
 
@@ -108,13 +133,17 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model_name']}: H={result['horizon']} A={result['action_dim']} "
-          f"N={result['euler_steps']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
+          f"N={result['euler_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
     print(f"{'engine':<36} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
     rows = [("onnxruntime (" + result["onnxruntime"]["provider"] + ")", result["onnxruntime"])]
     if "torch_eager" in result:
         rows.append(("torch eager", result["torch_eager"]))
     for name, stats in rows:
         print(f"{name:<36} {stats['p50_ms']:>8.3f} {stats['p99_ms']:>8.3f} {stats['batch8_chunks_per_s']:>17.0f}")
+    spaced = result["onnxruntime"].get("predict_spaced")
+    if spaced:
+        print(f"{'onnxruntime predict, 1 call / ' + format(spaced['gap_ms'], 'g') + ' ms':<36} "
+              f"{spaced['p50_ms']:>8.3f} {spaced['p99_ms']:>8.3f}   (caches cold between calls, as in the node)")
     if "speedup_p50" in result:
         print(f"speedup (torch / onnxruntime): p50 {result['speedup_p50']:.1f}x, p99 {result['speedup_p99']:.1f}x")
 
@@ -122,10 +151,23 @@ def print_table(result: dict[str, Any]) -> None:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="ONNX policy (default: the shipped iiwa_reach)")
     parser.add_argument("--checkpoint", help="checkpoint of the same weights, to compare with PyTorch eager")
-    parser.add_argument("--calls", type=int, default=2000, help="timed calls per engine (default 2000)")
+    parser.add_argument("--calls", type=int, default=CALLS_DEFAULT,
+                        help=f"timed calls per engine (default {CALLS_DEFAULT}; --sweep: per cell, default 200)")
     parser.add_argument("--json", help="write results to this JSON file")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="also time predict() once every GAP ms, as policy_node calls it (80 = replan_every 4 at "
+                             "50 Hz); 100 calls")
     parser.add_argument("--ros", action="store_true", help="closed-loop ROS 2 benchmark (sim_node + policy_node)")
     parser.add_argument("--duration", type=float, default=60.0, help="--ros: seconds of closed loop (default 60)")
+    parser.add_argument("--inference", choices=["inline", "thread"],
+                        help="--ros: policy_node's inference_thread (default: config/policy.yaml's)")
+    parser.add_argument("--executor", choices=["single_threaded", "events"],
+                        help="--ros: policy_node's executor (default: config/policy.yaml's)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="solvers x steps x batch table, ONNX Runtime vs PyTorch eager (needs --checkpoint)")
+    parser.add_argument("--solvers", nargs="+", metavar="SOLVER", help="--sweep: solvers (default: all)")
+    parser.add_argument("--steps", nargs="+", type=int, metavar="N", help="--sweep: step counts (default 1 2 5 10)")
+    parser.add_argument("--batches", nargs="+", type=int, metavar="B", help="--sweep: batch sizes (default 1 8 64)")
     from flow_policy_ros.cli.demo import add_thread_priority_argument
 
     add_thread_priority_argument(parser)
@@ -136,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         from flow_policy_ros.cli import ros_bench
 
         return ros_bench.run(args)
+    if args.sweep:
+        return run_sweep(args)
     if args.calls < 100:
         raise CliError(f"--calls {args.calls}: use at least 100 calls for a meaningful p99")
     if args.model:
@@ -149,7 +193,37 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and not checkpoint.is_file():
         raise CliError(f"--checkpoint {checkpoint}: file not found")
-    result = bench_model(model, checkpoint, args.calls)
+    if not 0 <= args.gap_ms <= 1000:
+        raise CliError(f"--gap-ms {args.gap_ms}: use 0 (off) to 1000 ms")
+    result = bench_model(model, checkpoint, args.calls, gap_ms=args.gap_ms)
     print_table(result)
+    write_json(args.json, result)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """``--sweep``: everything is checked before the first export."""
+    from flow_policy_ros.cli import bench_sweep
+    from flow_policy_ros.policy.flow import SOLVERS
+
+    if not args.checkpoint:
+        raise CliError("--sweep needs --checkpoint (the sweep exports it once per solver and step count)")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise CliError(f"--checkpoint {checkpoint}: file not found")
+    solvers = args.solvers or list(SOLVERS)
+    unknown = [s for s in solvers if s not in SOLVERS]
+    if unknown:
+        raise CliError(f"--solvers {unknown}: unknown, choose from {list(SOLVERS)}")
+    steps = args.steps or list(bench_sweep.DEFAULT_STEPS)
+    batches = args.batches or list(bench_sweep.DEFAULT_BATCHES)
+    for flag, values in (("--steps", steps), ("--batches", batches)):
+        if min(values) < 1:
+            raise CliError(f"{flag} {values}: every value must be >= 1")
+    calls = bench_sweep.DEFAULT_CALLS if args.calls == CALLS_DEFAULT else args.calls
+    if calls < 50:
+        raise CliError(f"--calls {calls}: use at least 50 calls per cell for a p99")
+    result = bench_sweep.sweep(checkpoint, solvers, steps, batches, calls)
+    bench_sweep.print_sweep_table(result)
     write_json(args.json, result)
     return 0

@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench --ros: {duration:g} s closed loop, model {model.name}; ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}; "
           f"logs in {log_dir}", flush=True)
     monitor = LoopMonitor()
-    nodes = start_closed_loop(env, log_dir, model, "reach", 0, "stream", None, getattr(args, "thread_priority", 0))
+    overrides: dict[str, object] = {}
+    if getattr(args, "inference", None):
+        overrides["inference_thread"] = args.inference == "thread"
+    if getattr(args, "executor", None):
+        overrides["executor"] = args.executor
+    nodes = start_closed_loop(env, log_dir, model, "reach", 0, "stream", None, getattr(args, "thread_priority", 0),
+                              policy_overrides=overrides)
     try:
         problem = run_loop(nodes, monitor, lambda _: monitor.snapshot()[1].get("state") == "running", 60.0)
         if problem is None:
@@ -88,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         "successes": successes,
         "success_rate": successes / len(window) if window else None,
         "sim_realtime_resyncs": int(sim.get("realtime_resyncs", "0")),
+        "inference": policy.get("inference"),
+        "executor": policy.get("executor"),
         "targets": TARGETS,
         "model": str(model),
         "cpu_count": os.cpu_count(),
@@ -116,11 +124,15 @@ def print_table(result: dict[str, Any]) -> None:
     for name, value, target in rows:
         verdict = "" if target is None or value is None else f"<= {target:g} {'ok' if value <= target else 'MISSED'}"
         print(f"{name:<24}{_fmt(value)}  {verdict}")
+    print(f"{'stage (policy_node)':<24}{'p50 ms':>9}{'p99 ms':>9}")
+    for stage, values in result["stages"].items():
+        print(f"  {stage:<22}{_fmt(values['p50_ms'])} {_fmt(values['p99_ms'])}")
     for name, percent in result["cpu_percent"].items():
         print(f"{'CPU ' + name + ' (%)':<24}{percent:9.1f}")
     rate = result["success_rate"]
     print(f"{'deadline misses':<24}{result['deadline_misses']:9d}")
     print(f"{'episodes (successes)':<24}{result['episodes']:9d}  ({result['successes']}; "
           f"{'n/a' if rate is None else f'{rate:.0%}'})")
-    print(f"policy_node scheduling: {result['policy_scheduling']}")
+    print(f"policy_node scheduling: {result['policy_scheduling']}, inference {result.get('inference')}, "
+          f"executor {result.get('executor')}")
     print(f"load average {tuple(round(x, 2) for x in result['load_average'])} on {result['cpu_count']} cores")

@@ -1,9 +1,15 @@
-"""``flow-policy train``: the command-line verb (arguments, progress, report) over :mod:`flow_policy_ros.policy.train`."""
+"""``flow-policy train``: the command-line verb (arguments, progress, report) over :mod:`flow_policy_ros.policy.train`.
+
+Prints the dataset size and its train/validation split, the step a ``--resume`` runs to, and at
+the end the checkpoint written. Ctrl-C stops after the current step, saves ``OUT/last.pt``,
+says where, and exits with status 130 (a second Ctrl-C stops at once, without saving).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +17,21 @@ import torch
 
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.policy.config import ExperimentConfig
-from flow_policy_ros.policy.train import (
-    train,
-)
+from flow_policy_ros.policy.train import train
+
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT), after its checkpoint was saved.
+EXIT_INTERRUPTED = 130
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="training windows (.npz) or a directory of rosbag2 episodes")
     parser.add_argument("--config", help="training config YAML (policy/data/train sections); defaults otherwise")
     parser.add_argument("--out", required=True, help="output directory for checkpoints and plots")
-    parser.add_argument("--resume", help="checkpoint to continue from (e.g. OUT/last.pt)")
+    parser.add_argument("--resume", help="checkpoint to continue from (e.g. OUT/last.pt); it runs on to train.steps")
     parser.add_argument("--steps", type=int, help="override train.steps")
     parser.add_argument("--seed", type=int, help="override train.seed")
     parser.add_argument("--objective", choices=["flow", "regression"], help="override train.objective")
+    parser.add_argument("--val-fraction", type=float, help="override train.val_fraction (episodes held out; 0 = none)")
     parser.add_argument("--json", help="write the run summary to this JSON file")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -35,7 +43,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def _apply_overrides(config: ExperimentConfig, args: argparse.Namespace) -> ExperimentConfig:
     data: dict[str, Any] = config.to_dict()
-    for key in ("steps", "seed", "objective"):
+    for key in ("steps", "seed", "objective", "val_fraction"):
         value = getattr(args, key)
         if value is not None:
             data["train"][key] = value
@@ -50,11 +58,26 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise CliError(f"--threads {args.threads}: must be >= 1")
     torch.set_num_threads(args.threads)
-    result = train(args.data, config, args.out, resume=args.resume, progress=not args.no_progress)
+    result = train(args.data, config, args.out, resume=args.resume, progress=not args.no_progress, log=_say)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4f} -> {result.checkpoint_path}")
+        val = "" if result.val_loss is None else f", validation loss {result.val_loss:.4f}"
+        if result.interrupted:
+            print(f"stopped at step {result.steps}/{config.train.steps} (Ctrl-C) after {result.seconds:.1f} s, "
+                  f"final loss {result.final_loss:.4f}{val} -> {result.checkpoint_path}")
+        else:
+            print(f"trained {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4f}{val} "
+                  f"-> {result.checkpoint_path}")
         write_json(
             args.json,
-            {"checkpoint": str(result.checkpoint_path), "final_loss": result.final_loss, "steps": result.steps, "seconds": result.seconds},
+            {"checkpoint": str(result.checkpoint_path), "final_loss": result.final_loss, "val_loss": result.val_loss,
+             "steps": result.steps, "target_steps": config.train.steps, "interrupted": result.interrupted,
+             "seconds": result.seconds, "log": str(result.log_path)},
         )
-    return 0
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _say(message: str) -> None:
+    """One report line, above the progress bar when there is one."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)

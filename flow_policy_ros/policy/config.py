@@ -204,7 +204,14 @@ class TrainConfig:
             the first R actions (target h = demonstration + e * (1 - s(h / R)), s the C2 quintic
             smoothstep), so the chunk continues from where the arm is.
         checkpoint_every: steps between checkpoints.
-        log_every: steps between loss-log entries.
+        log_every: steps between loss-log entries (console, ``train_log.csv``, loss plot).
+        val_fraction: fraction of the EPISODES held out for validation (never single windows:
+            neighbouring windows of one episode are near copies, so a window split would
+            measure memorisation). Chosen with ``seed``; at least one episode when > 0. The
+            normalization statistics are fitted on the training episodes only. 0 disables it.
+        val_every: steps between validation losses (flow-matching loss of the EMA weights, the
+            ones exported, on every held-out window with a fixed noise stream, so successive
+            values are comparable).
     """
 
     objective: str = "flow"
@@ -218,6 +225,8 @@ class TrainConfig:
     position_noise_blend_steps: int = 0
     checkpoint_every: int = 2000
     log_every: int = 50
+    val_fraction: float = 0.05
+    val_every: int = 500
 
     def __post_init__(self) -> None:
         require(self.objective in ("flow", "regression"), f"train.objective must be 'flow' or 'regression', got {self.objective!r}")
@@ -230,6 +239,8 @@ class TrainConfig:
                 f"train.position_noise_blend_steps must be >= 0, got {self.position_noise_blend_steps}")
         require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+        require(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        require(self.val_every >= 1, f"train.val_every must be >= 1, got {self.val_every}")
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,15 @@ DistributedDataParallel: gloo on CPU, nccl on GPU, each rank drawing its own bat
 alone writing checkpoints, plots and logs.
 
 Outputs in ``--out``: ``last.pt`` (latest checkpoint), ``step_XXXXXXX.pt`` (periodic, the last
-three kept), ``loss.png`` (loss curve), ``train_summary.json``. A fixed seed gives the same
+three kept), ``train_log.csv`` (step, train loss, validation loss, learning rate, wall time),
+``loss.png`` (training and validation loss), ``train_summary.json``. A fixed seed gives the same
 weights, and ``--resume`` continues a run exactly where its checkpoint left off (same
 batches, same noise) because the random-generator state travels in the checkpoint.
+
+Validation: ``train.val_fraction`` of the episodes (whole episodes, chosen with ``train.seed``)
+never enter a training batch nor the normalization statistics; every ``train.val_every`` steps
+the EMA weights' loss on them is logged. Ctrl-C stops after the current step and writes
+``last.pt`` first (see :class:`~flow_policy_ros.policy.train_log.StopOnInterrupt`).
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -28,17 +37,94 @@ from flow_policy_ros.policy.config import ExperimentConfig, PolicyConfig, to_dic
 from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
+from flow_policy_ros.policy.train_log import CSV_NAME, StopOnInterrupt, TrainingLog, plot_loss  # noqa: F401 - plot_loss re-exported
 from flow_policy_ros.reports import content_sha256, portable_path, write_json
 
 KEEP_PERIODIC = 3
 
 
+#: Windows per forward pass of the validation loss.
+VAL_BATCH = 4096
+
+
 @dataclass
 class TrainResult:
+    """What a run ended with: the checkpoint written last, its step, the last losses.
+
+    ``interrupted`` is True when Ctrl-C stopped the run early (``steps`` < ``train.steps``);
+    ``val_loss`` is None without a validation split.
+    """
+
     checkpoint_path: Path
     final_loss: float
     steps: int
     seconds: float
+    val_loss: float | None = None
+    interrupted: bool = False
+    log_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class EpisodeSplit:
+    """Window indices of the training and validation episodes (whole episodes on each side)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    val_episodes: np.ndarray
+
+    def summary(self, episode_index: np.ndarray, val_fraction: float) -> dict[str, Any]:
+        return {"val_fraction": val_fraction, "by": "episode",
+                "train_episodes": int(len(np.unique(episode_index[self.train]))),
+                "val_episodes": int(len(self.val_episodes)),
+                "train_windows": int(len(self.train)), "val_windows": int(len(self.val)),
+                "val_episode_index": [int(e) for e in self.val_episodes]}
+
+
+def split_episodes(episode_index: np.ndarray, val_fraction: float, seed: int) -> EpisodeSplit:
+    """Hold out ``val_fraction`` of the episodes (at least one when > 0, never all), chosen with ``seed``.
+
+    Args:
+        episode_index: (N,) episode of each window.
+        val_fraction: in [0, 1); 0 = no validation.
+        seed: the run's seed (its own numpy stream: the split never moves the torch streams).
+    Raises:
+        UsageError: a split was asked for but the data has fewer than two episodes.
+    """
+    episode_index = np.asarray(episode_index)
+    everything = np.arange(len(episode_index))
+    if val_fraction == 0:
+        return EpisodeSplit(everything, everything[:0], np.zeros(0, np.int64))
+    episodes = np.unique(episode_index)
+    if len(episodes) < 2:
+        raise UsageError(f"train.val_fraction {val_fraction} holds out whole episodes, but the data has "
+                         f"{len(episodes)} episode(s); set train.val_fraction: 0 to train without validation")
+    n_val = min(len(episodes) - 1, max(1, round(val_fraction * len(episodes))))
+    val_episodes = np.sort(np.random.default_rng(seed).choice(episodes, size=n_val, replace=False))
+    is_val = np.isin(episode_index, val_episodes)
+    return EpisodeSplit(everything[~is_val], everything[is_val], val_episodes)
+
+
+@torch.no_grad()
+def validation_loss(loss: torch.nn.Module, obs_n: torch.Tensor, act_n: torch.Tensor, seed: int) -> float:
+    """Mean loss (per window) over all of ``obs_n`` (V, obs_dim) / ``act_n`` (V, H, A), with a
+    fixed noise stream (``seed``) so that values at different steps differ only by the weights."""
+    generator = torch.Generator(device=obs_n.device).manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(obs_n), VAL_BATCH):
+        stop = min(start + VAL_BATCH, len(obs_n))
+        total += float(loss(obs_n[start:stop], act_n[start:stop], generator)) * (stop - start)
+    return total / len(obs_n)
+
+
+def _stop_requested(stop: StopOnInterrupt, world: int) -> bool:
+    """Every rank stops at the same step: under DDP the flag is all-reduced (max)."""
+    if world == 1:
+        return stop.requested
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if stop.requested else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 class PositionNoise:
@@ -126,25 +212,47 @@ def train(
     out_dir: str | Path,
     resume: str | Path | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train per ``config`` on windows from ``data_path`` (npz or rosbag2 directory)."""
+    """Train per ``config`` on windows from ``data_path`` (npz or rosbag2 directory).
+
+    ``log`` receives the run's one-line reports (dataset size and split, resume target,
+    validation losses without a progress bar, where an interrupted run saved its checkpoint);
+    rank 0 only. None: silent.
+    """
     from flow_policy_ros.policy.dataset import load_training_data
 
     out_dir = Path(out_dir)
     rank, world = _distributed()
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     policy_cfg, train_cfg = config.policy, config.train
+    say = log if (log is not None and rank == 0) else (lambda _message: None)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     windows = load_training_data(
         data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None, progress=progress and rank == 0
     )
+    split = split_episodes(windows.episode_index, train_cfg.val_fraction, train_cfg.seed)
+    n_episodes = len(np.unique(windows.episode_index))
+    say(f"data: {n_episodes} episodes, {len(windows)} windows (H={policy_cfg.horizon}) from {data_path}")
+    if len(split.val):
+        say(f"split by episode (val_fraction {train_cfg.val_fraction:g}, seed {train_cfg.seed}): "
+            f"train {n_episodes - len(split.val_episodes)} episodes / {len(split.train)} windows, "
+            f"validation {len(split.val_episodes)} episodes / {len(split.val)} windows")
+    else:
+        say("no validation split (train.val_fraction 0): every episode trains")
     # the network's chunk is in the configured action frame (relative: minus the measured positions)
     model_actions = windows.actions - action_reference(windows.observations, policy_cfg.action_reference_indices())
-    stats = NormalizationStats.fit(windows.observations, model_actions, policy_cfg.normalization)
-    obs_n = torch.tensor(stats.normalize_obs(windows.observations), dtype=torch.float32, device=device)
-    act_n = torch.tensor(stats.normalize_actions(model_actions), dtype=torch.float32, device=device)
+    # statistics from the training episodes only: nothing about the held-out ones leaks into the model
+    stats = NormalizationStats.fit(windows.observations[split.train], model_actions[split.train], policy_cfg.normalization)
+    obs_all = torch.tensor(stats.normalize_obs(windows.observations), dtype=torch.float32, device=device)
+    act_all = torch.tensor(stats.normalize_actions(model_actions), dtype=torch.float32, device=device)
+    train_index = torch.as_tensor(split.train, device=device)
+    obs_n, act_n = obs_all[train_index], act_all[train_index]
+    val_index = torch.as_tensor(split.val, device=device)
+    obs_val, act_val = obs_all[val_index], act_all[val_index]
+    del obs_all, act_all
     n_windows = obs_n.shape[0]
     position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device,
                                    train_cfg.position_noise_blend_steps)
@@ -154,7 +262,7 @@ def train(
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(train_cfg.seed * 1_000_003 + rank)
-    start_step, loss_history = 0, []
+    start_step, history = 0, []
 
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -166,9 +274,11 @@ def train(
             optimizer.load_state_dict(ckpt.optimizer_state)
         if ckpt.generator_state is not None and world == 1:
             generator.set_state(ckpt.generator_state)
-        start_step, loss_history = ckpt.step, list(ckpt.loss_history)
+        start_step, history = ckpt.step, list(ckpt.loss_history)
         if start_step >= train_cfg.steps:
             raise UsageError(f"--resume {resume}: checkpoint is at step {start_step}, train.steps is {train_cfg.steps}")
+        say(f"resuming {resume} at step {start_step}: training to step {train_cfg.steps} "
+            f"({train_cfg.steps - start_step} steps to go)")
 
     # DDP synchronizes gradients through its forward, so the whole loss is one module call.
     trained: torch.nn.Module = _LossModule(model, policy_cfg, train_cfg.objective)
@@ -176,12 +286,17 @@ def train(
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
+    val_loss_of_ema = _LossModule(ema, policy_cfg, train_cfg.objective)
+    val_seed = train_cfg.seed * 1_000_003 + 7_777_777
 
     summary = dict(windows.summary)
-    summary.update({"windows": int(n_windows), "data_path": portable_path(data_path),
-                    "data_sha256": content_sha256(data_path) if rank == 0 else "", "world_size": world})
+    summary.update({"windows": int(len(windows)), "data_path": portable_path(data_path),
+                    "data_sha256": content_sha256(data_path) if rank == 0 else "", "world_size": world,
+                    "split": split.summary(windows.episode_index, train_cfg.val_fraction)})
     if "root" in summary:
         summary["root"] = portable_path(summary["root"])
+    train_log = TrainingLog(out_dir / CSV_NAME if rank == 0 else None, history)
+    say(f"training to step {train_cfg.steps} in {out_dir} (log {out_dir / CSV_NAME}, Ctrl-C saves a checkpoint)")
 
     def make_checkpoint(step: int) -> Checkpoint:
         return Checkpoint(
@@ -193,11 +308,12 @@ def train(
             optimizer_state=optimizer.state_dict(),
             generator_state=generator.get_state(),
             data_summary=summary,
-            loss_history=loss_history,
+            loss_history=train_log.rows,
             code_version=code_version(),
         )
 
     started = time.perf_counter()
+    wall_offset = train_log.wall_time_s
     bar = tqdm(
         range(start_step, train_cfg.steps),
         initial=start_step,
@@ -207,44 +323,68 @@ def train(
         disable=not progress or rank != 0,
         dynamic_ncols=True,
     )
-    running, loss_value = None, float("nan")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = train_cfg.lr * _lr_factor(step, train_cfg.steps)
-        index = torch.randint(n_windows, (train_cfg.batch_size,), generator=generator, device=device)
-        batch_obs, batch_act = position_noise(obs_n[index], act_n[index], generator)
-        loss = trained(batch_obs, batch_act, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        decay = min(train_cfg.ema_decay, (1.0 + step) / (10.0 + step))
-        _update_ema(ema, model, decay)
+    running, loss_value, done, val_loss = None, float("nan"), start_step, train_log.last_val_loss()
+    saved_step = start_step if resume is not None else None
+    with StopOnInterrupt() as stop:
+        for step in bar:
+            if _stop_requested(stop, world):
+                break
+            lr = train_cfg.lr * _lr_factor(step, train_cfg.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = torch.randint(n_windows, (train_cfg.batch_size,), generator=generator, device=device)
+            batch_obs, batch_act = position_noise(obs_n[index], act_n[index], generator)
+            loss = trained(batch_obs, batch_act, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            decay = min(train_cfg.ema_decay, (1.0 + step) / (10.0 + step))
+            _update_ema(ema, model, decay)
 
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise RuntimeError(f"training diverged at step {step}: loss {loss_value}")
-        running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
-        done = step + 1
-        if done % train_cfg.log_every == 0 or done == train_cfg.steps:
-            loss_history.append([done, running])
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        if rank == 0 and (done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps):
-            ckpt = make_checkpoint(done)
-            save_checkpoint(out_dir / f"step_{done:07d}.pt", ckpt)
-            save_checkpoint(out_dir / "last.pt", ckpt)
-            for old in sorted(out_dir.glob("step_*.pt"))[:-KEEP_PERIODIC]:
-                old.unlink()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise RuntimeError(f"training diverged at step {step}: loss {loss_value}")
+            running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
+            done = step + 1
+            validate = len(obs_val) > 0 and (done % train_cfg.val_every == 0 or done == train_cfg.steps)
+            if validate:
+                val_loss = validation_loss(val_loss_of_ema, obs_val, act_val, val_seed)
+                if not progress:
+                    say(f"step {done}/{train_cfg.steps}: train loss {running:.4f}, validation loss {val_loss:.4f}")
+            if validate or done % train_cfg.log_every == 0 or done == train_cfg.steps:
+                train_log.add(done, running, val_loss if validate else None, lr,
+                              wall_offset + time.perf_counter() - started)
+                postfix = {"loss": f"{running:.4f}", "lr": f"{lr:.2e}"}
+                if val_loss is not None:
+                    postfix["val"] = f"{val_loss:.4f}"
+                bar.set_postfix(postfix)
+            if rank == 0 and (done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps):
+                ckpt = make_checkpoint(done)
+                save_checkpoint(out_dir / f"step_{done:07d}.pt", ckpt)
+                save_checkpoint(out_dir / "last.pt", ckpt)
+                saved_step = done
+                for old in sorted(out_dir.glob("step_*.pt"))[:-KEEP_PERIODIC]:
+                    old.unlink()
+        interrupted = stop.requested and done < train_cfg.steps
     bar.close()
     seconds = time.perf_counter() - started
 
     if rank == 0:
-        plot_loss(loss_history, out_dir / "loss.png", title=f"{train_cfg.objective} loss")
+        if interrupted and saved_step != done:
+            save_checkpoint(out_dir / "last.pt", make_checkpoint(done))
+        if interrupted:
+            say(f"interrupted at step {done}/{train_cfg.steps}: checkpoint saved to {out_dir / 'last.pt'}; "
+                f"continue with --resume {out_dir / 'last.pt'}")
+        train_log.plot(out_dir / "loss.png", title=f"{train_cfg.objective} loss")
         write_json(
             out_dir / "train_summary.json",
             {
-                "steps": train_cfg.steps,
+                "steps": done,
+                "target_steps": train_cfg.steps,
+                "interrupted": interrupted,
                 "final_loss": running,
+                "final_val_loss": val_loss,
                 "seconds": seconds,
                 "world_size": world,
                 "data": summary,
@@ -256,25 +396,6 @@ def train(
 
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(out_dir / "last.pt", float(running if running is not None else loss_value), train_cfg.steps, seconds)
-
-
-def plot_loss(history: list[list[float]], path: Path, title: str) -> None:
-    """Loss curve (log scale) to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    if history:
-        steps, losses = zip(*history)
-        ax.plot(steps, losses, lw=1.5)
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (EMA-smoothed)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    final = float(running if running is not None else loss_value)
+    return TrainResult(out_dir / "last.pt", final, done, seconds, val_loss, interrupted,
+                       out_dir / CSV_NAME if rank == 0 else None)

@@ -195,9 +195,18 @@ def latency_summary(policy: Mapping[str, str]) -> dict[str, Any]:
         "provider_fallback_reason": policy.get("provider_fallback_reason"),
         "model_name": policy.get("model_name"),
         "model_hash": policy.get("model_hash"),
+        "stages": stage_summary(policy),
         "policy_state": policy.get("state"),
         "policy_scheduling": policy.get("scheduling"),
     }
+
+
+def stage_summary(policy: Mapping[str, str]) -> dict[str, dict[str, float | None]]:
+    """The per-stage breakdown (ms) of policy_node's decision path from its diagnostics
+    (``stage_<name>_p50_ms`` / ``_p99_ms``, see :mod:`flow_policy_ros.runtime.latency`), in path order."""
+    from flow_policy_ros.runtime.latency import STAGES
+
+    return {stage: {f"p{q}_ms": _ms(policy, f"stage_{stage}_p{q}_ms") for q in (50, 99)} for stage in STAGES}
 
 
 def resolve_model(model: str | None) -> Path:
@@ -214,10 +223,12 @@ def resolve_model(model: str | None) -> Path:
 
 def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: str, episodes: int,
                       execution: str, record: Path | None, thread_priority: int = 0,
-                      seeds: list[int] | None = None) -> NodeProcesses:
+                      seeds: list[int] | None = None,
+                      policy_overrides: Mapping[str, object] | None = None) -> NodeProcesses:
     """Start sim_node and policy_node with the installed YAML files and this run's overrides
     (``thread_priority`` > 0: SCHED_FIFO for both nodes' control threads, see ``realtime.py``;
-    ``seeds``: the episode seeds, default 0, 1, 2, ...)."""
+    ``seeds``: the episode seeds, default 0, 1, 2, ...; ``policy_overrides``: more policy_node
+    parameters, e.g. ``inference_thread``)."""
     nodes = NodeProcesses(env, log_dir)
     sim_overrides: dict[str, object] = {"task": task, "episodes": episodes, "thread_priority": thread_priority}
     if seeds is not None:
@@ -226,7 +237,8 @@ def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: 
         sim_overrides["record_path"] = str(record.resolve())
     nodes.start("sim_node", "flow_policy_ros.ros.sim_node", paths.config_path("sim.yaml"), sim_overrides)
     nodes.start("policy_node", "flow_policy_ros.ros.policy_node", paths.config_path("policy.yaml"),
-                {"model_path": str(model), "execution": execution, "thread_priority": thread_priority})
+                {"model_path": str(model), "execution": execution, "thread_priority": thread_priority,
+                 **(policy_overrides or {})})
     return nodes
 
 

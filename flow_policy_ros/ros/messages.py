@@ -44,6 +44,58 @@ def joint_state_arrays(
     return positions, values_by_name(msg.name, msg.velocity, joint_names, "velocity")
 
 
+class JointStateReader:
+    """Reads what the policy needs from each JointState, by name, at message rate.
+
+    Same results and errors as :func:`joint_state_arrays` + :func:`values_by_name`, faster on
+    the common case of a driver that sends the same joint names in every message: the name ->
+    index mapping is computed once per distinct ``msg.name`` list and the values are gathered
+    with one numpy fancy index from the message's array (rclpy gives ``array.array('d')``, read
+    without a copy). Any inconsistency (sizes, a missing joint, NaN/inf) takes the reference
+    path, which raises the usual :class:`~flow_policy_ros.errors.ObservationError` naming it.
+
+    Args:
+        observed: the observation's joint names (model order).
+        action: the action joints' names (model order), whose measured positions are read too.
+        need_velocity: read observed velocities as well.
+    """
+
+    def __init__(self, observed: Sequence[str], action: Sequence[str], need_velocity: bool) -> None:
+        self.observed, self.action, self.need_velocity = tuple(observed), tuple(action), need_velocity
+        self._names: list[str] | None = None
+        self._observed_index = self._action_index = np.zeros(0, dtype=np.intp)
+
+    def read(self, msg: JointState) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(positions (J,) rad, velocities (J,) rad/s or None, measured action positions (A,) rad), float64."""
+        names = msg.name
+        if names != self._names and not self._index(names):
+            return self._reference(msg)  # names repeat or lack a joint: raises the error naming it
+        position = np.asarray(msg.position, dtype=np.float64)
+        velocity = np.asarray(msg.velocity, dtype=np.float64) if self.need_velocity else None
+        if (position.shape != (len(names),) or (velocity is not None and velocity.shape != (len(names),))
+                or not np.isfinite(position[self._observed_index]).all()
+                or not np.isfinite(position[self._action_index]).all()
+                or (velocity is not None and not np.isfinite(velocity[self._observed_index]).all())):
+            return self._reference(msg)  # raises the error that names the problem
+        return (position[self._observed_index], None if velocity is None else velocity[self._observed_index],
+                position[self._action_index])
+
+    def _index(self, names: list[str]) -> bool:
+        """Cache the name -> index mapping of ``names``; False (nothing cached) if it has none."""
+        index = {name: i for i, name in enumerate(names)}
+        self._names = None
+        if len(index) != len(names) or any(n not in index for n in self.observed + self.action):
+            return False
+        self._names = list(names)
+        self._observed_index = np.array([index[n] for n in self.observed], dtype=np.intp)
+        self._action_index = np.array([index[n] for n in self.action], dtype=np.intp)
+        return True
+
+    def _reference(self, msg: JointState) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        positions, velocities = joint_state_arrays(msg, self.observed, self.need_velocity)
+        return positions, velocities, values_by_name(msg.name, msg.position, self.action, "position")
+
+
 def point_array(msg: PointStamped) -> np.ndarray:
     """(3,) goal position (m) from a PointStamped; NaN/inf raise :class:`NonFiniteValueError`."""
     goal = np.array([msg.point.x, msg.point.y, msg.point.z], dtype=np.float64)

@@ -16,9 +16,12 @@ Nothing goes out on ``commands`` / ``joint_trajectory`` unless active. ``autosta
 true) configures and activates at start-up (a failure exits with status 1), so ``ros2 run`` and
 ``flow-policy demo`` need no lifecycle calls; ``autostart:=false`` leaves it to the launch file
 or an operator. Every decision (when to infer, what to command, when to hold) is made by the
-pure :class:`~flow_policy_ros.runtime.controller.PolicyController`; inference runs in an
-:class:`~flow_policy_ros.runtime.inference_worker.InferenceWorker` thread whose guard condition
-wakes the executor, so a chunk's first command goes out at once. Parameters:
+pure :class:`~flow_policy_ros.runtime.controller.PolicyController`; the model runs in an
+:class:`~flow_policy_ros.runtime.inference_worker.InferenceWorker`, by default inline in the
+joint-state callback that asked for it (``inference_thread:=true``: in its own thread, whose
+guard condition wakes the executor), so a chunk's first command goes out at once. Each stage
+of that path is timed (:mod:`flow_policy_ros.runtime.latency`) and published as
+``stage_<name>_p50_ms``/``_p99_ms``. Parameters:
 :mod:`flow_policy_ros.ros.policy_parameters`. Topics (remappable): in ``joint_states`` (best
 effort), ``goal`` (transient local); out ``commands`` (Float64MultiArray per tick, stream) or
 ``joint_trajectory`` (one per chunk, empty = stop), ``/diagnostics`` (state, provider, model,
@@ -45,13 +48,14 @@ from trajectory_msgs.msg import JointTrajectory
 from flow_policy_ros import paths
 from flow_policy_ros.errors import FlowPolicyError, ObservationError, one_line
 from flow_policy_ros.ros.diagnostics import policy_diagnostics
-from flow_policy_ros.ros.messages import action_to_multiarray_msg, chunk_to_trajectory_msg, joint_state_arrays, point_array, values_by_name
+from flow_policy_ros.ros.messages import JointStateReader, action_to_multiarray_msg, chunk_to_trajectory_msg, point_array
 from flow_policy_ros.ros.node_runner import spin_node
 from flow_policy_ros.ros.parameters import declare_all
 from flow_policy_ros.ros.policy_parameters import NODE_NAME, PARAMETERS, PolicyNodeParams
 from flow_policy_ros.ros.realtime import set_thread_priority
 from flow_policy_ros.runtime.controller import Command, InferenceRequest, PolicyController, Stop, Trajectory
 from flow_policy_ros.runtime.inference_worker import InferenceWorker
+from flow_policy_ros.runtime.latency import StageLatencies
 from flow_policy_ros.runtime.observation import stamp_to_ns
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 from flow_policy_ros.runtime.safety import validate_guidance_scale
@@ -79,6 +83,7 @@ class PolicyNode(LifecycleNode):
         self._goal_frame = ""
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
+        self.latency = StageLatencies()
         self._tick_timer = None
         self._obs_to_cmd_s: deque = deque(maxlen=1000)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -105,13 +110,22 @@ class PolicyNode(LifecycleNode):
                                       f"1/{meta.control_period_s} s; actions are executed one per tick")
         self._limits = p.safety_limits(meta)
         self.controller = PolicyController(p.controller_config(meta), self._limits)  # validates the configuration
-        self._needs_velocity = "joint_velocities" in meta.observation.fields
+        self._joint_reader = JointStateReader(meta.observation.joint_names, meta.action_joint_names,
+                                              "joint_velocities" in meta.observation.fields)
         msg_type, topic = (Float64MultiArray, "commands") if p.execution == "stream" else (JointTrajectory, "joint_trajectory")
         self._publisher = self.create_lifecycle_publisher(msg_type, topic, _RELIABLE)
-        done = self.create_guard_condition(self._on_inference_done)
-        self.worker = InferenceWorker(self.policy.predict, on_done=done.trigger, delay_s=p.inject_delay_ms * 1e-3)
-        self._owned = [
-            (self.destroy_guard_condition, done), (self.destroy_lifecycle_publisher, self._publisher),
+        self._owned = []
+        on_done = None
+        if p.threaded_inference and p.executor == "events":  # no guard conditions there: a task wakes it
+            on_done = lambda: self.executor.create_task(self._on_inference_done)  # noqa: E731
+        elif p.threaded_inference:
+            done = self.create_guard_condition(self._on_inference_done)
+            on_done = done.trigger
+            self._owned.append((self.destroy_guard_condition, done))
+        self.worker = InferenceWorker(self.policy.predict, on_done=on_done, delay_s=p.inject_delay_ms * 1e-3,
+                                      inline=not p.threaded_inference, latencies=self.latency)
+        self._owned += [
+            (self.destroy_lifecycle_publisher, self._publisher),
             (self.destroy_subscription, self.create_subscription(JointState, "joint_states", self._on_joint_state,
                                                                  qos_profile_sensor_data)),
             (self.destroy_subscription, self.create_subscription(PointStamped, "goal", self._on_goal, _LATCHED)),
@@ -132,6 +146,7 @@ class PolicyNode(LifecycleNode):
             self.controller.on_goal(self._goal, self._goal_frame)
         self._last_reason = ""
         self._obs_to_cmd_s.clear()
+        self.latency = self.worker.latencies = StageLatencies()
         result = super().on_activate(state)  # enables the command publisher
         self._active = True
         self._tick_timer = self.create_timer(self.params.period_s, self._on_tick)
@@ -185,15 +200,19 @@ class PolicyNode(LifecycleNode):
     def _on_joint_state(self, msg: JointState) -> None:
         if not self._active:
             return
+        start_ns, now_ns = time.perf_counter_ns(), self.get_clock().now().nanoseconds
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if stamp_ns:
+            self.latency.add_ns("receipt", now_ns - stamp_ns)
         try:
-            positions, velocities = joint_state_arrays(msg, self.meta.observation.joint_names, self._needs_velocity)
-            measured = values_by_name(msg.name, msg.position, self.meta.action_joint_names, "position")
+            positions, velocities, measured = self._joint_reader.read(msg)
         except ObservationError as exc:
             self._reject(str(exc))
             return
-        stamp_ns = stamp_to_ns(msg.header.stamp)
-        now_ns = self.get_clock().now().nanoseconds
-        self._carry_out(self.controller.on_joint_state(now_ns, positions, velocities, measured, stamp_ns))
+        decisions = self.controller.on_joint_state(now_ns, positions, velocities, measured, stamp_ns)
+        if decisions and isinstance(decisions[-1], InferenceRequest):
+            self.latency.add_ns("assembly", time.perf_counter_ns() - start_ns)
+        self._carry_out(decisions)
 
     def _on_goal(self, msg: PointStamped) -> None:
         try:
@@ -224,7 +243,10 @@ class PolicyNode(LifecycleNode):
     def _on_inference_done(self) -> None:
         result = self.worker.poll() if self.worker is not None else None
         if result is not None and self._active:
-            self._carry_out(self.controller.on_inference_result(result))
+            start_ns = time.perf_counter_ns()
+            decisions = self.controller.on_inference_result(result)
+            self.latency.add_ns("scheduling", time.perf_counter_ns() - start_ns)
+            self._carry_out(decisions)
 
     def _carry_out(self, decisions: list) -> None:
         names = self.meta.action_joint_names
@@ -232,7 +254,10 @@ class PolicyNode(LifecycleNode):
             if isinstance(decision, InferenceRequest):
                 if not self.worker.submit(decision):
                     self.get_logger().error("inference worker busy: request dropped", throttle_duration_sec=1.0)
+                elif self.worker.inline:
+                    self._on_inference_done()  # the chunk is ready: its first command goes out now
                 continue
+            start_ns = time.perf_counter_ns()
             if isinstance(decision, Command):
                 self._publisher.publish(action_to_multiarray_msg(decision.positions, names))
             elif isinstance(decision, Trajectory):
@@ -240,8 +265,11 @@ class PolicyNode(LifecycleNode):
                                                                 decision.stamp_ns))
             elif isinstance(decision, Stop):
                 self._publisher.publish(JointTrajectory(joint_names=list(names)))
-            if getattr(decision, "obs_stamp_ns", None) is not None:
-                self._obs_to_cmd_s.append((self.get_clock().now().nanoseconds - decision.obs_stamp_ns) * 1e-9)
+            if getattr(decision, "obs_stamp_ns", None) is not None:  # the first command of a chunk
+                self.latency.add_ns("publish", time.perf_counter_ns() - start_ns)
+                obs_to_command_ns = self.get_clock().now().nanoseconds - decision.obs_stamp_ns
+                self.latency.add_ns("obs_to_command", obs_to_command_ns)
+                self._obs_to_cmd_s.append(obs_to_command_ns * 1e-9)
 
     def _publish_diagnostics(self) -> None:
         state, reason = (self.controller.state, self.controller.reason) if self._active else ("inactive", "")
@@ -249,7 +277,9 @@ class PolicyNode(LifecycleNode):
             self.get_clock().now().to_msg(), f"{self.get_name()}: policy", state, reason, self.controller, self.policy,
             {"lifecycle_state": "active" if self._active else "inactive", "scheduling": self.scheduling,
              "execution": self.params.execution, "chunking": self.params.chunking,
-             "control_rate_hz": f"{self.params.control_rate_hz:g}"}, self._obs_to_cmd_s))
+             "control_rate_hz": f"{self.params.control_rate_hz:g}",
+             "inference": "thread" if self.params.threaded_inference else "inline", "executor": self.params.executor,
+             **self.latency.diagnostic_values()}, self._obs_to_cmd_s))
 
     def destroy_node(self) -> None:
         if self.worker is not None:
@@ -272,7 +302,8 @@ def _start(node: PolicyNode) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run flow_policy_ros policy_node``."""
-    return spin_node(NODE_NAME, PolicyNode, (FlowPolicyError, FileNotFoundError, ValueError, TypeError), _start, args)
+    return spin_node(NODE_NAME, PolicyNode, (FlowPolicyError, FileNotFoundError, ValueError, TypeError), _start, args,
+                     executor_kind=lambda node: node.get_parameter("executor").value)
 
 
 if __name__ == "__main__":

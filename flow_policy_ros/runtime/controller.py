@@ -99,6 +99,13 @@ TRACKING_TOLERANCE_RAD = 0.25
 # --------------------------------------------------------------------------- decisions
 
 
+def _unchanged(limited: np.ndarray, target: np.ndarray) -> bool:
+    """The limiter left ``target`` as it was (within 1e-9 rad; NaN counts as changed). Same answer
+    as ``np.allclose(limited, target, rtol=0, atol=1e-9)`` for finite values, a fraction of its
+    cost: it runs at every tick."""
+    return bool((np.abs(limited - target) <= 1e-9).all())
+
+
 @dataclass(frozen=True)
 class Command:
     """Stream mode: publish ``positions`` (A,) rad, the command of tick ``tick``.
@@ -682,7 +689,7 @@ class PolicyController:
         else:
             self._rebase_if_not_tracking()
             command = self.limiter.limit(action, self._measured)
-            self.counters.limiter_clipped += int(not np.allclose(command, action, rtol=0.0, atol=1e-9))
+            self.counters.limiter_clipped += int(not _unchanged(command, action))
         self.counters.commands_sent += 1
         self._last_sent = (tick, command)
         return [Command(tick, command, self._take_pending_stamp())]
@@ -702,7 +709,7 @@ class PolicyController:
         last = self.limiter.last_command
         # point 0 replaces what the robot would do at that tick: limit it against the setpoint of the tick before
         points = self.limiter.limit_trajectory(plan, self._measured, previous=previous if later else self._setpoint_before_tick)
-        self.counters.limiter_clipped += int(not np.allclose(points, plan, rtol=0.0, atol=1e-9))
+        self.counters.limiter_clipped += int(not _unchanged(points, plan))
         if later:
             self._next_trajectory = (tick, points)
             if last is not None:

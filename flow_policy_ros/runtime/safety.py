@@ -163,14 +163,20 @@ def clamp_command(
     measured = np.asarray(measured, dtype=np.float64)
     step = limits.velocity * dt
     command = np.where(np.isfinite(target), target, previous)
-    command = np.clip(command, limits.lower, limits.upper)
+    command = _clip(command, limits.lower, limits.upper)
     reach = step * measured_steps
-    command = np.clip(command, measured - reach, measured + reach)
+    command = _clip(command, measured - reach, measured + reach)
     # Clipping to the previous-command window last keeps the step bound even when the
     # measured window does not overlap it (the command then walks towards the robot).
-    command = np.clip(command, previous - step, previous + step)
+    command = _clip(command, previous - step, previous + step)
     # ``previous`` is within limits, so this final clip can only shorten the step.
-    return np.clip(command, limits.lower, limits.upper)
+    return _clip(command, limits.lower, limits.upper)
+
+
+def _clip(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``np.clip`` for ``low <= high`` through the ufuncs directly: np.clip's Python wrapper costs
+    several microseconds per call, several times the arithmetic on 7 joints, at every tick."""
+    return np.minimum(np.maximum(values, low), high)
 
 
 class CommandLimiter:
