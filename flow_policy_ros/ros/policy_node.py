@@ -73,9 +73,10 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
-        self._values = declare_all(self, PARAMETERS)
+        # set before anything can fail: rclpy's shutdown calls destroy_node on a half-built node
         self.params: PolicyNodeParams | None = None  # params, policy, controller, worker: set by configure
         self.policy, self.controller, self.worker = None, None, None
+        self._values = declare_all(self, PARAMETERS)
         self.configure_error = self._last_reason = ""
         self.scheduling = "SCHED_OTHER"
         self._active = False
@@ -95,7 +96,8 @@ class PolicyNode(LifecycleNode):
             self._configure()
         except CONFIGURE_ERRORS as exc:
             self.configure_error = one_line(exc)
-            self.get_logger().error(f"configure failed: {self.configure_error}")
+            if not self._values.get("autostart", True):  # with autostart the process exits with this one line
+                self.get_logger().error(f"configure failed: {self.configure_error}")
             self._release()
             return FAILURE
         return SUCCESS
