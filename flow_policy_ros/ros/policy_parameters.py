@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
-from flow_policy_ros.ros.node_runner import EXECUTORS
 from flow_policy_ros.ros.parameters import ParameterSpec
 from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import EXECUTION_MODES, ControllerConfig
@@ -42,16 +41,6 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "inject_delay_ms": ParameterSpec(0.0, _T.PARAMETER_DOUBLE,
                                      "FOR EXPERIMENTS ONLY: hold every inference result back this long (ms) to emulate a "
                                      "slow model (the real-time chunking delay protocol); 0 on a robot", low=0.0, high=2000.0),
-    "inference_thread": ParameterSpec(False, _T.PARAMETER_BOOL,
-                                      "run the model in its own thread (true) or inline in the joint-state callback "
-                                      "(false, default: no thread wake-ups, so the first command leaves right after the "
-                                      "model; the executor waits for one model call, harmless while it is short against "
-                                      "the control period). Use true for a slow model (GPU, large network); "
-                                      "inject_delay_ms > 0 always uses the thread"),
-    "executor": ParameterSpec("events", _T.PARAMETER_STRING,
-                              "rclpy executor: 'events' (default: rclpy.experimental.EventsExecutor, C++; about half "
-                              "the CPU per message and a shorter obs->command path, measured by `flow-policy bench --ros`) "
-                              "or 'single_threaded' (rclpy's SingleThreadedExecutor)"),
     "ensemble_decay": ParameterSpec(DEFAULT_ENSEMBLE_DECAY, _T.PARAMETER_DOUBLE,
                                     "temporal ensembling m in w = exp(-m * chunk start tick); > 0 favours older chunks",
                                     low=-1.0, high=1.0),
@@ -115,22 +104,13 @@ class PolicyNodeParams:
     inject_delay_ms: float = 0.0
     ood_margin: float = DEFAULT_OOD_MARGIN
     goal_frame: str = "world"
-    inference_thread: bool = False
-    executor: str = "events"
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise SafetyError(f"parameter executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.execution not in EXECUTION_MODES:
             raise SafetyError(f"parameter execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if self.chunking not in CHUNKING_MODES:
             raise SafetyError(f"parameter chunking must be one of {CHUNKING_MODES}, got {self.chunking!r}")
         validate_guidance_scale(self.guidance_scale)
-
-    @property
-    def threaded_inference(self) -> bool:
-        """Inference in the worker thread: asked for, or needed by an injected delay."""
-        return self.inference_thread or self.inject_delay_ms > 0
 
     @property
     def period_s(self) -> float:
@@ -144,10 +124,9 @@ class PolicyNodeParams:
     def controller_config(self, metadata: PolicyMetadata, guidance_scale: float | None = None) -> ControllerConfig:
         """The PolicyController's configuration for ``metadata`` (``guidance_scale``: the current value)."""
         w = self.guidance_scale if guidance_scale is None else validate_guidance_scale(guidance_scale)
-        # by keyword: ControllerConfig's optional fields are not in a stable order
-        return ControllerConfig(metadata.observation, metadata.horizon, self.period_s, execution=self.execution,
-                                chunking=self.chunking, replan_every=self.replan_every,
-                                ensemble_decay=self.ensemble_decay, stale_timeout_s=self.stale_timeout_s,
-                                guidance_scale=w, observation_range=metadata.observation_range,
-                                ood_margin=self.ood_margin, goal_frame=self.goal_frame,
-                                rtc_max_delay=metadata.rtc_max_delay, rtc_margin_ticks=self.rtc_margin_ticks)
+        return ControllerConfig(
+            observation=metadata.observation, horizon=metadata.horizon, period_s=self.period_s, execution=self.execution,
+            chunking=self.chunking, replan_every=self.replan_every, ensemble_decay=self.ensemble_decay,
+            stale_timeout_s=self.stale_timeout_s, guidance_scale=w, observation_range=metadata.observation_range,
+            ood_margin=self.ood_margin, goal_frame=self.goal_frame, rtc_max_delay=metadata.rtc_max_delay,
+            rtc_margin_ticks=self.rtc_margin_ticks)

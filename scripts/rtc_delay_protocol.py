@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""The real-time chunking delay protocol (issue 11, after arXiv 2506.07339) in PyBullet, in process.
+
+Grid: chunking in {receding_horizon, temporal_ensemble, rtc} x injected inference delay (ms, sim
+time: each chunk becomes available that long after its request), all with the SAME model (an
+RTC-trained one; the two baselines sample plainly, d = 0) on the same evaluation episodes
+(``--seed``). Every mode replans every s = max(4, ceil(delay / period) + 1) ticks at a given
+delay: rtc needs s >= its committed prefix (the delay in ticks + the controller's margin of 1),
+and the baselines get the same s so the modes differ only in how chunks are joined.
+
+Runs every cell through ``flow_policy_ros.sim.evaluate.evaluate`` (one process, one job), writes
+each cell's report (without per-episode lists) to ``OUT/<chunking>_<delay>.json`` (the same
+report as ``flow-policy eval-sim --json``) and prints the markdown table (also to
+``OUT/table.md``).
+
+    .venv/bin/python scripts/rtc_delay_protocol.py --model runs/iiwa_reach_around_rtc.onnx \\
+        --task reach_around --episodes 50 --seed 0 --out runs/rtc_proto
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from flow_policy_ros.sim.tasks import TASKS  # noqa: E402
+
+MODES: tuple[str, ...] = ("receding_horizon", "temporal_ensemble", "rtc")
+DELAYS_MS: tuple[float, ...] = (0.0, 40.0, 100.0, 200.0)
+MIN_REPLAN_EVERY = 4
+
+TABLE_HEADER = (
+    "| chunking | delay (ms) | replan every | success | 95% CI | seam/inside jerk | peak accel (rad/s²) "
+    "| peak jerk (rad/s³) | limiter clipped | rtc late chunks | rtc prefix broken |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def replan_every_for(delay_ms: float, period_s: float) -> int:
+    """s = max(4, ceil(delay / period) + 1): room for rtc's prefix (delay ticks + margin 1)."""
+    ticks = math.ceil(round(delay_ms * 1e-3 / period_s, 9))  # round: 0.1 / 0.02 is 5.000000000000001
+    return max(MIN_REPLAN_EVERY, ticks + 1)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table_row(report: dict[str, Any]) -> str:
+    """One markdown row of a cell's eval-sim report."""
+    lo, hi = report["success_ci95"]
+    peaks = report.get("peaks") or {}
+    counters = report.get("controller") or {}
+    rtc = report["chunking"] == "rtc"
+    return (
+        f"| {report['chunking']} | {report['inject_delay_ms']:g} | {report['replan_every']} "
+        f"| {report['success_rate']:.0%} ({report['successes']}/{report['episodes']}) | {lo:.0%}-{hi:.0%} "
+        f"| {_num(report['seam_smoothness']['jerk_seam_to_inside_ratio'], '.2f')} "
+        f"| {_num(peaks.get('accel_peak_rad_s2'), '.1f')} | {_num(peaks.get('jerk_peak_rad_s3'), '.0f')} "
+        f"| {report['limiter_clipped_fraction']:.2%} "
+        f"| {counters.get('rtc_late_chunks', 0) if rtc else '-'} | {counters.get('rtc_prefix_broken', 0) if rtc else '-'} |"
+    )
+
+
+def format_table(reports: list[dict[str, Any]], caption: str) -> str:
+    """The markdown table of the grid, one row per cell in the order given."""
+    return "\n".join([f"**{caption}**", "", TABLE_HEADER, *(table_row(r) for r in reports)])
+
+
+def run_grid(model: Path, task: str, episodes: int, seed: int, modes: list[str], delays_ms: list[float], out: Path,
+             progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every (delay, mode) cell; returns the reports (per-episode lists dropped) in order."""
+    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+    from flow_policy_ros.sim.closed_loop import LoopConfig, validate_config
+    from flow_policy_ros.sim.evaluate import evaluate, format_summary
+
+    out.mkdir(parents=True, exist_ok=True)
+    reports = []
+    for delay in delays_ms:
+        for mode in modes:
+            policy = OnnxPolicy(model, seed=seed)  # a fresh policy per cell: as one eval-sim invocation
+            config = LoopConfig(chunking=mode, replan_every=replan_every_for(delay, policy.metadata.control_period_s),
+                                inject_delay_ms=delay)
+            validate_config(config, policy.metadata)
+            report, _ = evaluate(policy, task, episodes, seed, config, progress=progress, label=f"{mode} +{delay:g} ms")
+            report.pop("per_episode")
+            (out / f"{mode}_{delay:g}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            print(format_summary(report), file=sys.stderr, flush=True)
+            reports.append(report)
+    return reports
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="RTC-trained ONNX policy")
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed in [0, 99]")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--delays-ms", type=float, nargs="+", default=list(DELAYS_MS))
+    parser.add_argument("--out", type=Path, required=True, help="directory for the per-cell reports and table.md")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    if not args.model.is_file():
+        parser.error(f"--model {args.model}: file not found")
+    reports = run_grid(args.model, args.task, args.episodes, args.seed, args.modes, args.delays_ms, args.out, args.progress)
+    seeds = reports[0]["episode_seeds"] if reports else []
+    caption = (f"{args.task}, {args.episodes} episodes per cell (seeds {seeds[0]}..{seeds[-1]}), "
+               f"model {reports[0]['model']['name']}" if reports else args.task)
+    table = format_table(reports, caption)
+    print(table)
+    (args.out / "table.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
