@@ -521,7 +521,27 @@ def test_an_arm_that_is_not_tracking_gets_a_ramp_from_where_it_is():
     far = HOME - 1.0  # the arm was reset elsewhere
     ctrl.on_goal(GOAL + 0.1)
     ctrl.on_tick(PERIOD_NS)
-    req = requests(joint_state(ctrl, PERIOD_NS + 1, far))[0]
+    req = requests(joint_state(ctrl, PERIOD_NS + 1, far + 0.2))[0]  # a single far reading (a glitch)...
+    assert ctrl.counters.limiter_rebased == 0
+    for i in range(5):  # ... then five steady readings: the driver holds the arm there
+        joint_state(ctrl, PERIOD_NS + 2 + i, far)
     out = ctrl.on_inference_result(result(req, np.tile(far + 0.5, (H, 1))))
     assert np.all(np.abs(out[0].positions - far) <= STEP + 1e-12)
     assert ctrl.counters.limiter_rebased == 1
+
+
+def test_a_far_but_moving_arm_does_not_move_the_reference():
+    """A glitching stream never stands still: commands keep one step from the last command."""
+    ctrl = make()
+    start_running(ctrl, chunk(0.01))
+    last = ctrl.last_command
+    rng = np.random.default_rng(1)
+    for k in range(1, 12):
+        decisions = joint_state(ctrl, k * PERIOD_NS - 1, rng.uniform(-1.5, 1.5, A)) + ctrl.on_tick(k * PERIOD_NS)
+        for req in requests(decisions):
+            decisions += ctrl.on_inference_result(result(req, chunk(0.01)))
+        for d in decisions:
+            if isinstance(d, Command):
+                assert np.all(np.abs(d.positions - last) <= STEP + 1e-12)
+                last = d.positions
+    assert ctrl.counters.limiter_rebased == 0

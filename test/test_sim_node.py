@@ -211,8 +211,10 @@ def test_stream_commands_move_the_arm(setup):
 
 def test_episodes_end_and_report_outcomes(setup, tmp_path):
     """Two short episodes (time limit 0.5 s) run back to back, each outcome is published as JSON, and
-    after the last one the node ends by itself with exit status 0 (a launch file ends with it)."""
-    robot = setup(wait_for_commander=False, seeds=[3, 4], time_limit_s=0.5, reset_pause_s=0.1)
+    after the last one the node ends by itself with exit status 0 (a launch file ends with it). The 2 s
+    reset pause gives DDS discovery time: without a commander the node starts at once, and it is gone
+    once its episodes are over (measured: on a loaded machine discovery took longer than 1.2 s)."""
+    robot = setup(wait_for_commander=False, seeds=[3, 4], time_limit_s=0.5, reset_pause_s=2.0)
     robot.wait_for(lambda: len(robot.outcomes) == 2, 20.0, "two episode outcomes")
     assert robot.proc.wait(timeout=15) == 0
     assert "all 2 episodes done" in (tmp_path / "sim_node.log").read_text()

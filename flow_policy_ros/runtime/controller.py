@@ -43,8 +43,10 @@ hold ends far from the arm, the command walks from the previous command towards 
 the velocity limit, then follows the policy (see ``safety.clamp_command``). One exception: when
 the arm is more than ``TRACKING_TOLERANCE_RAD`` from the last command, the robot's controller is
 not holding that command any more (a driver restart, a simulator reset, a hand-guided move):
-continuing from it would make the arm jump back towards it, so the limiter restarts from the
-measured position (counted in ``limiter_rebased``).
+continuing from it would make the arm jump back towards it, so once the arm has stood still
+there for ``STEADY_READINGS`` joint states the limiter restarts from the measured position
+(counted in ``limiter_rebased``). A glitching or hostile joint-state stream never stands still,
+so it never moves the reference: commands then walk towards the arm at the limit.
 
 Out-of-distribution guard (:mod:`flow_policy_ros.runtime.ood`): with the model's training
 range (``ControllerConfig.observation_range``), every tick and every inference request measures
@@ -94,6 +96,10 @@ MEASURED_LIMIT_TOLERANCE_RAD = 0.05
 #: restart, a reset or a hand-guided move): the next command ramps from where the arm is.
 #: A position controller under a 1.5 rad/s command stream lags by a few ticks (< 0.1 rad).
 TRACKING_TOLERANCE_RAD = 0.25
+#: ... and only once the arm has stood still (every joint within STEADY_TOLERANCE_RAD over the last
+#: STEADY_READINGS joint states): a driver holding a new position, not a glitch or a noisy stream.
+STEADY_READINGS = 5
+STEADY_TOLERANCE_RAD = 0.005
 
 
 # --------------------------------------------------------------------------- decisions
@@ -347,6 +353,7 @@ class PolicyController:
         self._committed: dict[int, np.ndarray] = {}  # stream: tick -> command fixed for it
         self._next_trajectory: tuple[int, np.ndarray] | None = None  # trajectory: stamped for a later tick
         self._delays: deque = deque(maxlen=16)  # ticks from request to result
+        self._recent_measured: deque = deque(maxlen=STEADY_READINGS)
         self._requested_prefix: np.ndarray | None = None  # (d, A) of the request in flight
         self._last_sent: tuple[int, np.ndarray] | None = None  # stream: (tick, command)
 
@@ -399,6 +406,7 @@ class PolicyController:
         """
         self._positions, self._velocities = positions, velocities
         self._measured = np.asarray(measured, dtype=np.float64)
+        self._recent_measured.append(self._measured)
         self._received_ns, self._stamp_ns = now_ns, stamp_ns or now_ns
         decisions: list[Decision] = []
         if self._await_obs_after_ns is not None and now_ns >= self._await_obs_after_ns:
@@ -724,6 +732,9 @@ class PolicyController:
         last = self.limiter.last_command
         if last is None or np.max(np.abs(self._measured - last)) <= TRACKING_TOLERANCE_RAD:
             return False
+        recent = self._recent_measured
+        if len(recent) < STEADY_READINGS or np.max(np.abs(np.stack(recent) - self._measured)) > STEADY_TOLERANCE_RAD:
+            return False  # not (yet) standing still: keep the reference, walk towards the arm
         self.limiter.reset()  # the next command is limited relative to the measured position
         self._committed.clear()
         self.counters.limiter_rebased += 1
