@@ -149,7 +149,8 @@ class BagPlayer:
             while True:
                 now = time.monotonic()
                 if self.clock_pub is not None and now >= next_clock:
-                    self._publish_clock(first_ns + round((now - start) * rate * 1e9))
+                    # never ahead of the message about to go out (a late loop would run past the recording)
+                    self._publish_clock(min(first_ns + round((now - start) * rate * 1e9), int(times[i])))
                     next_clock = now + self.clock_period_s
                 if now >= target:
                     break
