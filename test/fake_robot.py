@@ -25,6 +25,17 @@ from flow_policy_ros.contract import IIWA_JOINT_NAMES
 POSITIONS = np.array([-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6])
 
 
+
+def wait_until(lock: threading.Lock, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition()`` under ``lock`` every 20 ms; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with lock:
+            if condition():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
 class FakeRobot:
     """The robot side in this process: publishes joint states at 100 Hz and a latched goal,
     records commands, trajectories and diagnostics with their arrival time (monotonic s)."""
@@ -85,13 +96,7 @@ class FakeRobot:
                     self.diagnostics.append({kv.key: kv.value for kv in status.values})
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if condition():
-                    return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        wait_until(self.lock, condition, timeout_s, what)
 
     def commands_between(self, start: float, stop: float) -> list[np.ndarray]:
         with self.lock:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, node_env
+from fake_robot import wait_until
 from model_factory import make_tiny_model
 
 from flow_policy_ros.cli import main
@@ -412,13 +413,7 @@ class Fuzzer:
                     self.diagnostics.append({kv.key: kv.value for kv in status.values})
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if condition():
-                    return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        wait_until(self.lock, condition, timeout_s, what)
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from fake_robot import wait_until
 from geometry_msgs.msg import PointStamped
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -97,13 +98,7 @@ class LaggingArm:
                                              {kv.key: kv.value for kv in status.values}))
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if condition():
-                    return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        wait_until(self.lock, condition, timeout_s, what)
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import rclpy
 from conftest import REPO_ROOT, node_env, stop_process
+from fake_robot import wait_until
 from geometry_msgs.msg import PointStamped
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -91,13 +92,7 @@ class Commander:
             self.outcomes.append(json.loads(msg.data))
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if condition():
-                    return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        wait_until(self.lock, condition, timeout_s, what)
 
     def latest(self) -> tuple[int, np.ndarray]:
         with self.lock:
