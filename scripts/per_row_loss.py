@@ -3,9 +3,10 @@
 
 For each row h of the chunk: E ||v(x_t, t, c)[h] - (x1 - x0)[h]||^2 over ``--windows`` random
 windows of a windows cache (``runs/<run>/cache/windows-*.npz``), with t ~ U(0, 1), no condition
-dropout, no position noise, EMA weights; with ``--prefix D`` (RTC models) rows < D are given
-clean at t = 1, as in training. Also prints each row's spread of the normalized target: a loss
-near 1 (= Var(x0)) on a row means the network leaves the noise in place there.
+dropout, no position noise, EMA weights; with a smooth basis the velocity error is decoded to
+action rows (x = M c); with ``--prefix D`` (RTC models) the first D rows of the target are the
+network's prefix input, as in training. Also prints each row's spread of the normalized target:
+a loss near 1 (= Var(x0)) on a row means the network leaves the noise in place there.
 
     .venv/bin/python scripts/per_row_loss.py runs/reach_around_rtc/last.pt runs/reach_around_rtc/cache/windows-*.npz
 """
@@ -49,20 +50,20 @@ def main() -> int:
         parser.error(f"{args.cache}: chunks of {act.shape[1]} actions, the checkpoint's horizon is {cfg.horizon}")
     rel = act - action_reference(obs, cfg.action_reference_indices())
     obs_n = torch.tensor(ckpt.stats.normalize_obs(obs), dtype=torch.float32)
-    x1 = net.encode(torch.tensor(ckpt.stats.normalize_actions(rel), dtype=torch.float32))
+    actions = torch.tensor(ckpt.stats.normalize_actions(rel), dtype=torch.float32)
+    x1 = net.encode(actions)
     gen = torch.Generator().manual_seed(args.seed)
     np.set_printoptions(precision=3, suppress=True, linewidth=250)
     for d in args.prefix:
         x0 = torch.randn(x1.shape, generator=gen)
         t = torch.rand(x1.shape[0], generator=gen)
         x_t = (1 - t)[:, None, None] * x0 + t[:, None, None] * x1
-        mask = prefix_mask(torch.full((x1.shape[0],), d), x1.shape[1]) if d else None
-        if mask is not None:
-            x_t = torch.where(mask[:, :, None] > 0, x1, x_t)
         with torch.no_grad():
-            pred = net(x_t, t, net.condition(obs_n), mask)
-        print(f"d={d} per-row loss:", ((pred - (x1 - x0)) ** 2).mean((0, 2)).numpy())
-    print("per-row std of the normalized target:", x1.std(0).mean(1).numpy())
+            prefix_feat = net.prefix_features(actions, prefix_mask(torch.full((len(actions),), d), cfg.horizon)) if d else None
+            pred = net(x_t, t, net.condition(obs_n), prefix_feat)
+            error = net.decode(pred - (x1 - x0))
+        print(f"d={d} per-row loss:", (error**2).mean((0, 2)).numpy())
+    print("per-row std of the normalized target:", actions.std(0).mean(1).numpy())
     return 0
 
 

@@ -222,6 +222,26 @@ def test_rtc_model_returns_the_prefix_exactly(rtc_model):
     np.testing.assert_array_equal(policy.predict(obs, noise, 1.0, changed, lengths), out)
 
 
+def test_rtc_model_with_a_smooth_basis_exports_and_returns_the_prefix(tmp_path):
+    """The prefix conditions the network, so a B-spline flow (over coefficients) serves RTC too."""
+    ckpt = make_checkpoint(tmp_path / "rtc_b.pt", seed=8, horizon=8, euler_steps=4, rtc_max_delay=3,
+                           chunk_basis="bspline", basis_size=5)
+    meta, rows = export_checkpoint(ckpt, tmp_path / "rtc_b.onnx")
+    assert meta.rtc and meta.chunk_basis == "bspline/5"
+    assert max(r.max_abs_diff for r in rows) <= 1e-4
+    policy = OnnxPolicy(tmp_path / "rtc_b.onnx", warmup=0)
+    rng = np.random.default_rng(1)
+    obs = rng.normal(0, 0.5, (3, policy.metadata.obs_dim)).astype(np.float32)
+    noise = rng.standard_normal((3, 8, 7)).astype(np.float32)
+    prefix = rng.uniform(-1, 1, (3, 8, 7)).astype(np.float32)
+    lengths = np.array([0, 2, 3])
+    out = policy.predict(obs, noise, 1.0, prefix, lengths)
+    for b, d in enumerate(lengths):
+        assert np.array_equal(out[b, :d], prefix[b, :d])
+    np.testing.assert_array_equal(policy.predict(obs, noise, 1.0)[0], out[0])
+    assert not np.allclose(out[2, 3:], policy.predict(obs, noise, 1.0)[2, 3:])  # the prefix shapes what follows
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"prefix_length": 4}, r"outside \[0, d_max=3\]"),
     ({"prefix_length": -1}, r"outside \[0, d_max=3\]"),

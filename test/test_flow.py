@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flow_policy_ros.policy.config import PolicyConfig
@@ -199,8 +200,9 @@ def test_frozen_time_features_match_for_every_solver():
 # --------------------------------------------------------------------------- real-time chunking
 
 
-def _rtc_net(seed: int, d_max: int = 3) -> tuple[VelocityNet, PolicyConfig]:
-    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=6, euler_steps=4, rtc_max_delay=d_max)
+def _rtc_net(seed: int, d_max: int = 3, basis: str = "none") -> tuple[VelocityNet, PolicyConfig]:
+    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=6, euler_steps=4, rtc_max_delay=d_max,
+                       chunk_basis=basis, basis_size=4 if basis != "none" else 0)
     torch.manual_seed(seed)
     net = VelocityNet(cfg)
     with torch.no_grad():
@@ -208,10 +210,11 @@ def _rtc_net(seed: int, d_max: int = 3) -> tuple[VelocityNet, PolicyConfig]:
     return net, cfg
 
 
-def test_sampler_keeps_the_prefix_exactly_and_both_branches_see_it():
+@pytest.mark.parametrize("basis", ["none", "bspline"])
+def test_sampler_keeps_the_prefix_exactly_and_both_branches_see_it(basis):
     from flow_policy_ros.policy.flow import prefix_mask
 
-    net, cfg = _rtc_net(0)
+    net, cfg = _rtc_net(0, basis=basis)
     gen = torch.Generator().manual_seed(2)
     obs, x0 = torch.randn(4, cfg.obs_dim, generator=gen), torch.randn(4, cfg.horizon, cfg.action_dim, generator=gen)
     prefix = torch.randn(4, cfg.horizon, cfg.action_dim, generator=gen)
@@ -221,9 +224,11 @@ def test_sampler_keeps_the_prefix_exactly_and_both_branches_see_it():
     with torch.no_grad():
         out = sample_chunks(net, obs, x0, 2.0, 4, None, "heun", prefix, mask)
         plain = sample_chunks(net, obs, x0, 2.0, 4, None, "heun", prefix, prefix_mask(torch.zeros(4, dtype=torch.int64), 6))
+        no_prefix = sample_chunks(net, obs, x0, 2.0, 4, None, "heun")
     for b, d in enumerate(lengths.tolist()):
         assert torch.equal(out[b, :d], prefix[b, :d])
-    assert torch.equal(out[0], plain[0])  # d = 0 is plain sampling
+    assert torch.equal(out[0], plain[0])  # d = 0 is plain sampling ...
+    torch.testing.assert_close(plain, no_prefix, rtol=0, atol=1e-6)  # ... whatever the ignored prefix rows hold
     assert not torch.allclose(out[3, 3:], plain[3, 3:])  # the prefix changes what follows it
     # the prefix is part of the state: with w = 0 (unconditional) it still shapes the chunk
     with torch.no_grad():
@@ -232,30 +237,44 @@ def test_sampler_keeps_the_prefix_exactly_and_both_branches_see_it():
     assert not torch.allclose(uncond[3, 3:], uncond_plain[3, 3:])
 
 
-def test_rtc_loss_is_the_flow_loss_on_the_free_rows_with_the_prefix_clean_in_the_input():
-    """Rows i < d sit at t = 1 (x1 itself) in the network input and carry no loss."""
+def test_prefix_rows_beyond_d_are_ignored():
     from flow_policy_ros.policy.flow import prefix_mask
 
-    net, cfg = _rtc_net(1)
+    net, cfg = _rtc_net(4, basis="bspline")
+    gen = torch.Generator().manual_seed(5)
+    obs, x0 = torch.randn(2, cfg.obs_dim, generator=gen), torch.randn(2, cfg.horizon, cfg.action_dim, generator=gen)
+    prefix = torch.randn(2, cfg.horizon, cfg.action_dim, generator=gen)
+    other = prefix.clone()
+    other[:, 2:] += 3.0  # rows >= d = 2 differ
+    mask = prefix_mask(torch.tensor([2, 2]), cfg.horizon)
+    with torch.no_grad():
+        a = sample_chunks(net, obs, x0, 1.0, 4, None, "euler", prefix, mask)
+        b = sample_chunks(net, obs, x0, 1.0, 4, None, "euler", other, mask)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("basis", ["none", "bspline"])
+def test_rtc_loss_is_the_flow_loss_on_the_whole_chunk_with_the_prefix_as_input(basis):
+    """The first d rows of the target are the network's prefix input; the loss covers every row."""
+    from flow_policy_ros.policy.flow import prefix_mask
+
+    net, cfg = _rtc_net(1, basis=basis)
     gen = torch.Generator().manual_seed(3)
-    obs, x1 = torch.randn(8, cfg.obs_dim, generator=gen), torch.randn(8, cfg.horizon, cfg.action_dim, generator=gen)
+    obs, actions = torch.randn(8, cfg.obs_dim, generator=gen), torch.randn(8, cfg.horizon, cfg.action_dim, generator=gen)
     lengths = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
-    loss = training_loss(net, obs, x1, 0.0, torch.Generator().manual_seed(9), "flow", lengths).loss
+    loss = training_loss(net, obs, actions, 0.0, torch.Generator().manual_seed(9), "flow", lengths).loss
     # the same random draws by hand: drop, x0, t (training_loss draws them in this order)
     g = torch.Generator().manual_seed(9)
     torch.rand(8, generator=g)
+    x1 = net.encode(actions)
     x0, t = torch.randn(x1.shape, generator=g), torch.rand(8, generator=g)
-    mask = prefix_mask(lengths, cfg.horizon)
-    x_t = torch.where(mask[:, :, None] > 0, x1, interpolate(x0, x1, t))
-    pred = net(x_t, t, net.condition(obs), mask)
-    free = (1 - mask)[:, :, None].expand_as(pred)
-    expected = torch.sum((pred - (x1 - x0)) ** 2 * free) / torch.sum(free)
-    torch.testing.assert_close(loss, expected)
-    # a change of the target on committed rows only moves the loss through the INPUT (the prefix)
-    x1_far = x1.clone()
-    x1_far[3, :3] += 5.0
-    moved = training_loss(net, obs, x1_far, 0.0, torch.Generator().manual_seed(9), "flow", lengths).loss
-    assert not torch.isclose(moved, loss)
+    feat = net.prefix_features(actions, prefix_mask(lengths, cfg.horizon))
+    pred = net(interpolate(x0, x1, t), t, net.condition(obs), feat)
+    torch.testing.assert_close(loss, torch.mean((pred - (x1 - x0)) ** 2))
+    # d = 0 everywhere is exactly the plain loss
+    zero = torch.zeros(8, dtype=torch.int64)
+    torch.testing.assert_close(training_loss(net, obs, actions, 0.0, torch.Generator().manual_seed(9), "flow", zero).loss,
+                               training_loss(net, obs, actions, 0.0, torch.Generator().manual_seed(9), "flow").loss)
 
 
 def test_prefix_lengths_follow_the_configured_weights():
@@ -279,4 +298,6 @@ def test_plain_network_refuses_a_prefix_mask():
     net, cfg = _net()
     with pytest.raises(ValueError, match="not trained for real-time chunking"):
         net.velocity_flat(torch.zeros(1, cfg.horizon * cfg.action_dim), torch.zeros(1), torch.zeros(1, 32), None,
-                          torch.zeros(1, cfg.horizon))
+                          torch.zeros(1, 32))
+    with pytest.raises(ValueError, match="not trained for real-time chunking"):
+        net.prefix_features(torch.zeros(1, cfg.horizon, cfg.action_dim), torch.zeros(1, cfg.horizon))

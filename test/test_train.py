@@ -185,6 +185,35 @@ def test_position_noise_moves_observations_but_keeps_absolute_targets():
     np.testing.assert_allclose(moved[:, 1:], 0.0, atol=1e-12)  # goal untouched
 
 
+def test_prefix_noise_moves_the_prefix_and_returns_to_the_demonstration_smoothly():
+    """RTC prefix noise: offset + velocity on the rows < d, a C2 return to the demonstration over R
+    rows after them, nothing beyond, nothing for d = 0; in robot units."""
+    from flow_policy_ros.policy.config import PolicyConfig
+    from flow_policy_ros.policy.normalization import NormalizationStats
+    from flow_policy_ros.policy.train import PrefixNoise
+
+    policy = PolicyConfig(horizon=16, rtc_max_delay=6)
+    rng = np.random.default_rng(1)
+    stats = NormalizationStats.fit(rng.normal(0, 1, (32, policy.obs_dim)), rng.normal(0, 1, (32, 16, 7)), "minmax")
+    noise = PrefixNoise(policy, stats, 0.02, 0.25, 4, torch.device("cpu"))
+    d = torch.tensor([0, 1, 5])
+    e, v = torch.full((3, 7), 0.01), torch.full((3, 7), 0.5)
+    delta = noise.delta(d, e, v).numpy()[:, :, 0]
+    np.testing.assert_array_equal(delta[0], 0.0)  # no prefix, no perturbation
+    dt = policy.control_period_s
+    np.testing.assert_allclose(delta[2, :5], 0.01 + 0.5 * dt * np.arange(-4, 1), atol=1e-7)  # the prefix: e + v (h - d + 1) dt
+    np.testing.assert_array_equal(delta[2, 4 + 4:], 0.0)  # back on the demonstration R = 4 rows after the prefix
+    np.testing.assert_array_equal(delta[1, 4:], 0.0)
+    # C1 at the prefix boundary: the step into the blend continues the prefix's velocity (smoothstep s'(0) = 0)
+    assert abs((delta[2, 5] - delta[2, 4]) - 0.5 * dt) < 0.3 * 0.5 * dt
+    act_n = torch.zeros(3, 16, 7)
+    out = noise(act_n, d, torch.Generator().manual_seed(0))
+    moved = (out - act_n).numpy() * stats.act_scale  # rad
+    np.testing.assert_array_equal(moved[0], 0.0)
+    assert np.all(np.abs(moved[2, :5]).max(axis=0) > 0) and np.all(moved[2, 9:] == 0)
+    assert torch.equal(PrefixNoise(policy, stats, 0.0, 0.0, 4, torch.device("cpu"))(act_n, d, torch.Generator()), act_n)
+
+
 # --------------------------------------------------------------------------- training feedback
 
 

@@ -113,8 +113,6 @@ class PolicyConfig:
         if self.chunk_basis != "none":
             require(2 <= self.basis_size <= self.horizon,
                     f"basis_size must be in [2, horizon={self.horizon}] for chunk_basis {self.chunk_basis!r}, got {self.basis_size}")
-            require(self.rtc_max_delay == 0, f"rtc_max_delay {self.rtc_max_delay} needs chunk_basis 'none' (the committed "
-                                             f"prefix lives in action space), got chunk_basis {self.chunk_basis!r}")
         require(0.0 <= self.noise_scale <= 1.0, f"noise_scale must be in [0, 1], got {self.noise_scale}")
         require(self.euler_steps >= 1, f"euler_steps must be >= 1, got {self.euler_steps}")
         require(0.0 <= self.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {self.p_uncond}")
@@ -203,6 +201,17 @@ class TrainConfig:
             action jumps back by the perturbation: a step at every chunk seam). R > 0: smoothly over
             the first R actions (target h = demonstration + e * (1 - s(h / R)), s the C2 quintic
             smoothstep), so the chunk continues from where the arm is.
+        rtc_prefix_noise_std: real-time chunking models: std (rad) of a per-joint offset e added to
+            the committed prefix of each training sample with d > 0 (with the velocity term below):
+            at run time the prefix is the controller's earlier commands, which differ from what
+            the demonstration would do from the observed state, so the network must learn to
+            continue THE PREFIX, not to re-derive it from the observation (trained only on
+            demonstrated prefixes it ignores them, and the seam jumps). 0 disables it.
+        rtc_prefix_velocity_noise_std: std (rad/s) of a per-joint velocity v of the same
+            perturbation: delta(h) = e + v (h - d + 1) dt on the prefix rows h < d.
+        rtc_prefix_blend_steps: R: after the prefix the perturbation returns to the demonstration
+            smoothly, delta(h) (1 - s((h - d + 1) / R)) for h >= d (s the C2 quintic smoothstep,
+            so the chunk is C2 at the prefix boundary). >= 1.
         checkpoint_every: steps between checkpoints.
         log_every: steps between loss-log entries (console, ``train_log.csv``, loss plot).
         val_fraction: fraction of the EPISODES held out for validation (never single windows:
@@ -223,6 +232,9 @@ class TrainConfig:
     seed: int = 0
     position_noise_std: float = 0.0
     position_noise_blend_steps: int = 0
+    rtc_prefix_noise_std: float = 0.0
+    rtc_prefix_velocity_noise_std: float = 0.0
+    rtc_prefix_blend_steps: int = 8
     checkpoint_every: int = 2000
     log_every: int = 50
     val_fraction: float = 0.05
@@ -237,6 +249,10 @@ class TrainConfig:
         require(self.position_noise_std >= 0, f"train.position_noise_std must be >= 0, got {self.position_noise_std}")
         require(self.position_noise_blend_steps >= 0,
                 f"train.position_noise_blend_steps must be >= 0, got {self.position_noise_blend_steps}")
+        require(self.rtc_prefix_noise_std >= 0, f"train.rtc_prefix_noise_std must be >= 0, got {self.rtc_prefix_noise_std}")
+        require(self.rtc_prefix_velocity_noise_std >= 0,
+                f"train.rtc_prefix_velocity_noise_std must be >= 0, got {self.rtc_prefix_velocity_noise_std}")
+        require(self.rtc_prefix_blend_steps >= 1, f"train.rtc_prefix_blend_steps must be >= 1, got {self.rtc_prefix_blend_steps}")
         require(self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         require(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")

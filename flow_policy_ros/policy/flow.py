@@ -17,17 +17,27 @@ Solvers (:data:`SOLVERS`), N fixed steps of dt = 1/N from t_k = k/N:
 - ``midpoint``: x += dt v(x + dt/2 v(x, t_k), t_k + dt/2) (2N evaluations, second order);
 - ``heun``: v1 = v(x, t_k), v2 = v(x + dt v1, t_k + dt), x += dt (v1 + v2)/2 (2N, second order).
 
-Real-time chunking (training-time action conditioning, Black et al. 2025, arXiv 2512.05964):
+Real-time chunking (training-time action conditioning, after Black et al. 2025, arXiv 2512.05964):
 the first d actions of a chunk may be given (the commands already committed while inference
-runs). They belong to the state, not to the condition: in this convention they sit at t = 1
-(clean data) inside x_t, a per-row mask tells the network which rows are given, the loss
-covers only rows >= d, and the sampler keeps them fixed at every evaluation. CFG treats the
-prefix like the arm's state: BOTH branches see it; only the guided condition (the goal) is
-replaced by the null condition in the unconditional branch.
+runs). Here the committed prefix is a CONDITIONING input of the velocity network, not part of
+the flow state: the network sees the prefix rows (normalized actions, rows >= d zeroed) and the
+per-row mask through ``VelocityNet.prefix_features`` (no biases, so d = 0 adds exactly nothing),
+the flow still runs over the whole chunk (its K coefficients with a smooth basis), training takes
+the prefix from the first d rows of the target chunk itself and the loss covers the whole chunk,
+so the network learns to produce a chunk that passes through the prefix and continues it; the
+sampler then writes the prefix into the output rows i < d exactly. CFG treats the prefix like
+the arm's state: BOTH branches see it; only the guided condition (the goal) is replaced by the
+null condition in the unconditional branch.
+
+Why conditioning rather than inpainting the flow state (rows < d held at t = 1): inpainting
+needs the state in action space, and a 32-row action-space flow trained that way left its
+first rows un-denoised (per-row loss near Var(x0) = 1 on rows 0-4 with or without prefixes,
+README "Real-time chunking under inference delay"). Conditioning works with any basis, so the
+RTC model keeps the smooth B-spline chunk of the shipped models.
 
 With a smooth chunk basis (``model.basis``, see ``flow_policy_ros.policy.basis``) all of the
 above runs on the coefficients c = M^T x (B, K, A): data x1 and noise x0 are projected, and the
-sampler decodes the final state, x = M c. (Real-time chunking needs the plain action space.)
+sampler decodes the final state, x = M c.
 
 The regression baseline (``objective='regression'``) reuses all of this: the network maps
 (x = 0, t = 0, c) straight to the chunk, which is exactly one Euler step of size 1 from
@@ -162,14 +172,17 @@ def training_loss(
     ``flow``: conditional flow matching, E ||v(x_t, t, c) - (x1 - x0)||^2 with t ~ U(0, 1).
     ``regression``: E ||v(0, 0, c) - x1||^2 (the deterministic baseline, see module doc).
     Both drop the guided condition with probability p_uncond. ``prefix_length`` (B,) int64
-    (real-time chunking, only for a model built with ``rtc_max_delay`` > 0): rows i < d are
-    given clean (t = 1) in the input and left out of the loss.
+    (real-time chunking, only for a model built with ``rtc_max_delay`` > 0): the first d rows of
+    the target chunk x1 are the network's prefix input (``VelocityNet.prefix_features``); the
+    loss still covers the whole chunk (the network learns to pass through the prefix).
     """
+    prefix_feat = None
+    if prefix_length is not None:
+        prefix_feat = model.prefix_features(x1, prefix_mask(prefix_length, x1.shape[1]).to(x1.device))
     x1 = model.encode(x1)  # (B, K, A); x1 itself without a basis
-    batch, horizon = x1.shape[0], x1.shape[1]
+    batch = x1.shape[0]
     drop = torch.rand(batch, generator=generator, device=x1.device) < p_uncond
     cond = model.condition(obs_n, drop)
-    mask = None if prefix_length is None else prefix_mask(prefix_length, horizon).to(x1.device)
     if objective == "flow":
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         t = torch.rand(batch, generator=generator, device=x1.device)
@@ -179,15 +192,8 @@ def training_loss(
         x_t, t, target = torch.zeros_like(x1), torch.zeros(batch, device=x1.device), x1
     else:
         raise ValueError(f"training_loss: unknown objective {objective!r}")
-    if mask is not None:
-        x_t = torch.where(mask[:, :, None] > 0, x1, x_t)  # the committed prefix sits at t = 1
-    prediction = model(x_t, t, cond, mask)
-    squared = (prediction - target) ** 2
-    if mask is None:
-        loss = torch.mean(squared)
-    else:
-        free = (1.0 - mask)[:, :, None].expand_as(squared)
-        loss = torch.sum(squared * free) / torch.clamp(torch.sum(free), min=1.0)
+    prediction = model(x_t, t, cond, prefix_feat)
+    loss = torch.mean((prediction - target) ** 2)
     return LossOutput(loss, float(drop.float().mean()))
 
 
@@ -216,41 +222,38 @@ def sample_chunks(
 ) -> torch.Tensor:
     """Sample normalized chunks (B, H, A) from noise x0 (B, H, A) given obs_n (B, obs_dim).
 
-    1. Condition features for both branches, once: [c_cond; c_uncond] (2B, width).
-    2. Each velocity evaluation runs both branches in one batched call on [x; x] (2B, H*A),
-       with the committed prefix (if any) written into x first: both branches see it.
-    3. Combine with CFG; the solver takes the step; at the end the prefix rows are the prefix.
+    1. Condition features for both branches, once: [c_cond; c_uncond] (2B, width), and the
+       committed prefix's features (if any), the same for both branches: both see it.
+    2. Each velocity evaluation runs both branches in one batched call on [x; x] (2B, K*A).
+    3. Combine with CFG; the solver takes the step; decode; the prefix rows are the prefix.
 
     ``time_features`` (evaluations, width), if given, are ``model.time_features`` precomputed at
     :func:`evaluation_times` (see ``step_time_features``); the exported graph stores them as
-    constants. ``prefix`` (B, H, A) normalized and ``mask`` (B, H) (1 on committed rows): real-time
-    chunking, for a model built with ``rtc_max_delay`` > 0.
+    constants. ``prefix`` (B, H, A) normalized actions and ``mask`` (B, H) (1 on committed rows):
+    real-time chunking, for a model built with ``rtc_max_delay`` > 0.
     """
     x0 = model.encode(x0)  # noise -> coefficients (B, K, A): N(0, I) for an orthonormal basis
-    batch, horizon, action_dim = x0.shape  # horizon: K rows of the flow state (H without a basis)
-    flat = horizon * action_dim
+    batch, rows, action_dim = x0.shape  # rows: K rows of the flow state (H without a basis)
+    flat = rows * action_dim
     cond = torch.cat([model.condition(obs_n), model.unconditional(obs_n)], dim=0)
+    prefix_feat = None
     if mask is not None:
-        keep = mask[:, :, None].expand(-1, -1, action_dim).reshape(-1, flat)
-        given = prefix.reshape(-1, flat) * keep
-        free = 1.0 - keep
-        mask2 = torch.cat([mask, mask], dim=0)
+        feat = model.prefix_features(prefix, mask)
+        prefix_feat = torch.cat([feat, feat], dim=0)
     calls = [0]
 
-    # The state is kept flat (B, H*A) and both branches are split with constant-shape
+    # The state is kept flat (B, K*A) and both branches are split with constant-shape
     # reshapes, so an exported graph has no per-step shape arithmetic.
     def guided_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         t_const = torch.full((1,), t, dtype=x.dtype, device=x.device)  # broadcast over the batch
         time_feat = None if time_features is None else time_features[calls[0]][None, :]
         calls[0] += 1
-        if mask is not None:
-            x = given + free * x
         both = torch.cat([x, x], dim=0)
-        v = model.velocity_flat(both, t_const, cond, time_feat, None if mask is None else mask2)
+        v = model.velocity_flat(both, t_const, cond, time_feat, prefix_feat)
         v = v.reshape(2, -1, flat)
         return combine_guidance(v[0], v[1], guidance_scale)
 
-    x1 = integrate(guided_velocity, x0.reshape(-1, flat), steps, solver)
+    x1 = model.decode(integrate(guided_velocity, x0.reshape(-1, flat), steps, solver).reshape(-1, rows, action_dim))
     if mask is not None:
-        x1 = given + free * x1
-    return model.decode(x1.reshape(-1, horizon, action_dim))
+        x1 = torch.where(mask[:, :, None] > 0, prefix, x1)
+    return x1

@@ -47,12 +47,19 @@ class VelocityNet(nn.Module):
         matrix = None if cfg.chunk_basis == "none" else torch.tensor(
             chunk_basis_matrix(cfg.chunk_basis, cfg.horizon, cfg.basis_size), dtype=torch.float32)
         self.register_buffer("basis", matrix, persistent=False)
-        self.rtc = cfg.rtc_max_delay > 0  # real-time chunking: a per-row "committed" mask is an input
+        # real-time chunking: the committed prefix (normalized actions, rows >= d zeroed) and its
+        # per-row mask are an extra input, projected once per decision (see ``prefix_features``)
+        self.rtc = cfg.rtc_max_delay > 0
         self.register_buffer("guided_mask", torch.tensor(cfg.guided_mask(), dtype=torch.bool))
         self.null_condition = nn.Parameter(torch.zeros(cfg.obs_dim))
         self.cond_encoder = nn.Sequential(nn.Linear(cfg.obs_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.time_encoder = nn.Sequential(nn.Linear(cfg.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.input_proj = nn.Linear(chunk + (cfg.horizon if self.rtc else 0), width)
+        self.input_proj = nn.Linear(chunk, width)
+        # no biases (and SiLU(0) = 0): an empty prefix (d = 0, all zeros) adds exactly nothing, so
+        # plain sampling of an RTC model is the same computation with or without the prefix inputs
+        self.prefix_encoder = nn.Sequential(
+            nn.Linear(cfg.horizon * (cfg.action_dim + 1), width, bias=False), nn.SiLU(), nn.Linear(width, width, bias=False),
+        ) if self.rtc else None
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(cfg.num_layers))
         self.output_proj = nn.Linear(width, chunk)
         self.activation = nn.SiLU()
@@ -82,32 +89,44 @@ class VelocityNet(nn.Module):
         """Condition features of the unconditional branch (guided fields all nulled)."""
         return self.condition(obs_n, torch.ones(obs_n.shape[0], dtype=torch.bool, device=obs_n.device))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def prefix_features(self, prefix: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Features (B, width) of a committed prefix: normalized actions ``prefix`` (B, H, A) (rows
+        with mask 0 are ignored) and ``mask`` (B, H), 1 on the committed rows i < d.
+
+        Part of the state, like the arm's position: both CFG branches get the same features.
+        """
+        if not self.rtc:
+            raise ValueError("this velocity network was not trained for real-time chunking (rtc_max_delay = 0)")
+        given = (prefix * mask[:, :, None]).reshape(prefix.shape[0], -1)
+        return self.prefix_encoder(torch.cat([given, mask], dim=-1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, prefix_feat: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity (B, K, A) at flow state x (B, K, A) (K = H without a basis), flow time t (B,) or (1,),
         condition (B, width).
 
-        ``mask`` (B, H): 1 on the rows of a committed prefix (real-time chunking models only).
+        ``prefix_feat`` (B, width): ``prefix_features`` of a committed prefix (RTC models; None = none).
         """
-        return self.velocity_flat(x.reshape(x.shape[0], -1), t, cond, None, mask).reshape(x.shape)
+        return self.velocity_flat(x.reshape(x.shape[0], -1), t, cond, None, prefix_feat).reshape(x.shape)
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
         """Time features (B or 1, width) of flow time t (B,) or (1,)."""
         return self.time_encoder(sinusoidal_embedding(t, self.time_embed_dim))
 
     def velocity_flat(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, time_feat: torch.Tensor | None = None,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+                      prefix_feat: torch.Tensor | None = None) -> torch.Tensor:
         """As ``forward`` on flattened states: x (B, K*A) -> velocity (B, K*A).
 
         ``time_feat`` may carry precomputed ``time_features(t)`` (the exporter bakes them in).
-        ``mask`` (B, H): committed-prefix rows (RTC models; None = no prefix).
+        ``prefix_feat`` (B, width): ``prefix_features`` of a committed prefix (RTC models; None =
+        no prefix, the same as d = 0).
         """
-        if mask is not None and not self.rtc:
+        if prefix_feat is not None and not self.rtc:
             raise ValueError("this velocity network was not trained for real-time chunking (rtc_max_delay = 0)")
         if time_feat is None:
             time_feat = self.time_features(t)
-        if self.rtc:
-            x = torch.cat([x, torch.zeros(x.shape[0], self.horizon, dtype=x.dtype, device=x.device) if mask is None else mask], -1)
         h = self.input_proj(x) + time_feat + cond
+        if prefix_feat is not None:
+            h = h + prefix_feat
         for layer in self.hidden:
             h = h + layer(self.activation(h))
         return self.output_proj(self.activation(h))

@@ -161,19 +161,60 @@ class PositionNoise:
         return obs_n, act_n
 
 
+class PrefixNoise:
+    """Perturb the committed prefix of real-time chunking samples (normalized space), see
+    ``TrainConfig.rtc_prefix_noise_std``.
+
+    For a sample with prefix length d > 0, per joint an offset e (rad) and a velocity v (rad/s):
+    delta(h) = (e + v (h - d + 1) dt) * b(h), b = 1 on the prefix rows h < d and
+    1 - s((h - d + 1) / R) after them (s: quintic smoothstep); the chunk's targets move by delta
+    (act_n += delta / act_scale), the observation stays. d = 0 samples are left alone.
+    """
+
+    def __init__(self, policy_cfg: PolicyConfig, stats: NormalizationStats, std_rad: float, std_rad_s: float,
+                 blend_steps: int, device: torch.device) -> None:
+        self.std_rad, self.std_rad_s, self.blend_steps = std_rad, std_rad_s, blend_steps
+        self.period = policy_cfg.control_period_s
+        self.act_scale = torch.tensor(stats.act_scale, dtype=torch.float32, device=device)
+        self.rows = torch.arange(policy_cfg.horizon, dtype=torch.float32, device=device)
+
+    @property
+    def enabled(self) -> bool:
+        return self.std_rad > 0 or self.std_rad_s > 0
+
+    def delta(self, d: torch.Tensor, e: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The perturbation (B, H, A) in rad for prefix lengths d (B,), offsets e and velocities v (B, A)."""
+        after = self.rows[None, :] - (d.to(torch.float32)[:, None] - 1.0)  # h - d + 1: <= 0 on the prefix
+        x = torch.clamp(after / self.blend_steps, 0.0, 1.0)
+        blend = 1.0 - x**3 * (10 - 15 * x + 6 * x**2)
+        delta = (e[:, None, :] + v[:, None, :] * (after * self.period)[:, :, None]) * blend[:, :, None]
+        return delta * (d > 0).to(delta.dtype)[:, None, None]
+
+    def __call__(self, act_n: torch.Tensor, d: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.enabled:
+            return act_n
+        shape = (act_n.shape[0], act_n.shape[2])
+        e = self.std_rad * torch.randn(shape, generator=generator, device=act_n.device)
+        v = self.std_rad_s * torch.randn(shape, generator=generator, device=act_n.device)
+        return act_n + self.delta(d, e, v) / self.act_scale[None, None, :]
+
+
 class _LossModule(torch.nn.Module):
     """The training loss as a module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, net: VelocityNet, policy_cfg: PolicyConfig, objective: str) -> None:
+    def __init__(self, net: VelocityNet, policy_cfg: PolicyConfig, objective: str,
+                 prefix_noise: PrefixNoise | None = None) -> None:
         super().__init__()
-        self.net, self.policy_cfg, self.objective = net, policy_cfg, objective
+        self.net, self.policy_cfg, self.objective, self.prefix_noise = net, policy_cfg, objective, prefix_noise
 
     def forward(self, obs_n: torch.Tensor, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.policy_cfg
         prefix_length = None
-        if cfg.rtc_max_delay > 0:  # real-time chunking: a clean committed prefix of random length
+        if cfg.rtc_max_delay > 0:  # real-time chunking: a committed prefix of random length
             prefix_length = sample_prefix_lengths(x1.shape[0], cfg.rtc_max_delay, cfg.rtc_probability,
                                                   cfg.rtc_delay_weights, generator, x1.device)
+            if self.prefix_noise is not None:
+                x1 = self.prefix_noise(x1, prefix_length, generator)
         return training_loss(self.net, obs_n, x1, cfg.p_uncond, generator, self.objective, prefix_length).loss
 
 
@@ -281,7 +322,10 @@ def train(
             f"({train_cfg.steps - start_step} steps to go)")
 
     # DDP synchronizes gradients through its forward, so the whole loss is one module call.
-    trained: torch.nn.Module = _LossModule(model, policy_cfg, train_cfg.objective)
+    prefix_noise = PrefixNoise(policy_cfg, stats, train_cfg.rtc_prefix_noise_std, train_cfg.rtc_prefix_velocity_noise_std,
+                               train_cfg.rtc_prefix_blend_steps, device)
+    # the validation loss (below) measures demonstrated prefixes only: no prefix noise there
+    trained: torch.nn.Module = _LossModule(model, policy_cfg, train_cfg.objective, prefix_noise)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
