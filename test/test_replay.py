@@ -351,3 +351,50 @@ def test_replay_counts_commands_outside_limits_and_steps_beyond_the_velocity_lim
     steps = np.diff(np.concatenate([rep.decisions.measured[:, None], predicted], axis=1), axis=1)
     fast = (np.abs(steps) > np.array(meta.limits.velocity) * meta.control_period_s + 1e-9).any(axis=2).sum()
     assert safety["velocity_violation_steps"] == fast > 0
+
+
+# --------------------------------------------------------------------------- real-time chunking
+
+
+def test_rtc_model_reports_prefix_consistency_on_recorded_prefixes(tmp_path: Path, model: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """For an RTC model the recorded commands of ticks k..k+d-1 are the prefix at decision k; the
+    report gives the step from the last committed action to the first new one, recomputed here."""
+    from flow_policy_ros.data.replay import build_decisions, decision_noise, read_source
+
+    rtc = make_tiny_model(tmp_path / "rtc.onnx", seed=5, horizon=8, rtc_max_delay=3)
+    bag_path = synthetic_bag(tmp_path / "bag", seed=4)
+    report = run_replay([bag_path], rtc, tmp_path / "out", "--rtc-prefix", "2", "--seed", "3")
+    assert "rtc prefix d=2" in capsys.readouterr().out
+    rep = report["bags"][0]["rtc_prefix"]
+    assert rep["prefix_length"] == 2 and rep["reproduced"] is True and rep["invalid_outputs"] == 0
+    policy = OnnxPolicy(rtc, warmup=0)
+    dec = build_decisions(read_source(bag_path, policy.metadata), policy.metadata)
+    noise = decision_noise(3, len(dec.ticks_ns), 8, 7)
+    usable = np.flatnonzero(dec.valid[:, 2])
+    assert rep["decisions"] == len(usable) > 50
+    steps, recorded = [], []
+    for i in usable[:: max(1, len(usable) // 10)]:
+        out = policy.predict(dec.observations[i], noise[i], prefix_actions=dec.targets[i].astype(np.float32), prefix_length=2)
+        np.testing.assert_array_equal(out[:2], dec.targets[i, :2].astype(np.float32))
+        steps.append(np.abs(out[2].astype(np.float64) - out[1]).max())
+        recorded.append(np.abs(dec.targets[i, 2] - dec.targets[i, 1]).max())
+    assert max(steps) <= rep["seam_step_max_abs_rad"] + 1e-6
+    assert rep["seam_step_mean_abs_rad"] > 0 and rep["recorded_step_mean_abs_rad"] > 0
+    assert 0.0 <= rep["beyond_velocity_limit_fraction"] <= 1.0
+    assert report["overall"]["rtc_prefix"]["decisions"] == rep["decisions"]
+    assert report["overall"]["rtc_prefix"]["seam_step_mean_abs_rad"] == pytest.approx(rep["seam_step_mean_abs_rad"])
+    # the default prefix is the model's d_max; a plain model has no prefix metric
+    assert run_replay([bag_path], rtc, tmp_path / "default")["bags"][0]["rtc_prefix"]["prefix_length"] == 3
+    assert run_replay([bag_path], model, tmp_path / "plain")["overall"]["rtc_prefix"] is None
+
+
+@pytest.mark.parametrize("which, value, fragment", [
+    ("plain", "2", "not a real-time chunking model"), ("rtc", "4", "must be in [1, d_max=3]"), ("rtc", "0", "must be in")])
+def test_rtc_prefix_argument_is_checked(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture,
+                                        which: str, value: str, fragment: str) -> None:
+    rtc = make_tiny_model(tmp_path / "rtc.onnx", seed=5, horizon=8, rtc_max_delay=3)
+    bag_path = synthetic_bag(tmp_path / "bag", seed=4)
+    argv = ["replay", str(bag_path), "--model", str(rtc if which == "rtc" else model), "--out", str(tmp_path / "o"),
+            "--no-plots", "--rtc-prefix", value]
+    _expect_error(capsys, argv, "--rtc-prefix", fragment)

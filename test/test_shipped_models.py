@@ -31,3 +31,61 @@ def test_shipped_model_succeeds_in_closed_loop(model: str, task: str) -> None:
     report, _ = evaluate(policy, task, EPISODES, seed=0, config=LoopConfig(), progress=False)
     assert report["successes"] >= MIN_SUCCESSES, format_summary(report)
     assert report["failures"]["self_collision"] == 0, format_summary(report)
+
+
+RTC_MODEL = "iiwa_reach_around_rtc.onnx"
+
+
+def _rtc_policy() -> OnnxPolicy:
+    path = MODELS_DIR / RTC_MODEL
+    if not path.is_file():
+        pytest.fail(f"shipped model {path} is missing (train and export it, see models/iiwa_reach_around_rtc.md)")
+    return OnnxPolicy(path, seed=0, warmup=1)
+
+
+def test_shipped_rtc_model_reproduces_a_prefix() -> None:
+    """The shipped real-time chunking model takes a committed prefix (here: the next d actions of
+    its own plain chunk after d executed ones) and returns it exactly; the new rows depend on it."""
+    import numpy as np
+
+    from flow_policy_ros.sim.tasks import sample_episode
+
+    policy = _rtc_policy()
+    assert policy.rtc and policy.metadata.rtc_max_delay == 12
+    spec = sample_episode("reach_around", 900_000_000)
+    obs = np.concatenate([spec.start_q, spec.goal]).astype(np.float32)
+    noise = policy.sample_noise()
+    plain = policy.predict(obs, noise)
+    for d in (1, 4, 11):
+        moved = np.concatenate([plain[d - 1], spec.goal]).astype(np.float32)
+        prefix = np.zeros_like(plain)
+        prefix[:d] = plain[d:2 * d]
+        out = policy.predict(moved, noise, prefix_actions=prefix, prefix_length=d)
+        assert np.array_equal(out[:d], prefix[:d])
+        assert not np.allclose(out[d:], policy.predict(moved, noise)[d:], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_shipped_rtc_model_succeeds_in_rtc_mode_under_200_ms_delay() -> None:
+    """Closed loop, rtc mode, +200 ms: success, and every chunk returned its committed prefix
+    exactly and stepped from it into its new rows within the velocity limit."""
+    import numpy as np
+
+    policy = _rtc_policy()
+    seams = []
+    predict = policy.predict
+
+    def recording_predict(observation, noise=None, guidance_scale=None, prefix_actions=None, prefix_length=None):
+        out = predict(observation, noise, guidance_scale, prefix_actions, prefix_length)
+        if prefix_length:
+            assert np.array_equal(out[:prefix_length], prefix_actions[:prefix_length])
+            seams.append(np.abs(out[prefix_length] - out[prefix_length - 1]))
+        return out
+
+    policy.predict = recording_predict
+    config = LoopConfig(chunking="rtc", replan_every=11, inject_delay_ms=200.0)
+    report, _ = evaluate(policy, "reach_around", EPISODES, seed=0, config=config, progress=False)
+    assert report["successes"] >= MIN_SUCCESSES, format_summary(report)
+    assert report["controller"]["rtc_late_chunks"] == 0
+    step_limit = np.asarray(policy.metadata.limits.velocity) * policy.metadata.control_period_s
+    assert len(seams) > 50 and np.all(np.max(seams, axis=0) <= step_limit), np.max(seams, axis=0)

@@ -45,6 +45,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (decision j uses the j-th draw)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="decisions per ONNX Runtime call")
     parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="ticks per chunk for the seam-jerk metric")
+    parser.add_argument("--rtc-prefix", type=int, metavar="D",
+                        help="real-time chunking models: committed prefix length for the prefix-consistency metric "
+                             "(recorded actions as the prefix; default the model's d_max)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in preference order "
                         "(default: CUDA if it works, else CPU)")
@@ -116,10 +119,15 @@ def run(args: argparse.Namespace) -> int:
             raise BagError(f"{bag_path}: empty bag (no messages)")
     policy = OnnxPolicy(args.model, providers=args.providers, intra_op_num_threads=args.threads, seed=args.seed)
     meta = policy.metadata
+    if args.rtc_prefix is not None and not meta.rtc:
+        raise CliError(f"--rtc-prefix: {args.model} is not a real-time chunking model (no rtc in its metadata)")
+    if args.rtc_prefix is not None and not 1 <= args.rtc_prefix <= meta.rtc_max_delay:
+        raise CliError(f"--rtc-prefix {args.rtc_prefix}: must be in [1, d_max={meta.rtc_max_delay}]")
     replays = []
     for bag_path in args.bags:  # read and score every bag before writing anything
         replays.append(replay_bag(bag_path, policy, data_cfg, joint_map, args.goal, args.seed, args.guidance,
-                                  args.batch_size, args.replan_every, args.trajectory_topic, ood_margin=args.ood_margin))
+                                  args.batch_size, args.replan_every, args.trajectory_topic, ood_margin=args.ood_margin,
+                                  rtc_prefix=args.rtc_prefix))
     decisions = sum(r.report["decisions"] for r in replays)
     invalid = sum(r.report["invalid_outputs"] for r in replays)
     if invalid == decisions:
@@ -156,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
           f"{safety['outside_limits_fraction']:.1%} of commands outside the limits, "
           f"{safety['velocity_violation_fraction']:.1%} of steps beyond the velocity limit; "
           f"{summary['inference_decisions_per_s']:.0f} decisions/s; report {args.out / 'report.json'}")
+    rtc = summary.get("rtc_prefix")
+    if rtc and rtc["seam_step_mean_abs_rad"] is not None:
+        print(f"replay: rtc prefix d={rtc['prefix_length']} on {rtc['decisions']} decisions: prefix "
+              f"{'reproduced exactly' if rtc['reproduced'] else 'NOT reproduced'}; step from the last committed action "
+              f"to the first new one {rtc['seam_step_mean_abs_rad']:.4g} rad mean (recorded {rtc['recorded_step_mean_abs_rad']:.4g}), "
+              f"max {rtc['seam_step_max_abs_rad']:.4g} rad, {rtc['beyond_velocity_limit_fraction']:.1%} beyond the velocity limit")
     return 0
 
 
@@ -193,5 +207,29 @@ def _report(args: argparse.Namespace, policy: Any, replays: Sequence[BagReplay])
                                                                    "commands"),
                                "velocity_violation_fraction": fraction("velocity_violation_fraction",
                                                                        "velocity_violation_steps", "commands"),
-                               "held_decisions": sum(r.report["safety"]["held_decisions"] for r in replays)}},
+                               "held_decisions": sum(r.report["safety"]["held_decisions"] for r in replays)},
+                    "rtc_prefix": _overall_prefix([r.report["rtc_prefix"] for r in replays])},
     }
+
+
+def _overall_prefix(per_bag: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Prefix consistency over all bags (decision-weighted means; None for a plain model)."""
+    scored = [r for r in per_bag if r is not None and r["seam_step_mean_abs_rad"] is not None]
+    if not per_bag or per_bag[0] is None:
+        return None
+    result: dict[str, Any] = {"prefix_length": per_bag[0]["prefix_length"],
+                              "decisions": sum(r["decisions"] for r in per_bag if r is not None),
+                              "reproduced": None, "seam_step_mean_abs_rad": None, "seam_step_max_abs_rad": None,
+                              "recorded_step_mean_abs_rad": None, "seam_step_error_mean_abs_rad": None,
+                              "beyond_velocity_limit_fraction": None}
+    if not scored:
+        return result
+    weights = np.array([r["decisions"] - r["invalid_outputs"] for r in scored], float)
+
+    def mean(key: str) -> float:
+        return float(np.average([r[key] for r in scored], weights=weights))
+    result.update({"reproduced": all(r["reproduced"] for r in scored),
+                   "seam_step_max_abs_rad": max(r["seam_step_max_abs_rad"] for r in scored),
+                   **{k: mean(k) for k in ("seam_step_mean_abs_rad", "recorded_step_mean_abs_rad",
+                                           "seam_step_error_mean_abs_rad", "beyond_velocity_limit_fraction")}})
+    return result

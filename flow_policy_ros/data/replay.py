@@ -34,6 +34,13 @@ Conventions:
   (hold) where the node would hold (out of distribution, invalid output, measured position
   beyond the limits). ``--write-bag`` writes that, not the raw prediction.
 
+- Prefix consistency (real-time chunking models, :func:`prefix_consistency`): at every decision
+  whose next d + 1 recorded actions exist, the recorded actions of ticks k .. k+d-1 are passed as
+  the committed prefix (what the robot was commanded), d = ``rtc_prefix`` (default the model's
+  d_max); reported: whether the output reproduced the prefix exactly, and the step from the last
+  committed action to the first new one (row d - row d-1) against the recorded step at the same
+  place and the velocity limit. None for a plain model.
+
 Imports neither torch nor pybullet. Inputs are only read; every output is written atomically.
 """
 
@@ -373,6 +380,55 @@ def seam_jerk(predicted: np.ndarray, recorded: np.ndarray, period_s: float, repl
     return result
 
 
+def prefix_consistency(policy: Any, dec: Decisions, noise: np.ndarray, guidance: float | None, prefix_length: int,
+                       batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
+    """Seam of a real-time chunking model on recorded prefixes (see module docstring).
+
+    Decisions with an invalid output are skipped (counted). Steps are in rad per tick; means are
+    over decisions and joints, ``*_max_abs_rad`` the largest joint step of any decision.
+    """
+    meta: PolicyMetadata = policy.metadata
+    d = int(prefix_length)
+    if not 1 <= d <= meta.rtc_max_delay:
+        raise UsageError(f"--rtc-prefix {d}: must be in [1, d_max={meta.rtc_max_delay}] for {meta.name}")
+    usable = np.flatnonzero(dec.valid[:, d])  # rows 0..d recorded
+    result: dict[str, Any] = {"prefix_length": d, "decisions": int(len(usable)), "invalid_outputs": 0,
+                              "reproduced": None, "seam_step_mean_abs_rad": None, "seam_step_max_abs_rad": None,
+                              "recorded_step_mean_abs_rad": None, "seam_step_error_mean_abs_rad": None,
+                              "beyond_velocity_limit_fraction": None}
+    if len(usable) == 0:
+        return result
+    step_limit = np.asarray(meta.limits.velocity) * meta.control_period_s
+    prefix = dec.targets[usable].astype(np.float32)
+    outs, keep = [], []
+    for lo in range(0, len(usable), batch_size):
+        idx = usable[lo:lo + batch_size]
+        sl = slice(lo, lo + len(idx))
+        try:
+            outs.append(policy.predict(dec.observations[idx], noise=noise[idx], guidance_scale=guidance,
+                                       prefix_actions=prefix[sl], prefix_length=np.full(len(idx), d, np.int64)))
+            keep.append(np.ones(len(idx), bool))
+        except InvalidOutputError:  # count the batch as invalid; replay's main metrics find the culprits
+            outs.append(np.full((len(idx),) + prefix.shape[1:], np.nan, np.float32))
+            keep.append(np.zeros(len(idx), bool))
+    out, ok = np.concatenate(outs), np.concatenate(keep)
+    result["invalid_outputs"] = int((~ok).sum())
+    if not ok.any():
+        return result
+    out, rec = out[ok], prefix[ok].astype(np.float64)
+    seam = np.abs(out[:, d].astype(np.float64) - out[:, d - 1])
+    recorded = np.abs(rec[:, d] - rec[:, d - 1])
+    result.update({
+        "reproduced": bool(np.array_equal(out[:, :d], prefix[ok][:, :d])),
+        "seam_step_mean_abs_rad": float(seam.mean()),
+        "seam_step_max_abs_rad": float(seam.max()),
+        "recorded_step_mean_abs_rad": float(recorded.mean()),
+        "seam_step_error_mean_abs_rad": float(np.abs(out[:, d] - rec[:, d]).mean()),
+        "beyond_velocity_limit_fraction": float(np.mean(np.any(seam > step_limit[None, :] + 1e-9, axis=1))),
+    })
+    return result
+
+
 def error_metrics(predicted: np.ndarray, targets: np.ndarray, valid: np.ndarray,
                   joint_names: Sequence[str], period_s: float) -> dict[str, Any]:
     """Errors (rad) of predicted (N, H, A) against targets (N, H, A) over ``valid`` (N, H) steps."""
@@ -504,11 +560,12 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
                joint_map: dict[str, str] | None = None, goal: Sequence[float] | None = None, seed: int = 0,
                guidance: float | None = None, batch_size: int = DEFAULT_BATCH, replan_every: int = DEFAULT_REPLAN_EVERY,
                trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC, latency_samples: int = 50,
-               ood_margin: float = DEFAULT_OOD_MARGIN) -> BagReplay:
+               ood_margin: float = DEFAULT_OOD_MARGIN, rtc_prefix: int | None = None) -> BagReplay:
     """Read, rebuild decisions, predict (batched, seeded noise), score one bag and review its safety.
 
     Error metrics cover the decisions with a valid output (None when there is none); the seam
-    jerk needs consecutive chunks and is None when any output is invalid.
+    jerk needs consecutive chunks and is None when any output is invalid. A real-time chunking
+    model also gets ``prefix_consistency`` with d = ``rtc_prefix`` (None: its d_max).
     """
     meta: PolicyMetadata = policy.metadata
     t0 = time.perf_counter()
@@ -536,6 +593,8 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
         "invalid_outputs": int(pred.invalid.sum()), "first_invalid_output": pred.first_invalid,
         **metrics,
         "seam_jerk": seam_jerk(predicted, dec.targets[:, 0, :], meta.control_period_s, replan_every) if ok.all() else None,
+        "rtc_prefix": prefix_consistency(policy, dec, noise, guidance, rtc_prefix or meta.rtc_max_delay, batch_size)
+        if meta.rtc else None,
         "safety": review.report,
         "latency_ms": latency,
         "timing_s": {"read": t1 - t0, "observations": t2 - t1, "inference": infer_s},
