@@ -152,3 +152,15 @@ def test_random_async_stream_never_replays_past_actions(mode):
         action = sched.action_at(tick)
         if action is not None:
             assert action[0] == pytest.approx(tick) and action[1] == pytest.approx(-tick)
+
+
+def test_auto_chunking_is_rtc_for_rtc_models_only():
+    from flow_policy_ros.runtime.chunking import CHUNKING_CHOICES, resolve_chunking
+
+    assert CHUNKING_CHOICES[0] == "auto"
+    assert resolve_chunking("auto", rtc_model=True) == "rtc"
+    assert resolve_chunking("auto", rtc_model=False) == "receding_horizon"
+    for mode in ("receding_horizon", "temporal_ensemble"):
+        assert resolve_chunking(mode, rtc_model=True) == mode
+    with pytest.raises(ValueError, match="chunking must be one of"):
+        resolve_chunking("ensemble", rtc_model=False)

@@ -89,3 +89,21 @@ def test_shipped_rtc_model_succeeds_in_rtc_mode_under_200_ms_delay() -> None:
     assert report["controller"]["rtc_late_chunks"] == 0
     step_limit = np.asarray(policy.metadata.limits.velocity) * policy.metadata.control_period_s
     assert len(seams) > 50 and np.all(np.max(seams, axis=0) <= step_limit), np.max(seams, axis=0)
+
+
+def test_node_default_chunking_is_rtc_for_the_rtc_model_only() -> None:
+    """policy_node's default ``chunking: auto`` runs the shipped RTC model in rtc mode (the delay
+    protocol's winner) and a plain model with receding horizon."""
+    from rclpy.parameter import Parameter
+
+    from flow_policy_ros.ros.policy_parameters import PARAMETERS, PolicyNodeParams
+
+    defaults = {name: () if isinstance(spec.default, Parameter.Type) else
+                tuple(spec.default) if isinstance(spec.default, list) else spec.default
+                for name, spec in PARAMETERS.items()}
+    params = PolicyNodeParams(**defaults)
+    assert params.chunking == "auto"
+    rtc = _rtc_policy().metadata
+    assert params.controller_config(rtc).chunking == "rtc"
+    plain = OnnxPolicy(MODELS_DIR / "iiwa_reach_around.onnx", warmup=0).metadata
+    assert params.controller_config(plain).chunking == "receding_horizon"

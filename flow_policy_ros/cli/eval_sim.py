@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.errors import InvalidOutputError
-from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_REPLAN_EVERY
+from flow_policy_ros.runtime.chunking import CHUNKING_CHOICES, DEFAULT_REPLAN_EVERY, resolve_chunking
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.sim.closed_loop import (
     LoopConfig,
@@ -32,7 +32,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="episodes to run (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed in [0, 99]; episode seeds derive from it")
     parser.add_argument("--guidance", type=float, default=None, help="CFG weight w (default: the model's)")
-    parser.add_argument("--chunking", choices=CHUNKING_MODES, default="receding_horizon")
+    parser.add_argument("--chunking", choices=CHUNKING_CHOICES, default="auto",
+                        help="default auto: rtc for a real-time chunking model (metadata rtc), else receding_horizon")
     parser.add_argument("--replan-every", type=int, default=DEFAULT_REPLAN_EVERY, help="actions executed per chunk before the next (1..H)")
     parser.add_argument("--ood-margin", type=float, default=DEFAULT_OOD_MARGIN,
                         help="out-of-distribution guard margin in training-range widths (as policy_node's ood_margin)")
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
     policy = OnnxPolicy(args.model, seed=args.seed)
-    config = LoopConfig(chunking=args.chunking, replan_every=args.replan_every, guidance_scale=args.guidance,
+    chunking = resolve_chunking(args.chunking, policy.metadata.rtc)
+    config = LoopConfig(chunking=chunking, replan_every=args.replan_every, guidance_scale=args.guidance,
                         ood_margin=args.ood_margin, inject_delay_ms=args.inject_delay_ms)
     try:
         validate_config(config, policy.metadata)

@@ -137,7 +137,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f"out-of-distribution guard {self.controller.ood_guard}")
         self.get_logger().info(f"configured: model {meta.name} ({meta.model_hash[:12]}) on {self.policy.active_provider}; "
                                f"H={meta.horizon} A={meta.action_dim}; {p.control_rate_hz} Hz, {p.execution}, "
-                               f"{p.chunking}, replan_every={p.replan_every}")
+                               f"{p.chunking_for(meta)}, replan_every={p.replan_every}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self.params.controller_config(self.meta, self.get_parameter("guidance_scale").value)
@@ -278,7 +278,7 @@ class PolicyNode(LifecycleNode):
         self._diagnostics.publish(policy_diagnostics(
             self.get_clock().now().to_msg(), f"{self.get_name()}: policy", state, reason, self.controller, self.policy,
             {"lifecycle_state": "active" if self._active else "inactive", "scheduling": self.scheduling,
-             "execution": self.params.execution, "chunking": self.params.chunking,
+             "execution": self.params.execution, "chunking": self.params.chunking_for(self.meta),
              "control_rate_hz": f"{self.params.control_rate_hz:g}",
              "inference": "thread" if self.params.threaded_inference else "inline", "executor": self.params.executor,
              **self.latency.diagnostic_values()}, self._obs_to_cmd_s))

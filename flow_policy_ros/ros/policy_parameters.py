@@ -13,7 +13,7 @@ from rclpy.parameter import Parameter
 
 from flow_policy_ros.ros.node_runner import EXECUTORS
 from flow_policy_ros.ros.parameters import ParameterSpec
-from flow_policy_ros.runtime.chunking import CHUNKING_MODES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY
+from flow_policy_ros.runtime.chunking import CHUNKING_CHOICES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, resolve_chunking
 from flow_policy_ros.runtime.controller import EXECUTION_MODES, ControllerConfig
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
@@ -33,9 +33,10 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "execution": ParameterSpec("stream", _T.PARAMETER_STRING,
                                "'stream': one Float64MultiArray per tick on commands; "
                                "'trajectory': one JointTrajectory per chunk on joint_trajectory"),
-    "chunking": ParameterSpec("receding_horizon", _T.PARAMETER_STRING,
-                              "'receding_horizon' (open loop, default), 'temporal_ensemble' (ACT-style averaging) or "
-                              "'rtc' (real-time chunking: needs a model trained with a committed prefix, metadata rtc)"),
+    "chunking": ParameterSpec("auto", _T.PARAMETER_STRING,
+                              "'auto' (default: 'rtc' for a real-time chunking model, metadata rtc, else "
+                              "'receding_horizon'), 'receding_horizon' (open loop), 'temporal_ensemble' (ACT-style "
+                              "averaging) or 'rtc' (real-time chunking: needs a model trained with a committed prefix)"),
     "rtc_margin_ticks": ParameterSpec(1, _T.PARAMETER_INTEGER,
                                       "chunking rtc: ticks added to the measured inference delay to size the committed prefix",
                                       low=0, high=100),
@@ -123,8 +124,8 @@ class PolicyNodeParams:
             raise SafetyError(f"parameter executor must be one of {EXECUTORS}, got {self.executor!r}")
         if self.execution not in EXECUTION_MODES:
             raise SafetyError(f"parameter execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
-        if self.chunking not in CHUNKING_MODES:
-            raise SafetyError(f"parameter chunking must be one of {CHUNKING_MODES}, got {self.chunking!r}")
+        if self.chunking not in CHUNKING_CHOICES:
+            raise SafetyError(f"parameter chunking must be one of {CHUNKING_CHOICES}, got {self.chunking!r}")
         validate_guidance_scale(self.guidance_scale)
 
     @property
@@ -141,12 +142,16 @@ class PolicyNodeParams:
         return SafetyLimits.from_joint_limits(metadata.limits, self.max_velocity_scale, self.lower_limits,
                                               self.upper_limits, self.velocity_limits)
 
+    def chunking_for(self, metadata: PolicyMetadata) -> str:
+        """The chunking mode this node runs with ``metadata``'s model ('auto' resolved)."""
+        return resolve_chunking(self.chunking, metadata.rtc)
+
     def controller_config(self, metadata: PolicyMetadata, guidance_scale: float | None = None) -> ControllerConfig:
         """The PolicyController's configuration for ``metadata`` (``guidance_scale``: the current value)."""
         w = self.guidance_scale if guidance_scale is None else validate_guidance_scale(guidance_scale)
         # by keyword: ControllerConfig's optional fields are not in a stable order
         return ControllerConfig(metadata.observation, metadata.horizon, self.period_s, execution=self.execution,
-                                chunking=self.chunking, replan_every=self.replan_every,
+                                chunking=self.chunking_for(metadata), replan_every=self.replan_every,
                                 ensemble_decay=self.ensemble_decay, stale_timeout_s=self.stale_timeout_s,
                                 guidance_scale=w, observation_range=metadata.observation_range,
                                 ood_margin=self.ood_margin, goal_frame=self.goal_frame,

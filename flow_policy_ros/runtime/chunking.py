@@ -43,6 +43,22 @@ from dataclasses import dataclass
 import numpy as np
 
 CHUNKING_MODES: tuple[str, ...] = ("receding_horizon", "temporal_ensemble", "rtc")
+#: What the node parameter and ``eval-sim --chunking`` accept: a mode, or 'auto' (the default).
+CHUNKING_CHOICES: tuple[str, ...] = ("auto", *CHUNKING_MODES)
+
+
+def resolve_chunking(chunking: str, rtc_model: bool) -> str:
+    """The chunking mode for a requested ``chunking`` (a mode of :data:`CHUNKING_CHOICES`).
+
+    'auto' is 'rtc' for a real-time chunking model (metadata ``rtc``), else 'receding_horizon':
+    on the delay protocol (README, "Real-time chunking under inference delay") rtc matched or beat
+    both baselines at every injected delay with the RTC model.
+    """
+    if chunking == "auto":
+        return "rtc" if rtc_model else "receding_horizon"
+    if chunking not in CHUNKING_MODES:
+        raise ValueError(f"chunking must be one of {CHUNKING_CHOICES}, got {chunking!r}")
+    return chunking
 #: ACT's default ensembling coefficient m.
 DEFAULT_ENSEMBLE_DECAY = 0.01
 #: Actions executed from a chunk before the next is due (see the module docstring).
