@@ -13,7 +13,7 @@ from model_factory import make_tiny_model
 
 from flow_policy_ros.cli import main
 from flow_policy_ros.data import bag as bagio
-from flow_policy_ros.data.replay import replay_bag, trajectory_to_tick_commands
+from flow_policy_ros.data.replay import replay_bag
 from flow_policy_ros.errors import BagError
 from flow_policy_ros.policy.config import IIWA_JOINT_NAMES
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
@@ -100,24 +100,6 @@ def run_replay(bags: list[Path], model: Path, out: Path, *extra: str) -> dict:
     code = main(["replay", *map(str, bags), "--model", str(model), "--out", str(out), "--no-plots", *extra])
     assert code == 0
     return json.loads((out / "report.json").read_text())
-
-
-# --------------------------------------------------------------------------- pure pieces
-
-
-def test_trajectory_to_tick_commands_later_chunks_replace_earlier() -> None:
-    offsets = np.array([1, 2, 3]) * DT_NS
-    a = np.array([[1.0], [2.0], [3.0]])
-    b = np.array([[10.0], [20.0], [30.0]])
-    times, cmds = trajectory_to_tick_commands([0, 2 * DT_NS], [offsets, offsets], [a, b], 0.02)
-    assert times.tolist() == [0, DT_NS, 2 * DT_NS, 3 * DT_NS, 4 * DT_NS]
-    assert cmds[:, 0].tolist() == [1.0, 2.0, 10.0, 20.0, 30.0]
-
-
-def test_trajectory_to_tick_commands_rejects_unordered_chunks() -> None:
-    offsets = np.array([DT_NS])
-    with pytest.raises(BagError, match="order"):
-        trajectory_to_tick_commands([DT_NS, 0], [offsets, offsets], [np.ones((1, 1)), np.ones((1, 1))], 0.02)
 
 
 # --------------------------------------------------------------------------- round trips

@@ -7,7 +7,7 @@ Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_in
 
 Values are checked before windowing: a recording with a non-finite or physically impossible
 joint position (|q| > 2π rad, or an action joint beyond its limits by more than
-:data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`), an infinite velocity, a non-finite goal or command is a
+:data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`), an infinite velocity, a non-finite goal, command or target is a
 one-line :class:`DatasetError` naming the bag, so bad data never reaches the statistics. Inputs
 are only read.
 """
@@ -125,7 +125,8 @@ def _first_bad(values: np.ndarray, bad: np.ndarray, names: list[str], what: str,
 def check_recording_values(rec: EpisodeRecording, policy_cfg: PolicyConfig, source: str) -> None:
     """Raise DatasetError naming ``source`` for a value no real robot recording can hold.
 
-    Checked: joint positions and commands finite and within ±2π rad, action joints within their
+    Checked: joint positions, commands and targets (trajectory points, controller references)
+    finite and within ±2π rad, action joints within their
     limits ± :data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`; velocities not infinite (NaN marks "not
     recorded"); goals finite.
     """
@@ -153,6 +154,8 @@ def check_recording_values(rec: EpisodeRecording, policy_cfg: PolicyConfig, sour
         problem = _first_bad(rec.goals, ~np.isfinite(rec.goals), ["x", "y", "z"], "goal", "m (non-finite)")
     if not problem and len(rec.command_times_ns):
         problem = positions(rec.commands, list(rec.command_joint_names), "command")
+    if not problem and rec.targets is not None:
+        problem = positions(rec.targets.values, list(rec.targets.joint_names), "target")
     if problem:
         raise DatasetError(f"{source}: {problem}")
 

@@ -1,0 +1,161 @@
+"""Position targets over time as a joint trajectory controller holds them (pure numpy).
+
+A :class:`TargetSeries` is what the ``joint_trajectory`` and ``controller_state`` action sources
+read from a bag: the position target (rad) of each joint at any time, on the bag's clock (int
+ns). :mod:`flow_policy_ros.data.windows` samples it on the control grid.
+
+- :func:`spliced_trajectories`: a stream of trajectory_msgs/JointTrajectory commands executed
+  the way ros_controllers' JointTrajectoryController splices them: each trajectory starts at its
+  start time (header.stamp, or the receipt time for a zero stamp) and replaces the previous one
+  from then on. Between its start and its first point the target moves linearly from where the
+  previous trajectory was at the start to that point; between points it is linear in time
+  (what a JTC does with position-only points: velocities and accelerations in the points are
+  not used); after the last point it holds it. An empty trajectory holds the target it finds.
+  Before the first trajectory's first point the target is undefined (a JTC would start from the
+  measured state, which the series does not know); a trajectory that starts earlier than that
+  is spliced onto that first point.
+- :func:`sampled_targets`: a sampled target signal (a JTC's published reference), linear
+  between samples, defined from the first sample to the last.
+
+Bad input raises :class:`~flow_policy_ros.errors.TimeSeriesError` with a one-line message
+naming the message index; the bag reader adds the bag and the topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flow_policy_ros.errors import TimeSeriesError
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Targets from ``start_ns`` until the next segment's start: linear through the knots, held after the last."""
+
+    start_ns: int
+    knot_times_ns: np.ndarray  # (n,) int64, increasing, first >= start_ns unless a predecessor is spliced in
+    knot_values: np.ndarray  # (n, A) float64 rad
+
+
+def _eval(seg: _Segment, times_ns: np.ndarray) -> np.ndarray:
+    """Linear interpolation through ``seg``'s knots at ``times_ns`` (K,) (>= its first knot), held after the last."""
+    knots, values = seg.knot_times_ns, seg.knot_values
+    if len(knots) == 1:
+        return np.repeat(values[:1], len(times_ns), axis=0)
+    lo = np.clip(np.searchsorted(knots, times_ns, side="right") - 1, 0, len(knots) - 2)
+    # int64 differences first: 1e18-ns epoch stamps keep their precision; w = 0 and w = 1 are exact.
+    w = np.clip((times_ns - knots[lo]).astype(np.float64) / (knots[lo + 1] - knots[lo]).astype(np.float64), 0.0, 1.0)
+    return (1.0 - w)[:, None] * values[lo] + w[:, None] * values[lo + 1]
+
+
+@dataclass(frozen=True)
+class TargetSeries:
+    """Position targets (rad) of ``joint_names`` over time, defined on ``[start_ns, end_ns]``.
+
+    Build it with :func:`spliced_trajectories` or :func:`sampled_targets`. Past ``end_ns`` the
+    last target holds (a controller holds its final point).
+    """
+
+    joint_names: tuple[str, ...]
+    segments: tuple[_Segment, ...]
+    start_ns: int
+    end_ns: int
+
+    def sample(self, times_ns: np.ndarray) -> np.ndarray:
+        """Targets (K, A) float64 rad at ``times_ns`` (K,) int64; a time before ``start_ns`` is a TimeSeriesError."""
+        times = np.asarray(times_ns, np.int64)
+        out = np.empty((len(times), len(self.joint_names)), np.float64)
+        if len(times) == 0:
+            return out
+        if times.min() < self.start_ns:
+            raise TimeSeriesError(f"target time {int(times.min())} ns precedes the first defined target at "
+                                  f"{self.start_ns} ns")
+        starts = np.array([s.start_ns for s in self.segments], np.int64)
+        active = np.maximum(np.searchsorted(starts, times, side="right") - 1, 0)
+        for c in np.unique(active):
+            mask = active == c
+            out[mask] = _eval(self.segments[c], times[mask])
+        return out
+
+    def renamed(self, names: Sequence[str]) -> TargetSeries:
+        """The same series with its joints called ``names`` (same order)."""
+        if len(names) != len(self.joint_names):
+            raise TimeSeriesError(f"{len(names)} names for the {len(self.joint_names)} joints {list(self.joint_names)}")
+        return TargetSeries(tuple(names), self.segments, self.start_ns, self.end_ns)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every knot value (n, A) rad, for value checks."""
+        return np.concatenate([s.knot_values for s in self.segments])
+
+
+def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
+                         point_offsets_ns: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> TargetSeries:
+    """Trajectory commands, in the order received, → the targets a JTC executing them holds (module docstring).
+
+    Args:
+        joint_names: the A joints of every ``positions`` column.
+        starts_ns: (C,) start time of each trajectory (header.stamp, or receipt time if zero),
+            non-decreasing in receipt order; at equal starts the later trajectory wins.
+        point_offsets_ns: C arrays (n_c,) int64: each point's time_from_start, >= 0 and strictly
+            increasing (n_c = 0: an empty trajectory, "hold").
+        positions: C arrays (n_c, A) rad.
+
+    Raises:
+        TimeSeriesError: no trajectory with points, a start before the previous one, times from
+            start that are negative or do not increase, a position count that is not A.
+    """
+    names = tuple(joint_names)
+    segments: list[_Segment] = []
+    prev_start: int | None = None
+    for c, (start, offsets, pos) in enumerate(zip(starts_ns, point_offsets_ns, positions)):
+        start = int(start)
+        offsets = np.asarray(offsets, np.int64).reshape(-1)
+        pos = np.asarray(pos, np.float64).reshape(len(offsets), -1) if len(offsets) else np.zeros((0, len(names)))
+        if prev_start is not None and start < prev_start:
+            raise TimeSeriesError(f"message #{c} starts at {start} ns, before message #{c - 1} at {prev_start} ns "
+                                  f"(stamps must not decrease)")
+        prev_start = start
+        if pos.shape[1] != len(names):
+            raise TimeSeriesError(f"message #{c} has {pos.shape[1]} positions per point, expected {len(names)}")
+        if len(offsets) and (offsets[0] < 0 or np.any(np.diff(offsets) <= 0)):
+            raise TimeSeriesError(f"message #{c}: the points' time_from_start must be >= 0 and strictly increasing, "
+                                  f"got {offsets.tolist()} ns")
+        if segments and segments[-1].start_ns == start:
+            segments.pop()  # replaced before it ever became active
+        if not segments:
+            if len(offsets):  # leading empty trajectories have nothing to hold
+                segments.append(_Segment(start, start + offsets, pos))
+            continue
+        # Splice: start from where the previous trajectory is at this start time (its first point
+        # if it has not reached it yet).
+        before = _eval(segments[-1], np.array([max(start, segments[-1].knot_times_ns[0])], np.int64))
+        knots = np.concatenate([[start], start + offsets]).astype(np.int64)
+        values = np.concatenate([before, pos])
+        if len(offsets) and offsets[0] == 0:  # a first point at the start replaces the spliced one
+            knots, values = knots[1:], values[1:]
+        segments.append(_Segment(start, knots, values))
+    if not segments:
+        raise TimeSeriesError("no trajectory with points")
+    return TargetSeries(names, tuple(segments), int(segments[0].knot_times_ns[0]),
+                        int(segments[-1].knot_times_ns[-1]))
+
+
+def sampled_targets(joint_names: Sequence[str], times_ns: np.ndarray, positions: np.ndarray) -> TargetSeries:
+    """Target samples (T,) int64 ns, strictly increasing, with (T, A) rad → a series linear between them.
+
+    Raises TimeSeriesError naming the first sample whose time does not increase.
+    """
+    times = np.asarray(times_ns, np.int64).reshape(-1)
+    values = np.asarray(positions, np.float64).reshape(len(times), len(joint_names))
+    if len(times) == 0:
+        raise TimeSeriesError("no target samples")
+    bad = np.flatnonzero(np.diff(times) <= 0)
+    if len(bad):
+        i = int(bad[0]) + 1
+        raise TimeSeriesError(f"message #{i} is stamped {int(times[i])} ns, not after message #{i - 1} at "
+                              f"{int(times[i - 1])} ns (stamps must increase)")
+    return TargetSeries(tuple(joint_names), (_Segment(int(times[0]), times, values),), int(times[0]), int(times[-1]))
