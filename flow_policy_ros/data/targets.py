@@ -88,8 +88,13 @@ class TargetSeries:
 
     @property
     def values(self) -> np.ndarray:
-        """Every knot value (n, A) rad, for value checks."""
+        """Every knot value (n, A) rad (trajectory points, references), for value checks."""
         return np.concatenate([s.knot_values for s in self.segments])
+
+    @property
+    def times_ns(self) -> np.ndarray:
+        """The time (n,) int64 ns of each of :attr:`values`."""
+        return np.concatenate([s.knot_times_ns for s in self.segments])
 
 
 def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
