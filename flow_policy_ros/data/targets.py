@@ -13,7 +13,10 @@ ns). :mod:`flow_policy_ros.data.windows` samples it on the control grid.
   not used); after the last point it holds it. An empty trajectory holds the target it finds.
   Before the first trajectory's first point the target is undefined (a JTC would start from the
   measured state, which the series does not know); a trajectory that starts earlier than that
-  is spliced onto that first point.
+  is spliced onto that first point. ros2_controllers' JTC switches to a new trajectory when it
+  receives it and starts from its current state (the last command with ``open_loop_control``);
+  for the usual stamps (zero, or the sender's tick, just before receipt) that is this splice up
+  to the transport latency, and the previous target rather than the measured position.
 - :func:`sampled_targets`: a sampled target signal (a JTC's published reference), linear
   between samples, defined from the first sample to the last.
 
@@ -74,10 +77,13 @@ class TargetSeries:
             raise TimeSeriesError(f"target time {int(times.min())} ns precedes the first defined target at "
                                   f"{self.start_ns} ns")
         starts = np.array([s.start_ns for s in self.segments], np.int64)
-        active = np.maximum(np.searchsorted(starts, times, side="right") - 1, 0)
-        for c in np.unique(active):
-            mask = active == c
-            out[mask] = _eval(self.segments[c], times[mask])
+        # In time order the active segment only advances: one contiguous run of times per segment.
+        order = np.argsort(times, kind="stable")
+        ordered = times[order]
+        active = np.maximum(np.searchsorted(starts, ordered, side="right") - 1, 0)
+        bounds = np.flatnonzero(np.diff(active)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)]):
+            out[order[lo:hi]] = _eval(self.segments[active[lo]], ordered[lo:hi])
         return out
 
     def renamed(self, names: Sequence[str]) -> TargetSeries:
