@@ -26,7 +26,7 @@ Conventions fixed here:
 - JointTrajectory commands and controller states become a
   :class:`~flow_policy_ros.data.targets.TargetSeries` (the recording's ``targets``): trajectories
   spliced as a JTC executes them, starting at header.stamp (the log time when it is zero), the
-  controller's reference (``desired`` in bags from distros before control_msgs 4) linear between
+  controller's reference (``desired`` in Foxy and Galactic bags) linear between
   its stamps. Both match joints by name in every message; a message that lacks a requested
   joint is an error naming the joint and the topic.
 - Joints are matched by name in every JointState message (drivers publish any order). A message
@@ -485,7 +485,7 @@ def trajectory_targets(path: Path, topic: str, messages: list[tuple[int, Any]], 
 
 
 def _reference_positions(msg: Any) -> np.ndarray:
-    """A controller state's reference positions; ``desired`` where ``reference`` is absent or empty (old distros)."""
+    """A controller state's reference positions; ``desired`` where ``reference`` is absent or empty (Foxy, Galactic)."""
     for field in ("reference", "desired"):
         point = getattr(msg, field, None)
         if point is not None and len(point.positions):
@@ -498,7 +498,7 @@ def controller_state_targets(path: Path, topic: str, messages: list[tuple[int, A
     """JointTrajectoryControllerState messages (log time ns, msg) → their reference positions over time.
 
     Times are header.stamp (log time when zero), which must increase; values are
-    ``reference.positions`` (``desired.positions`` in bags from before control_msgs 4), columns
+    ``reference.positions`` (``desired.positions`` where that is empty: Foxy, Galactic), columns
     in ``joint_names`` order, matched by name in every message; linear between the samples.
 
     Raises BagError naming the bag, ``topic`` and the message: no message, a message without
