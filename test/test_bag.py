@@ -11,6 +11,7 @@ import pytest
 
 from flow_policy_ros.data.bag import (
     CONTROLLER_STATE,
+    CONTROLLER_STATE_OLDER_MSGS,
     FLOAT64_MULTI_ARRAY,
     JOINT_STATE,
     JOINT_TRAJECTORY,
@@ -345,6 +346,43 @@ def test_controller_state_of_an_older_distro_reads_desired(tmp_path: Path) -> No
             goal = types[POINT_STAMPED](header=header, point=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0))
             for topic, msg in (("/joint_states", js), ("/goal", goal), (jtc_bags.STATE_TOPIC, cs)):
                 writer.write(conns[topic], t, old.serialize_cdr(msg, conns[topic].msgtype))
+    targets = read_episode_bag(bag, STATE, joint_names=NAMES).targets
+    np.testing.assert_allclose(targets.sample(np.array([EPOCH + 15_000_000]))[0], np.full(7, 0.15), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", list(CONTROLLER_STATE_OLDER_MSGS))
+def test_controller_state_of_an_older_layout_in_a_bag_without_definitions(tmp_path: Path, layout: str) -> None:
+    """A Humble sqlite3 bag embeds no message definitions: its controller states decode with the older layout they fit."""
+    import sqlite3
+
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    old = get_typestore(Stores.ROS2_KILTED)
+    old.register(get_types_from_msg(CONTROLLER_STATE_OLDER_MSGS[layout], CONTROLLER_STATE))
+    point = old.types["trajectory_msgs/msg/JointTrajectoryPoint"]
+    multi = old.types["trajectory_msgs/msg/MultiDOFJointTrajectoryPoint"]
+    duration = old.types["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
+    fields = {name for name, _ in old.fielddefs[CONTROLLER_STATE][1]}
+    bag = tmp_path / "humble"
+    with BagWriter(bag, "sqlite3") as out:
+        jtc_bags.write_joint_states_and_goal(out, 10, seed=0)
+        for k in range(3):
+            t = EPOCH + k * 10**7
+            values = {f: point(positions=np.full(7, 0.1 * k), velocities=np.zeros(0), accelerations=np.zeros(0),
+                               effort=np.zeros(0), time_from_start=duration) for f in ("reference", "desired")}
+            kwargs = {f: values.get(f, point(positions=np.zeros(7), velocities=np.zeros(0), accelerations=np.zeros(0),
+                                             effort=np.zeros(0), time_from_start=duration))
+                      for f in fields if f not in ("header", "joint_names", "multi_dof_joint_names")
+                      and not f.startswith("multi_dof_")}
+            kwargs.update({f: multi(transforms=[], velocities=[], accelerations=[], time_from_start=duration)
+                           for f in fields if f.startswith("multi_dof_") and f != "multi_dof_joint_names"})
+            if "multi_dof_joint_names" in fields:
+                kwargs["multi_dof_joint_names"] = []
+            msg = old.types[CONTROLLER_STATE](header=controller_state_msg(t, NAMES, np.zeros(7)).header,
+                                              joint_names=NAMES, **kwargs)
+            out.write_raw(jtc_bags.STATE_TOPIC, CONTROLLER_STATE, old.serialize_cdr(msg, CONTROLLER_STATE), t)
+    with sqlite3.connect(next(bag.glob("*.db3"))) as con:
+        con.execute("DELETE FROM message_definitions")  # as rosbag2 on Humble writes it: no definitions
     targets = read_episode_bag(bag, STATE, joint_names=NAMES).targets
     np.testing.assert_allclose(targets.sample(np.array([EPOCH + 15_000_000]))[0], np.full(7, 0.15), rtol=0, atol=1e-12)
 

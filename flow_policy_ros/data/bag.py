@@ -85,10 +85,10 @@ CONTROLLER_STATE = "control_msgs/msg/JointTrajectoryControllerState"
 #: control_msgs/msg/JointTrajectoryControllerState as control_msgs >= 5.3 defines it (ROS 2 Jazzy
 #: since late 2024, Kilted, Rolling; comments dropped). rosbags' typestores carry no control_msgs,
 #: so it is registered here, the one place, for writing and as the fallback for reading. A bag
-#: that embeds the definitions it was recorded with (mcap does) decodes with its own, so a Humble
-#: recording (control_msgs 4: also the deprecated ``desired``/``actual``) or a Foxy one
-#: (``desired``/``actual``/``error`` only) reads too; a bag without embedded definitions must
-#: match this one.
+#: that embeds the definitions it was recorded with (mcap does; sqlite3 from Iron on) decodes
+#: with its own; one that embeds none (a Humble sqlite3 bag) and does not match this layout is
+#: decoded with the first of :data:`CONTROLLER_STATE_OLDER_MSGS` whose size matches exactly
+#: (rosbags refuses a size mismatch, so a wrong layout never decodes silently).
 CONTROLLER_STATE_MSG = """\
 std_msgs/Header header
 string[] joint_names
@@ -104,6 +104,37 @@ trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_output
 float64 speed_scaling_factor
 """
 TYPESTORE.register(get_types_from_msg(CONTROLLER_STATE_MSG, CONTROLLER_STATE))
+
+
+def _state_layout(points: str, multi_dof: str | None, tail: str = "") -> str:
+    lines = ["std_msgs/Header header", "string[] joint_names",
+             *(f"trajectory_msgs/JointTrajectoryPoint {p}" for p in points.split())]
+    if multi_dof is not None:
+        lines += ["string[] multi_dof_joint_names",
+                  *(f"trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_{p}" for p in multi_dof.split())]
+    return "\n".join([*lines, *([tail] if tail else [])]) + "\n"
+
+
+#: The earlier layouts of JointTrajectoryControllerState in control_msgs' history, newest first.
+#: Every one starts with header, joint_names and the set point (``reference``, formerly ``desired``).
+CONTROLLER_STATE_OLDER_MSGS = {
+    "control_msgs 5.0-5.2 (Iron, Jazzy before 5.3)": _state_layout(
+        "reference feedback error output", "reference feedback error output"),
+    "control_msgs 4.4-4.x (Humble since 2023)": _state_layout(
+        "reference feedback error output desired actual", "reference feedback error output desired actual"),
+    "control_msgs 4.0-4.3 (Humble before 2023)": _state_layout("desired actual error", "desired actual error"),
+    "control_msgs 2-3 (Foxy, Galactic)": _state_layout("desired actual error", None),
+}
+
+
+def _older_typestore(definition: str) -> Any:
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg(definition, CONTROLLER_STATE))
+    return store
+
+
+#: msgtype -> [(label, typestore)] tried, in order, when a message does not decode with the bag's definitions.
+_OLDER_LAYOUTS = {CONTROLLER_STATE: [(label, _older_typestore(text)) for label, text in CONTROLLER_STATE_OLDER_MSGS.items()]}
 #: Message type of each action source's topic.
 ACTION_TOPIC_TYPES = {"commands": FLOAT64_MULTI_ARRAY, "joint_trajectory": JOINT_TRAJECTORY,
                       "controller_state": CONTROLLER_STATE}
@@ -409,11 +440,24 @@ def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
     out: dict[str, list[tuple[int, Any]]] = {topic: [] for topic in wanted}
     for raw, decode in _iter_messages(path, list(wanted)):
         try:
-            out[raw.topic].append((raw.log_time_ns, decode()))
+            msg = decode()
         except _READ_ERRORS as exc:
-            raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
-                           f"{_one_line(exc)}") from exc
+            msg = _decode_older_layout(raw)
+            if msg is None:
+                raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
+                               f"{_one_line(exc)}") from exc
+        out[raw.topic].append((raw.log_time_ns, msg))
     return out
+
+
+def _decode_older_layout(raw: RawMessage) -> Any | None:
+    """``raw`` decoded with the first older layout of its type that fits it exactly, else None."""
+    for _, store in _OLDER_LAYOUTS.get(raw.msgtype, []):
+        try:
+            return store.deserialize_cdr(raw.data, raw.msgtype)
+        except _READ_ERRORS:
+            continue
+    return None
 
 
 def action_topic_roles(cfg: DataConfig) -> dict[str, str]:
