@@ -509,7 +509,8 @@ def trajectory_targets(path: Path, topic: str, messages: list[tuple[int, Any]], 
     columns follow ``joint_names``, matched by name in every message.
 
     Raises BagError naming the bag, ``topic`` and the message: no message, no point at all, a
-    missing joint, start times that decrease, point times that do not increase.
+    missing joint, a start more than a second before the previous one's (another clock), point
+    times that do not increase.
     """
     if not messages:
         raise BagError(f"{path}: {topic} holds no messages")

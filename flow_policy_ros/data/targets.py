@@ -6,8 +6,8 @@ ns). :mod:`flow_policy_ros.data.windows` samples it on the control grid.
 
 - :func:`spliced_trajectories`: a stream of trajectory_msgs/JointTrajectory commands executed
   the way ros_controllers' JointTrajectoryController splices them: each trajectory starts at its
-  start time (header.stamp, or the receipt time for a zero stamp) and replaces the previous one
-  from then on. Between its start and its first point the target moves linearly from where the
+  start time (header.stamp, or the receipt time for a zero stamp) and replaces what was received
+  before it from then on. Between its start and its first point the target moves linearly from where the
   previous trajectory was at the start to that point; between points it is linear in time
   (what a JTC does with position-only points: velocities and accelerations in the points are
   not used); after the last point it holds it. An empty trajectory holds the target it finds.
@@ -32,6 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from flow_policy_ros.errors import TimeSeriesError
+
+#: How far (ns) a trajectory may start before the one received just before it. Senders mix
+#: stamps legitimately by a fraction of a period: policy_node stamps a chunk with its nominal
+#: tick, up to half a period after it publishes, and a stop (an empty trajectory) with zero, the
+#: receipt time (a 4 ms rewind recorded by ``flow-policy demo --execution trajectory``). A rewind
+#: beyond a second means stamps from another clock (sim time against wall time, say).
+MAX_START_REWIND_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -110,13 +117,15 @@ def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
     Args:
         joint_names: the A joints of every ``positions`` column.
         starts_ns: (C,) start time of each trajectory (header.stamp, or receipt time if zero),
-            non-decreasing in receipt order; at equal starts the later trajectory wins.
+            in receipt order. A trajectory replaces everything received before it from its start
+            on, also one that starts later (it never became active); a start more than
+            :data:`MAX_START_REWIND_NS` before the previous one is an error.
         point_offsets_ns: C arrays (n_c,) int64: each point's time_from_start, >= 0 and strictly
             increasing (n_c = 0: an empty trajectory, "hold").
         positions: C arrays (n_c, A) rad.
 
     Raises:
-        TimeSeriesError: no trajectory with points, a start before the previous one, times from
+        TimeSeriesError: no trajectory with points, a start far before the previous one, times from
             start that are negative or do not increase, a position count that is not A.
     """
     names = tuple(joint_names)
@@ -126,16 +135,16 @@ def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
         start = int(start)
         offsets = np.asarray(offsets, np.int64).reshape(-1)
         pos = np.asarray(pos, np.float64).reshape(len(offsets), -1) if len(offsets) else np.zeros((0, len(names)))
-        if prev_start is not None and start < prev_start:
-            raise TimeSeriesError(f"message #{c} starts at {start} ns, before message #{c - 1} at {prev_start} ns "
-                                  f"(stamps must not decrease)")
+        if prev_start is not None and start < prev_start - MAX_START_REWIND_NS:
+            raise TimeSeriesError(f"message #{c} starts at {start} ns, {(prev_start - start) * 1e-9:.3g} s before "
+                                  f"message #{c - 1} at {prev_start} ns (stamps on another clock?)")
         prev_start = start
         if pos.shape[1] != len(names):
             raise TimeSeriesError(f"message #{c} has {pos.shape[1]} positions per point, expected {len(names)}")
         if len(offsets) and (offsets[0] < 0 or np.any(np.diff(offsets) <= 0)):
             raise TimeSeriesError(f"message #{c}: the points' time_from_start must be >= 0 and strictly increasing, "
                                   f"got {offsets.tolist()} ns")
-        if segments and segments[-1].start_ns == start:
+        while segments and segments[-1].start_ns >= start:
             segments.pop()  # replaced before it ever became active
         if not segments:
             if len(offsets):  # leading empty trajectories have nothing to hold
