@@ -25,6 +25,17 @@ os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 80)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> Iterator[None]:
+    """torch with one CPU thread, as `flow-policy train/distill --threads 1` (their default): two
+    threads per process on this shared 2-core machine made the in-process training tests several
+    times slower (test_distill: 370 s vs 40 s under load)."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
 def ros_domain_id() -> int:
     """The ROS domain of this test session."""
     return int(os.environ["ROS_DOMAIN_ID"])

@@ -5,15 +5,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import jtc_bags
 import numpy as np
 import pytest
 
 from flow_policy_ros.data.bag import (
+    CONTROLLER_STATE,
+    CONTROLLER_STATE_OLDER_MSGS,
     FLOAT64_MULTI_ARRAY,
     JOINT_STATE,
     JOINT_TRAJECTORY,
     POINT_STAMPED,
     BagWriter,
+    controller_state_msg,
     deserialize,
     float64_multi_array_msg,
     iter_raw_messages,
@@ -270,3 +274,145 @@ def test_one_undecodable_message_names_bag_topic_and_index(tmp_path: Path, paylo
     message = str(info.value)
     assert message.startswith(str(bag)) and fragment in message and len(message.splitlines()) == 1, message
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+# --------------------------------------------------------------------------- JointTrajectoryController topics
+
+JTC = DataConfig(action_source="joint_trajectory")
+STATE = DataConfig(action_source="controller_state")
+
+
+def jtc_bag(path: Path, topic: str, msgtype: str, messages: list[tuple[int, object]], storage: str = "mcap") -> Path:
+    """Joint states and goal over 10 ticks plus ``messages`` (log time, msg) on ``topic``."""
+    with BagWriter(path, storage) as out:
+        jtc_bags.write_joint_states_and_goal(out, 10, seed=0)
+        for t, msg in messages:
+            out.write(topic, msgtype, msg, t)
+    return path
+
+
+def trajectory(t: int, names: list[str] = NAMES, points: int = 3, stamp: int | None = None) -> tuple[int, object]:
+    positions = 0.1 * np.arange(points * len(names)).reshape(points, len(names))
+    return t, joint_trajectory_msg(t if stamp is None else stamp, names, positions, 0.02)
+
+
+def state(t: int, names: list[str] = NAMES, reference: np.ndarray | None = None) -> tuple[int, object]:
+    return t, controller_state_msg(t, names, np.full(len(names), 0.1) if reference is None else reference)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_trajectory_and_controller_state_read_by_name(tmp_path: Path, storage: str) -> None:
+    shuffled = NAMES[::-1]
+    bag = jtc_bag(tmp_path / "jt", jtc_bags.JTC_TOPIC, JOINT_TRAJECTORY,
+                  [trajectory(EPOCH, shuffled), trajectory(EPOCH + 10**7, shuffled, stamp=0)], storage)
+    targets = read_episode_bag(bag, JTC, joint_names=NAMES).targets
+    assert targets is not None and targets.joint_names == tuple(NAMES)
+    # the second trajectory has a zero stamp: it starts at its log time; point 0 of row j holds 0.1·(7 − 1 − j)
+    np.testing.assert_allclose(targets.sample(np.array([EPOCH + 10**7 + 2 * 10**7]))[0], 0.1 * np.arange(6, -1, -1))
+    assert targets.start_ns == EPOCH + 2 * 10**7 and targets.end_ns == EPOCH + 10**7 + 6 * 10**7
+    ref = np.linspace(-0.3, 0.3, 7)
+    bag = jtc_bag(tmp_path / "cs", jtc_bags.STATE_TOPIC, CONTROLLER_STATE,
+                  [state(EPOCH + k * 10**7, shuffled, ref[::-1] + k) for k in range(3)], storage)
+    targets = read_episode_bag(bag, STATE, joint_names=NAMES).targets
+    np.testing.assert_allclose(targets.sample(np.array([EPOCH + 15_000_000]))[0], ref + 1.5, rtol=0, atol=1e-12)
+
+
+def test_controller_state_of_an_older_distro_reads_desired(tmp_path: Path) -> None:
+    """A Foxy-era bag (control_msgs 2: header, joint_names, desired, actual, error) embeds its own definition."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    old = get_typestore(Stores.ROS2_FOXY)
+    old.register(get_types_from_msg("std_msgs/Header header\nstring[] joint_names\n"
+                                    "trajectory_msgs/JointTrajectoryPoint desired\n"
+                                    "trajectory_msgs/JointTrajectoryPoint actual\n"
+                                    "trajectory_msgs/JointTrajectoryPoint error\n", CONTROLLER_STATE))
+    types = old.types
+    bag = tmp_path / "foxy"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {topic: writer.add_connection(topic, msgtype, typestore=old) for topic, msgtype in
+                 (("/joint_states", JOINT_STATE), ("/goal", POINT_STAMPED), (jtc_bags.STATE_TOPIC, CONTROLLER_STATE))}
+        for k in range(3):
+            t = EPOCH + k * 10**7
+            header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9),
+                                                  frame_id="")
+            zero = np.zeros(7)
+            js = types[JOINT_STATE](header=header, name=NAMES, position=zero, velocity=zero, effort=np.zeros(0))
+            point = types["trajectory_msgs/msg/JointTrajectoryPoint"]
+            dur = types["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
+            pts = [point(positions=np.full(7, k * 0.1 + i), velocities=np.zeros(0), accelerations=np.zeros(0),
+                         effort=np.zeros(0), time_from_start=dur) for i in range(3)]
+            cs = types[CONTROLLER_STATE](header=header, joint_names=NAMES, desired=pts[0], actual=pts[1], error=pts[2])
+            goal = types[POINT_STAMPED](header=header, point=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0))
+            for topic, msg in (("/joint_states", js), ("/goal", goal), (jtc_bags.STATE_TOPIC, cs)):
+                writer.write(conns[topic], t, old.serialize_cdr(msg, conns[topic].msgtype))
+    targets = read_episode_bag(bag, STATE, joint_names=NAMES).targets
+    np.testing.assert_allclose(targets.sample(np.array([EPOCH + 15_000_000]))[0], np.full(7, 0.15), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", list(CONTROLLER_STATE_OLDER_MSGS))
+def test_controller_state_of_an_older_layout_in_a_bag_without_definitions(tmp_path: Path, layout: str) -> None:
+    """A Humble sqlite3 bag embeds no message definitions: its controller states decode with the older layout they fit."""
+    import sqlite3
+
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    old = get_typestore(Stores.ROS2_KILTED)
+    old.register(get_types_from_msg(CONTROLLER_STATE_OLDER_MSGS[layout], CONTROLLER_STATE))
+    point = old.types["trajectory_msgs/msg/JointTrajectoryPoint"]
+    multi = old.types["trajectory_msgs/msg/MultiDOFJointTrajectoryPoint"]
+    duration = old.types["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
+    fields = {name for name, _ in old.fielddefs[CONTROLLER_STATE][1]}
+    bag = tmp_path / "humble"
+    with BagWriter(bag, "sqlite3") as out:
+        jtc_bags.write_joint_states_and_goal(out, 10, seed=0)
+        for k in range(3):
+            t = EPOCH + k * 10**7
+            values = {f: point(positions=np.full(7, 0.1 * k), velocities=np.zeros(0), accelerations=np.zeros(0),
+                               effort=np.zeros(0), time_from_start=duration) for f in ("reference", "desired")}
+            kwargs = {f: values.get(f, point(positions=np.zeros(7), velocities=np.zeros(0), accelerations=np.zeros(0),
+                                             effort=np.zeros(0), time_from_start=duration))
+                      for f in fields if f not in ("header", "joint_names", "multi_dof_joint_names")
+                      and not f.startswith("multi_dof_")}
+            kwargs.update({f: multi(transforms=[], velocities=[], accelerations=[], time_from_start=duration)
+                           for f in fields if f.startswith("multi_dof_") and f != "multi_dof_joint_names"})
+            if "multi_dof_joint_names" in fields:
+                kwargs["multi_dof_joint_names"] = []
+            msg = old.types[CONTROLLER_STATE](header=controller_state_msg(t, NAMES, np.zeros(7)).header,
+                                              joint_names=NAMES, **kwargs)
+            out.write_raw(jtc_bags.STATE_TOPIC, CONTROLLER_STATE, old.serialize_cdr(msg, CONTROLLER_STATE), t)
+    with sqlite3.connect(next(bag.glob("*.db3"))) as con:
+        con.execute("DELETE FROM message_definitions")  # as rosbag2 on Humble writes it: no definitions
+    targets = read_episode_bag(bag, STATE, joint_names=NAMES).targets
+    np.testing.assert_allclose(targets.sample(np.array([EPOCH + 15_000_000]))[0], np.full(7, 0.15), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("cfg", "topic", "msgtype", "messages", "fragment"), [
+    (JTC, "/other", JOINT_TRAJECTORY, [trajectory(EPOCH)],
+     r"missing topic /joint_trajectory_controller/joint_trajectory \(data.trajectory_topic for data.action_source "
+     r"'joint_trajectory'\); the bag has \['/goal', '/joint_states', '/other'\]"),
+    (STATE, "/other", CONTROLLER_STATE, [state(EPOCH)],
+     r"missing topic /joint_trajectory_controller/controller_state \(data.controller_state_topic"),
+    (JTC, jtc_bags.JTC_TOPIC, JOINT_TRAJECTORY, [trajectory(EPOCH), trajectory(EPOCH + 10**7, NAMES[:6])],
+     r"/joint_trajectory_controller/joint_trajectory message #1: JointTrajectory lacks joint\(s\) \['lbr_iiwa_joint_7'\]"),
+    (STATE, jtc_bags.STATE_TOPIC, CONTROLLER_STATE, [state(EPOCH, NAMES[1:])],
+     r"/joint_trajectory_controller/controller_state message #0 lacks joint\(s\) \['lbr_iiwa_joint_1'\]"),
+    (JTC, jtc_bags.JTC_TOPIC, JOINT_TRAJECTORY, [trajectory(EPOCH, points=0), trajectory(EPOCH + 1, points=0)],
+     r"/joint_trajectory_controller/joint_trajectory: no trajectory with points"),
+    (STATE, jtc_bags.STATE_TOPIC, CONTROLLER_STATE, [state(EPOCH, reference=np.zeros(0))],
+     r"controller_state message #0 has no reference positions"),
+    (JTC, jtc_bags.JTC_TOPIC, JOINT_TRAJECTORY, [trajectory(EPOCH, stamp=EPOCH + 3 * 10**9), trajectory(EPOCH + 10**7)],
+     r"joint_trajectory: message #1 starts at \d+ ns, 2.99 s before message #0 at \d+ ns \(stamps on another clock\?\)"),
+    (STATE, jtc_bags.STATE_TOPIC, CONTROLLER_STATE, [state(EPOCH), state(EPOCH + 10**7), (EPOCH + 2 * 10**7, state(EPOCH)[1])],
+     r"controller_state: message #2 is stamped \d+ ns, not after message #1 at \d+ ns \(stamps must increase\)"),
+    (JTC, jtc_bags.JTC_TOPIC, FLOAT64_MULTI_ARRAY, [(EPOCH, float64_multi_array_msg(np.zeros(7)))],
+     r"topic /joint_trajectory_controller/joint_trajectory has type std_msgs/msg/Float64MultiArray, "
+     r"expected trajectory_msgs/msg/JointTrajectory"),
+], ids=["no-trajectory-topic", "no-state-topic", "trajectory-lacks-joint", "state-lacks-joint", "only-empty-trajectories",
+        "state-without-reference", "trajectory-stamps-rewind", "state-stamps-repeat", "wrong-type"])
+def test_jtc_sources_bad_input_is_one_line_naming_bag_and_topic(tmp_path: Path, cfg: DataConfig, topic: str,
+                                                                 msgtype: str, messages: list, fragment: str) -> None:
+    bag = jtc_bag(tmp_path / "bag", topic, msgtype, messages)
+    with pytest.raises(BagError, match=fragment) as info:
+        read_episode_bag(bag, cfg, joint_names=NAMES)
+    assert str(info.value).startswith(str(bag)) and "\n" not in str(info.value)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jtc_bags
 import numpy as np
 import pytest
 
 from flow_policy_ros.data.bag import write_episode_bag
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.policy import dataset
-from flow_policy_ros.policy.config import IIWA_JOINT_NAMES, DataConfig, PolicyConfig
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES, ConfigError, DataConfig, ExperimentConfig, PolicyConfig
 from flow_policy_ros.policy.dataset import DatasetError, Windows, load_training_data, windows_from_recording
 
 EPOCH = 1_700_000_000_000_000_000
@@ -19,6 +20,7 @@ TICKS = 10
 H = 4
 POLICY = PolicyConfig(horizon=H, control_period_s=0.02)
 NAMES = list(IIWA_JOINT_NAMES)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def ramp_recording(offset: float = 0.0, command_jitter_ns: np.ndarray | None = None,
@@ -237,3 +239,60 @@ def test_summary_records_the_training_range(episode_dir: Path, tmp_path: Path) -
     np.testing.assert_array_equal(w.summary["observation_range"]["high"], w.observations.max(axis=0))
     cached = load_training_data(episode_dir, POLICY, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
     assert cached.summary["cache"]["hit"] and cached.summary["observation_range"] == w.summary["observation_range"]
+
+
+# --------------------------------------------------------------------------- JointTrajectoryController sources
+
+JTC_POLICY = PolicyConfig(horizon=H, control_period_s=0.02)
+JTC_SOURCES = {
+    "commands": DataConfig(),
+    "joint_trajectory": DataConfig(action_source="joint_trajectory"),
+    "controller_state": DataConfig(action_source="controller_state"),
+}
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_jtc_sources_train_the_same_windows_as_per_tick_commands(tmp_path: Path, storage: str) -> None:
+    """JointTrajectory chunks (replaced mid-chunk, joints shuffled, some stamps zero) and the JTC's
+    controller state give exactly the windows of the Float64MultiArray commands the robot executed."""
+    episode = jtc_bags.make_episode(seed=4)
+    windows = {}
+    for source, cfg in JTC_SOURCES.items():
+        jtc_bags.write_episode(tmp_path / source / "ep", episode, source, storage)
+        windows[source] = dataset.windows_from_directory(tmp_path / source, JTC_POLICY, cfg, progress=False)
+    reference = windows["commands"]
+    assert len(reference) == len(episode.commands) == 36
+    np.testing.assert_array_equal(reference.actions[:, 0], episode.commands.astype(np.float32))
+    for source in ("joint_trajectory", "controller_state"):
+        w = windows[source]
+        assert w.summary["action_source"] == source
+        np.testing.assert_array_equal(w.observations, reference.observations)
+        np.testing.assert_allclose(w.actions, reference.actions, rtol=0, atol=1e-7)
+
+
+def test_jtc_source_actions_follow_the_config_joint_order(tmp_path: Path) -> None:
+    episode = jtc_bags.make_episode(seed=1)
+    jtc_bags.write_episode(tmp_path / "jt" / "ep", episode, "joint_trajectory")
+    policy = PolicyConfig(horizon=H, control_period_s=0.02, action_joint_names=NAMES[::-1])
+    w = dataset.windows_from_directory(tmp_path / "jt", policy, JTC_SOURCES["joint_trajectory"], progress=False)
+    np.testing.assert_allclose(w.actions[:, 0], episode.commands[:, ::-1], rtol=0, atol=1e-7)
+
+
+def test_jtc_source_configs_load(tmp_path: Path) -> None:
+    cfg = ExperimentConfig.from_yaml(REPO_ROOT / "config" / "train_reach_jtc.yaml")
+    assert cfg.data.action_source == "joint_trajectory"
+    assert cfg.data.trajectory_topic == jtc_bags.JTC_TOPIC
+    assert cfg.data.controller_state_topic == jtc_bags.STATE_TOPIC
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  action_source: trajectory\n")
+    with pytest.raises(ConfigError, match="data.action_source must be one of .*'joint_trajectory'.*got 'trajectory'"):
+        ExperimentConfig.from_yaml(bad)
+
+
+def test_non_finite_trajectory_point_is_a_one_line_error(tmp_path: Path) -> None:
+    episode = jtc_bags.make_episode(seed=2)
+    episode.chunks[3].positions[2, 5] = np.nan
+    jtc_bags.write_episode(tmp_path / "jt" / "ep", episode, "joint_trajectory")
+    at = jtc_bags.tick_ns(episode.chunks[3].start_tick + 3)  # point 2 applies 3 periods after the stamp
+    with pytest.raises(DatasetError, match=rf"ep: target of lbr_iiwa_joint_6 is nan rad \(non-finite\) at {at} ns"):
+        dataset.windows_from_directory(tmp_path / "jt", POLICY, JTC_SOURCES["joint_trajectory"], progress=False)

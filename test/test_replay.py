@@ -7,18 +7,19 @@ import hashlib
 import json
 from pathlib import Path
 
+import jtc_bags
 import numpy as np
 import pytest
 from model_factory import make_tiny_model
 
 from flow_policy_ros.cli import main
 from flow_policy_ros.data import bag as bagio
-from flow_policy_ros.data.replay import replay_bag, trajectory_to_tick_commands
-from flow_policy_ros.errors import BagError
-from flow_policy_ros.policy.config import IIWA_JOINT_NAMES
+from flow_policy_ros.data.replay import replay_bag
+from flow_policy_ros.policy.config import IIWA_JOINT_NAMES, DataConfig
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
 EPOCH = 1_700_000_000_000_000_000
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = list(IIWA_JOINT_NAMES)
 DRIVER_NAMES = [f"lbr_joint_{i}" for i in range(7)]
 GOAL = np.array([0.4, -0.2, 0.6])
@@ -102,24 +103,6 @@ def run_replay(bags: list[Path], model: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-# --------------------------------------------------------------------------- pure pieces
-
-
-def test_trajectory_to_tick_commands_later_chunks_replace_earlier() -> None:
-    offsets = np.array([1, 2, 3]) * DT_NS
-    a = np.array([[1.0], [2.0], [3.0]])
-    b = np.array([[10.0], [20.0], [30.0]])
-    times, cmds = trajectory_to_tick_commands([0, 2 * DT_NS], [offsets, offsets], [a, b], 0.02)
-    assert times.tolist() == [0, DT_NS, 2 * DT_NS, 3 * DT_NS, 4 * DT_NS]
-    assert cmds[:, 0].tolist() == [1.0, 2.0, 10.0, 20.0, 30.0]
-
-
-def test_trajectory_to_tick_commands_rejects_unordered_chunks() -> None:
-    offsets = np.array([DT_NS])
-    with pytest.raises(BagError, match="order"):
-        trajectory_to_tick_commands([DT_NS, 0], [offsets, offsets], [np.ones((1, 1)), np.ones((1, 1))], 0.02)
-
-
 # --------------------------------------------------------------------------- round trips
 
 
@@ -190,6 +173,33 @@ def test_joint_map_renames_driver_joints(tmp_path: Path, model: Path) -> None:
     reference = run_replay([native], model, tmp_path / "ref")["bags"][0]
     assert mapped["first_action"] == reference["first_action"]
     assert mapped["per_joint"] == reference["per_joint"]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_jtc_sources_replay_as_the_commands_they_executed(tmp_path: Path, model: Path, storage: str) -> None:
+    """A robot's JointTrajectoryController recording (chunks replaced mid-chunk, joints shuffled) and its
+    controller state replay with the decisions, targets and scores of the per-tick commands it executed."""
+    episode = jtc_bags.make_episode(seed=5)
+    bags = {source: jtc_bags.write_episode(tmp_path / source, episode, source, storage)
+            for source in ("commands", "joint_trajectory", "controller_state")}
+    policy = OnnxPolicy(model, warmup=0)
+    reference = replay_bag(bags["commands"], policy, seed=3)
+    assert reference.report["decisions"] == len(episode.commands)
+    for source in ("joint_trajectory", "controller_state"):
+        rep = replay_bag(bags[source], policy, DataConfig(action_source=source), seed=3)
+        assert rep.report["action_source"] == source
+        np.testing.assert_array_equal(rep.decisions.ticks_ns, reference.decisions.ticks_ns)
+        np.testing.assert_allclose(rep.decisions.targets, reference.decisions.targets, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(rep.predicted, reference.predicted)
+        for joint, scores in reference.report["per_joint"].items():
+            assert rep.report["per_joint"][joint] == pytest.approx(scores, abs=1e-9)
+
+
+def test_replay_reads_the_jtc_topics_a_training_config_names(tmp_path: Path, model: Path) -> None:
+    bag_path = jtc_bags.write_episode(tmp_path / "robot", jtc_bags.make_episode(seed=6), "joint_trajectory")
+    report = run_replay([bag_path], model, tmp_path / "out", "--config", str(REPO_ROOT / "config" / "train_reach_jtc.yaml"))
+    assert report["bags"][0]["action_source"] == "joint_trajectory"
+    assert report["bags"][0]["decisions"] == 36
 
 
 # --------------------------------------------------------------------------- bad input

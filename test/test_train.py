@@ -343,3 +343,25 @@ def test_ctrl_c_saves_a_checkpoint_says_where_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {ckpt.step}: training to step {ckpt.step + 5} (5 steps to go)" in resumed.stdout
     assert load_checkpoint(out / "last.pt").step == ckpt.step + 5
+
+
+def test_train_cli_on_joint_trajectory_controller_recordings(tmp_path):
+    """`flow-policy train` on a robot's JTC recordings with the shipped JTC config (a small network and
+    a few steps): the windows come from the JointTrajectory commands, and the checkpoint says so."""
+    import jtc_bags
+    import yaml
+
+    from flow_policy_ros.cli import main
+
+    for i in range(2):
+        jtc_bags.write_episode(tmp_path / "demo_bags" / f"episode_{i:04d}", jtc_bags.make_episode(seed=i),
+                               "joint_trajectory", seed=i)
+    config = yaml.safe_load((REPO / "config" / "train_reach_jtc.yaml").read_text())
+    config["policy"].update(hidden_dim=16, num_layers=1, horizon=4)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    code = main(["train", str(tmp_path / "demo_bags"), "--config", str(tmp_path / "config.yaml"), "--out",
+                 str(tmp_path / "run"), "--steps", "3", "--val-fraction", "0", "--no-progress"])
+    assert code == 0
+    summary = load_checkpoint(tmp_path / "run" / "last.pt").data_summary
+    assert summary["action_source"] == "joint_trajectory"
+    assert summary["episodes"] == 2 and summary["windows"] == 2 * 36

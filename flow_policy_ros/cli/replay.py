@@ -51,7 +51,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--providers", nargs="+", help="ONNX Runtime execution providers in preference order "
                         "(default: CUDA if it works, else CPU)")
-    parser.add_argument("--trajectory-topic", default=DEFAULT_TRAJECTORY_TOPIC, help="JointTrajectory chunks used as commands")
+    parser.add_argument("--trajectory-topic", default=DEFAULT_TRAJECTORY_TOPIC,
+                        help="JointTrajectory chunks used as commands when the bag has no command topic (data.action_source "
+                             "'commands'; action_source 'joint_trajectory' reads data.trajectory_topic)")
     parser.add_argument("--ood-margin", type=float, default=DEFAULT_OOD_MARGIN,
                         help="out-of-distribution margin in training-range widths (policy_node's ood_margin)")
     parser.add_argument("--write-bag", action="store_true",

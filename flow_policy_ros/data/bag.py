@@ -8,6 +8,13 @@ An episode bag is a rosbag2 directory (``metadata.yaml`` + one ``.mcap`` or ``.d
 | ``/goal`` | geometry_msgs/msg/PointStamped | goal point (m), frame ``world`` |
 | ``/commands`` | std_msgs/msg/Float64MultiArray | per-tick position commands (rad), layout.dim[0] = ('joints', J, J) |
 
+and, from a robot with a JointTrajectoryController, instead of ``/commands`` (``DataConfig.action_source``):
+
+| topic | type | content |
+|---|---|---|
+| ``/joint_trajectory_controller/joint_trajectory`` | trajectory_msgs/msg/JointTrajectory | the controller's trajectory commands |
+| ``/joint_trajectory_controller/controller_state`` | control_msgs/msg/JointTrajectoryControllerState | reference (set point), feedback |
+
 plus ``episode.json`` (the episode's metadata: task, seed, success, ...) beside ``metadata.yaml``.
 Topic names come from :class:`~flow_policy_ros.config.DataConfig`.
 
@@ -16,6 +23,12 @@ Conventions fixed here:
 - Time: a message's time is its ``header.stamp``; a zero stamp falls back to the log (receive)
   time. Float64MultiArray has no header, so commands use the log time. Writers log every
   message at its stamp.
+- JointTrajectory commands and controller states become a
+  :class:`~flow_policy_ros.data.targets.TargetSeries` (the recording's ``targets``): trajectories
+  spliced as a JTC executes them, starting at header.stamp (the log time when it is zero), the
+  controller's reference (``desired`` in Foxy and Galactic bags) linear between
+  its stamps. Both match joints by name in every message; a message that lacks a requested
+  joint is an error naming the joint and the topic.
 - Joints are matched by name in every JointState message (drivers publish any order). A message
   that lacks one of the requested joints is skipped and counted in the returned recording's
   ``metadata['skipped_joint_states']`` (key present only when the count is > 0); a requested
@@ -39,7 +52,7 @@ import shutil
 import sqlite3
 import struct
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -49,12 +62,13 @@ import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
 from rosbags.serde import SerdeError
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from flow_policy_ros.data.config import DEFAULT_DATA_CONFIG, DataConfig
+from flow_policy_ros.data.config import ACTION_TOPIC_KEYS, DEFAULT_DATA_CONFIG, DataConfig
 from flow_policy_ros.data.recording import EpisodeRecording
-from flow_policy_ros.errors import BagError
-from flow_policy_ros.runtime.observation import stamp_to_ns  # noqa: F401 - part of the bag API
+from flow_policy_ros.data.targets import TargetSeries, sampled_targets, spliced_trajectories
+from flow_policy_ros.errors import BagError, TimeSeriesError, TrajectoryError
+from flow_policy_ros.runtime.observation import stamp_to_ns, trajectory_arrays
 
 #: Message definitions used for writing and as fallback for reading (bags embed their own).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
@@ -66,6 +80,64 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 POINT_STAMPED = "geometry_msgs/msg/PointStamped"
 FLOAT64_MULTI_ARRAY = "std_msgs/msg/Float64MultiArray"
 JOINT_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
+CONTROLLER_STATE = "control_msgs/msg/JointTrajectoryControllerState"
+
+#: control_msgs/msg/JointTrajectoryControllerState as control_msgs >= 5.3 defines it (ROS 2 Jazzy
+#: since late 2024, Kilted, Rolling; comments dropped). rosbags' typestores carry no control_msgs,
+#: so it is registered here, the one place, for writing and as the fallback for reading. A bag
+#: that embeds the definitions it was recorded with (mcap does; sqlite3 from Iron on) decodes
+#: with its own; one that embeds none (a Humble sqlite3 bag) and does not match this layout is
+#: decoded with the first of :data:`CONTROLLER_STATE_OLDER_MSGS` whose size matches exactly
+#: (rosbags refuses a size mismatch, so a wrong layout never decodes silently).
+CONTROLLER_STATE_MSG = """\
+std_msgs/Header header
+string[] joint_names
+trajectory_msgs/JointTrajectoryPoint reference
+trajectory_msgs/JointTrajectoryPoint feedback
+trajectory_msgs/JointTrajectoryPoint error
+trajectory_msgs/JointTrajectoryPoint output
+string[] multi_dof_joint_names
+trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_reference
+trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_feedback
+trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_error
+trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_output
+float64 speed_scaling_factor
+"""
+TYPESTORE.register(get_types_from_msg(CONTROLLER_STATE_MSG, CONTROLLER_STATE))
+
+
+def _state_layout(points: str, multi_dof: str | None, tail: str = "") -> str:
+    lines = ["std_msgs/Header header", "string[] joint_names",
+             *(f"trajectory_msgs/JointTrajectoryPoint {p}" for p in points.split())]
+    if multi_dof is not None:
+        lines += ["string[] multi_dof_joint_names",
+                  *(f"trajectory_msgs/MultiDOFJointTrajectoryPoint multi_dof_{p}" for p in multi_dof.split())]
+    return "\n".join([*lines, *([tail] if tail else [])]) + "\n"
+
+
+#: The earlier layouts of JointTrajectoryControllerState in control_msgs' history, newest first.
+#: Every one starts with header, joint_names and the set point (``reference``, formerly ``desired``).
+CONTROLLER_STATE_OLDER_MSGS = {
+    "control_msgs 5.0-5.2 (Iron, Jazzy before 5.3)": _state_layout(
+        "reference feedback error output", "reference feedback error output"),
+    "control_msgs 4.4-4.x (Humble since 2023)": _state_layout(
+        "reference feedback error output desired actual", "reference feedback error output desired actual"),
+    "control_msgs 4.0-4.3 (Humble before 2023)": _state_layout("desired actual error", "desired actual error"),
+    "control_msgs 2-3 (Foxy, Galactic)": _state_layout("desired actual error", None),
+}
+
+
+def _older_typestore(definition: str) -> Any:
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg(definition, CONTROLLER_STATE))
+    return store
+
+
+#: msgtype -> [(label, typestore)] tried, in order, when a message does not decode with the bag's definitions.
+_OLDER_LAYOUTS = {CONTROLLER_STATE: [(label, _older_typestore(text)) for label, text in CONTROLLER_STATE_OLDER_MSGS.items()]}
+#: Message type of each action source's topic.
+ACTION_TOPIC_TYPES = {"commands": FLOAT64_MULTI_ARRAY, "joint_trajectory": JOINT_TRAJECTORY,
+                      "controller_state": CONTROLLER_STATE}
 
 _STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 # What rosbags (and the libraries under it: mcap parsing, apsw/sqlite3, the CDR deserializers)
@@ -132,18 +204,43 @@ def float64_multi_array_msg(values: np.ndarray, label: str = "joints") -> Any:
     return TYPESTORE.types[FLOAT64_MULTI_ARRAY](layout=layout, data=values)
 
 
-def joint_trajectory_msg(stamp_ns: int, names: Sequence[str], positions: np.ndarray, period_s: float) -> Any:
-    """trajectory_msgs/msg/JointTrajectory of one chunk: (H, A) positions (rad), point i at (i+1)·period_s."""
-    positions = np.asarray(positions, dtype=np.float64)
-    point_type = TYPESTORE.types["trajectory_msgs/msg/JointTrajectoryPoint"]
-    duration = TYPESTORE.types["builtin_interfaces/msg/Duration"]
+def _point(positions: np.ndarray, time_from_start_ns: int = 0) -> Any:
+    sec, nanosec = divmod(int(time_from_start_ns), 1_000_000_000)
     empty = np.zeros(0, dtype=np.float64)
-    points = []
-    for i, row in enumerate(positions):
-        sec, nanosec = divmod(round((i + 1) * period_s * 1e9), 1_000_000_000)
-        points.append(point_type(positions=row.copy(), velocities=empty, accelerations=empty, effort=empty,
-                                 time_from_start=duration(sec=sec, nanosec=nanosec)))
+    return TYPESTORE.types["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=np.array(positions, dtype=np.float64).reshape(-1), velocities=empty, accelerations=empty,
+        effort=empty, time_from_start=TYPESTORE.types["builtin_interfaces/msg/Duration"](sec=sec, nanosec=nanosec))
+
+
+def joint_trajectory_msg(stamp_ns: int, names: Sequence[str], positions: np.ndarray, period_s: float,
+                         times_from_start_ns: Sequence[int] | None = None) -> Any:
+    """trajectory_msgs/msg/JointTrajectory of one chunk: (H, A) positions (rad), point i at (i+1)·period_s.
+
+    ``times_from_start_ns`` (H,) replaces the regular point times (e.g. a recorded robot's).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    offsets = ([round((i + 1) * period_s * 1e9) for i in range(len(positions))] if times_from_start_ns is None
+               else list(times_from_start_ns))
+    points = [_point(row, t) for row, t in zip(positions, offsets)]
     return TYPESTORE.types[JOINT_TRAJECTORY](header=_header(stamp_ns, ""), joint_names=list(names), points=points)
+
+
+def controller_state_msg(stamp_ns: int, names: Sequence[str], reference: np.ndarray,
+                         feedback: np.ndarray | None = None) -> Any:
+    """control_msgs/msg/JointTrajectoryControllerState: (J,) reference positions (rad), optional feedback.
+
+    ``error`` is reference − feedback when feedback is given; ``output`` is left empty.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    fb = np.zeros(0) if feedback is None else np.asarray(feedback, dtype=np.float64)
+    multi = TYPESTORE.types["trajectory_msgs/msg/MultiDOFJointTrajectoryPoint"]
+    duration = TYPESTORE.types["builtin_interfaces/msg/Duration"]
+    no_multi = multi(transforms=[], velocities=[], accelerations=[], time_from_start=duration(sec=0, nanosec=0))
+    return TYPESTORE.types[CONTROLLER_STATE](
+        header=_header(stamp_ns, ""), joint_names=list(names), reference=_point(reference), feedback=_point(fb),
+        error=_point(reference - fb if feedback is not None else np.zeros(0)), output=_point(np.zeros(0)),
+        multi_dof_joint_names=[], multi_dof_reference=no_multi, multi_dof_feedback=no_multi,
+        multi_dof_error=no_multi, multi_dof_output=no_multi, speed_scaling_factor=1.0)
 
 
 def deserialize(data: bytes, msgtype: str) -> Any:
@@ -288,13 +385,8 @@ def _close(reader: AnyReader) -> None:
         pass
 
 
-def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterator[RawMessage]:
-    """Yield the bag's messages in log-time order, optionally only on ``topics``, as raw CDR bytes.
-
-    A read failure is a BagError naming the bag, the index of the message that could not be read
-    (over the selected topics) and the last message read before it (topic and per-topic index).
-    """
-    path = Path(path)
+def _iter_messages(path: Path, topics: Sequence[str] | None) -> Iterator[tuple[RawMessage, Callable[[], Any]]]:
+    """(raw message, a function decoding it with the bag's own type definitions) in log-time order."""
     reader = _open_reader(path)
     count, per_topic, last = 0, {}, "none"
     try:
@@ -306,7 +398,8 @@ def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterat
                 index = per_topic[conn.topic] = per_topic.get(conn.topic, -1) + 1
                 last = f"{conn.topic} #{index}"
                 count += 1
-                yield RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
+                raw = RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
+                yield raw, lambda raw=raw: reader.deserialize(raw.data, raw.msgtype)
         except _READ_ERRORS as exc:
             raise BagError(f"{path}: corrupt or truncated bag: cannot read message {count} (the last one read: "
                            f"{last}) ({_one_line(exc)})") from exc
@@ -314,12 +407,25 @@ def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterat
         _close(reader)
 
 
-def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
-                 ) -> dict[str, list[tuple[int, Any]]]:
+def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterator[RawMessage]:
+    """Yield the bag's messages in log-time order, optionally only on ``topics``, as raw CDR bytes.
+
+    A read failure is a BagError naming the bag, the index of the message that could not be read
+    (over the selected topics) and the last message read before it (topic and per-topic index).
+    """
+    for raw, _ in _iter_messages(Path(path), topics):
+        yield raw
+
+
+def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = (),
+                roles: dict[str, str] | None = None) -> dict[str, list[tuple[int, Any]]]:
     """Deserialize all messages of the ``wanted`` {topic: msgtype}; checks presence and types.
 
-    A topic in ``optional`` may be absent (it then maps to an empty list).
+    A topic in ``optional`` may be absent (it then maps to an empty list). ``roles`` names what
+    sets a topic (e.g. ``{'/x': 'data.trajectory_topic'}``) in the missing-topic error. Messages
+    are decoded with the definitions the bag embeds (:data:`TYPESTORE`'s when it has none).
     """
+    path = Path(path)
     topics = list_topics(path)
     if not topics or sum(t.count for t in topics.values()) == 0:
         raise BagError(f"{path}: empty bag (no messages)")
@@ -327,17 +433,37 @@ def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
         if topic not in topics and topic in optional:
             continue
         if topic not in topics:
-            raise BagError(f"{path}: missing topic {topic} (has {sorted(topics)})")
+            role = f" ({roles[topic]})" if roles and topic in roles else ""
+            raise BagError(f"{path}: missing topic {topic}{role}; the bag has {sorted(topics)}")
         if topics[topic].msgtype != msgtype:
             raise BagError(f"{path}: topic {topic} has type {topics[topic].msgtype}, expected {msgtype}")
     out: dict[str, list[tuple[int, Any]]] = {topic: [] for topic in wanted}
-    for raw in iter_raw_messages(path, list(wanted)):
+    for raw, decode in _iter_messages(path, list(wanted)):
         try:
-            out[raw.topic].append((raw.log_time_ns, deserialize(raw.data, raw.msgtype)))
+            msg = decode()
         except _READ_ERRORS as exc:
-            raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
-                           f"{_one_line(exc)}") from exc
+            msg = _decode_older_layout(raw)
+            if msg is None:
+                raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
+                               f"{_one_line(exc)}") from exc
+        out[raw.topic].append((raw.log_time_ns, msg))
     return out
+
+
+def _decode_older_layout(raw: RawMessage) -> Any | None:
+    """``raw`` decoded with the first older layout of its type that fits it exactly, else None."""
+    for _, store in _OLDER_LAYOUTS.get(raw.msgtype, []):
+        try:
+            return store.deserialize_cdr(raw.data, raw.msgtype)
+        except _READ_ERRORS:
+            continue
+    return None
+
+
+def action_topic_roles(cfg: DataConfig) -> dict[str, str]:
+    """``{action topic: 'data.<key> for data.action_source <source>'}`` for :func:`read_topics`' errors."""
+    key = ACTION_TOPIC_KEYS.get(cfg.action_source)
+    return {} if key is None else {str(cfg.action_topic): f"data.{key} for data.action_source {cfg.action_source!r}"}
 
 
 def stamp_or_log(msg: Any, log_time_ns: int) -> int:
@@ -374,6 +500,78 @@ def joint_arrays(path: Path, messages: list[tuple[int, Any]], joint_names: Seque
     return names, np.array(times, np.int64), np.array(pos), np.array(vel), skipped
 
 
+def trajectory_targets(path: Path, topic: str, messages: list[tuple[int, Any]], joint_names: Sequence[str]
+                       ) -> TargetSeries:
+    """JointTrajectory messages (log time ns, msg), in receipt order, → the targets a JTC executing them holds.
+
+    Each trajectory starts at its header.stamp (its log time when the stamp is zero) and is
+    spliced onto the previous ones (:func:`~flow_policy_ros.data.targets.spliced_trajectories`);
+    columns follow ``joint_names``, matched by name in every message.
+
+    Raises BagError naming the bag, ``topic`` and the message: no message, no point at all, a
+    missing joint, a start more than a second before the previous one's (another clock), point
+    times that do not increase.
+    """
+    if not messages:
+        raise BagError(f"{path}: {topic} holds no messages")
+    starts, offsets, positions = [], [], []
+    for i, (log_time, msg) in enumerate(messages):
+        try:
+            _, point_offsets, points = trajectory_arrays(msg, joint_names)
+        except TrajectoryError as exc:
+            raise BagError(f"{path}: {topic} message #{i}: {exc}") from exc
+        starts.append(stamp_or_log(msg, log_time))
+        offsets.append(point_offsets)
+        positions.append(points)
+    try:
+        return spliced_trajectories(joint_names, starts, offsets, positions)
+    except TimeSeriesError as exc:
+        raise BagError(f"{path}: {topic}: {exc}") from exc
+
+
+def _reference_positions(msg: Any) -> np.ndarray:
+    """A controller state's reference positions; ``desired`` where ``reference`` is absent or empty (Foxy, Galactic)."""
+    for field in ("reference", "desired"):
+        point = getattr(msg, field, None)
+        if point is not None and len(point.positions):
+            return np.asarray(point.positions, np.float64)
+    return np.zeros(0)
+
+
+def controller_state_targets(path: Path, topic: str, messages: list[tuple[int, Any]], joint_names: Sequence[str]
+                             ) -> TargetSeries:
+    """JointTrajectoryControllerState messages (log time ns, msg) → their reference positions over time.
+
+    Times are header.stamp (log time when zero), which must increase; values are
+    ``reference.positions`` (``desired.positions`` where that is empty: Foxy, Galactic), columns
+    in ``joint_names`` order, matched by name in every message; linear between the samples.
+
+    Raises BagError naming the bag, ``topic`` and the message: no message, a message without
+    reference positions or with a missing joint, stamps that do not increase.
+    """
+    if not messages:
+        raise BagError(f"{path}: {topic} holds no messages")
+    times, values = [], []
+    for i, (log_time, msg) in enumerate(messages):
+        names = list(msg.joint_names)
+        ref = _reference_positions(msg)
+        if len(ref) == 0:
+            raise BagError(f"{path}: {topic} message #{i} has no reference positions")
+        if len(ref) != len(names):
+            raise BagError(f"{path}: {topic} message #{i} has {len(ref)} reference positions for the "
+                           f"{len(names)} joints {names}")
+        index = {n: j for j, n in enumerate(names)}
+        missing = [n for n in joint_names if n not in index]
+        if missing:
+            raise BagError(f"{path}: {topic} message #{i} lacks joint(s) {missing}; it has {names}")
+        times.append(stamp_or_log(msg, log_time))
+        values.append(ref[[index[n] for n in joint_names]])
+    try:
+        return sampled_targets(joint_names, np.array(times, np.int64), np.array(values))
+    except TimeSeriesError as exc:
+        raise BagError(f"{path}: {topic}: {exc}") from exc
+
+
 def _read_metadata(path: Path) -> dict[str, Any]:
     file = path / EPISODE_JSON
     if not file.is_file():
@@ -406,19 +604,28 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     Raises:
         BagError: missing path, not a bag, corrupt/truncated file, empty bag, missing topic,
             wrong message type, unknown joint, command width differing from the command joints.
-            The command topic may be absent when ``data_config.action_source == 'joint_states'``.
+            The command topic is read only for ``data_config.action_source == 'commands'`` and
+            may be absent for 'joint_states'; 'joint_trajectory' and 'controller_state' read
+            their topic into ``targets`` (joints ``command_joint_names``, matched by name).
     """
     path = Path(path)
     cfg = data_config
-    msgs = read_topics(path, {cfg.joint_states_topic: JOINT_STATE, cfg.goal_topic: POINT_STAMPED,
-                               cfg.command_topic: FLOAT64_MULTI_ARRAY},
-                        optional=[cfg.command_topic] if cfg.action_source == "joint_states" else [])
+    action_topic = cfg.action_topic or cfg.command_topic
+    wanted = {cfg.joint_states_topic: JOINT_STATE, cfg.goal_topic: POINT_STAMPED,
+              action_topic: ACTION_TOPIC_TYPES.get(cfg.action_source, FLOAT64_MULTI_ARRAY)}
+    msgs = read_topics(path, wanted, optional=[action_topic] if cfg.action_topic is None else [],
+                       roles=action_topic_roles(cfg))
     names, times, pos, vel, skipped = joint_arrays(path, msgs[cfg.joint_states_topic], joint_names)
     goal_msgs = msgs[cfg.goal_topic]
     goal_times = np.array([stamp_or_log(m, t) for t, m in goal_msgs], np.int64)
     goals = np.array([[m.point.x, m.point.y, m.point.z] for _, m in goal_msgs], np.float64).reshape(-1, 3)
     cmd_names = list(command_joint_names or cfg.command_joint_names or names)
-    cmd_msgs = msgs[cfg.command_topic]
+    targets = None
+    if cfg.action_source == "joint_trajectory":
+        targets = trajectory_targets(path, action_topic, msgs[action_topic], cmd_names)
+    elif cfg.action_source == "controller_state":
+        targets = controller_state_targets(path, action_topic, msgs[action_topic], cmd_names)
+    cmd_msgs = msgs[action_topic] if targets is None else []
     for _, m in cmd_msgs:
         if len(m.data) != len(cmd_names):
             raise BagError(f"{path}: {cfg.command_topic} has {len(m.data)} values per message, "
@@ -431,7 +638,7 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     return EpisodeRecording(
         joint_names=names, joint_times_ns=times, positions=pos, velocities=vel,
         goal_times_ns=goal_times, goals=goals, command_joint_names=cmd_names,
-        command_times_ns=cmd_times, commands=commands, metadata=metadata,
+        command_times_ns=cmd_times, commands=commands, metadata=metadata, targets=targets,
     )
 
 

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 from flow_policy_ros.contract import require
 
+#: What the action of a control tick is read from (see :mod:`flow_policy_ros.data.windows`).
+ACTION_SOURCES = ("commands", "joint_states", "joint_trajectory", "controller_state")
+#: The DataConfig key naming the topic of each action source that reads one.
+ACTION_TOPIC_KEYS = {"commands": "command_topic", "joint_trajectory": "trajectory_topic",
+                     "controller_state": "controller_state_topic"}
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -15,9 +21,17 @@ class DataConfig:
         joint_states_topic: sensor_msgs/JointState topic (positions, velocities by name).
         goal_topic: geometry_msgs/PointStamped topic with the goal.
         command_topic: std_msgs/Float64MultiArray topic with per-tick position commands,
-            in ``command_joint_names`` order.
+            in ``command_joint_names`` order (action_source 'commands').
         command_joint_names: joint order of the command arrays (defaults to the action joints).
-        action_source: 'commands' (the recorded commands) or 'joint_states' (executed positions).
+        action_source: what the action of a tick is: 'commands' (the Float64MultiArray
+            commands of a forward position controller), 'joint_states' (the executed positions),
+            'joint_trajectory' (the trajectory_msgs/JointTrajectory commands of a
+            JointTrajectoryController on ``trajectory_topic``, executed as the controller does)
+            or 'controller_state' (the reference positions of the controller's
+            control_msgs/JointTrajectoryControllerState on ``controller_state_topic``).
+        trajectory_topic: trajectory_msgs/JointTrajectory topic (action_source 'joint_trajectory').
+        controller_state_topic: control_msgs/JointTrajectoryControllerState topic
+            (action_source 'controller_state').
     """
 
     joint_states_topic: str = "/joint_states"
@@ -25,13 +39,21 @@ class DataConfig:
     command_topic: str = "/commands"
     command_joint_names: tuple[str, ...] = ()
     action_source: str = "commands"
+    trajectory_topic: str = "/joint_trajectory_controller/joint_trajectory"
+    controller_state_topic: str = "/joint_trajectory_controller/controller_state"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command_joint_names", tuple(self.command_joint_names))
         require(
-            self.action_source in ("commands", "joint_states"),
-            f"data.action_source must be 'commands' or 'joint_states', got {self.action_source!r}",
+            self.action_source in ACTION_SOURCES,
+            f"data.action_source must be one of {list(ACTION_SOURCES)}, got {self.action_source!r}",
         )
+
+    @property
+    def action_topic(self) -> str | None:
+        """The topic the actions are read from (None for 'joint_states')."""
+        key = ACTION_TOPIC_KEYS.get(self.action_source)
+        return None if key is None else str(getattr(self, key))
 
 
 DEFAULT_DATA_CONFIG = DataConfig()

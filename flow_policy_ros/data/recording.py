@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from flow_policy_ros.data.targets import TargetSeries
+
 
 @dataclass
 class EpisodeRecording:
@@ -28,6 +30,8 @@ class EpisodeRecording:
         command_times_ns: (C,) int64, stamp of each position command (may be empty).
         commands: (C, J) float64, commanded joint positions (rad).
         metadata: episode facts (task, seed, success, route, ...), JSON-able.
+        targets: the controller's position targets over time, for the action sources
+            'joint_trajectory' and 'controller_state' (None otherwise).
     """
 
     joint_names: list[str]
@@ -40,6 +44,7 @@ class EpisodeRecording:
     command_times_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     commands: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     metadata: dict[str, Any] = field(default_factory=dict)
+    targets: TargetSeries | None = None
 
     def __post_init__(self) -> None:
         self.joint_times_ns = np.asarray(self.joint_times_ns, dtype=np.int64)

@@ -9,12 +9,16 @@ Conventions:
 
 - Decision times are the control ticks of :func:`dataset.action_ticks` (period = the model's
   ``control_period_s``) where the observation is defined; one decision per tick.
-- Targets ("what actually followed"), first available of: the command topic
+- Targets ("what actually followed"): ``data.action_source`` as in training (the same reader
+  and windowing), with one fallback for 'commands': first available of the command topic
   (std_msgs/Float64MultiArray, joint order ``data.command_joint_names``, default the model's
-  action joints); the trajectory topic (trajectory_msgs/JointTrajectory chunks, converted by
-  :func:`trajectory_to_tick_commands`); else the executed joint positions (the position at
-  t_{k+1} is the action of tick k). Steps of a chunk that run past the last recorded tick are
-  not scored.
+  action joints); the ``trajectory_topic`` argument's trajectory_msgs/JointTrajectory chunks
+  (a policy_node's own output, read as the 'joint_trajectory' source; reported as
+  'trajectory'); else the executed joint positions (the position at t_{k+1} is the action of
+  tick k). 'joint_trajectory' and 'controller_state' read ``data.trajectory_topic`` /
+  ``data.controller_state_topic`` (:func:`flow_policy_ros.data.bag.trajectory_targets`,
+  :func:`~flow_policy_ros.data.bag.controller_state_targets`). Steps of a chunk that run past
+  the last recorded tick are not scored.
 - Goal: the goal topic if the bag has it, else ``--goal X Y Z`` (held from the first joint
   state), else an error naming both.
 - Noise: for each bag, decision j (in time order) uses the j-th (H, A) block drawn from
@@ -58,13 +62,12 @@ import yaml
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.recording import EpisodeRecording
-from flow_policy_ros.data.timeseries import TimeSeriesError, period_ns, resample_linear
+from flow_policy_ros.data.timeseries import TimeSeriesError, resample_linear
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
-from flow_policy_ros.errors import BagError, InvalidOutputError, TrajectoryError, UsageError, one_line
+from flow_policy_ros.errors import BagError, InvalidOutputError, UsageError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import MEASURED_LIMIT_TOLERANCE_RAD
 from flow_policy_ros.runtime.metadata import PolicyMetadata
-from flow_policy_ros.runtime.observation import trajectory_arrays
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, classify, ood_score, ood_scores
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 
@@ -109,52 +112,6 @@ def driver_joint_names(model_joints: Sequence[str], joint_map: dict[str, str] | 
     return [inverse[n] for n in model_joints]
 
 
-def trajectory_to_tick_commands(stamps_ns: Sequence[int], point_offsets_ns: Sequence[np.ndarray],
-                                positions: Sequence[np.ndarray], period_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """A stream of JointTrajectory chunks → per-tick position commands.
-
-    Chunk c is stamped ``stamps_ns[c]``; its point i has ``time_from_start`` ``point_offsets_ns[c][i]``
-    (nominally (i+1)·dt) and positions ``positions[c][i]`` (A,) rad. Point i is the command of
-    the tick at ``stamp + time_from_start − dt`` (so point 0 applies at the stamp). A later
-    chunk replaces the earlier ones from its stamp on. Chunks must be in stamp order.
-
-    Returns:
-        times (K,) int64 ns, increasing; commands (K, A) float64 rad.
-    """
-    step = period_ns(period_s)
-    times: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for c, (stamp, offsets, pos) in enumerate(zip(stamps_ns, point_offsets_ns, positions)):
-        t = int(stamp) + np.asarray(offsets, np.int64) - step
-        keep = t >= int(stamp)
-        if c + 1 < len(stamps_ns):
-            if stamps_ns[c + 1] < stamp:
-                raise BagError(f"trajectory chunks out of stamp order ({stamps_ns[c + 1]} after {stamp} ns)")
-            keep &= t < int(stamps_ns[c + 1])
-        times.append(t[keep])
-        values.append(np.asarray(pos, np.float64).reshape(len(t), -1)[keep])
-    if not times:
-        return np.zeros(0, np.int64), np.zeros((0, 0))
-    return np.concatenate(times), np.concatenate(values)
-
-
-def _trajectory_commands(path: Path, messages: list[tuple[int, Any]], names: Sequence[str],
-                         period_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """JointTrajectory messages → (times (K,), commands (K, A)) in ``names`` order (matched by name)."""
-    stamps, offsets, positions = [], [], []
-    for log_time, msg in sorted(messages, key=lambda m: bagio.stamp_or_log(m[1], m[0])):
-        try:
-            _, point_offsets, points = trajectory_arrays(msg, names)
-        except TrajectoryError as exc:
-            raise BagError(f"{path}: {exc}") from exc
-        if len(points) == 0:
-            continue
-        stamps.append(bagio.stamp_or_log(msg, log_time))
-        offsets.append(point_offsets)
-        positions.append(points)
-    return trajectory_to_tick_commands(stamps, offsets, positions, period_s)
-
-
 # --------------------------------------------------------------------------- reading a bag
 
 
@@ -165,7 +122,7 @@ class ReplaySource:
     path: Path
     recording: EpisodeRecording
     data_config: DataConfig
-    action_source: str  # 'commands', 'trajectory' or 'joint_states'
+    action_source: str  # 'commands', 'trajectory' (the fallback), 'joint_trajectory', 'controller_state', 'joint_states'
     goal_source: str  # 'topic', 'argument' or 'none'
 
 
@@ -181,9 +138,14 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
     model_joints = list(dict.fromkeys([*meta.observation.joint_names, *meta.action_joint_names]))
     drivers = driver_joint_names(model_joints, joint_map)
     rename = dict(zip(drivers, model_joints))
-    wanted = {data_cfg.joint_states_topic: bagio.JOINT_STATE, data_cfg.goal_topic: bagio.POINT_STAMPED,
-              data_cfg.command_topic: bagio.FLOAT64_MULTI_ARRAY, trajectory_topic: bagio.JOINT_TRAJECTORY}
-    msgs = bagio.read_topics(path, wanted, optional=[data_cfg.goal_topic, data_cfg.command_topic, trajectory_topic])
+    wanted = {data_cfg.joint_states_topic: bagio.JOINT_STATE, data_cfg.goal_topic: bagio.POINT_STAMPED}
+    optional = [data_cfg.goal_topic]
+    if data_cfg.action_source == "commands":
+        wanted.update({data_cfg.command_topic: bagio.FLOAT64_MULTI_ARRAY, trajectory_topic: bagio.JOINT_TRAJECTORY})
+        optional += [data_cfg.command_topic, trajectory_topic]
+    elif data_cfg.action_topic is not None:
+        wanted[data_cfg.action_topic] = bagio.ACTION_TOPIC_TYPES[data_cfg.action_source]
+    msgs = bagio.read_topics(path, wanted, optional=optional, roles=bagio.action_topic_roles(data_cfg))
     _, times, pos, vel, skipped = bagio.joint_arrays(path, msgs[data_cfg.joint_states_topic], drivers)
 
     goal_msgs = msgs[data_cfg.goal_topic]
@@ -200,10 +162,12 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
         raise BagError(f"{path}: no goal: the bag has no {data_cfg.goal_topic} messages and no --goal X Y Z was given")
 
     action_joints = list(meta.action_joint_names)
+    action_drivers = driver_joint_names(action_joints, joint_map)
     cmd_times, commands, source = np.zeros(0, np.int64), np.zeros((0, len(action_joints))), "joint_states"
-    cmd_msgs, traj_msgs = msgs[data_cfg.command_topic], msgs[trajectory_topic]
+    targets = None
+    cmd_msgs, traj_msgs = msgs.get(data_cfg.command_topic, []), msgs.get(trajectory_topic, [])
     if data_cfg.action_source == "commands" and cmd_msgs:
-        recorded_names = list(data_cfg.command_joint_names) or driver_joint_names(action_joints, joint_map)
+        recorded_names = list(data_cfg.command_joint_names) or action_drivers
         mapped = [rename.get(n, n) if joint_map else n for n in recorded_names]
         for _, m in cmd_msgs:
             if len(m.data) != len(mapped):
@@ -217,17 +181,24 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
         commands = np.array([m.data for _, m in cmd_msgs], np.float64)[:, cols]
         source = "commands"
     elif data_cfg.action_source == "commands" and traj_msgs:
-        cmd_times, commands = _trajectory_commands(path, traj_msgs, driver_joint_names(action_joints, joint_map),
-                                                   meta.control_period_s)
+        targets = bagio.trajectory_targets(path, trajectory_topic, traj_msgs, action_drivers)
         source = "trajectory"
-    if source != "joint_states" and len(cmd_times) == 0:
-        raise BagError(f"{path}: the {source} topic holds no usable command")
+    elif data_cfg.action_source == "joint_trajectory":
+        targets = bagio.trajectory_targets(path, data_cfg.trajectory_topic, msgs[data_cfg.trajectory_topic],
+                                           action_drivers)
+        source = "joint_trajectory"
+    elif data_cfg.action_source == "controller_state":
+        targets = bagio.controller_state_targets(path, data_cfg.controller_state_topic,
+                                                 msgs[data_cfg.controller_state_topic], action_drivers)
+        source = "controller_state"
     rec = EpisodeRecording(joint_names=model_joints, joint_times_ns=times, positions=pos, velocities=vel,
                            goal_times_ns=goal_times, goals=goals, command_joint_names=action_joints,
                            command_times_ns=cmd_times, commands=commands,
-                           metadata={"skipped_joint_states": skipped} if skipped else {})
+                           metadata={"skipped_joint_states": skipped} if skipped else {},
+                           targets=None if targets is None else targets.renamed(action_joints))
     cfg = replace(data_cfg, command_joint_names=tuple(action_joints),
-                  action_source="joint_states" if source == "joint_states" else "commands")
+                  action_source="joint_trajectory" if source == "trajectory" else source,
+                  trajectory_topic=trajectory_topic if source == "trajectory" else data_cfg.trajectory_topic)
     return ReplaySource(path, rec, cfg, source, goal_source)
 
 

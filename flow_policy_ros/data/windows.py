@@ -11,7 +11,13 @@ Conventions (shared with the runtime and offline replay):
   t_k + dt/2, so stamp jitter below dt/2 maps each command to its own tick and a dropped
   command repeats the previous one (zero-order hold). With ``'joint_states'`` the grid starts at
   the first joint state and ends at the last, and the "command" of tick k is the measured
-  position at t_{k+1} (so the last tick has no action and starts no window).
+  position at t_{k+1} (so the last tick has no action and starts no window). With
+  ``'joint_trajectory'`` and ``'controller_state'`` the recording carries the controller's
+  position targets over time (:class:`~flow_policy_ros.data.targets.TargetSeries`: the spliced
+  JointTrajectory commands as a JTC executes them, or its published reference), and the action
+  of tick k is the target at t_{k+1}; the grid starts one period before the first defined target
+  and ends one period before the last (so a policy's own chunk stream, point i at
+  stamp + (i+1)·dt, gives exactly the per-tick commands it executed).
 - Observation at tick k: ``ModelIO.observation.fields`` in order: joint positions (rad)
   and velocities (rad/s) linearly interpolated at t_k in ``observation.joint_names`` order,
   goal (m) held from the last goal at or before t_k. Ticks where an observation is undefined
@@ -24,7 +30,7 @@ Conventions (shared with the runtime and offline replay):
   last action (the robot holds its final target). Windows never cross episodes.
 - Windows per episode: one per tick with a defined observation and action; for a clean
   recording that is the number of commands K ('commands') or joint-state ticks − 1
-  ('joint_states').
+  ('joint_states'), or the ticks the targets cover ('joint_trajectory', 'controller_state').
 
 Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_index (N,) int64.
 """
@@ -52,6 +58,14 @@ def action_ticks(rec: EpisodeRecording, io: ModelIO, data_cfg: DataConfig,
                  source: str = "") -> tuple[np.ndarray, np.ndarray]:
     """The episode's control ticks (K,) int64 ns and the action of each tick (K, A) float64 (rad)."""
     step = period_ns(io.control_period_s)
+    if data_cfg.action_source in ("joint_trajectory", "controller_state"):
+        targets = rec.targets
+        if targets is None:
+            raise DatasetError(f"{source}: the recording holds no {data_cfg.action_source} targets "
+                               f"({data_cfg.action_topic} was not read)")
+        cols = _columns(list(targets.joint_names), io.action_joint_names, data_cfg.action_topic or "", source)
+        grid = control_grid(targets.start_ns - step, targets.end_ns - step, io.control_period_s)
+        return grid, targets.sample(grid + step)[:, cols]
     if data_cfg.action_source == "joint_states":
         cols = _columns(rec.joint_names, io.action_joint_names, "joint_states", source)
         grid = control_grid(rec.joint_times_ns[0], rec.joint_times_ns[-1], io.control_period_s)

@@ -7,7 +7,7 @@ Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_in
 
 Values are checked before windowing: a recording with a non-finite or physically impossible
 joint position (|q| > 2π rad, or an action joint beyond its limits by more than
-:data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`), an infinite velocity, a non-finite goal or command is a
+:data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`), an infinite velocity, a non-finite goal, command or target is a
 one-line :class:`DatasetError` naming the bag, so bad data never reaches the statistics. Inputs
 are only read.
 """
@@ -113,19 +113,23 @@ class Windows:
                                f"(horizon H={h}, action joints A={a})")
 
 
-def _first_bad(values: np.ndarray, bad: np.ndarray, names: list[str], what: str, unit: str) -> str:
-    """'<what> of <joint> is <value> <unit> at sample <i>' for the first True of ``bad`` (T, J), else ''."""
+def _first_bad(values: np.ndarray, bad: np.ndarray, names: list[str], what: str, unit: str,
+               times_ns: np.ndarray | None = None) -> str:
+    """'<what> of <joint> is <value> <unit> at sample <i>' (or 'at <t> ns' with ``times_ns`` (T,)) for
+    the first True of ``bad`` (T, J), else ''."""
     hits = np.argwhere(bad)
     if len(hits) == 0:
         return ""
     i, j = (int(v) for v in hits[0])
-    return f"{what} of {names[j]} is {values[i, j]} {unit} at sample {i} ({len(hits)} bad value(s))"
+    where = f"sample {i}" if times_ns is None else f"{int(times_ns[i])} ns"
+    return f"{what} of {names[j]} is {values[i, j]} {unit} at {where} ({len(hits)} bad value(s))"
 
 
 def check_recording_values(rec: EpisodeRecording, policy_cfg: PolicyConfig, source: str) -> None:
     """Raise DatasetError naming ``source`` for a value no real robot recording can hold.
 
-    Checked: joint positions and commands finite and within ±2π rad, action joints within their
+    Checked: joint positions, commands and targets (trajectory points, controller references)
+    finite and within ±2π rad, action joints within their
     limits ± :data:`IMPOSSIBLE_BEYOND_LIMIT_RAD`; velocities not infinite (NaN marks "not
     recorded"); goals finite.
     """
@@ -133,16 +137,16 @@ def check_recording_values(rec: EpisodeRecording, policy_cfg: PolicyConfig, sour
     lower = dict(zip(policy_cfg.action_joint_names, limits.lower))
     upper = dict(zip(policy_cfg.action_joint_names, limits.upper))
 
-    def positions(values: np.ndarray, names: list[str], what: str) -> str:
+    def positions(values: np.ndarray, names: list[str], what: str, times_ns: np.ndarray | None = None) -> str:
         values = np.asarray(values, np.float64).reshape(len(values), len(names))
         lo = np.array([lower.get(n, -np.inf) - IMPOSSIBLE_BEYOND_LIMIT_RAD for n in names])
         hi = np.array([upper.get(n, np.inf) + IMPOSSIBLE_BEYOND_LIMIT_RAD for n in names])
         with np.errstate(invalid="ignore"):
-            found = _first_bad(values, ~np.isfinite(values), names, what, "rad (non-finite)")
+            found = _first_bad(values, ~np.isfinite(values), names, what, "rad (non-finite)", times_ns)
             found = found or _first_bad(values, np.abs(values) > MAX_ABS_POSITION_RAD, names, what,
-                                        "rad (beyond ±2π: physically impossible)")
+                                        "rad (beyond ±2π: physically impossible)", times_ns)
             found = found or _first_bad(values, (values < lo) | (values > hi), names, what,
-                                        f"rad (beyond the joint limits by more than {IMPOSSIBLE_BEYOND_LIMIT_RAD} rad)")
+                                        f"rad (beyond the joint limits by more than {IMPOSSIBLE_BEYOND_LIMIT_RAD} rad)", times_ns)
         return found
 
     problem = positions(rec.positions, list(rec.joint_names), "joint_states position")
@@ -153,6 +157,8 @@ def check_recording_values(rec: EpisodeRecording, policy_cfg: PolicyConfig, sour
         problem = _first_bad(rec.goals, ~np.isfinite(rec.goals), ["x", "y", "z"], "goal", "m (non-finite)")
     if not problem and len(rec.command_times_ns):
         problem = positions(rec.commands, list(rec.command_joint_names), "command")
+    if not problem and rec.targets is not None:
+        problem = positions(rec.targets.values, list(rec.targets.joint_names), "target", rec.targets.times_ns)
     if problem:
         raise DatasetError(f"{source}: {problem}")
 
