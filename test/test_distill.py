@@ -50,6 +50,8 @@ def test_flow_times_are_half_on_the_student_grid():
     assert 0.45 < float(on_grid.float().mean()) < 0.6
     assert float(t.min()) >= 0.0 and float(t.max()) < 1.0
     assert float(((t > 0.05) & (t < 0.45)).float().mean()) > 0.1  # and the rest spread over [0, 1)
+    only_grid = student_times(500, 2, torch.Generator().manual_seed(2), torch.device("cpu"), grid_fraction=1.0)
+    assert set(only_grid.tolist()) == {0.0, 0.5}
 
 
 def _samples(path: Path, steps: int, c: float, n: int = 400) -> np.ndarray:
@@ -108,6 +110,8 @@ def test_distill_refuses_what_it_cannot_distill(tmp_path):
         DistillSettings(student_steps=0).check()
     with pytest.raises(UsageError, match=r"uncond_fraction must be in \[0, 1\], got 1.5"):
         DistillSettings(uncond_fraction=1.5).check()
+    with pytest.raises(UsageError, match=r"grid_fraction must be in \[0, 1\], got -0.1"):
+        DistillSettings(grid_fraction=-0.1).check()
 
 
 def test_distill_cli_names_a_missing_teacher_in_one_line(tmp_path):

@@ -34,6 +34,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr:g})")
     parser.add_argument("--uncond-fraction", type=float, default=defaults.uncond_fraction,
                         help=f"fraction of unconditional-branch pairs (default {defaults.uncond_fraction:g})")
+    parser.add_argument("--grid-fraction", type=float, default=defaults.grid_fraction,
+                        help=f"fraction of flow times on the student's step grid, the rest uniform (default {defaults.grid_fraction:g})")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as train)")
     parser.add_argument("--json", help="write the run summary to this JSON file")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise CliError(f"--threads {args.threads}: must be >= 1")
     settings = DistillSettings(student_steps=args.student_steps, steps=args.steps, teacher_steps=args.teacher_steps,
-                               lr=args.lr, uncond_fraction=args.uncond_fraction, seed=args.seed)
+                               lr=args.lr, uncond_fraction=args.uncond_fraction, seed=args.seed,
+                               grid_fraction=args.grid_fraction)
     torch.set_num_threads(args.threads)
     result = distill(args.teacher, args.data, args.out, settings, progress=not args.no_progress, log=_say)
     gap = "" if result.gap is None else f", student-teacher gap {result.gap:.5f}"

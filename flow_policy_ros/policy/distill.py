@@ -17,9 +17,9 @@ and the exported graph combines them with the w it is given, as every model here
 trained w = 1 the student reproduces the teacher's conditional map; at other w the straight
 combination of the branches approximates the teacher's guided ODE (exact for w in {0, 1}).
 
-Flow times: half of the samples take t on the student's own grid {k / N_student} (the only times
-its sampler evaluates), half t ~ U(0, 1) (the reflow objective proper, which keeps the field
-consistent between grid points). The student starts from the teacher's EMA weights.
+Flow times: a fraction ``grid_fraction`` (default half) of the samples take t on the student's own
+grid {k / N_student} (the only times its sampler evaluates), the rest t ~ U(0, 1) (the reflow
+objective proper, which keeps the field consistent between grid points). The student starts from the teacher's EMA weights.
 
 Everything runs in the teacher's flow space (spline coefficients with a chunk basis), with the
 teacher's noise temperature (``policy.noise_scale``), its normalization statistics, its
@@ -66,6 +66,7 @@ class DistillSettings:
         uncond_fraction: fraction of pairs from the unconditional branch.
         seed: seed of batches, noise, branch choice and flow times.
         val_every: steps between student-teacher gap evaluations.
+        grid_fraction: fraction of flow times on the student's grid {k / N} (the rest uniform).
     """
 
     student_steps: int = 1
@@ -76,6 +77,7 @@ class DistillSettings:
     uncond_fraction: float = 0.25
     seed: int = 0
     val_every: int = 500
+    grid_fraction: float = 0.5
 
     def check(self) -> None:
         """UsageError naming the setting that is out of range."""
@@ -84,8 +86,9 @@ class DistillSettings:
                 raise UsageError(f"distill: {name} must be >= {low}, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UsageError(f"distill: lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.uncond_fraction <= 1.0:
-            raise UsageError(f"distill: uncond_fraction must be in [0, 1], got {self.uncond_fraction}")
+        for name in ("uncond_fraction", "grid_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"distill: {name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -118,12 +121,13 @@ def teacher_endpoints(teacher: VelocityNet, obs_n: torch.Tensor, x0: torch.Tenso
     return integrate(velocity, x0.reshape(shape[0], -1), steps).reshape(shape)
 
 
-def student_times(batch: int, student_steps: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Flow times (B,): half on the student's Euler grid {k / N}, half uniform in [0, 1)."""
+def student_times(batch: int, student_steps: int, generator: torch.Generator, device: torch.device,
+                  grid_fraction: float = 0.5) -> torch.Tensor:
+    """Flow times (B,): a ``grid_fraction`` on the student's Euler grid {k / N}, the rest uniform in [0, 1)."""
     grid = torch.tensor(evaluation_times("euler", student_steps), dtype=torch.float32, device=device)
     on_grid = grid[torch.randint(len(grid), (batch,), generator=generator, device=device)]
     uniform = torch.rand(batch, generator=generator, device=device)
-    pick = torch.rand(batch, generator=generator, device=device) < 0.5
+    pick = torch.rand(batch, generator=generator, device=device) < grid_fraction
     return torch.where(pick, on_grid, uniform)
 
 
@@ -249,7 +253,7 @@ def distill(
             drop = torch.rand(settings.batch_size, generator=generator) < settings.uncond_fraction
             x0 = draw_noise(teacher, settings.batch_size, horizon, action_dim, policy_cfg.noise_scale, generator, device)
             x1 = teacher_endpoints(teacher, batch_obs, x0, drop, teacher_steps)
-            t = student_times(settings.batch_size, settings.student_steps, generator, device)
+            t = student_times(settings.batch_size, settings.student_steps, generator, device, settings.grid_fraction)
             loss = reflow_loss(student, batch_obs, x0, x1, drop, t)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
