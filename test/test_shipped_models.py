@@ -22,7 +22,9 @@ MIN_SUCCESSES = 4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "task"), [("iiwa_reach.onnx", "reach"), ("iiwa_reach_around.onnx", "reach_around")])
+@pytest.mark.parametrize(("model", "task"), [("iiwa_reach.onnx", "reach"), ("iiwa_reach_around.onnx", "reach_around"),
+                                             ("iiwa_reach_2step.onnx", "reach"),
+                                             ("iiwa_reach_around_2step.onnx", "reach_around")])
 def test_shipped_model_succeeds_in_closed_loop(model: str, task: str) -> None:
     path = MODELS_DIR / model
     if not path.is_file():
@@ -31,6 +33,22 @@ def test_shipped_model_succeeds_in_closed_loop(model: str, task: str) -> None:
     report, _ = evaluate(policy, task, EPISODES, seed=0, config=LoopConfig(), progress=False)
     assert report["successes"] >= MIN_SUCCESSES, format_summary(report)
     assert report["failures"]["self_collision"] == 0, format_summary(report)
+
+
+@pytest.mark.parametrize(("student", "teacher"), [("iiwa_reach_2step", "iiwa_reach"),
+                                                  ("iiwa_reach_around_2step", "iiwa_reach_around")])
+def test_shipped_two_step_students_are_reflow_students_of_the_shipped_teachers(student: str, teacher: str) -> None:
+    """The few-step models are 2-step Euler graphs distilled from the shipped 10-step checkpoints
+    (the teacher's sha256 in the metadata), with the teacher's I/O, guidance default and temperature."""
+    from flow_policy_ros.policy.checkpoint import file_sha256
+
+    fast, slow = OnnxPolicy(MODELS_DIR / f"{student}.onnx", warmup=0), OnnxPolicy(MODELS_DIR / f"{teacher}.onnx", warmup=0)
+    assert (fast.metadata.euler_steps, fast.metadata.solver) == (2, "euler")
+    assert slow.metadata.euler_steps == 10
+    assert fast.metadata.training_data["distillation_method"] == "reflow"
+    assert fast.metadata.training_data["teacher_sha256"] == file_sha256(MODELS_DIR / f"{teacher}.pt")
+    assert fast.metadata.io == slow.metadata.io
+    assert (fast.metadata.guidance_scale, fast.metadata.noise_scale) == (slow.metadata.guidance_scale, slow.metadata.noise_scale)
 
 
 RTC_MODEL = "iiwa_reach_around_rtc.onnx"
