@@ -19,7 +19,6 @@ Writes each cell's report to ``OUT/<solver>_<steps>.json``, the exported graphs 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flow_policy_ros.reports import write_json  # noqa: E402
 from flow_policy_ros.sim.tasks import TASKS  # noqa: E402
 
 #: (solver, steps) cells: Euler at N in {1, 2, 4, 10, 20}; midpoint and Heun at the same NFE (2N).
@@ -85,7 +85,7 @@ def run_cell(checkpoint: Path, task: str, solver: str, steps: int, episodes: int
     report, _ = evaluate(policy, task, episodes, seed, config, progress=progress, label=f"{solver} N={steps}")
     report.pop("per_episode")
     report["solver"], report["steps"], report["nfe"] = solver, steps, nfe(solver, steps)
-    (out / f"{solver}_{steps}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(out / f"{solver}_{steps}.json", report)
     return report
 
 

@@ -20,7 +20,6 @@ report as ``flow-policy eval-sim --json``) and prints the markdown table (also t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flow_policy_ros.reports import write_json  # noqa: E402
 from flow_policy_ros.sim.tasks import TASKS  # noqa: E402
 
 MODES: tuple[str, ...] = ("receding_horizon", "temporal_ensemble", "rtc")
@@ -90,7 +90,7 @@ def run_grid(model: Path, task: str, episodes: int, seed: int, modes: list[str],
             validate_config(config, policy.metadata)
             report, _ = evaluate(policy, task, episodes, seed, config, progress=progress, label=f"{mode} +{delay:g} ms")
             report.pop("per_episode")
-            (out / f"{mode}_{delay:g}.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            write_json(out / f"{mode}_{delay:g}.json", report)
             print(format_summary(report), file=sys.stderr, flush=True)
             reports.append(report)
     return reports

@@ -36,18 +36,45 @@ def wait_until(lock: threading.Lock, condition: Callable[[], bool], timeout_s: f
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
-class FakeRobot:
+
+class SpinningNode:
+    """A real rclpy node in this process, in a context of its own, spun by an executor thread.
+
+    Subclasses create their publishers and subscriptions after ``super().__init__(name)`` and then
+    call :meth:`start_spinning`; ``lock`` guards what their callbacks record.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = Node(name, context=self.context)
+        self.lock = threading.Lock()
+
+    def start_spinning(self) -> None:
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        wait_until(self.lock, condition, timeout_s, what)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+class FakeRobot(SpinningNode):
     """The robot side in this process: publishes joint states at 100 Hz and a latched goal,
     records commands, trajectories and diagnostics with their arrival time (monotonic s)."""
 
     def __init__(self, order: list[int] | None = None) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node("fake_robot", context=self.context)
+        super().__init__("fake_robot")
         self.order = order or list(range(7))
         self.mode = "ok"  # ok | pause | nan | missing
         self.offset = np.zeros(7)  # added to POSITIONS (rad, model joint order): the arm moved
-        self.lock = threading.Lock()
         self.commands: list[tuple[float, np.ndarray]] = []
         self.trajectories: list[tuple[float, JointTrajectory]] = []
         self.diagnostics: list[dict[str, str]] = []
@@ -63,10 +90,7 @@ class FakeRobot:
         self.node.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.node.create_timer(0.01, self._publish_joint_state)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.start_spinning()
 
     def _publish_joint_state(self) -> None:
         if self.mode == "pause":
@@ -95,15 +119,6 @@ class FakeRobot:
                 with self.lock:
                     self.diagnostics.append({kv.key: kv.value for kv in status.values})
 
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        wait_until(self.lock, condition, timeout_s, what)
-
     def commands_between(self, start: float, stop: float) -> list[np.ndarray]:
         with self.lock:
             return [c for t, c in self.commands if start <= t < stop]
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5.0)

@@ -27,17 +27,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, node_env
-from fake_robot import wait_until
+from fake_robot import SpinningNode
 from model_factory import make_tiny_model
 
 from flow_policy_ros.cli import main
@@ -371,36 +370,25 @@ def hostile_messages(rng: np.random.Generator, count: int) -> Iterator[tuple[str
             yield "goal", "good goal", good_goal
 
 
-class Fuzzer:
+class Fuzzer(SpinningNode):
     """An rclpy node in this process that publishes raw CDR bytes and records the node's commands."""
 
     def __init__(self) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PointStamped
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        self.rclpy = rclpy
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node("fuzzer", context=self.context)
+        super().__init__("fuzzer")
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.publishers = {"joint_states": self.node.create_publisher(JointState, "joint_states", qos_profile_sensor_data),
                            "goal": self.node.create_publisher(PointStamped, "goal", latched)}
-        self.lock = threading.Lock()
         self.commands: list[np.ndarray] = []
         self.diagnostics: list[dict[str, str]] = []
         self.node.create_subscription(Float64MultiArray, "commands", self._on_command, QoSProfile(depth=50))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.start_spinning()
 
     def _on_command(self, msg: object) -> None:
         with self.lock:
@@ -412,14 +400,6 @@ class Fuzzer:
                 with self.lock:
                     self.diagnostics.append({kv.key: kv.value for kv in status.values})
 
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        wait_until(self.lock, condition, timeout_s, what)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5.0)
 
 
 @pytest.mark.slow

@@ -10,20 +10,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from fake_robot import wait_until
+from fake_robot import SpinningNode
 from geometry_msgs.msg import PointStamped
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
@@ -40,19 +35,16 @@ GOAL_A = (0.5, 0.1, 0.4)
 GOAL_B = (0.3, -0.4, 0.7)
 
 
-class LaggingArm:
+class LaggingArm(SpinningNode):
     """The robot side: an arm that moves towards the last command at ``speed`` rad/s (far slower than the
     1.5 rad/s command limit, so it falls behind), joint states at 100 Hz, a latched goal; records
     commands and diagnostics (level, message, values)."""
 
     def __init__(self, speed: float = 0.2) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node("lagging_arm", context=self.context)
+        super().__init__("lagging_arm")
         self.q = START.copy()
         self.speed = speed
         self.override: dict[int, float] = {}  # joint index -> reported position (the arm itself is not moved)
-        self.lock = threading.Lock()
         self.commands: list[tuple[float, np.ndarray]] = []
         self.lags: list[float] = []  # |command - arm position| (rad, worst joint) when each command arrives
         self.diagnostics: list[tuple[int, str, dict[str, str]]] = []
@@ -62,10 +54,7 @@ class LaggingArm:
         self.node.create_subscription(Float64MultiArray, "commands", self._on_command, QoSProfile(depth=10))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.node.create_timer(0.01, self._tick)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.start_spinning()
 
     def publish_goal(self, point: tuple[float, float, float], frame: str = "world") -> None:
         msg = PointStamped()
@@ -97,14 +86,6 @@ class LaggingArm:
                                              else int(status.level), status.message,
                                              {kv.key: kv.value for kv in status.values}))
 
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        wait_until(self.lock, condition, timeout_s, what)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5.0)
 
 
 @pytest.fixture

@@ -11,20 +11,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from conftest import REPO_ROOT, node_env, stop_process
-from fake_robot import wait_until
+from fake_robot import SpinningNode
 from geometry_msgs.msg import PointStamped
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
@@ -53,14 +48,11 @@ def start_sim_node(log_path: Path, **params: object) -> subprocess.Popen:
     return proc
 
 
-class Commander:
+class Commander(SpinningNode):
     """This process's side: publishes commands, records joint states (stamp ns, positions), goal, outcomes."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node("test_commander", context=self.context)
-        self.lock = threading.Lock()
+        super().__init__("test_commander")
         self.states: list[tuple[int, float, np.ndarray]] = []  # (stamp ns, receipt monotonic s, positions)
         self.goals: list[np.ndarray] = []
         self.outcomes: list[dict] = []
@@ -72,10 +64,7 @@ class Commander:
         self.node.create_subscription(JointState, "joint_states", self._on_state, qos_profile_sensor_data)
         self.node.create_subscription(PointStamped, "goal", self._on_goal, latched)
         self.node.create_subscription(String, "episode_outcome", self._on_outcome, outcomes)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.start_spinning()
 
     def _on_state(self, msg: JointState) -> None:
         index = [list(msg.name).index(n) for n in IIWA_JOINT_NAMES]
@@ -91,19 +80,11 @@ class Commander:
         with self.lock:
             self.outcomes.append(json.loads(msg.data))
 
-    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        wait_until(self.lock, condition, timeout_s, what)
-
     def latest(self) -> tuple[int, np.ndarray]:
         with self.lock:
             stamp, _, q = self.states[-1]
             return stamp, q
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5.0)
 
 
 @pytest.fixture

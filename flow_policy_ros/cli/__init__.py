@@ -34,6 +34,16 @@ VERBS: dict[str, tuple[str, str]] = {
 #: Bad input on the command line; printed as one line, exit status 2 (the domain's UsageError).
 CliError = UsageError
 
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+def say(message: str) -> None:
+    """One report line on stdout, above a verb's progress bar when there is one."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flow-policy", description=__doc__.splitlines()[0])
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(f"flow-policy {verb}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
         if isinstance(exc, (FlowPolicyError, FileNotFoundError)):  # bad input, not a bug
             print(f"flow-policy {verb}: error: {one_line(exc)}", file=sys.stderr)

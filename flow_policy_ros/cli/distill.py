@@ -8,16 +8,12 @@ its ``--student-steps``. Ctrl-C stops after the current step and saves ``OUT/las
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.cli import EXIT_INTERRUPTED, CliError, say, write_json
 from flow_policy_ros.policy.distill import DistillSettings, distill
-
-#: Exit status of a run stopped by Ctrl-C (128 + SIGINT), after its checkpoint was saved.
-EXIT_INTERRUPTED = 130
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                                lr=args.lr, uncond_fraction=args.uncond_fraction, seed=args.seed,
                                grid_fraction=args.grid_fraction)
     torch.set_num_threads(args.threads)
-    result = distill(args.teacher, args.data, args.out, settings, progress=not args.no_progress, log=_say)
+    result = distill(args.teacher, args.data, args.out, settings, progress=not args.no_progress, log=say)
     gap = "" if result.gap is None else f", student-teacher gap {result.gap:.5f}"
     verb = "stopped (Ctrl-C) at" if result.interrupted else "distilled"
     print(f"{verb} {result.steps} steps in {result.seconds:.1f} s, loss {result.final_loss:.5f}{gap} "
@@ -62,10 +58,3 @@ def run(args: argparse.Namespace) -> int:
                            "gap": result.gap, "steps": result.steps, "seconds": result.seconds,
                            "interrupted": result.interrupted, "student_steps": args.student_steps})
     return EXIT_INTERRUPTED if result.interrupted else 0
-
-
-def _say(message: str) -> None:
-    """One report line, above the progress bar when there is one."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stdout)

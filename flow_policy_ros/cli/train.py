@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.cli import EXIT_INTERRUPTED, CliError, say, write_json
 from flow_policy_ros.policy.config import ExperimentConfig
 from flow_policy_ros.policy.train import train
-
-#: Exit status of a run stopped by Ctrl-C (128 + SIGINT), after its checkpoint was saved.
-EXIT_INTERRUPTED = 130
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise CliError(f"--threads {args.threads}: must be >= 1")
     torch.set_num_threads(args.threads)
-    result = train(args.data, config, args.out, resume=args.resume, progress=not args.no_progress, log=_say)
+    result = train(args.data, config, args.out, resume=args.resume, progress=not args.no_progress, log=say)
     if int(os.environ.get("RANK", "0")) == 0:
         val = "" if result.val_loss is None else f", validation loss {result.val_loss:.4f}"
         if result.interrupted:
@@ -74,10 +70,3 @@ def run(args: argparse.Namespace) -> int:
              "seconds": result.seconds, "log": str(result.log_path)},
         )
     return EXIT_INTERRUPTED if result.interrupted else 0
-
-
-def _say(message: str) -> None:
-    """One report line, above the progress bar when there is one."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stdout)

@@ -45,7 +45,7 @@ from flow_policy_ros.errors import UsageError
 from flow_policy_ros.policy.checkpoint import Checkpoint, code_version, file_sha256, load_checkpoint, save_checkpoint
 from flow_policy_ros.policy.flow import evaluation_times, integrate, interpolate, target_velocity
 from flow_policy_ros.policy.model import VelocityNet
-from flow_policy_ros.policy.train import PositionNoise, _lr_factor, _update_ema, split_episodes
+from flow_policy_ros.policy.train import PositionNoise, ema_decay, lr_factor, split_episodes, update_ema
 from flow_policy_ros.policy.train_log import CSV_NAME, StopOnInterrupt, TrainingLog
 from flow_policy_ros.reports import portable_path, write_json
 
@@ -245,7 +245,7 @@ def distill(
         for step in bar:
             if stop.requested:
                 break
-            lr = settings.lr * _lr_factor(step, settings.steps)
+            lr = settings.lr * lr_factor(step, settings.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = torch.randint(len(obs_n), (settings.batch_size,), generator=generator)
@@ -259,7 +259,7 @@ def distill(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step()
-            _update_ema(ema, student, min(config.train.ema_decay, (1.0 + step) / (10.0 + step)))
+            update_ema(ema, student, ema_decay(step, config.train.ema_decay))
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise RuntimeError(f"distillation diverged at step {step}: loss {value}")

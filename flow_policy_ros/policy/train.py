@@ -230,7 +230,7 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
-def _lr_factor(step: int, total: int) -> float:
+def lr_factor(step: int, total: int) -> float:
     """Linear warm-up over 2% of the steps, then cosine decay to 10%."""
     warmup = max(1, total // 50)
     if step < warmup:
@@ -240,7 +240,13 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 @torch.no_grad()
-def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_decay(step: int, target: float) -> float:
+    """EMA decay at ``step``: (1 + step) / (10 + step) early on (the average follows the fast-moving
+    start), ``target`` once that exceeds it."""
+    return min(target, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for ema_param, param in zip(ema.parameters(), model.parameters()):
         ema_param.lerp_(param, 1.0 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
@@ -373,7 +379,7 @@ def train(
         for step in bar:
             if _stop_requested(stop, world):
                 break
-            lr = train_cfg.lr * _lr_factor(step, train_cfg.steps)
+            lr = train_cfg.lr * lr_factor(step, train_cfg.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = torch.randint(n_windows, (train_cfg.batch_size,), generator=generator, device=device)
@@ -383,8 +389,7 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            decay = min(train_cfg.ema_decay, (1.0 + step) / (10.0 + step))
-            _update_ema(ema, model, decay)
+            update_ema(ema, model, ema_decay(step, train_cfg.ema_decay))
 
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
