@@ -1,9 +1,10 @@
 """The documentation's command lines stay true, in README.md and in every docs/*.md page.
 
 - Every ``flow-policy VERB ...`` (also ``python -m flow_policy_ros VERB``, ``ros2 run flow_policy_ros
-  flow-policy VERB``, ``torchrun ... -m flow_policy_ros VERB``) names a verb of ``flow_policy_ros.cli``
-  and only flags that verb's argparse defines; the ones in code blocks parse completely (required
-  arguments present, values of the right type). Files the commands name under ``config/`` and
+  flow-policy VERB``, ``torchrun ... -m flow_policy_ros VERB``, ``$P -m flow_policy_ros VERB``) names a
+  verb of ``flow_policy_ros.cli`` and only flags that verb's argparse defines; the ones in code blocks
+  parse completely (required arguments present, values of the right type) unless they are templates
+  (``…``, ``$VAR``, ``{a|b}``). Files the commands name under ``config/`` and
   ``models/`` exist in the repository. README has a code-block command for every verb.
 - In code blocks: ``make TARGET`` names a Makefile target; ``ros2 run flow_policy_ros EXE`` an
   executable of this package; ``ros2 launch flow_policy_ros FILE name:=value`` a launch file in
@@ -29,7 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 DOCS = [README, *sorted((REPO_ROOT / "docs").glob("*.md"))]
 _PREFIXES = ("flow-policy ", "python -m flow_policy_ros ", "python3 -m flow_policy_ros ", "torchrun ",
-             "ros2 run flow_policy_ros flow-policy ")
+             "ros2 run flow_policy_ros flow-policy ", ".venv/bin/python -m flow_policy_ros ", "$P -m flow_policy_ros ")
+#: A command with shell variables or {a|b} alternatives is a template: its flags are checked, it is not parsed.
+_TEMPLATE = re.compile(r"\$\w|\$\{|\{[^}]*\|[^}]*\}")
 #: Flags whose value is an input file that must be in a fresh clone when it names config/ or models/.
 _INPUT_FLAGS = ("--config", "--joint-map", "--model", "--checkpoint")
 _START = re.compile(r"(?:flow-policy|-m flow_policy_ros)\s+([a-z][a-z-]*)(.*)")
@@ -62,7 +65,7 @@ def _commands(doc: Path) -> list[tuple[str, str, bool]]:
         for text in candidates:
             match = _START.search(text)
             if match and (in_block or match.group(1) in VERBS):
-                command = f"{match.group(1)}{match.group(2)}".split("&&")[0].split("|")[0].strip()
+                command = f"{match.group(1)}{match.group(2)}".split("&&")[0].split(" | ")[0].strip()
                 found.append((_name(doc), command, in_block))
     return found
 
@@ -114,7 +117,7 @@ def test_doc_command_matches_argparse(doc, command, in_block):
     options = {s for action in parser._actions for s in action.option_strings}
     flags = [t.split("=")[0] for t in arguments if t.startswith("--")]
     assert set(flags) <= options, f"{doc}: `flow-policy {verb}` has no {sorted(set(flags) - options)}"
-    if in_block and "…" not in command and "..." not in command:
+    if in_block and "…" not in command and "..." not in command and not _TEMPLATE.search(command):
         try:
             parser.parse_args(arguments)
         except (argparse.ArgumentError, SystemExit) as exc:
