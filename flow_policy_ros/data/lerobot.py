@@ -1,0 +1,559 @@
+"""LeRobotDataset v3.0 on disk, written and read with pyarrow (no LeRobot, no torch, no pandas).
+
+The layout is LeRobot's own (``lerobot.datasets.utils``, ``dataset_writer.py``,
+``dataset_metadata.py``, ``io_utils.py``, ``compute_stats.py``; checked against lerobot 0.6.1)::
+
+    meta/info.json                               codebase_version "v3.0", fps, features, totals, templates
+    meta/stats.json                              per feature: min max mean std count q01 q10 q50 q90 q99
+    meta/tasks.parquet                           columns task_index (int64), task (the pandas index)
+    meta/episodes/chunk-000/file-000.parquet     one row per episode (columns below)
+    data/chunk-000/file-000.parquet              one row per frame, one row group per episode
+
+Features are declared in ``info.json`` as ``{name: {"dtype", "shape", "names"}}``; every dataset
+carries the default features ``timestamp`` (float32, s since the episode's first frame),
+``frame_index``, ``episode_index``, ``index`` (frame index over the dataset) and ``task_index``
+(int64, shape (1,)) after its own. A vector feature (``observation.state``, ``action``) is a
+``fixed_size_list<float>[D]`` column; a (1,) feature a plain column. The episodes file holds
+``episode_index``, ``tasks`` (list<string>), ``length``, ``data/chunk_index``, ``data/file_index``,
+``dataset_from_index``, ``dataset_to_index`` (half-open frame range in ``index``),
+``stats/<feature>/<stat>`` and ``meta/episodes/chunk_index``, ``meta/episodes/file_index``.
+
+Files roll over like LeRobot's: a new data file starts when the current one would reach
+``data_files_size_in_mb`` (100 MB), and the chunk index advances every ``chunks_size`` (1000)
+files. Statistics: per episode exact (numpy's linear quantiles; LeRobot estimates them from a
+5000-bin histogram, so its per-episode quantiles differ from ours by up to one bin); over the
+dataset aggregated as LeRobot does: min of mins, max of maxes, count-weighted mean, pooled
+variance, count-weighted mean of the episodes' quantiles.
+
+:class:`LeRobotWriter` streams: it holds one episode in memory, appends it to the open parquet
+file and keeps only per-episode statistics and index rows. It writes into a temp directory
+beside the target and renames it at the end, refusing to overwrite. :func:`read_dataset` opens
+and validates a dataset; :meth:`LeRobotDataset.episodes` yields one episode at a time. Every bad
+input raises :class:`~flow_policy_ros.errors.DatasetError` with one line naming the file and the
+feature or field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flow_policy_ros.errors import DatasetError
+
+CODEBASE_VERSION = "v3.0"
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+TASKS_PATH = "meta/tasks.parquet"
+EPISODES_DIR = "meta/episodes"
+CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
+EPISODES_PATH = EPISODES_DIR + "/" + CHUNK_FILE_PATTERN + ".parquet"
+DATA_PATH = "data/" + CHUNK_FILE_PATTERN + ".parquet"
+VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE_PATTERN + ".mp4"
+CHUNKS_SIZE = 1000  # files per chunk directory
+DATA_FILES_SIZE_IN_MB = 100
+VIDEO_FILES_SIZE_IN_MB = 200
+#: Quantiles LeRobot's stats hold (compute_stats.DEFAULT_QUANTILES), keyed q01 ... q99.
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+STAT_KEYS = ("min", "max", "mean", "std", "count", *QUANTILES)
+#: The features every LeRobot dataset carries after its own (lerobot.utils.constants.DEFAULT_FEATURES).
+DEFAULT_FEATURES: dict[str, dict[str, Any]] = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+#: Numeric dtypes this module writes and reads (images and videos come with the camera feature).
+NUMERIC_DTYPES = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64(), "int32": pa.int32(),
+                  "bool": pa.bool_()}
+#: How far (s) a timestamp may lie from its frame slot (LeRobotDataset's default tolerance_s).
+TIMESTAMP_TOLERANCE_S = 1e-4
+
+
+def vector_feature(names: Sequence[str], dtype: str = "float32") -> dict[str, Any]:
+    """A 1-D feature declaration ``{"dtype", "shape": [D], "names": [...]}`` with one name per entry."""
+    return {"dtype": dtype, "shape": [len(names)], "names": list(names)}
+
+
+def _arrow_type(name: str, ft: Mapping[str, Any], source: str) -> pa.DataType:
+    dtype, shape = ft.get("dtype"), ft.get("shape")
+    if dtype not in NUMERIC_DTYPES:
+        raise DatasetError(f"{source}: feature {name!r} has dtype {dtype!r}; this reader supports {sorted(NUMERIC_DTYPES)}")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:
+        raise DatasetError(f"{source}: feature {name!r} has shape {shape!r}; expected [D] with D >= 1")
+    value = NUMERIC_DTYPES[dtype]
+    return value if list(shape) == [1] else pa.list_(value, int(shape[0]))
+
+
+def _schema(features: Mapping[str, Mapping[str, Any]], source: str) -> pa.Schema:
+    return pa.schema([pa.field(name, _arrow_type(name, ft, source), nullable=False) for name, ft in features.items()])
+
+
+def _column(array: np.ndarray, ft: Mapping[str, Any], typ: pa.DataType) -> pa.Array:
+    values = np.ascontiguousarray(array, dtype=np.dtype(ft["dtype"]))
+    if pa.types.is_fixed_size_list(typ):
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ.value_type), typ.list_size)
+    return pa.array(values.reshape(-1), type=typ)
+
+
+def _to_numpy(column: pa.ChunkedArray, ft: Mapping[str, Any]) -> np.ndarray:
+    """A column → (N,) for (1,) features, (N, D) for vectors, in the feature's dtype."""
+    dtype = np.dtype(ft["dtype"])
+    if pa.types.is_fixed_size_list(column.type):
+        flat = column.combine_chunks().flatten() if column.num_chunks else pa.array([], column.type.value_type)
+        return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(column), column.type.list_size)
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return np.array(column.to_pylist(), dtype=dtype).reshape(len(column), -1)
+    return column.to_numpy().astype(dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def episode_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics of one episode's feature, (N,) or (N, D) → each stat (D,) (``count`` (1,)), float64.
+
+    min, max, mean, std (population, ddof 0) and the :data:`QUANTILES` (numpy's linear rule).
+    """
+    x = np.asarray(values, np.float64)
+    x = x.reshape(len(x), -1)
+    stats = {"min": x.min(axis=0), "max": x.max(axis=0), "mean": x.mean(axis=0), "std": x.std(axis=0),
+             "count": np.array([len(x)], np.int64)}
+    for key, q in QUANTILES.items():
+        stats[key] = np.quantile(x, q, axis=0)
+    return stats
+
+
+def aggregate_stats(per_episode: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One feature's statistics over episodes, combined as LeRobot's ``aggregate_feature_stats`` does."""
+    counts = np.array([s["count"][0] for s in per_episode], np.float64)
+    total = counts.sum()
+    w = (counts / total)[:, None]
+    means = np.stack([s["mean"] for s in per_episode])
+    mean = (w * means).sum(axis=0)
+    var = (w * (np.stack([s["std"] for s in per_episode]) ** 2 + (means - mean) ** 2)).sum(axis=0)
+    out = {"min": np.stack([s["min"] for s in per_episode]).min(axis=0),
+           "max": np.stack([s["max"] for s in per_episode]).max(axis=0),
+           "mean": mean, "std": np.sqrt(var), "count": np.array([int(total)], np.int64)}
+    for key in QUANTILES:
+        out[key] = (w * np.stack([s[key] for s in per_episode])).sum(axis=0)
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def _tasks_table(tasks: Sequence[str]) -> pa.Table:
+    """meta/tasks.parquet as pandas' ``DataFrame({'task_index'}, index=Index(tasks, name='task')).to_parquet`` writes it."""
+    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(list(tasks), pa.string())})
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
+    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+
+
+class LeRobotWriter:
+    """Write a LeRobotDataset v3.0 episode by episode; memory is bounded by one episode.
+
+    Args:
+        root: dataset directory to create (must not exist).
+        fps: frames per second (int, Hz).
+        features: the dataset's own features ``{name: {"dtype", "shape": [D], "names"}}``
+            (e.g. ``observation.state``, ``action``); the default features are appended.
+        robot_type: free text stored in info.json (None allowed).
+        data_files_size_in_mb: a new data file starts when the current one would reach this.
+        chunks_size: files per ``chunk-XXX`` directory.
+
+    Use as a context manager; on an exception nothing is left behind::
+
+        with LeRobotWriter(out, 50, {"observation.state": vector_feature(names)}) as ds:
+            ds.add_episode({"observation.state": states}, task="reach the goal")
+    """
+
+    def __init__(self, root: Path, fps: int, features: Mapping[str, Mapping[str, Any]], robot_type: str | None = None,
+                 data_files_size_in_mb: int = DATA_FILES_SIZE_IN_MB, chunks_size: int = CHUNKS_SIZE) -> None:
+        self.root = Path(root)
+        if int(fps) != fps or fps <= 0:
+            raise DatasetError(f"{self.root}: fps must be a positive integer (Hz), got {fps}")
+        clash = sorted(set(features) & set(DEFAULT_FEATURES))
+        if clash:
+            raise DatasetError(f"{self.root}: features {clash} are default features; do not declare them")
+        self.fps = int(fps)
+        self.features: dict[str, dict[str, Any]] = {**{k: dict(v) for k, v in features.items()}, **DEFAULT_FEATURES}
+        self.schema = _schema(self.features, str(self.root))
+        self.robot_type = robot_type
+        self.data_files_size_in_mb = data_files_size_in_mb
+        self.chunks_size = chunks_size
+        self._tmp: Path | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._chunk, self._file = 0, 0
+        self._file_frames = 0
+        self._tasks: dict[str, int] = {}
+        self._episodes: list[dict[str, Any]] = []
+        self._stats: list[dict[str, dict[str, np.ndarray]]] = []
+        self.total_frames = 0
+
+    @property
+    def directory(self) -> Path:
+        """The (temporary) dataset directory being written."""
+        assert self._tmp is not None, "LeRobotWriter is not open"
+        return self._tmp / self.root.name
+
+    def __enter__(self) -> LeRobotWriter:
+        if self.root.exists():
+            raise DatasetError(f"{self.root}: already exists; refusing to overwrite")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", suffix=".tmp", dir=self.root.parent))
+        self.directory.mkdir()
+        return self
+
+    def _data_path(self) -> Path:
+        return self.directory / DATA_PATH.format(chunk_index=self._chunk, file_index=self._file)
+
+    def add_episode(self, columns: Mapping[str, np.ndarray], task: str, timestamps_s: np.ndarray | None = None) -> int:
+        """Append one episode; returns its episode_index.
+
+        Args:
+            columns: every declared feature (not the defaults): (N,) or (N, D) arrays, one row per frame.
+            task: the episode's task text (a new text gets the next task_index).
+            timestamps_s: (N,) s since the episode's first frame; default frame_index / fps.
+        """
+        missing = [name for name in self.features if name not in DEFAULT_FEATURES and name not in columns]
+        extra = sorted(set(columns) - set(self.features))
+        if missing or extra:
+            raise DatasetError(f"{self.root}: episode {len(self._episodes)}: missing features {missing}, "
+                               f"undeclared features {extra}")
+        lengths = {name: len(np.asarray(v)) for name, v in columns.items()}
+        n = next(iter(lengths.values()), 0)
+        if n == 0 or any(length != n for length in lengths.values()):
+            raise DatasetError(f"{self.root}: episode {len(self._episodes)}: frame counts differ or are zero: {lengths}")
+        episode_index = len(self._episodes)
+        task_index = self._tasks.setdefault(str(task), len(self._tasks))
+        frame_index = np.arange(n, dtype=np.int64)
+        full = dict(columns)
+        full["timestamp"] = frame_index / self.fps if timestamps_s is None else np.asarray(timestamps_s, np.float64)
+        full["frame_index"] = frame_index
+        full["episode_index"] = np.full(n, episode_index, np.int64)
+        full["index"] = self.total_frames + frame_index
+        full["task_index"] = np.full(n, task_index, np.int64)
+        arrays = []
+        for name, ft in self.features.items():
+            width = int(ft["shape"][0])
+            value = np.asarray(full[name])
+            if value.reshape(n, -1).shape[1] != width:
+                raise DatasetError(f"{self.root}: episode {episode_index}: feature {name!r} has "
+                                   f"{value.reshape(n, -1).shape[1]} values per frame, declared shape [{width}]")
+            arrays.append(_column(value, ft, self.schema.field(name).type))
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        self._append(table, n)
+        stats = {name: episode_stats(np.asarray(full[name], ft["dtype"])) for name, ft in self.features.items()}
+        self._stats.append(stats)
+        row: dict[str, Any] = {
+            "episode_index": episode_index, "tasks": [str(task)], "length": n,
+            "data/chunk_index": self._chunk, "data/file_index": self._file,
+            "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + n,
+        }
+        for name, feature_stats in stats.items():
+            for key in STAT_KEYS:
+                row[f"stats/{name}/{key}"] = feature_stats[key].tolist()
+        row["meta/episodes/chunk_index"] = 0
+        row["meta/episodes/file_index"] = 0
+        self._episodes.append(row)
+        self.total_frames += n
+        return episode_index
+
+    def _append(self, table: pa.Table, n: int) -> None:
+        if self._writer is not None:
+            size_mb = self._data_path().stat().st_size / 1024**2 if self._data_path().exists() else 0.0
+            per_frame = size_mb / self._file_frames if self._file_frames else 0.0
+            if size_mb + per_frame * n >= self.data_files_size_in_mb:
+                self._writer.close()
+                self._writer = None
+                self._file += 1
+                if self._file == self.chunks_size:
+                    self._chunk, self._file = self._chunk + 1, 0
+                self._file_frames = 0
+        if self._writer is None:
+            path = self._data_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(path, self.schema, compression="snappy", use_dictionary=True)
+        self._writer.write_table(table)  # one row group per episode
+        self._file_frames += n
+
+    def _finish(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self._episodes:
+            raise DatasetError(f"{self.root}: no episode was written")
+        meta = self.directory
+        episodes_path = meta / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        episodes_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(self._episodes), episodes_path, compression="snappy")
+        pq.write_table(_tasks_table(list(self._tasks)), meta / TASKS_PATH)
+        stats = {name: {k: v.tolist() for k, v in aggregate_stats([s[name] for s in self._stats]).items()}
+                 for name in self.features}
+        _write_json(meta / STATS_PATH, stats)
+        info = {
+            "codebase_version": CODEBASE_VERSION, "fps": self.fps, "features": self.features,
+            "total_episodes": len(self._episodes), "total_frames": self.total_frames, "total_tasks": len(self._tasks),
+            "chunks_size": self.chunks_size, "data_files_size_in_mb": self.data_files_size_in_mb,
+            "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "data_path": DATA_PATH, "video_path": None,
+            "robot_type": self.robot_type, "splits": {"train": f"0:{len(self._episodes)}"},
+        }
+        _write_json(meta / INFO_PATH, info)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._tmp is not None
+        try:
+            if exc_type is None:
+                self._finish()
+                if self.root.exists():
+                    raise DatasetError(f"{self.root}: appeared while writing; refusing to overwrite")
+                os.rename(self.directory, self.root)
+            elif self._writer is not None:
+                self._writer.close()
+        finally:
+            self._writer = None
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading
+
+#: What pyarrow raises on a truncated or corrupt parquet file.
+_PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+def _read_parquet(path: Path, what: str, columns: Sequence[str] | None = None) -> pa.Table:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing {what}")
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except _PARQUET_ERRORS as exc:
+        raise DatasetError(f"{path}: corrupt parquet ({what}): {' '.join(str(exc).split())}") from exc
+
+
+def _require(table: pa.Table, path: Path, names: Sequence[str], what: str) -> None:
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise DatasetError(f"{path}: {what} lacks column(s) {missing}; it has {table.column_names}")
+
+
+@dataclass
+class LeRobotEpisode:
+    """One episode of a dataset: ``columns[name]`` is (N,) for (1,) features, (N, D) for vectors."""
+
+    episode_index: int
+    task: str
+    columns: dict[str, np.ndarray]
+
+    @property
+    def length(self) -> int:
+        return len(self.columns["frame_index"])
+
+
+@dataclass
+class LeRobotDataset:
+    """A validated LeRobotDataset v3.0 directory (metadata in memory, frames read per episode).
+
+    Attributes:
+        root: the dataset directory.
+        info: meta/info.json as a dict.
+        tasks: task texts by task_index.
+        episodes: the rows of meta/episodes/*/*.parquet without their stats columns, by episode_index.
+        stats: meta/stats.json ({feature: {stat: list}}).
+    """
+
+    root: Path
+    info: dict[str, Any]
+    tasks: list[str]
+    episodes: list[dict[str, Any]]
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> int:
+        return int(self.info["fps"])
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        return dict(self.info["features"])
+
+    def feature_names(self, name: str) -> list[str]:
+        """The ``names`` of a vector feature (e.g. the joints of ``observation.state``)."""
+        names = self.features[name].get("names")
+        if isinstance(names, dict):  # older LeRobot style {"motors": [...]}
+            names = next(iter(names.values()))
+        return [str(n) for n in names] if names is not None else []
+
+    def data_file(self, chunk_index: int, file_index: int) -> Path:
+        return self.root / str(self.info["data_path"]).format(chunk_index=chunk_index, file_index=file_index)
+
+    def iter_episodes(self, wanted: Sequence[str] | None = None) -> Iterator[LeRobotEpisode]:
+        """Episodes in order; ``wanted`` features (default: all numeric ones) plus the default features.
+
+        One data file is held in memory at a time. Checks per episode: every wanted feature is a
+        column of the data file with the declared width, ``episode_index``/``frame_index``/
+        ``index`` agree with meta/episodes, and each timestamp lies within
+        :data:`TIMESTAMP_TOLERANCE_S` of its frame slot ``round(timestamp·fps)/fps``, the slots
+        increasing (a gap is allowed, a repeat or reversal is not).
+        """
+        features = self.features
+        names = [n for n in (wanted if wanted is not None else features) if n not in DEFAULT_FEATURES]
+        for name in names:
+            if name not in features:
+                raise DatasetError(f"{self.root / INFO_PATH}: no feature {name!r}; it declares {sorted(features)}")
+        names += list(DEFAULT_FEATURES)
+        current: tuple[int, int] | None = None
+        table: pa.Table | None = None
+        for ep in self.episodes:
+            key = (int(ep["data/chunk_index"]), int(ep["data/file_index"]))
+            path = self.data_file(*key)
+            if key != current:
+                table = _read_parquet(path, "frames")
+                _require(table, path, names, f"data for feature(s) {names}")
+                current = key
+            assert table is not None
+            episode_index = int(ep["episode_index"])
+            column = table.column("episode_index").to_numpy()
+            rows = np.flatnonzero(column == episode_index)
+            if len(rows) != int(ep["length"]):
+                raise DatasetError(f"{path}: episode {episode_index} has {len(rows)} frames, meta/episodes says "
+                                   f"length {ep['length']}")
+            part = table.take(pa.array(rows))
+            cols: dict[str, np.ndarray] = {}
+            for name in names:
+                try:
+                    cols[name] = _to_numpy(part.column(name), features[name])
+                except (pa.ArrowException, ValueError) as exc:
+                    raise DatasetError(f"{path}: feature {name!r}: {' '.join(str(exc).split())}") from exc
+                width = int(features[name]["shape"][0])
+                got = cols[name].reshape(len(rows), -1).shape[1]
+                if got != width:
+                    raise DatasetError(f"{path}: feature {name!r} has {got} values per frame; "
+                                       f"meta/info.json declares shape [{width}]")
+            self._check_indices(path, ep, cols)
+            task_index = int(cols["task_index"][0])
+            if not 0 <= task_index < len(self.tasks):
+                raise DatasetError(f"{path}: feature 'task_index' {task_index} is not in {self.root / TASKS_PATH}")
+            yield LeRobotEpisode(episode_index, self.tasks[task_index], cols)
+
+    def _check_indices(self, path: Path, ep: Mapping[str, Any], cols: Mapping[str, np.ndarray]) -> None:
+        n = len(cols["frame_index"])
+        if not np.array_equal(cols["frame_index"], np.arange(n)):
+            raise DatasetError(f"{path}: feature 'frame_index' of episode {ep['episode_index']} is not 0..{n - 1}")
+        start = int(ep["dataset_from_index"])
+        if not np.array_equal(cols["index"], np.arange(start, start + n)) or int(ep["dataset_to_index"]) != start + n:
+            raise DatasetError(f"{path}: feature 'index' of episode {ep['episode_index']} disagrees with "
+                               f"dataset_from_index/dataset_to_index {start}/{ep['dataset_to_index']}")
+        ts = cols["timestamp"].astype(np.float64)
+        slots = np.round(ts * self.fps)
+        off = np.abs(ts - slots / self.fps)
+        if off.max(initial=0.0) > TIMESTAMP_TOLERANCE_S:
+            k = int(np.flatnonzero(off > TIMESTAMP_TOLERANCE_S)[0])
+            raise DatasetError(f"{path}: feature 'timestamp' of episode {ep['episode_index']} frame {k} is {ts[k]:.6f} s, "
+                               f"{off[k] * 1e3:.3f} ms off the {self.fps} fps grid of meta/info.json")
+        if np.any(np.diff(slots) <= 0):
+            k = int(np.flatnonzero(np.diff(slots) <= 0)[0]) + 1
+            raise DatasetError(f"{path}: feature 'timestamp' of episode {ep['episode_index']} does not increase at frame {k}")
+
+
+def read_dataset(root: Path) -> LeRobotDataset:
+    """Open and validate a LeRobotDataset v3.0 directory (metadata only; frames are read per episode).
+
+    Raises DatasetError naming the file and field: a missing meta file, a codebase_version other
+    than v3.0 (v2.x keeps episodes in JSON lines and is refused), a bad fps or feature, a corrupt
+    parquet, an episodes table whose ranges are not contiguous.
+    """
+    root = Path(root)
+    info_path = root / INFO_PATH
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset directory")
+    if not info_path.is_file():
+        raise DatasetError(f"{info_path}: missing (not a LeRobot dataset)")
+    try:
+        info = json.loads(info_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{info_path}: not valid JSON ({exc})") from exc
+    version = info.get("codebase_version")
+    if version != CODEBASE_VERSION:
+        raise DatasetError(f"{info_path}: codebase_version is {version!r}; only {CODEBASE_VERSION!r} is read "
+                           "(convert older datasets with LeRobot's convert_dataset_v21_to_v30)")
+    for key in ("fps", "features", "data_path", "total_episodes", "total_frames"):
+        if key not in info:
+            raise DatasetError(f"{info_path}: missing field {key!r}")
+    if not isinstance(info["fps"], int) or info["fps"] <= 0:
+        raise DatasetError(f"{info_path}: field 'fps' must be a positive integer, got {info['fps']!r}")
+    features = info["features"]
+    for name in DEFAULT_FEATURES:
+        if name not in features:
+            raise DatasetError(f"{info_path}: missing default feature {name!r}")
+    for name, ft in features.items():
+        if ft.get("dtype") in ("video", "image", "string"):
+            continue  # declared; reading them arrives with the camera feature
+        _arrow_type(name, ft, str(info_path))
+    tasks_table = _read_parquet(root / TASKS_PATH, "tasks")
+    _require(tasks_table, root / TASKS_PATH, ["task_index", "task"], "tasks")
+    order = np.argsort(tasks_table.column("task_index").to_numpy())
+    tasks = [str(t) for t in np.array(tasks_table.column("task").to_pylist(), dtype=object)[order]]
+    if sorted(tasks_table.column("task_index").to_pylist()) != list(range(len(tasks))):
+        raise DatasetError(f"{root / TASKS_PATH}: task_index is not 0..{len(tasks) - 1}")
+    episode_files = sorted((root / EPISODES_DIR).glob("*/*.parquet"))
+    if not episode_files:
+        raise DatasetError(f"{root / EPISODES_DIR}: missing (no episodes parquet file)")
+    needed = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+              "dataset_from_index", "dataset_to_index"]
+    episodes: list[dict[str, Any]] = []
+    for path in episode_files:
+        schema_names = _read_schema_names(path)
+        table = _read_parquet(path, "episodes", [n for n in schema_names if not n.startswith("stats/")])
+        _require(table, path, needed, "episodes")
+        episodes += table.to_pylist()
+    episodes.sort(key=lambda e: int(e["episode_index"]))
+    if [int(e["episode_index"]) for e in episodes] != list(range(len(episodes))):
+        raise DatasetError(f"{root / EPISODES_DIR}: episode_index is not 0..{len(episodes) - 1}")
+    if len(episodes) != info["total_episodes"] or sum(int(e["length"]) for e in episodes) != info["total_frames"]:
+        raise DatasetError(f"{info_path}: total_episodes/total_frames {info['total_episodes']}/{info['total_frames']} "
+                           f"disagree with meta/episodes ({len(episodes)} episodes, "
+                           f"{sum(int(e['length']) for e in episodes)} frames)")
+    stats_path = root / STATS_PATH
+    if not stats_path.is_file():
+        raise DatasetError(f"{stats_path}: missing")
+    try:
+        stats = json.loads(stats_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{stats_path}: not valid JSON ({exc})") from exc
+    return LeRobotDataset(root, info, tasks, episodes, stats)
+
+
+def _read_schema_names(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing episodes file")
+    try:
+        return list(pq.read_schema(path).names)
+    except _PARQUET_ERRORS as exc:
+        raise DatasetError(f"{path}: corrupt parquet (episodes): {' '.join(str(exc).split())}") from exc
