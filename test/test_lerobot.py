@@ -17,9 +17,11 @@ from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.lerobot import (
     DEFAULT_FEATURES,
+    QUANTILE_BINS,
     QUANTILES,
     STAT_KEYS,
     LeRobotWriter,
+    episode_stats,
     read_dataset,
     vector_feature,
 )
@@ -184,6 +186,17 @@ def test_info_episodes_tasks_and_stats_follow_lerobot_v3(tmp_path: Path) -> None
     np.testing.assert_allclose(stats["action"]["std"], actions.astype(np.float64).std(axis=0), rtol=0, atol=1e-12)
     assert stats["action"]["min"] == actions.min(axis=0).tolist() and stats["action"]["count"] == [81]
     assert stats["index"]["max"] == [80.0]
+
+
+def test_quantiles_are_read_from_a_histogram_like_lerobots() -> None:
+    """Within one bin of the exact quantile on a fine uniform sample; one frame gives its value."""
+    x = np.random.default_rng(0).uniform(-2.0, 3.0, size=(20_000, 2))
+    stats = episode_stats(x)
+    for key, q in QUANTILES.items():
+        np.testing.assert_allclose(stats[key], np.quantile(x, q, axis=0), rtol=0, atol=5.0 / QUANTILE_BINS + 1e-3)
+    assert stats["q01"][0] < stats["q10"][0] < stats["q50"][0] < stats["q90"][0] < stats["q99"][0]
+    one = episode_stats(np.array([[1.5, -2.0]]))
+    assert all(one[key].tolist() == [1.5, -2.0] for key in QUANTILES) and one["std"].tolist() == [0.0, 0.0]
 
 
 def test_files_roll_over_by_size_and_chunk(tmp_path: Path) -> None:

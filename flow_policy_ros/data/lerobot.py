@@ -20,10 +20,11 @@ carries the default features ``timestamp`` (float32, s since the episode's first
 
 Files roll over like LeRobot's: a new data file starts when the current one would reach
 ``data_files_size_in_mb`` (100 MB), and the chunk index advances every ``chunks_size`` (1000)
-files. Statistics: per episode exact (numpy's linear quantiles; LeRobot estimates them from a
-5000-bin histogram, so its per-episode quantiles differ from ours by up to one bin); over the
-dataset aggregated as LeRobot does: min of mins, max of maxes, count-weighted mean, pooled
-variance, count-weighted mean of the episodes' quantiles.
+files. Statistics per episode as LeRobot's ``compute_episode_stats`` defines them (quantiles
+read from a 5000-bin histogram; computed here in float64 where LeRobot accumulates float32
+features in float32, so means and stds agree to ~1e-6); over the dataset aggregated as LeRobot
+does: min of mins, max of maxes, count-weighted mean, pooled variance, count-weighted mean of the
+episodes' quantiles.
 
 :class:`LeRobotWriter` streams: it holds one episode in memory, appends it to the open parquet
 file and keeps only per-episode statistics and index rows. It writes into a temp directory
@@ -96,8 +97,17 @@ def _arrow_type(name: str, ft: Mapping[str, Any], source: str) -> pa.DataType:
     return value if list(shape) == [1] else pa.list_(value, int(shape[0]))
 
 
+def _hf_feature(ft: Mapping[str, Any]) -> dict[str, Any]:
+    """A feature as Hugging Face ``datasets`` >= 4 describes it in the parquet's ``huggingface`` metadata."""
+    value = {"dtype": ft["dtype"], "_type": "Value"}
+    return value if list(ft["shape"]) == [1] else {"feature": value, "length": int(ft["shape"][0]), "_type": "List"}
+
+
 def _schema(features: Mapping[str, Mapping[str, Any]], source: str) -> pa.Schema:
-    return pa.schema([pa.field(name, _arrow_type(name, ft, source), nullable=False) for name, ft in features.items()])
+    """The data files' schema, with the ``huggingface`` features metadata LeRobot's writer leaves there."""
+    hf = {"info": {"features": {name: _hf_feature(ft) for name, ft in features.items()}}}
+    return pa.schema([pa.field(name, _arrow_type(name, ft, source)) for name, ft in features.items()],
+                     metadata={b"huggingface": json.dumps(hf).encode()})
 
 
 def _column(array: np.ndarray, ft: Mapping[str, Any], typ: pa.DataType) -> pa.Array:
@@ -121,17 +131,47 @@ def _to_numpy(column: pa.ChunkedArray, ft: Mapping[str, Any]) -> np.ndarray:
 # --------------------------------------------------------------------------- statistics
 
 
+#: Bins of the histogram the quantiles are read from (LeRobot's RunningQuantileStats default).
+QUANTILE_BINS = 5000
+
+
+def histogram_quantiles(x: np.ndarray, qs: Sequence[float], bins: int = QUANTILE_BINS) -> np.ndarray:
+    """Quantiles (Q, D) of ``x`` (N, D) as LeRobot estimates them: from a ``bins``-bin histogram per column.
+
+    The edges span [min − 1e-10, max + 1e-10]; quantile q is found where the cumulative count
+    reaches q·N and interpolated linearly inside that bin (the first edge when q·N falls in
+    the first bin, the bin's left edge when the bin is empty).
+    """
+    n, d = x.shape
+    out = np.empty((len(qs), d), np.float64)
+    for j in range(d):
+        edges = np.linspace(x[:, j].min() - 1e-10, x[:, j].max() + 1e-10, bins + 1)
+        cumsum = np.cumsum(np.histogram(x[:, j], bins=edges)[0])
+        for i, q in enumerate(qs):
+            target = q * n
+            idx = int(np.searchsorted(cumsum, target))
+            if idx == 0 or idx >= len(cumsum):
+                out[i, j] = edges[0] if idx == 0 else edges[-1]
+                continue
+            before = cumsum[idx - 1]
+            inside = cumsum[idx] - before
+            out[i, j] = edges[idx] if inside == 0 else edges[idx] + (target - before) / inside * (edges[idx + 1] - edges[idx])
+    return out
+
+
 def episode_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     """Statistics of one episode's feature, (N,) or (N, D) → each stat (D,) (``count`` (1,)), float64.
 
-    min, max, mean, std (population, ddof 0) and the :data:`QUANTILES` (numpy's linear rule).
+    min, max, mean, std (population, ddof 0) and the :data:`QUANTILES` read from a histogram as
+    LeRobot does (:func:`histogram_quantiles`); one frame gives every quantile its value.
     """
     x = np.asarray(values, np.float64)
     x = x.reshape(len(x), -1)
     stats = {"min": x.min(axis=0), "max": x.max(axis=0), "mean": x.mean(axis=0), "std": x.std(axis=0),
              "count": np.array([len(x)], np.int64)}
-    for key, q in QUANTILES.items():
-        stats[key] = np.quantile(x, q, axis=0)
+    quantiles = histogram_quantiles(x, list(QUANTILES.values())) if len(x) >= 2 else np.repeat(x, len(QUANTILES), 0)
+    for key, row in zip(QUANTILES, quantiles):
+        stats[key] = row
     return stats
 
 
