@@ -154,6 +154,42 @@ def test_lerobot_to_bag_to_lerobot_reproduces_parquet_columns(tmp_path: Path, ma
     assert info1 == {**info2, "robot_type": info1["robot_type"]}
 
 
+LEROBOT_FIXTURE = REPO / "test/fixtures/lerobot_v30_by_lerobot_0.6.1"  # see its .md beside it
+
+
+@pytest.mark.parametrize("mapping", [MAPPING, JTC_MAPPING], ids=["commands", "joint_trajectory"])
+def test_dataset_written_by_lerobot_converts_to_bags_and_back(tmp_path: Path, mapping: LeRobotMapping) -> None:
+    """LeRobot's own writer's files: read, converted to bags and back to the same parquet columns and stats."""
+    before = tree_digest(LEROBOT_FIXTURE)
+    ds = read_dataset(LEROBOT_FIXTURE)
+    assert ds.tasks == ["lerobot task 0", "lerobot task 1"] and [e["length"] for e in ds.episodes] == [25, 30]
+    bags = lerobot_to_bags(LEROBOT_FIXTURE, tmp_path / "bags", mapping)
+    bags_to_lerobot(bags, tmp_path / "ds", mapping)
+    theirs = pq.read_table(LEROBOT_FIXTURE / "data/chunk-000/file-000.parquet")
+    ours = pq.read_table(tmp_path / "ds/data/chunk-000/file-000.parquet")
+    assert theirs.schema.equals(ours.schema) and theirs.equals(ours)  # metadata aside (theirs has a fingerprint)
+    rel = "meta/episodes/chunk-000/file-000.parquet"
+    theirs_eps, ours_eps = pq.read_table(LEROBOT_FIXTURE / rel), pq.read_table(tmp_path / "ds" / rel)
+    assert theirs_eps.schema.equals(ours_eps.schema)
+    for name in theirs_eps.column_names:
+        if name.startswith("stats/"):
+            # LeRobot accumulates float32 features in float32: its std of the constant goal is
+            # sqrt(E[x²] − E[x]²) ≈ 6e-4, not 0 (ours, in float64)
+            atol = 1e-3 if name.endswith("/std") else 1e-5
+            np.testing.assert_allclose(np.array(ours_eps[name].to_pylist(), float), np.array(theirs_eps[name].to_pylist(), float),
+                                       rtol=0, atol=atol, err_msg=name)
+        else:
+            assert ours_eps[name].equals(theirs_eps[name]), name
+    stats = json.loads((tmp_path / "ds/meta/stats.json").read_text())
+    for feature, feature_stats in ds.stats.items():
+        for key, value in feature_stats.items():
+            atol = 1e-3 if key == "std" else 1e-5
+            np.testing.assert_allclose(stats[feature][key], value, rtol=0, atol=atol, err_msg=f"{feature}/{key}")
+    assert pq.read_table(tmp_path / "ds/meta/tasks.parquet").equals(pq.read_table(LEROBOT_FIXTURE / "meta/tasks.parquet"))
+    assert json.loads((tmp_path / "ds/meta/info.json").read_text()) == ds.info
+    assert tree_digest(LEROBOT_FIXTURE) == before
+
+
 # --------------------------------------------------------------------------- format
 
 

@@ -245,6 +245,8 @@ def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
     """
     if not bags:
         raise DatasetError("no episode bags given")
+    if Path(out).exists():
+        raise DatasetError(f"{out}: already exists; refusing to overwrite")
     first = bag_frames(bags[0], mapping)
     joints = first.joint_names
     io = mapping.model_io(joints)
