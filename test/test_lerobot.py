@@ -279,6 +279,30 @@ def test_frame_k_is_the_training_tick(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frames.state[:, 7:], np.ones((len(k), 3)))
 
 
+@pytest.mark.parametrize("source", ["commands", "joint_trajectory", "controller_state"])
+def test_frames_are_the_training_windows(tmp_path: Path, source: str) -> None:
+    """Frame k's observation and action are training window k's observation and first action, for
+    each action source (JTC chunks replaced mid-chunk with shuffled joints and zero stamps, the
+    controller's reference at 100 Hz, joint states at 100 Hz off the ticks: test/jtc_bags.py)."""
+    import jtc_bags
+
+    from flow_policy_ros.policy import dataset
+    from flow_policy_ros.policy.config import PolicyConfig
+
+    episode = jtc_bags.make_episode(seed=3)
+    jtc_bags.write_episode(tmp_path / "bags" / "ep", episode, source)
+    cfg = DataConfig(action_source=source)
+    windows = dataset.windows_from_directory(tmp_path / "bags", PolicyConfig(horizon=4, control_period_s=0.02), cfg,
+                                             progress=False)
+    mapping = LeRobotMapping(task="reach", data=cfg, observation={
+        "joint_names": NAMES, "fields": ["joint_positions", "joint_velocities", "goal"]})
+    bags_to_lerobot([tmp_path / "bags" / "ep"], tmp_path / "ds", mapping)
+    (ep,) = read_dataset(tmp_path / "ds").iter_episodes()
+    assert ep.length == len(windows) == len(episode.commands)
+    np.testing.assert_array_equal(ep.columns["observation.state"], windows.observations)
+    np.testing.assert_array_equal(ep.columns["action"], windows.actions[:, 0])
+
+
 def test_stamps_going_back_name_bag_topic_and_message(tmp_path: Path) -> None:
     """Header stamps (not the log times, which the bag keeps in order) that go back are refused."""
     with bagio.BagWriter(tmp_path / "bag") as out:
