@@ -167,7 +167,7 @@ def read_with_lerobot(root: Path) -> int:
     LeRobotDataset = import_lerobot()
     import lerobot
 
-    from flow_policy_ros.data.lerobot import read_dataset
+    from flow_policy_ros.data.lerobot_reader import read_dataset
 
     ours = read_dataset(root)
     ds = LeRobotDataset("local/flow_policy_ros_check", root=root)
@@ -229,8 +229,9 @@ def ours_read(root: Path) -> int:
     """Our reader and the --to-rosbag2 converter on a dataset LeRobot wrote."""
     import tempfile
 
-    from flow_policy_ros.data.lerobot import aggregate_stats, episode_stats, read_dataset
+    from flow_policy_ros.data.lerobot import aggregate_stats, episode_stats
     from flow_policy_ros.data.lerobot_convert import LeRobotMapping, bag_frames, lerobot_to_bags
+    from flow_policy_ros.data.lerobot_reader import read_dataset
 
     ds = read_dataset(root)
     eps = list(ds.iter_episodes())

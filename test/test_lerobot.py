@@ -22,7 +22,6 @@ from flow_policy_ros.data.lerobot import (
     STAT_KEYS,
     LeRobotWriter,
     episode_stats,
-    read_dataset,
     vector_feature,
 )
 from flow_policy_ros.data.lerobot_convert import (
@@ -33,6 +32,7 @@ from flow_policy_ros.data.lerobot_convert import (
     load_mapping,
     state_names,
 )
+from flow_policy_ros.data.lerobot_reader import read_dataset
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.errors import DatasetError
 

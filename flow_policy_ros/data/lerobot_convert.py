@@ -54,7 +54,8 @@ import yaml
 from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
-from flow_policy_ros.data.lerobot import INFO_PATH, LeRobotDataset, LeRobotWriter, read_dataset, vector_feature
+from flow_policy_ros.data.lerobot import INFO_PATH, LeRobotWriter, vector_feature
+from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset
 from flow_policy_ros.data.timeseries import period_ns
 from flow_policy_ros.data.windows import action_ticks, observable_mask, observations_at
 from flow_policy_ros.errors import ConfigError, DatasetError, FlowPolicyError, TimeSeriesError
