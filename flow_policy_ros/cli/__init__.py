@@ -28,6 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "play": ("flow_policy_ros.cli.play", "publish a rosbag2 recording live on its topics"),
     "bench": ("flow_policy_ros.cli.bench", "latency/throughput benchmarks"),
     "demo": ("flow_policy_ros.cli.demo", "sim_node + policy_node over ROS 2 with the shipped model"),
+    "convert": ("flow_policy_ros.cli.convert", "rosbag2 episodes <-> LeRobotDataset v3.0"),
 }
 
 

@@ -1,0 +1,373 @@
+"""rosbag2 episodes ⇄ LeRobotDataset v3.0 (low-dimensional features; images arrive with the camera feature).
+
+The mapping (:class:`LeRobotMapping`, YAML: ``config/lerobot_mapping.yaml``) says which topics
+become which features. Its ``data`` section is the training configs' :class:`DataConfig` (topics,
+action source, command joint order) and its ``observation`` section the :class:`ObservationSpec`
+(joints, fields), so a dataset's frames are exactly the training windows' ticks.
+
+Features written:
+
+- ``observation.state`` float32, the observation fields in order; ``names``: each joint's name
+  for ``joint_positions`` (rad), ``<joint>.vel`` for ``joint_velocities`` (rad/s), ``goal.x``,
+  ``goal.y``, ``goal.z`` for ``goal`` (m, world frame).
+- ``action`` float32, ``names``: ``action_joint_names`` (rad, position targets).
+- the default features; ``task`` from the mapping or the bag's ``episode.json`` ``task``.
+
+Resampling rule (bag → dataset): the one of :mod:`flow_policy_ros.data.windows`, with the control
+period 1/fps (rounded to whole ns). Frame k is the control tick t_k = t_0 + k·period:
+
+- ``commands``: t_0 is the first command's stamp; the action of frame k is the last command
+  stamped at or before t_k + period/2 (zero-order hold; a dropped command repeats the previous).
+- ``joint_trajectory`` / ``controller_state``: the action of frame k is the controller's
+  position target at t_{k+1} (trajectories spliced as a JTC executes them / its reference).
+- ``joint_states``: the action of frame k is the measured position at t_{k+1}.
+- the observation of frame k: joint positions and velocities linearly interpolated at t_k
+  (a joint state stamped exactly at t_k is taken as is), the goal held from the last one at or
+  before t_k. Frames where an observation field is undefined (before the first joint state or
+  goal, after the last joint state) are dropped from the start and end.
+- ``timestamp`` = k·period (s, float32). Joint-state and command stamps must not decrease
+  (an error names the bag, topic and message); gaps longer than :data:`GAP_PERIODS` periods are
+  reported (count and the longest, in s) but do not stop the conversion.
+
+Dataset → bags: one bag per episode, frame k stamped ``start_time_ns + round(timestamp·fps)·period``
+(the timestamps must lie within 0.1 ms of the fps grid): a JointState (positions, velocities when
+the state has them, names from the state's ``names``), the goal as a PointStamped when it changes,
+and the action as a Float64MultiArray (``commands``) or a one-point JointTrajectory reaching the
+action one period later (``joint_trajectory``), which the bag reader maps back to the same
+frames. ``episode.json`` carries the task and the source episode index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
+from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.lerobot import INFO_PATH, LeRobotWriter, vector_feature
+from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset
+from flow_policy_ros.data.timeseries import period_ns
+from flow_policy_ros.data.windows import action_ticks, observable_mask, observations_at
+from flow_policy_ros.errors import ConfigError, DatasetError, FlowPolicyError, TimeSeriesError
+
+STATE = "observation.state"
+ACTION = "action"
+#: A stamp gap longer than this many periods is reported.
+GAP_PERIODS = 1.5
+#: Action sources --to-rosbag2 can write (a controller state or a measured next position cannot
+#: be recreated from the dataset's actions alone).
+WRITABLE_ACTION_SOURCES = ("commands", "joint_trajectory")
+
+
+@dataclass(frozen=True)
+class LeRobotMapping:
+    """Which topics become which features, and the dataset's clock.
+
+    Attributes:
+        fps: dataset frame rate (Hz, integer as LeRobot requires); period 1/fps.
+        task: task text of every episode; None reads each bag's ``episode.json`` ``task``.
+        robot_type: stored in info.json.
+        observation: joints and fields of ``observation.state`` (an empty joint list takes the
+            joints of the first bag's first JointState message).
+        action_joint_names: joints of ``action`` (empty: the observation joints).
+        data: topics and action source, as in the training configs.
+        storage: bag format written by --to-rosbag2 ('mcap' or 'sqlite3').
+        start_time_ns: stamp (ns) of frame 0 in the bags written (non-zero: a zero header
+            stamp means "use the receipt time" in ROS).
+    """
+
+    fps: int = 50
+    task: str | None = None
+    robot_type: str | None = "kuka_iiwa"
+    observation: dict[str, Any] = field(default_factory=lambda: {"joint_names": [], "fields": ["joint_positions", "goal"]})
+    action_joint_names: tuple[str, ...] = ()
+    data: DataConfig = field(default_factory=DataConfig)
+    storage: str = "mcap"
+    start_time_ns: int = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            try:
+                object.__setattr__(self, "data", DataConfig(**self.data))
+            except TypeError as exc:
+                raise ConfigError(f"mapping.data: {exc}") from exc
+        object.__setattr__(self, "action_joint_names", tuple(self.action_joint_names))
+        if isinstance(self.fps, bool) or not isinstance(self.fps, int) or self.fps <= 0:
+            raise ConfigError(f"mapping.fps must be a positive integer (Hz), got {self.fps!r}")
+        if self.storage not in ("mcap", "sqlite3"):
+            raise ConfigError(f"mapping.storage must be 'mcap' or 'sqlite3', got {self.storage!r}")
+        if int(self.start_time_ns) <= 0:
+            raise ConfigError(f"mapping.start_time_ns must be > 0, got {self.start_time_ns}")
+        unknown = sorted(set(self.observation) - {"joint_names", "fields"})
+        if unknown:
+            raise ConfigError(f"mapping.observation: unknown key(s) {unknown}; expected joint_names, fields")
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.fps
+
+    def spec(self, joint_names: Sequence[str]) -> ObservationSpec:
+        """The observation spec with ``joint_names`` when the mapping leaves them empty."""
+        names = tuple(self.observation.get("joint_names") or joint_names)
+        return ObservationSpec(joint_names=names, fields=tuple(self.observation.get("fields", ())))
+
+    def model_io(self, joint_names: Sequence[str]) -> ModelIO:
+        """A ModelIO for :mod:`~flow_policy_ros.data.windows` (no limits: conversion clamps nothing)."""
+        spec = self.spec(joint_names)
+        actions = self.action_joint_names or spec.joint_names
+        inf = (float("inf"),) * len(actions)
+        return ModelIO(observation=spec, action_joint_names=actions, horizon=1, control_period_s=self.period_s,
+                       limits=JointLimits(lower=tuple(-v for v in inf), upper=inf, velocity=inf))
+
+
+def load_mapping(path: Path | None) -> LeRobotMapping:
+    """The mapping in YAML file ``path`` (None: the defaults); unknown keys are a ConfigError naming the file."""
+    if path is None:
+        return LeRobotMapping()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such mapping file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    known = {f.name for f in fields(LeRobotMapping)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    data_known = {f.name for f in fields(DataConfig)}
+    bad = sorted(set(raw.get("data") or {}) - data_known)
+    if bad:
+        raise ConfigError(f"{path}: data: unknown key(s) {bad}; expected some of {sorted(data_known)}")
+    try:
+        return LeRobotMapping(**raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def state_names(spec: ObservationSpec) -> list[str]:
+    """``observation.state`` names: joints (positions), ``<joint>.vel``, ``goal.x/y/z``, in field order."""
+    names: list[str] = []
+    for name in spec.fields:
+        if name == "joint_positions":
+            names += list(spec.joint_names)
+        elif name == "joint_velocities":
+            names += [f"{j}.vel" for j in spec.joint_names]
+        elif name == "goal":
+            names += ["goal.x", "goal.y", "goal.z"]
+        else:
+            raise ConfigError(f"mapping.observation.fields: {name!r} has no LeRobot state layout")
+    return names
+
+
+# --------------------------------------------------------------------------- bags → dataset
+
+
+@dataclass
+class EpisodeFrames:
+    """One bag resampled: its observation joints, ``state`` (K, S) and ``action`` (K, A) float64, the ticks (K,) int64 ns, and its gaps."""
+
+    bag: Path
+    task: str
+    joint_names: list[str]
+    ticks_ns: np.ndarray
+    state: np.ndarray
+    action: np.ndarray
+    gaps: dict[str, dict[str, float]]
+
+
+def _check_stamps(bag: Path, topic: str, times_ns: np.ndarray, period: int) -> dict[str, float]:
+    """Stamps must not decrease; returns {'count', 'longest_s'} of gaps over GAP_PERIODS periods."""
+    steps = np.diff(np.asarray(times_ns, np.int64))
+    if np.any(steps < 0):
+        i = int(np.flatnonzero(steps < 0)[0]) + 1
+        raise DatasetError(f"{bag}: {topic} stamps go back at message #{i} "
+                           f"({(times_ns[i] - times_ns[i - 1]) * 1e-9:.6f} s)")
+    long = steps[steps > GAP_PERIODS * period]
+    return {"count": int(len(long)), "longest_s": float(long.max() * 1e-9) if len(long) else 0.0}
+
+
+def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | None = None) -> EpisodeFrames:
+    """Resample one episode bag onto the dataset's frames (the rule in the module docstring).
+
+    ``joint_names``: the observation joints when the mapping leaves them empty (those of the
+    first bag); None takes this bag's first JointState message's.
+    """
+    cfg = mapping.data
+    obs_joints = mapping.observation.get("joint_names") or joint_names
+    try:
+        rec = bagio.read_episode_bag(bag, cfg, joint_names=obs_joints or None,
+                                     command_joint_names=cfg.command_joint_names or mapping.action_joint_names or None)
+    except FlowPolicyError as exc:
+        raise DatasetError(str(exc)) from exc
+    io = mapping.model_io(rec.joint_names)
+    step = period_ns(mapping.period_s)
+    gaps = {cfg.joint_states_topic: _check_stamps(bag, cfg.joint_states_topic, rec.joint_times_ns, step)}
+    if len(np.unique(rec.joint_times_ns)) != len(rec.joint_times_ns):
+        i = int(np.flatnonzero(np.diff(rec.joint_times_ns) == 0)[0]) + 1
+        raise DatasetError(f"{bag}: {cfg.joint_states_topic} message #{i} repeats the stamp of the one before")
+    if cfg.action_source == "commands":
+        gaps[cfg.command_topic] = _check_stamps(bag, cfg.command_topic, rec.command_times_ns, step)
+    _check_stamps(bag, cfg.goal_topic, rec.goal_times_ns, step)
+    if "goal" in io.observation.fields and len(rec.goal_times_ns) == 0:
+        raise DatasetError(f"{bag}: feature {STATE!r} needs the goal but {cfg.goal_topic} holds no message")
+    try:
+        ticks, actions = action_ticks(rec, io, cfg, str(bag))
+        keep = observable_mask(rec, ticks, io)
+        ticks, actions = ticks[keep], actions[keep]
+        if len(ticks) == 0:
+            raise DatasetError(f"{bag}: no frame has both an observation and an action at {mapping.fps} fps")
+        state = observations_at(rec, ticks, io, str(bag))
+    except TimeSeriesError as exc:
+        raise DatasetError(f"{bag}: {exc}") from exc
+    task = mapping.task if mapping.task is not None else rec.metadata.get("task")
+    if not isinstance(task, str) or not task:
+        raise DatasetError(f"{bag}: no task text: set mapping.task or a 'task' string in {bagio.EPISODE_JSON}")
+    return EpisodeFrames(bag, task, list(io.observation.joint_names), ticks, state, actions, gaps)
+
+
+def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
+                    progress: Callable[[EpisodeFrames], None] | None = None) -> dict[str, Any]:
+    """Convert episode bags (one episode each, in the given order) into a new dataset at ``out``.
+
+    Streams: one bag's frames in memory at a time. Returns a summary (episodes, frames, gaps per bag).
+    """
+    if not bags:
+        raise DatasetError("no episode bags given")
+    if Path(out).exists():
+        raise DatasetError(f"{out}: already exists; refusing to overwrite")
+    first = bag_frames(bags[0], mapping)
+    joints = first.joint_names
+    io = mapping.model_io(joints)
+    features = {STATE: vector_feature(state_names(io.observation)), ACTION: vector_feature(io.action_joint_names)}
+    summary: dict[str, Any] = {"episodes": 0, "frames": 0, "fps": mapping.fps, "gaps": {}}
+    with LeRobotWriter(out, mapping.fps, features, robot_type=mapping.robot_type) as writer:
+        for i, bag in enumerate(bags):
+            frames = first if i == 0 else bag_frames(bag, mapping, joints)
+            k = np.arange(len(frames.ticks_ns))
+            writer.add_episode({STATE: frames.state, ACTION: frames.action}, frames.task,
+                               timestamps_s=k * period_ns(mapping.period_s) * 1e-9)
+            summary["episodes"] += 1
+            summary["frames"] += len(k)
+            if any(g["count"] for g in frames.gaps.values()):
+                summary["gaps"][str(bag)] = frames.gaps
+            if progress is not None:
+                progress(frames)
+    return summary
+
+
+# --------------------------------------------------------------------------- dataset → bags
+
+
+def _state_layout(dataset: LeRobotDataset, mapping: LeRobotMapping) -> tuple[ObservationSpec, dict[str, slice]]:
+    """The mapping's observation spec checked against the dataset's ``observation.state`` names."""
+    info = dataset.root / INFO_PATH
+    for name in (STATE, ACTION):
+        if name not in dataset.features:
+            raise DatasetError(f"{info}: the mapping needs feature {name!r}; the dataset has {sorted(dataset.features)}")
+    names = dataset.feature_names(STATE)
+    joints = mapping.observation.get("joint_names") or [n for n in names if not n.endswith(".vel") and not n.startswith("goal.")]
+    spec = mapping.spec(joints)
+    expected = state_names(spec)
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise DatasetError(f"{info}: feature {STATE!r} lacks {missing} that the mapping's observation "
+                           f"{list(spec.fields)} needs; its names are {names}")
+    index = {n: i for i, n in enumerate(names)}
+    cols = {f: np.array([index[n] for n in state_names(ObservationSpec(spec.joint_names, (f,)))]) for f in spec.fields}
+    return spec, cols  # type: ignore[return-value]
+
+
+def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
+                    progress: Callable[[int, str], None] | None = None) -> list[Path]:
+    """Write one bag per episode of the dataset at ``root`` into a new directory ``out_dir``; returns the bags.
+
+    Bags are named ``episode_000000`` ... by episode_index. The dataset's fps must equal the
+    mapping's; the action source must be one of :data:`WRITABLE_ACTION_SOURCES`. Atomic: the
+    bags are written into a temp directory beside ``out_dir``, renamed at the end.
+    """
+    dataset = read_dataset(root)
+    info = dataset.root / INFO_PATH
+    if dataset.fps != mapping.fps:
+        raise DatasetError(f"{info}: fps is {dataset.fps} but the mapping says {mapping.fps}")
+    cfg = mapping.data
+    if cfg.action_source not in WRITABLE_ACTION_SOURCES:
+        raise DatasetError(f"mapping.data.action_source {cfg.action_source!r} cannot be written to a bag; "
+                           f"use one of {list(WRITABLE_ACTION_SOURCES)}")
+    spec, cols = _state_layout(dataset, mapping)
+    action_names = dataset.feature_names(ACTION)
+    wanted = list(mapping.action_joint_names or spec.joint_names)
+    missing = [n for n in wanted if n not in action_names]
+    if missing:
+        raise DatasetError(f"{info}: feature {ACTION!r} lacks joint(s) {missing}; its names are {action_names}")
+    action_cols = [action_names.index(n) for n in wanted]
+    command_names = list(cfg.command_joint_names or wanted)
+    if not set(command_names) <= set(wanted):
+        raise DatasetError(f"mapping.data.command_joint_names {command_names} are not all action joints {wanted}")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise DatasetError(f"{out_dir}: already exists; refusing to overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        names = _write_bags(dataset, tmp, mapping, spec, cols, wanted, action_cols, command_names, progress)
+        os.rename(tmp / "out", out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out_dir / n for n in names]
+
+
+def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spec: ObservationSpec,
+                cols: dict[str, np.ndarray], wanted: list[str], action_cols: list[int], command_names: list[str],
+                progress: Callable[[int, str], None] | None) -> list[str]:
+    cfg = mapping.data
+    step = period_ns(mapping.period_s)
+    names: list[str] = []
+    (tmp / "out").mkdir()
+    for ep in dataset.iter_episodes([STATE, ACTION]):
+        names.append(f"episode_{ep.episode_index:06d}")
+        path = tmp / "out" / names[-1]
+        stamps = mapping.start_time_ns + np.round(ep.columns["timestamp"].astype(np.float64) * mapping.fps).astype(np.int64) * step
+        state = ep.columns[STATE].astype(np.float64)
+        # fancy indexing may return a column-major array; CDR serialization needs contiguous rows
+        actions = np.ascontiguousarray(ep.columns[ACTION].astype(np.float64)[:, action_cols])
+        commands = np.ascontiguousarray(actions[:, [wanted.index(n) for n in command_names]])
+        with bagio.BagWriter(path, mapping.storage) as bag:
+            last_goal: np.ndarray | None = None
+            for k, t in enumerate(stamps):
+                t = int(t)
+                pos = state[k, cols["joint_positions"]] if "joint_positions" in cols else np.zeros(0)
+                vel = state[k, cols["joint_velocities"]] if "joint_velocities" in cols else np.zeros(0)
+                bag.write(cfg.joint_states_topic, bagio.JOINT_STATE, bagio.joint_state_msg(t, spec.joint_names, pos, vel), t)
+                if "goal" in cols and (last_goal is None or not np.array_equal(state[k, cols["goal"]], last_goal)):
+                    last_goal = state[k, cols["goal"]]
+                    bag.write(cfg.goal_topic, bagio.POINT_STAMPED, bagio.point_stamped_msg(t, last_goal), t)
+                if cfg.action_source == "commands":
+                    bag.write(cfg.command_topic, bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(commands[k]), t)
+                else:
+                    msg = bagio.joint_trajectory_msg(t, command_names, commands[k:k + 1], mapping.period_s,
+                                                     times_from_start_ns=[step])
+                    bag.write(cfg.trajectory_topic, bagio.JOINT_TRAJECTORY, msg, t)
+            (bag.directory / bagio.EPISODE_JSON).write_text(
+                _episode_json(ep.task, ep.episode_index, dataset.root))
+        if progress is not None:
+            progress(ep.episode_index, names[-1])
+    return names
+
+
+def _episode_json(task: str, episode_index: int, root: Path) -> str:
+    return json.dumps({"task": task, "lerobot_dataset": str(root), "lerobot_episode_index": episode_index},
+                      indent=2, sort_keys=True) + "\n"
+
