@@ -2,7 +2,8 @@
 
 Plan. Waypoints are solved with :class:`~flow_policy_ros.sim.kinematics.IiwaKinematics`
 (flange pointing down, one fixed IK rest pose = ``HOME_Q``, so every episode's solution lies on
-the same branch). ``reach`` goes start -> goal; ``reach_around`` goes start -> two via points
+the same branch). ``reach`` and ``reach_object`` (whose goal is the red cube's centre, which
+the expert knows) go start -> goal; ``reach_around`` goes start -> two via points
 beside the obstacle (on the side of the episode's coin) -> goal. The waypoints are joined by a
 piecewise quintic in joint space with zero acceleration at every waypoint, zero velocity at
 the ends and heuristic velocities at via points (mean of the neighbouring segment slopes, zero
@@ -120,7 +121,7 @@ def fit_trajectory(
 
 def expert_waypoints_m(spec: EpisodeSpec) -> np.ndarray:
     """EE waypoints (K, 3) m after the start: the goal, preceded by via points for reach_around."""
-    if spec.task == "reach":
+    if spec.task in ("reach", "reach_object"):  # reach_object: the goal is the object's centre, known to the expert
         return spec.goal[None, :].copy()
     if spec.expert_side not in ("left", "right"):
         raise ValueError(f"reach_around episode {spec.seed} has no expert side (got {spec.expert_side!r})")
