@@ -14,6 +14,12 @@ import numpy as np
 
 #: Encodings this module decodes, with their channel order.
 ENCODINGS = ("rgb8", "bgr8")
+IMAGE = "sensor_msgs/msg/Image"
+
+
+def image_topic(camera: str) -> str:
+    """The bag topic of a camera's raw images: ``/camera/<camera>/image_raw``."""
+    return f"/camera/{camera}/image_raw"
 
 
 class ImageDecodeError(ValueError):
