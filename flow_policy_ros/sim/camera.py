@@ -13,8 +13,11 @@ encoding ``rgb8`` and ``step = 3 * W``. The optical frame is named ``<name>_opti
 (REP 103: z forward along the view axis, x right, y down in the image).
 
 Rendering is deterministic: the same scene state gives the same bytes (fixed light, no noise;
-checked in test/test_sim_camera.py). Cost on this 2-core machine, 96 x 96, median over 100 frames
-of the reach_object scene: see :data:`MEASURED_RENDER_MS`.
+checked in test/test_sim_camera.py). Cost of one 96 x 96 frame of the reach_object scene on this
+shared 2-core machine, median over 100 frames (``PYTHONPATH=. python scripts/measure_render.py``):
+7.5 ms of CPU, 9.4 ms wall at load average 2.2 and 14-20 ms wall at load 5 (84 x 84 costs about
+the same: the arm's meshes, not the pixels, dominate). A 6 s episode at 12.5 Hz renders 76
+frames: ~0.6-1.5 s per recorded episode.
 
 Frame schedule. Camera frame k is taken at physics step ``ceil(k * 240 / rate_hz)``
 (:meth:`CameraSpec.frame_step`), exact on average like the control ticks of ``sim.arm``; at the
@@ -37,8 +40,6 @@ import yaml
 
 #: Physics rate of the scene (Hz); equal to ``sim.arm.PHYSICS_HZ`` (kept here to avoid a cycle).
 _PHYSICS_HZ = 240
-#: Median render time (ms) of one 96 x 96 frame, measured with scripts/measure_render.py (see the report).
-MEASURED_RENDER_MS = 3.0
 #: The ROS parameter prefix of camera settings in config/sim.yaml (``camera_eye``, ``camera_fov_deg``, ...).
 PARAMETER_PREFIX = "camera_"
 
