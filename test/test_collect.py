@@ -68,7 +68,8 @@ def test_collect_records_the_camera_of_reach_object(tmp_path: Path, storage: str
     assert topics["/camera/front/image_raw"] == ("sensor_msgs/msg/Image", 76)
     assert "/goal" not in topics and topics[OBJECT_POSITION_TOPIC].count == 7
     stamps, frames = read_image_topic(bag, "/camera/front/image_raw")
-    expected = run_expert_episode("reach_object", 2_000_000, env=SimEnv(camera=CameraSpec())).images["front"]
+    with SimEnv(camera=CameraSpec()) as env:
+        expected = run_expert_episode("reach_object", 2_000_000, env=env).images["front"]
     assert frames.dtype == np.uint8 and np.array_equal(frames, expected.frames)
     assert np.array_equal(stamps, expected.times_ns)
     recording = read_episode_bag(bag, DataConfig(goal_topic=OBJECT_POSITION_TOPIC))

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow_policy_ros.sim.arm import IiwaArm
+from flow_policy_ros.sim import camera as camera_module
+from flow_policy_ros.sim.arm import PHYSICS_HZ, IiwaArm
 from flow_policy_ros.sim.camera import CameraSpec, camera_enabled, camera_from_parameters, load_camera
 from flow_policy_ros.sim.env import SimEnv
 from flow_policy_ros.sim.experts import ScriptedExpert
@@ -137,7 +138,8 @@ def test_visual_objects_do_not_change_the_physics() -> None:
 
 
 def test_env_records_frames_on_the_camera_schedule() -> None:
-    recording = run_expert_episode("reach_object", 5, env=SimEnv(record=True, camera=CAMERA))
+    with SimEnv(record=True, camera=CAMERA) as env:
+        recording = run_expert_episode("reach_object", 5, env=env)
     series = recording.images[CAMERA.name]
     assert series.frame_id == "front_optical_frame"
     assert series.frames.shape == (76, 96, 96, 3) and series.frames.dtype == np.uint8  # 6 s at 12.5 Hz, t = 0 included
@@ -167,6 +169,11 @@ def test_observation_carries_the_latest_frame() -> None:
         env.step(env.observe().positions)
         stamp1, frame1 = env.observe().images["front"]
         assert stamp1 - stamp0 == 83_333_333 and frame1.shape == frame0.shape
+
+
+def test_camera_schedule_uses_the_physics_rate_of_the_arm() -> None:
+    assert camera_module._PHYSICS_HZ == PHYSICS_HZ  # duplicated in camera.py to avoid an import cycle
+    assert CameraSpec(rate_hz=240.0).frame_step(7) == 7 and CameraSpec(rate_hz=30.0).frame_step(3) == 24
 
 
 def test_camera_config_from_sim_yaml_matches_the_defaults() -> None:

@@ -344,6 +344,9 @@ def write_episode_bag(path: Path, recording: EpisodeRecording, storage: str = "m
         (bag.directory / EPISODE_JSON).write_text(json.dumps(rec.metadata, indent=2, sort_keys=True) + "\n")
 
 
+# --------------------------------------------------------------------------- camera images (data/images.py)
+
+
 def image_msg(stamp_ns: int, frame: np.ndarray, frame_id: str, encoding: str = "rgb8") -> Any:
     """sensor_msgs/msg/Image of an (H, W, 3) uint8 RGB frame, as ``encoding`` (rgb8 or bgr8), step 3·W."""
     return TYPESTORE.types[IMAGE](header=_header(stamp_ns, frame_id), **image_fields(frame, encoding))

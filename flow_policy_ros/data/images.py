@@ -4,6 +4,11 @@ Pure numpy (no rosbags, no rclpy), so the bag API (``bag.py``), the nodes and th
 share one conversion. Supported encodings: ``rgb8`` and ``bgr8`` (3 bytes per pixel, rows of
 ``step >= 3 * width`` bytes; padding at the end of a row is dropped). Frames are always
 returned as RGB.
+
+In episode bags a camera's frames are sensor_msgs/msg/Image on ``/camera/<name>/image_raw``
+(:func:`image_topic`), header.stamp = the time the frame shows, frame_id
+``<name>_optical_frame``; ``bag.write_image_series`` writes them (rgb8) and
+``bag.read_image_topic`` reads one topic back as (stamps ns, (N, H, W, 3) uint8).
 """
 
 from __future__ import annotations

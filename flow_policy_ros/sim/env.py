@@ -179,20 +179,16 @@ class SimEnv:
             self._positions.append(state.positions)
             self._velocities.append(state.velocities)
         if self.camera is not None and arm.physics_step >= self.camera.frame_step(self._frame_index):
-            self.render_frame(arm)
+            self._render_frame(arm)
 
-    def render_frame(self, arm: IiwaArm | None = None) -> np.ndarray:
-        """Render the camera now, count it as the next frame (recorded, latest); returns (H, W, 3) uint8."""
-        arm = arm or self.arm
-        if self.camera is None:
-            raise RuntimeError("SimEnv.render_frame: this env has no camera")
+    def _render_frame(self, arm: IiwaArm) -> None:
+        """Render the camera now as the next frame: kept as the latest and, when recording, recorded."""
         frame = arm.render(self.camera)
         self._frame_index += 1
         self._latest_frame = (STAMP_BASE_NS + sim_time_ns(arm.physics_step), frame)
         if self.record:
             self._frame_steps.append(arm.physics_step)
             self._frames.append(frame)
-        return frame
 
     def observe(self) -> Observation:
         """Joint state now (the current tick) and the goal."""
