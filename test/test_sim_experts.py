@@ -104,7 +104,7 @@ def test_env_refuses_steps_after_the_end_and_before_reset() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["reach", "reach_around"])
+@pytest.mark.parametrize("task", ["reach", "reach_around", "reach_object"])
 def test_expert_success_rate_on_held_out_seeds(env: SimEnv, expert: ScriptedExpert, task: str) -> None:
     seeds = range(5000, 5015)
     successes = sum(run_expert_episode(task, s, env=env, expert=expert).metadata["success"] for s in seeds)

@@ -21,7 +21,7 @@ from conftest import REPO_ROOT, node_env, stop_process
 from fake_robot import SpinningNode
 from geometry_msgs.msg import PointStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -200,3 +200,91 @@ def test_episodes_end_and_report_outcomes(setup, tmp_path):
     for o in outcomes:
         assert o["task"] == "reach" and o["success"] is False and o["time_to_goal_s"] is None
         assert o["duration_s"] == pytest.approx(0.5, abs=0.01)
+
+
+class CameraListener(SpinningNode):
+    """Records the camera's Image messages (stamp ns, receipt wall ns, message) and any goal."""
+
+    def __init__(self) -> None:
+        super().__init__("test_camera_listener")
+        self.images: list[tuple[int, int, Image]] = []
+        self.goals: list[PointStamped] = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(Image, "camera/front/image_raw", self._on_image, qos_profile_sensor_data)
+        self.node.create_subscription(PointStamped, "goal", self._on_goal, latched)
+        self.start_spinning()
+
+    def _on_image(self, msg: Image) -> None:
+        with self.lock:
+            self.images.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, time.time_ns(), msg))
+
+    def _on_goal(self, msg: PointStamped) -> None:
+        with self.lock:
+            self.goals.append(msg)
+
+
+def test_reach_object_publishes_camera_images_and_no_goal(tmp_path: Path) -> None:
+    """reach_object: rgb8 96x96 Images at 12.5 Hz stamped on the joint-state clock, the first (reset pause)
+    frame identical to the in-process render of the episode's start, no goal publisher; the episode bag
+    records the frames. Bounded: 3 s pause + 1.5 s episode."""
+    from flow_policy_ros.data.bag import list_topics, read_image_topic
+    from flow_policy_ros.sim.arm import IiwaArm
+    from flow_policy_ros.sim.camera import CameraSpec
+
+    proc = start_sim_node(tmp_path / "sim_node.log", task="reach_object", seeds=[1], wait_for_commander=False,
+                          reset_pause_s=3.0, time_limit_s=1.5, record_path=str(tmp_path / "bags"))
+    listener = CameraListener()
+    try:
+        assert proc.wait(timeout=25) == 0, (tmp_path / "sim_node.log").read_text()[-3000:]
+        time.sleep(0.2)
+        with listener.lock:
+            images, goals = list(listener.images), list(listener.goals)
+        assert listener.node.count_publishers("/goal") == 0 and not goals
+    finally:
+        listener.close()
+        stop_process(proc)
+    assert len(images) >= 20, f"only {len(images)} images"
+    for stamp, received, msg in images:
+        assert (msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian) == ("rgb8", 96, 96, 288, 0)
+        assert len(msg.data) == 96 * 288 and msg.header.frame_id == "front_optical_frame"
+        assert 0 <= received - stamp < 200_000_000, "stamp is not the sim-synchronised wall time"
+    stamps = np.array([s for s, _, _ in images])
+    assert np.all(np.diff(stamps) > 0)
+    spec = sample_episode("reach_object", 1)
+    with IiwaArm() as arm:
+        arm.reset(spec.start_q, visuals=spec.visuals)
+        expected = arm.render(CameraSpec())
+    first = np.frombuffer(bytes(images[0][2].data), np.uint8).reshape(96, 96, 3)
+    assert np.array_equal(first, expected)
+    # the running episode's frames: 1.5 s at 12.5 Hz, every 19-20 physics steps (79.2-83.3 ms)
+    bag = next((tmp_path / "bags").iterdir())
+    assert {"/object_position", "/camera/front/image_raw"} <= set(list_topics(bag)) and "/goal" not in list_topics(bag)
+    bag_stamps, frames = read_image_topic(bag, "/camera/front/image_raw")
+    assert len(frames) in (18, 19, 20) and frames.shape[1:] == (96, 96, 3)
+    gaps = np.diff(bag_stamps)
+    assert np.all((gaps >= 79_000_000) & (gaps <= 83_400_000)), gaps
+    received = {s: np.frombuffer(bytes(m.data), np.uint8).reshape(96, 96, 3) for s, _, m in images}
+    common = [i for i, s in enumerate(bag_stamps) if s in received]
+    assert len(common) >= 10 and all(np.array_equal(frames[i], received[bag_stamps[i]]) for i in common)
+
+
+def test_reach_publishes_no_camera_by_default(setup) -> None:
+    robot = setup(wait_for_commander=False)
+    robot.wait_for(lambda: len(robot.states) > 10 and robot.goals, 20.0, "joint states and the goal")
+    assert robot.node.count_publishers("/camera/front/image_raw") == 0
+
+
+def test_camera_parameters_are_validated_with_their_names() -> None:
+    from flow_policy_ros.ros.sim_node import PARAMETERS, SimNodeParams
+
+    values = {name: (tuple(spec.default) if isinstance(spec.default, list) else spec.default)
+              for name, spec in PARAMETERS.items()}
+    values["seeds"] = ()
+    assert SimNodeParams(**values).camera_spec is None  # reach: camera off under 'auto'
+    assert SimNodeParams(**{**values, "task": "reach_object"}).camera_spec.topic == "camera/front/image_raw"
+    assert not SimNodeParams(**{**values, "task": "reach_object"}).publishes_goal
+    assert SimNodeParams(**{**values, "camera": "enabled"}).publishes_goal
+    with pytest.raises(ValueError, match="parameter camera must be one of"):
+        SimNodeParams(**{**values, "camera": "on"})
+    with pytest.raises(ValueError, match="parameters camera_\\*: .*eye"):
+        SimNodeParams(**{**values, "camera": "enabled", "camera_eye": (1.0, 0.0)})

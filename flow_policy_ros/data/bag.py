@@ -65,6 +65,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from flow_policy_ros.data.config import ACTION_TOPIC_KEYS, DEFAULT_DATA_CONFIG, DataConfig
+from flow_policy_ros.data.images import IMAGE, ImageDecodeError, ImageSeries, decode_image, image_fields, image_topic
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.targets import TargetSeries, sampled_targets, spliced_trajectories
 from flow_policy_ros.errors import BagError, TimeSeriesError, TrajectoryError
@@ -339,7 +340,52 @@ def write_episode_bag(path: Path, recording: EpisodeRecording, storage: str = "m
             bag.write(cfg.goal_topic, POINT_STAMPED, point_stamped_msg(t, goal), t)
         for t, cmd in zip(rec.command_times_ns, rec.commands):
             bag.write(cfg.command_topic, FLOAT64_MULTI_ARRAY, float64_multi_array_msg(cmd), t)
+        write_image_series(bag, rec.images)
         (bag.directory / EPISODE_JSON).write_text(json.dumps(rec.metadata, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------- camera images (data/images.py)
+
+
+def image_msg(stamp_ns: int, frame: np.ndarray, frame_id: str, encoding: str = "rgb8") -> Any:
+    """sensor_msgs/msg/Image of an (H, W, 3) uint8 RGB frame, as ``encoding`` (rgb8 or bgr8), step 3·W."""
+    return TYPESTORE.types[IMAGE](header=_header(stamp_ns, frame_id), **image_fields(frame, encoding))
+
+
+def write_image_series(bag: BagWriter, images: dict[str, ImageSeries]) -> None:
+    """Log each camera's frames (rgb8) on ``/camera/<name>/image_raw``, each at its stamp."""
+    for camera, series in images.items():
+        topic = image_topic(camera)
+        for t, frame in zip(series.times_ns, series.frames):
+            bag.write(topic, IMAGE, image_msg(int(t), frame, series.frame_id), int(t))
+
+
+def read_image_topic(path: Path, topic: str) -> tuple[np.ndarray, np.ndarray]:
+    """All frames of one sensor_msgs/msg/Image topic: (stamps ns (N,) int64, frames (N, H, W, 3) uint8 RGB).
+
+    rgb8 and bgr8 are decoded with numpy (no cv_bridge); stamps are header stamps (the log time
+    when zero). A wrong encoding, a data size other than height·step, or a frame whose size
+    differs from the first is a BagError naming the bag, the topic and the message index.
+    """
+    path = Path(path)
+    messages = read_topics(path, {topic: IMAGE})[topic]
+    stamps = np.empty(len(messages), np.int64)
+    frames: np.ndarray | None = None
+    for i, (log_time, msg) in enumerate(messages):
+        try:
+            frame = decode_image(msg.height, msg.width, msg.encoding, msg.step, msg.data)
+        except ImageDecodeError as exc:
+            raise BagError(f"{path}: {topic} message #{i}: {exc}") from exc
+        if frames is None:
+            frames = np.empty((len(messages), *frame.shape), np.uint8)
+        elif frame.shape != frames.shape[1:]:
+            raise BagError(f"{path}: {topic} message #{i}: frame is {frame.shape[1]}x{frame.shape[0]}, "
+                           f"the topic's first frame {frames.shape[2]}x{frames.shape[1]}")
+        frames[i] = frame
+        stamps[i] = stamp_or_log(msg, log_time)
+    if frames is None:
+        raise BagError(f"{path}: {topic} has no messages")
+    return stamps, frames
 
 
 # --------------------------------------------------------------------------- reading

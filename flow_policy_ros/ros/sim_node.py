@@ -15,7 +15,8 @@ Topics (all remappable):
 | dir | topic | type | QoS |
 |---|---|---|---|
 | out | ``joint_states`` | sensor_msgs/JointState (``joint_state_rate_hz``, default 120 Hz) | sensor data (best effort) |
-| out | ``goal`` | geometry_msgs/PointStamped, frame ``world``, once per episode | reliable, transient local |
+| out | ``goal`` | geometry_msgs/PointStamped, frame ``world``, once per episode; not for camera tasks | reliable, transient local |
+| out | ``camera/<name>/image_raw`` | sensor_msgs/Image rgb8, ``<name>_optical_frame``, 12.5 Hz, camera on | sensor data |
 | out | ``episode_outcome`` | std_msgs/String, JSON ``{episode, seed, task, success, route, time_to_goal_s}`` | latched, depth 100 |
 | out | ``/diagnostics`` | diagnostic_msgs/DiagnosticArray at 1 Hz (``sim_node: sim``) | default |
 | in | ``joint_trajectory`` | trajectory_msgs/JointTrajectory: JTC semantics (see ``sim.trajectory``) | reliable |
@@ -32,9 +33,22 @@ collision or (``end_on_success``) success, and publish the outcome. Sim time 0 o
 exit status 0, so a launch file or ``flow-policy demo`` ends with it. With neither set it runs
 until stopped.
 
+Camera. ``camera`` = ``auto`` (default) turns the camera on for camera tasks (``reach_object``)
+only, so the other tasks render nothing; ``enabled``/``disabled`` force it. Its pose, field of
+view, size and rate are the ``camera_*`` parameters (:class:`~flow_policy_ros.sim.camera.CameraSpec`).
+Frame k of an episode is rendered in the physics thread at physics step ``camera.frame_step(k)``
+(episode-relative, the schedule of ``SimEnv``), after that step's joint state is published, and
+stamped with the step's time (the joint states' clock); during the reset pause the (static)
+scene is rendered once and republished at the camera rate with fresh stamps. Rendering takes
+~10 ms per 96 x 96 frame on this machine (more under load), so an image arrives about one render
+time after its stamp, like a real camera's transfer delay, and the physics steps after a frame
+run that much late until they catch up (stamps stay exact). Camera tasks have no goal topic: the
+policy must find the object in the image.
+
 Recording. With ``record_path`` set, each episode is written to
 ``<record_path>/episode_<NNNN>_seed<S>`` (rosbag2, via ``bag.BagWriter``) with
-``/joint_states``, ``/goal``, ``/commands``, ``/joint_trajectory``, ``/diagnostics`` and an
+``/joint_states``, ``/goal`` (``/object_position`` for camera tasks), the camera's images,
+``/commands``, ``/joint_trajectory``, ``/diagnostics`` and an
 ``episode.json`` holding the outcome; ``flow-policy replay`` reads these directories.
 """
 
@@ -57,12 +71,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import serialize_message
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from flow_policy_ros.contract import IIWA_JOINT_NAMES
 from flow_policy_ros.data import bag as bagio
+from flow_policy_ros.data.images import IMAGE, image_fields
 from flow_policy_ros.errors import FlowPolicyError
 from flow_policy_ros.ros.diagnostics import diagnostic_array
 from flow_policy_ros.ros.messages import time_msg
@@ -71,8 +86,10 @@ from flow_policy_ros.ros.parameters import ParameterSpec, declare_all
 from flow_policy_ros.ros.realtime import set_thread_priority
 from flow_policy_ros.runtime.observation import stamp_to_ns, trajectory_arrays
 from flow_policy_ros.sim.arm import PHYSICS_HZ
+from flow_policy_ros.sim.camera import CAMERA_MODES, CameraSpec, camera_enabled, camera_from_parameters
+from flow_policy_ros.sim.collect import OBJECT_POSITION_TOPIC
 from flow_policy_ros.sim.env import SimEnv, sim_time_ns
-from flow_policy_ros.sim.tasks import TASKS, EpisodeSpec, sample_episode
+from flow_policy_ros.sim.tasks import CAMERA_TASKS, TASKS, EpisodeSpec, sample_episode
 from flow_policy_ros.sim.trajectory import TrajectoryFollower
 
 NODE_NAME = "sim_node"
@@ -102,10 +119,22 @@ class SimNodeParams:
     record_path: str
     record_storage: str
     thread_priority: int
+    camera: str
+    camera_name: str
+    camera_eye: tuple[float, ...]
+    camera_target: tuple[float, ...]
+    camera_up: tuple[float, ...]
+    camera_fov_deg: float
+    camera_width: int
+    camera_height: int
+    camera_rate_hz: float
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"parameter task must be one of {TASKS}, got {self.task!r}")
+        if self.camera not in CAMERA_MODES:
+            raise ValueError(f"parameter camera must be one of {CAMERA_MODES}, got {self.camera!r}")
+        self.camera_spec  # noqa: B018 - validates the camera_* parameters now, with the parameter's name
         if sorted(self.command_joint_names) != sorted(IIWA_JOINT_NAMES):
             raise ValueError(f"parameter command_joint_names must be a permutation of {list(IIWA_JOINT_NAMES)}, "
                              f"got {list(self.command_joint_names)}")
@@ -113,6 +142,21 @@ class SimNodeParams:
             raise ValueError(f"parameter episodes={self.episodes} exceeds the {len(self.seeds)} given seeds")
         if self.record_storage not in ("mcap", "sqlite3"):
             raise ValueError(f"parameter record_storage must be 'mcap' or 'sqlite3', got {self.record_storage!r}")
+
+    @property
+    def camera_spec(self) -> CameraSpec | None:
+        """The camera when it is on (``camera`` mode and task), else None."""
+        if not camera_enabled(self.camera, self.task in CAMERA_TASKS):
+            return None
+        try:
+            return camera_from_parameters({f: getattr(self, f) for f in PARAMETERS if f.startswith("camera_")})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"parameters camera_*: {exc}") from exc
+
+    @property
+    def publishes_goal(self) -> bool:
+        """Camera tasks have no goal topic."""
+        return self.task not in CAMERA_TASKS
 
     @property
     def episode_count(self) -> int | None:
@@ -154,6 +198,20 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "record_storage": ParameterSpec("mcap", _T.PARAMETER_STRING, "rosbag2 storage: 'mcap' or 'sqlite3'"),
     "thread_priority": ParameterSpec(0, _T.PARAMETER_INTEGER, "SCHED_FIFO priority of the physics and executor threads; "
                                      "0 = normal scheduling (falls back with a warning when not permitted)", low=0, high=99),
+    "camera": ParameterSpec("auto", _T.PARAMETER_STRING,
+                            f"RGB camera, one of {CAMERA_MODES}: auto = on for camera tasks {sorted(CAMERA_TASKS)} only"),
+    "camera_name": ParameterSpec(CameraSpec.name, _T.PARAMETER_STRING,
+                                 "camera name: topic camera/<name>/image_raw, frame <name>_optical_frame"),
+    "camera_eye": ParameterSpec(list(CameraSpec.eye), _T.PARAMETER_DOUBLE_ARRAY, "camera position (m, world frame)"),
+    "camera_target": ParameterSpec(list(CameraSpec.target), _T.PARAMETER_DOUBLE_ARRAY,
+                                   "point on the optical axis (m, world frame)"),
+    "camera_up": ParameterSpec(list(CameraSpec.up), _T.PARAMETER_DOUBLE_ARRAY, "world direction that is up in the image"),
+    "camera_fov_deg": ParameterSpec(CameraSpec.fov_deg, _T.PARAMETER_DOUBLE, "vertical field of view (deg)",
+                                    low=1.0, high=170.0),
+    "camera_width": ParameterSpec(CameraSpec.width, _T.PARAMETER_INTEGER, "image width (pixels)", low=8, high=1024),
+    "camera_height": ParameterSpec(CameraSpec.height, _T.PARAMETER_INTEGER, "image height (pixels)", low=8, high=1024),
+    "camera_rate_hz": ParameterSpec(CameraSpec.rate_hz, _T.PARAMETER_DOUBLE,
+                                    "frame rate (Hz); frame k at physics step ceil(k * 240 / rate)", low=0.1, high=240.0),
 }
 
 
@@ -220,13 +278,17 @@ class SimNode(Node):
         self.trajectories_received = 0
         self.resyncs = 0
         self.joint_states_sent = 0
+        self.images_sent = 0
+        self.camera = p.camera_spec
         self.outcomes: list[dict[str, Any]] = []
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         outcomes = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._joint_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self._goal_pub = self.create_publisher(PointStamped, "goal", latched)
+        self._goal_pub = self.create_publisher(PointStamped, "goal", latched) if p.publishes_goal else None
+        self._image_pub = (None if self.camera is None else
+                           self.create_publisher(Image, self.camera.topic, qos_profile_sensor_data))
         self._outcome_pub = self.create_publisher(String, "episode_outcome", outcomes)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._cmd_sub = self.create_subscription(Float64MultiArray, "commands", self._on_command, reliable)
@@ -237,9 +299,12 @@ class SimNode(Node):
         self._finished = self.create_guard_condition(self.context.try_shutdown)
         self._thread = threading.Thread(target=self._run, name="physics", daemon=True)
         self._thread.start()
+        cam = self.camera
+        camera_info = "off" if cam is None else f"{cam.topic} {cam.width}x{cam.height} at {cam.rate_hz:g} Hz"
         self.get_logger().info(
             f"task {p.task}, episodes {p.episode_count or 'forever'}, joint states at {PHYSICS_HZ / p.publish_every:g} Hz, "
-            f"recording to {p.record_path or '(off)'}")
+            f"camera {camera_info}, "
+            f"goal topic {'on' if p.publishes_goal else 'off'}, recording to {p.record_path or '(off)'}")
 
     # -- commands (executor thread) -----------------------------------------------------------
     def _reject(self, reason: str) -> None:
@@ -292,6 +357,23 @@ class SimNode(Node):
             stamp_ns = stamp_to_ns(msg.header.stamp)
             self.recorder.write(self._joint_pub.topic_name, bagio.JOINT_STATE, msg, stamp_ns)
 
+    def _image(self, stamp_ns: int, frame: np.ndarray | None = None) -> Image:
+        """The camera's view now (or ``frame``) as an rgb8 Image stamped ``stamp_ns``."""
+        frame = self.env.arm.render(self.camera) if frame is None else frame
+        fields = image_fields(frame, "rgb8")
+        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0,
+                    step=fields["step"])
+        msg.data = fields["data"].tobytes()
+        msg.header.stamp = time_msg(stamp_ns)
+        msg.header.frame_id = self.camera.optical_frame
+        return msg
+
+    def _publish_image(self, msg: Image) -> None:
+        self._image_pub.publish(msg)
+        self.images_sent += 1
+        if self.recorder is not None and self.state == "running":
+            self.recorder.write(self._image_pub.topic_name, IMAGE, msg, stamp_to_ns(msg.header.stamp))
+
     def _sleep_until(self, t_ns: int) -> None:
         delay = t_ns - time.time_ns()
         if delay > 0:
@@ -302,8 +384,14 @@ class SimNode(Node):
         period_ns = self.params.publish_every * 1_000_000_000 // PHYSICS_HZ
         end = time.time_ns() + duration_ns
         t = time.time_ns()
+        frame = None if self.camera is None else self.env.arm.render(self.camera)  # the scene is still: render once
+        frame_period_ns = 0 if self.camera is None else round(1e9 / self.camera.rate_hz)
+        next_frame = t
         while t < end and not self._stop.is_set():
             self._publish_joint_state(self._joint_state(t))
+            if frame is not None and t >= next_frame:
+                self._publish_image(self._image(t, frame))
+                next_frame += frame_period_ns
             t += period_ns
             self._sleep_until(t)
 
@@ -352,12 +440,15 @@ class SimNode(Node):
         goal.header.frame_id = "world"
         goal.header.stamp = time_msg(time.time_ns())
         goal.point.x, goal.point.y, goal.point.z = (float(v) for v in spec.goal)
-        self._goal_pub.publish(goal)
+        if self._goal_pub is not None:
+            self._goal_pub.publish(goal)
         self._hold_for(round(p.reset_pause_s * 1e9))
         start_ns = time.time_ns()
         if self.recorder is not None:
             self.recorder.open(f"episode_{episode:04d}_seed{seed}")
-            self.recorder.write(self._goal_pub.topic_name, bagio.POINT_STAMPED, goal, start_ns)
+            # camera tasks: the object's true position, for checks and oracles only (never published)
+            goal_topic = self._goal_pub.topic_name if self._goal_pub is not None else OBJECT_POSITION_TOPIC
+            self.recorder.write(goal_topic, bagio.POINT_STAMPED, goal, start_ns)
         self._accept_after_ns = start_ns
         self.state = "running"
         limit_s = p.time_limit_s or spec.time_limit_s
@@ -390,6 +481,7 @@ class SimNode(Node):
         anchor_ns = time.time_ns() if start_ns is None else start_ns
         first_step = arm.physics_step
         every = self.params.publish_every
+        frame_index = 0
         while not self._stop.is_set() and not finished():
             n = arm.physics_step + 1
             t_ns = anchor_ns + sim_time_ns(n - first_step)
@@ -407,6 +499,11 @@ class SimNode(Node):
             self._sleep_until(t_ns)
             if msg is not None:
                 self._publish_joint_state(msg)
+            if self.camera is not None and n - first_step >= self.camera.frame_step(frame_index):
+                # rendered after the joint state went out (the arm is still at step n): the render delays
+                # the next steps, not this step's joint state; the image leaves one render time after its stamp
+                self._publish_image(self._image(t_ns))
+                frame_index += 1
 
     # -- diagnostics / shutdown ---------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -414,7 +511,8 @@ class SimNode(Node):
                   "seed": str(self.params.seed(self.episode)) if self.episode >= 0 else "",
                   "episodes_done": str(len(self.outcomes)),
                   "successes": str(sum(o["success"] for o in self.outcomes)),
-                  "joint_states_sent": str(self.joint_states_sent), "commands_received": str(self.commands_received),
+                  "joint_states_sent": str(self.joint_states_sent), "images_sent": str(self.images_sent),
+                  "commands_received": str(self.commands_received),
                   "trajectories_received": str(self.trajectories_received), "rejected_messages": str(self.rejected),
                   "realtime_resyncs": str(self.resyncs)}
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_name()}: sim",

@@ -18,6 +18,10 @@ what the real arm is rated for), like a robot driver would; :attr:`IiwaArm.clipp
 counts commands that were changed this way. A ROS driver that interpolates trajectories
 itself uses :meth:`IiwaArm.set_position_targets` and :meth:`IiwaArm.step_until` instead.
 
+Scene objects. :class:`Obstacle` is a collision body (touching it fails an episode);
+:class:`VisualObject` is a visual-only box (no collision shape: it never touches, pushes or
+blocks the arm and never changes the physics, only what a camera sees).
+
 Determinism. Every instance has its own DIRECT client (never GUI; several coexist in one
 process). :meth:`IiwaArm.reset` rebuilds the whole world (resetSimulation + reload), so a
 trajectory depends only on the start pose, the obstacles and the commands: the same inputs
@@ -38,6 +42,7 @@ import pybullet
 from pybullet_utils import bullet_client
 
 from flow_policy_ros.contract import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER, IIWA_VELOCITY_LIMIT
+from flow_policy_ros.sim.camera import CameraSpec, render_rgb
 from flow_policy_ros.sim.kinematics import EE_LINK, HOME_Q, NUM_JOINTS, check_joint_order, load_iiwa, min_self_distance
 
 PHYSICS_HZ = 240
@@ -88,6 +93,30 @@ class Obstacle:
             raise ValueError(f"Obstacle: radius {self.radius_m} m and height {self.height_m} m must be positive")
 
 
+@dataclass(frozen=True)
+class VisualObject:
+    """A static, visual-only box: drawn by cameras, invisible to physics and collision checks.
+
+    Attributes:
+        name: what it is in the task ('table', 'object', 'distractor_0', ...).
+        center: (3,) box centre (m, world frame).
+        half_extents: (3,) half sizes along the world axes (m).
+        rgba: colour, each channel in [0, 1].
+    """
+
+    name: str
+    center: tuple[float, float, float]
+    half_extents: tuple[float, float, float]
+    rgba: tuple[float, float, float, float]
+
+    def __post_init__(self) -> None:
+        if len(self.center) != 3 or len(self.half_extents) != 3 or min(self.half_extents) <= 0:
+            raise ValueError(f"VisualObject {self.name!r}: center {self.center} and positive half_extents "
+                             f"{self.half_extents} must both have 3 values (m)")
+        if len(self.rgba) != 4 or not all(0.0 <= c <= 1.0 for c in self.rgba):
+            raise ValueError(f"VisualObject {self.name!r}: rgba {self.rgba} must be 4 values in [0, 1]")
+
+
 class IiwaArm:
     """A PyBullet iiwa at the world origin, position-controlled at a fixed control rate.
 
@@ -108,6 +137,7 @@ class IiwaArm:
         self._velocity_limit = np.asarray(IIWA_VELOCITY_LIMIT)
         self._body = -1
         self._obstacle_bodies: list[int] = []
+        self._visual_bodies: list[int] = []
         self._step = 0
         self._tick = 0
         self._target = np.zeros(NUM_JOINTS)
@@ -127,8 +157,10 @@ class IiwaArm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def reset(self, start_q: Sequence[float], obstacles: Sequence[Obstacle] = ()) -> ArmState:
-        """Rebuild the world: arm at rest at ``start_q`` (7,) rad, the given obstacles, time 0."""
+    def reset(
+        self, start_q: Sequence[float], obstacles: Sequence[Obstacle] = (), visuals: Sequence[VisualObject] = ()
+    ) -> ArmState:
+        """Rebuild the world: arm at rest at ``start_q`` (7,) rad, the given obstacles and visual objects, time 0."""
         q0 = np.asarray(start_q, dtype=np.float64)
         if q0.shape != (NUM_JOINTS,) or not np.all(np.isfinite(q0)):
             raise ValueError(f"reset: start_q must be {NUM_JOINTS} finite joint positions (rad), got {start_q!r}")
@@ -143,6 +175,7 @@ class IiwaArm:
         for i, value in enumerate(q0):
             client.resetJointState(self._body, i, float(value), 0.0)
         self._obstacle_bodies = [self._add_obstacle(obstacle) for obstacle in obstacles]
+        self._visual_bodies = [self._add_visual(visual) for visual in visuals]
         self._step = 0
         self._tick = 0
         self.clipped_commands = 0
@@ -163,6 +196,16 @@ class IiwaArm:
             baseVisualShapeIndex=visual,
             basePosition=(float(x), float(y), obstacle.height_m / 2.0),
         )
+
+    def _add_visual(self, visual: VisualObject) -> int:
+        client = self._client
+        shape = client.createVisualShape(pybullet.GEOM_BOX, halfExtents=visual.half_extents, rgbaColor=visual.rgba)
+        return client.createMultiBody(baseMass=0.0, baseCollisionShapeIndex=-1, baseVisualShapeIndex=shape,
+                                      basePosition=tuple(float(v) for v in visual.center))
+
+    def render(self, camera: CameraSpec) -> np.ndarray:
+        """The scene now as seen by ``camera``: (H, W, 3) uint8 RGB (CPU renderer, no physics step)."""
+        return render_rgb(self._client, camera)
 
     # -- state -----------------------------------------------------------------------------
     @property

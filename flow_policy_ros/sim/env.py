@@ -15,6 +15,11 @@ Monitoring runs after every physics step (240 Hz): EE-goal distance, self-collis
 reached or on the first collision (a failure). Success = the EE came within the task's radius
 of the goal before the time limit and no collision happened up to then.
 
+Camera (off unless a :class:`~flow_policy_ros.sim.camera.CameraSpec` is given): frame k is
+rendered after physics step ``camera.frame_step(k)`` (12.5 Hz by default: every 4th 50 Hz
+tick); :meth:`SimEnv.observe` carries the latest frame, and recording keeps every frame
+(uint8) stamped with its step's sim time. Rendering never steps or changes the physics.
+
 Recording (on by default) keeps the joint state at every physics step (240 Hz, so the
 observation of every tick is in the recording with the tick's exact stamp), the goal at t = 0
 and then every second, and each command at the sim time of the tick that issued it. Stamps
@@ -24,13 +29,15 @@ realistic wall-clock-like times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from flow_policy_ros.contract import IIWA_JOINT_NAMES
+from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.sim.arm import PHYSICS_HZ, IiwaArm
+from flow_policy_ros.sim.camera import CameraSpec
 from flow_policy_ros.sim.tasks import EpisodeSpec, classify_route, sample_episode
 
 #: Clock origin of recorded stamps (ns): 2026-01-01T00:00:00Z.
@@ -51,14 +58,16 @@ class Observation:
     Attributes:
         positions: (7,) joint positions (rad), ``IIWA_JOINT_NAMES`` order.
         velocities: (7,) joint velocities (rad/s).
-        goal: (3,) goal (m, world frame).
+        goal: (3,) goal (m, world frame); for a camera task the object's true position (oracle only).
         time_s: sim time (s) of the tick.
+        images: camera name -> (stamp ns, (H, W, 3) uint8 RGB) of its latest frame; empty without a camera.
     """
 
     positions: np.ndarray
     velocities: np.ndarray
     goal: np.ndarray
     time_s: float
+    images: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
 
     def vector(self) -> np.ndarray:
         """(17,) [positions, velocities, goal]: the default observation layout of ``ObservationSpec``."""
@@ -98,11 +107,13 @@ class SimEnv:
     Args:
         control_period_s: control period (s), 0.02 = 50 Hz.
         record: keep the time series for :meth:`recording`.
+        camera: render this camera's frames on its schedule; None = no rendering at all.
     """
 
-    def __init__(self, control_period_s: float = 0.02, record: bool = True) -> None:
+    def __init__(self, control_period_s: float = 0.02, record: bool = True, camera: CameraSpec | None = None) -> None:
         self.arm = IiwaArm(control_period_s)
         self.record = record
+        self.camera = camera
         self.spec: EpisodeSpec | None = None
 
     def close(self) -> None:
@@ -126,7 +137,7 @@ class SimEnv:
         """Start the episode described by ``spec``."""
         self.spec = spec
         obstacles = () if spec.obstacle is None else (spec.obstacle,)
-        self.arm.reset(spec.start_q, obstacles)
+        self.arm.reset(spec.start_q, obstacles, spec.visuals)
         self._goal = np.asarray(spec.goal, dtype=np.float64)
         self._ee_path: list[np.ndarray] = []
         self._min_distance = np.inf
@@ -138,6 +149,10 @@ class SimEnv:
         self._velocities: list[np.ndarray] = []
         self._command_steps: list[int] = []
         self._commands: list[np.ndarray] = []
+        self._frame_index = 0
+        self._frame_steps: list[int] = []
+        self._frames: list[np.ndarray] = []
+        self._latest_frame: tuple[int, np.ndarray] | None = None
         self._monitor(self.arm)
         return spec
 
@@ -163,12 +178,24 @@ class SimEnv:
             self._joint_steps.append(state.physics_step)
             self._positions.append(state.positions)
             self._velocities.append(state.velocities)
+        if self.camera is not None and arm.physics_step >= self.camera.frame_step(self._frame_index):
+            self._render_frame(arm)
+
+    def _render_frame(self, arm: IiwaArm) -> None:
+        """Render the camera now as the next frame: kept as the latest and, when recording, recorded."""
+        frame = arm.render(self.camera)
+        self._frame_index += 1
+        self._latest_frame = (STAMP_BASE_NS + sim_time_ns(arm.physics_step), frame)
+        if self.record:
+            self._frame_steps.append(arm.physics_step)
+            self._frames.append(frame)
 
     def observe(self) -> Observation:
         """Joint state now (the current tick) and the goal."""
         self._require_episode()
         state = self.arm.observe()
-        return Observation(state.positions, state.velocities, self._goal.copy(), state.time_s)
+        images = {} if self._latest_frame is None else {self.camera.name: self._latest_frame}
+        return Observation(state.positions, state.velocities, self._goal.copy(), state.time_s, images)
 
     @property
     def next_tick_time_s(self) -> float:
@@ -253,6 +280,9 @@ class SimEnv:
             stamp_base_ns=STAMP_BASE_NS,
             command_convention="command stamped t_k is the position target for t_{k+1}",
         )
+        if self.camera is not None:
+            info.update(camera={"name": self.camera.name, "rate_hz": self.camera.rate_hz,
+                                "width": self.camera.width, "height": self.camera.height})
         info.update(metadata or {})
         return EpisodeRecording(
             joint_names=list(IIWA_JOINT_NAMES),
@@ -265,4 +295,13 @@ class SimEnv:
             command_times_ns=np.asarray([STAMP_BASE_NS + sim_time_ns(n) for n in self._command_steps], dtype=np.int64),
             commands=np.asarray(self._commands).reshape(-1, len(IIWA_JOINT_NAMES)),
             metadata=info,
+            images=self._image_series(),
         )
+
+    def _image_series(self) -> dict[str, ImageSeries]:
+        if self.camera is None:
+            return {}
+        height, width = self.camera.height, self.camera.width
+        frames = np.stack(self._frames) if self._frames else np.zeros((0, height, width, 3), np.uint8)
+        times = [STAMP_BASE_NS + sim_time_ns(n) for n in self._frame_steps]
+        return {self.camera.name: ImageSeries(self.camera.optical_frame, np.asarray(times, np.int64), frames)}

@@ -32,6 +32,23 @@ EE is at :data:`NOMINAL_START_EE` = (0.40, 0.00, 0.45) m with the flange pointin
     Success: goal reached (2 cm) before the time limit without touching the obstacle and
     without self-collision.
 
+``reach_object``
+    Start: as for ``reach``. Scene: a table top (visual only, grey, top at
+    :data:`TABLE_TOP_Z_M` = 0.275 m) with a red cube (:data:`OBJECT_HALF_SIZE_M` = 2.25 cm half
+    size, i.e. 4.5 cm) resting on it at a uniform random xy in :data:`OBJECT_XY_BOX`
+    (x in [0.45, 0.70], y in [-0.25, 0.25] m), and :data:`DISTRACTORS` = 1 blue cube of the
+    same size at a uniform random xy in the same box, at least :data:`DISTRACTOR_MIN_DISTANCE_M`
+    (12 cm) from the red one (redrawn until it is). Goal: the red cube's centre (z = 0.2975 m,
+    inside the reach goal box). Success: EE within 2 cm of it before the time limit, without
+    self-collision. There is no goal topic: a policy must find the red cube in the camera image
+    (:mod:`flow_policy_ros.sim.camera`); ``EpisodeSpec.goal`` still carries its position for
+    the scripted expert and for an "oracle" policy given the true position as a vector.
+    Table and cubes are visual-only bodies (:class:`~flow_policy_ros.sim.arm.VisualObject`):
+    at the goal the flange, which reaches 4.8 cm below the EE point, dips 2.3 cm into the cube
+    and the table, so collision shapes would make the task impossible as defined (EE point at
+    the object's centre); visual-only bodies also leave the physics of the arm exactly as in
+    ``reach``. The cost: the arm can pass through the distractor (nothing to avoid).
+
 Route. :func:`classify_route` says on which side of the obstacle an EE path went, from the
 path alone (for expert and policy alike): 'left' (+ side of the start->goal direction,
 counter-clockwise seen from above), 'right', or 'none' if the EE never got past the obstacle.
@@ -44,12 +61,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from flow_policy_ros.contract import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
-from flow_policy_ros.sim.arm import Obstacle
+from flow_policy_ros.sim.arm import Obstacle, VisualObject
 from flow_policy_ros.sim.kinematics import HOME_Q
 
-TASKS: tuple[str, ...] = ("reach", "reach_around")
-#: Mixed into the seed so the two tasks draw different goals from the same episode seed.
-_TASK_STREAM = {"reach": 1, "reach_around": 2}
+TASKS: tuple[str, ...] = ("reach", "reach_around", "reach_object")
+#: Mixed into the seed so the tasks draw different goals from the same episode seed.
+_TASK_STREAM = {"reach": 1, "reach_around": 2, "reach_object": 3}
+#: Tasks whose policy sees the goal only through a camera: no goal topic, the camera on by default.
+CAMERA_TASKS: frozenset[str] = frozenset({"reach_object"})
 
 NOMINAL_START_EE: tuple[float, float, float] = (0.40, 0.0, 0.45)
 START_NOISE_RAD = 0.05
@@ -63,6 +82,23 @@ OBSTACLE_RADIUS_M = 0.04
 #: The post's top is this far (m) below the lower of start and goal EE heights.
 OBSTACLE_TOP_BELOW_PATH_M = 0.005
 SIDES: tuple[str, ...] = ("left", "right")
+#: reach_object scene (m, world frame): table top height, its extent, the cubes' half size,
+#: where the cubes may lie, and the distractors' minimum xy distance from the object.
+TABLE_TOP_Z_M = 0.275
+TABLE_CENTER_XY_M: tuple[float, float] = (0.575, 0.0)
+TABLE_HALF_SIZE_XY_M: tuple[float, float] = (0.22, 0.36)
+TABLE_THICKNESS_M = 0.02
+OBJECT_HALF_SIZE_M = 0.0225
+OBJECT_XY_BOX: tuple[tuple[float, float], ...] = ((0.45, 0.70), (-0.25, 0.25))
+DISTRACTORS = 1
+DISTRACTOR_MIN_DISTANCE_M = 0.12
+OBJECT_RGBA: tuple[float, float, float, float] = (0.85, 0.10, 0.10, 1.0)
+DISTRACTOR_RGBA: tuple[float, float, float, float] = (0.10, 0.25, 0.85, 1.0)
+TABLE_RGBA: tuple[float, float, float, float] = (0.55, 0.55, 0.52, 1.0)
+#: Where the reach_object goal (the object's centre) lies; flat in z, the cube rests on the table.
+REACH_OBJECT_GOAL_BOX: tuple[tuple[float, float], ...] = (
+    *OBJECT_XY_BOX, (TABLE_TOP_Z_M + OBJECT_HALF_SIZE_M, TABLE_TOP_Z_M + OBJECT_HALF_SIZE_M))
+GOAL_BOXES["reach_object"] = REACH_OBJECT_GOAL_BOX
 
 
 @dataclass(frozen=True)
@@ -76,6 +112,7 @@ class EpisodeSpec:
         goal: (3,) goal position of the EE (m, world frame).
         obstacle: the obstacle of ``reach_around``; None for ``reach``.
         expert_side: 'left'/'right', the side the expert takes around the obstacle; None for ``reach``.
+        visuals: visual-only scene objects (table, object, distractors) of ``reach_object``; () otherwise.
         time_limit_s: episode length (s).
         success_radius_m: EE-goal distance (m) that counts as reached.
     """
@@ -88,6 +125,12 @@ class EpisodeSpec:
     expert_side: str | None
     time_limit_s: float = TIME_LIMIT_S
     success_radius_m: float = SUCCESS_RADIUS_M
+    visuals: tuple[VisualObject, ...] = ()
+
+    @property
+    def uses_camera(self) -> bool:
+        """True if the goal is to be found in the camera image (no goal topic)."""
+        return self.task in CAMERA_TASKS
 
     def to_metadata(self) -> dict[str, object]:
         """JSON-able summary for an episode's metadata."""
@@ -99,7 +142,7 @@ class EpisodeSpec:
                 "radius_m": self.obstacle.radius_m,
                 "height_m": self.obstacle.height_m,
             }
-        return {
+        metadata: dict[str, object] = {
             "task": self.task,
             "seed": self.seed,
             "start_q_rad": [float(v) for v in self.start_q],
@@ -109,6 +152,12 @@ class EpisodeSpec:
             "time_limit_s": self.time_limit_s,
             "success_radius_m": self.success_radius_m,
         }
+        if self.visuals:  # only camera tasks have them: the other tasks' metadata is unchanged
+            metadata["visuals"] = [
+                {"name": v.name, "type": "box", "center_m": list(v.center), "half_extents_m": list(v.half_extents),
+                 "rgba": list(v.rgba)} for v in self.visuals
+            ]
+        return metadata
 
 
 def check_task(task: str) -> str:
@@ -126,20 +175,56 @@ def obstacle_for_goal(goal: np.ndarray) -> Obstacle:
 
 
 def sample_episode(task: str, seed: int) -> EpisodeSpec:
-    """Draw start pose, goal, obstacle and expert side of episode ``seed`` of ``task``."""
+    """Draw start pose, goal, obstacle, expert side and scene objects of episode ``seed`` of ``task``."""
     check_task(task)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"episode seed must be a non-negative int, got {seed!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _TASK_STREAM[task]]))
-    box = np.asarray(GOAL_BOXES[task])
-    goal = rng.uniform(box[:, 0], box[:, 1])
-    noise = rng.uniform(-START_NOISE_RAD, START_NOISE_RAD, size=len(HOME_Q))
+    if task == "reach_object":
+        noise = rng.uniform(-START_NOISE_RAD, START_NOISE_RAD, size=len(HOME_Q))
+        goal, visuals = _sample_objects(rng)
+    else:
+        box = np.asarray(GOAL_BOXES[task])
+        goal = rng.uniform(box[:, 0], box[:, 1])
+        noise = rng.uniform(-START_NOISE_RAD, START_NOISE_RAD, size=len(HOME_Q))
+        visuals = ()
     start_q = np.clip(np.asarray(HOME_Q) + noise, IIWA_POSITION_LOWER, IIWA_POSITION_UPPER)
     obstacle, side = None, None
     if task == "reach_around":
         obstacle = obstacle_for_goal(goal)
         side = SIDES[int(rng.integers(2))]
-    return EpisodeSpec(task=task, seed=int(seed), start_q=start_q, goal=goal, obstacle=obstacle, expert_side=side)
+    return EpisodeSpec(task=task, seed=int(seed), start_q=start_q, goal=goal, obstacle=obstacle, expert_side=side,
+                       visuals=visuals)
+
+
+def table() -> VisualObject:
+    """The reach_object table top (visual only)."""
+    half = (*TABLE_HALF_SIZE_XY_M, TABLE_THICKNESS_M / 2.0)
+    center = (*TABLE_CENTER_XY_M, TABLE_TOP_Z_M - TABLE_THICKNESS_M / 2.0)
+    return VisualObject("table", center, half, TABLE_RGBA)
+
+
+def _cube(name: str, xy: np.ndarray, rgba: tuple[float, float, float, float]) -> VisualObject:
+    center = (float(xy[0]), float(xy[1]), TABLE_TOP_Z_M + OBJECT_HALF_SIZE_M)
+    return VisualObject(name, center, (OBJECT_HALF_SIZE_M,) * 3, rgba)
+
+
+def _sample_objects(rng: np.random.Generator) -> tuple[np.ndarray, tuple[VisualObject, ...]]:
+    """reach_object: (goal (3,) m = the object's centre, (table, object, distractors...))."""
+    box = np.asarray(OBJECT_XY_BOX)
+    object_xy = rng.uniform(box[:, 0], box[:, 1])
+    scene = [table(), _cube("object", object_xy, OBJECT_RGBA)]
+    placed = [object_xy]
+    for i in range(DISTRACTORS):
+        for _ in range(1000):  # the box is 0.25 x 0.5 m: a 12 cm exclusion disc leaves most of it free
+            xy = rng.uniform(box[:, 0], box[:, 1])
+            if np.linalg.norm(xy - object_xy) >= DISTRACTOR_MIN_DISTANCE_M:
+                break
+        else:
+            raise RuntimeError(f"reach_object: no place for distractor {i} at >= {DISTRACTOR_MIN_DISTANCE_M} m")
+        placed.append(xy)
+        scene.append(_cube(f"distractor_{i}", xy, DISTRACTOR_RGBA))
+    return np.asarray(scene[1].center, dtype=np.float64), tuple(scene)
 
 
 def route_frame(goal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

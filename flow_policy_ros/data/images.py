@@ -1,0 +1,94 @@
+"""Camera frames as numpy: sensor_msgs/Image fields <-> (H, W, 3) uint8 RGB, without cv_bridge.
+
+Pure numpy (no rosbags, no rclpy), so the bag API (``bag.py``), the nodes and the simulator
+share one conversion. Supported encodings: ``rgb8`` and ``bgr8`` (3 bytes per pixel, rows of
+``step >= 3 * width`` bytes; padding at the end of a row is dropped). Frames are always
+returned as RGB.
+
+In episode bags a camera's frames are sensor_msgs/msg/Image on ``/camera/<name>/image_raw``
+(:func:`image_topic`), header.stamp = the time the frame shows, frame_id
+``<name>_optical_frame``; ``bag.write_image_series`` writes them (rgb8) and
+``bag.read_image_topic`` reads one topic back as (stamps ns, (N, H, W, 3) uint8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Encodings this module decodes, with their channel order.
+ENCODINGS = ("rgb8", "bgr8")
+IMAGE = "sensor_msgs/msg/Image"
+
+
+def image_topic(camera: str) -> str:
+    """The bag topic of a camera's raw images: ``/camera/<camera>/image_raw``."""
+    return f"/camera/{camera}/image_raw"
+
+
+class ImageDecodeError(ValueError):
+    """An Image message that cannot be a (H, W, 3) frame: wrong encoding or a size mismatch."""
+
+
+@dataclass
+class ImageSeries:
+    """The frames of one camera over an episode.
+
+    Attributes:
+        frame_id: optical frame of the camera (``<name>_optical_frame``).
+        times_ns: (N,) int64 header stamps (ns).
+        frames: (N, H, W, 3) uint8 RGB, row 0 at the top.
+    """
+
+    frame_id: str
+    times_ns: np.ndarray
+    frames: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.times_ns = np.asarray(self.times_ns, dtype=np.int64).reshape(-1)
+        frames = np.asarray(self.frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"ImageSeries {self.frame_id!r}: frames must be (N, H, W, 3) uint8, "
+                             f"got {frames.shape} {frames.dtype}")
+        if len(frames) != len(self.times_ns):
+            raise ValueError(f"ImageSeries {self.frame_id!r}: {len(frames)} frames but {len(self.times_ns)} stamps")
+        self.frames = frames
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frames.nbytes)
+
+
+def image_fields(frame: np.ndarray, encoding: str = "rgb8") -> dict[str, object]:
+    """sensor_msgs/Image fields (height, width, encoding, is_bigendian, step, data) of an RGB frame (H, W, 3) uint8."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ImageDecodeError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.shape} {frame.dtype}")
+    if encoding not in ENCODINGS:
+        raise ImageDecodeError(f"cannot encode {encoding!r}; supported: {list(ENCODINGS)}")
+    pixels = frame if encoding == "rgb8" else frame[:, :, ::-1]
+    height, width = frame.shape[:2]
+    return {"height": height, "width": width, "encoding": encoding, "is_bigendian": 0, "step": 3 * width,
+            "data": np.ascontiguousarray(pixels).reshape(-1)}
+
+
+def decode_image(height: int, width: int, encoding: str, step: int, data: bytes | np.ndarray) -> np.ndarray:
+    """An Image message's fields -> (H, W, 3) uint8 RGB (a copy).
+
+    Raises:
+        ImageDecodeError: an encoding other than rgb8/bgr8, ``step < 3 * width`` or
+            ``len(data) != height * step`` (one line naming the numbers).
+    """
+    if encoding not in ENCODINGS:
+        raise ImageDecodeError(f"encoding {encoding!r} is not supported (expected one of {list(ENCODINGS)})")
+    height, width, step = int(height), int(width), int(step)
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) \
+        else np.asarray(data, dtype=np.uint8).reshape(-1)
+    if height <= 0 or width <= 0 or step < 3 * width:
+        raise ImageDecodeError(f"bad geometry: height {height}, width {width}, step {step} (need step >= 3 * width)")
+    if buffer.size != height * step:
+        raise ImageDecodeError(f"data has {buffer.size} bytes, expected height * step = {height} * {step} = "
+                               f"{height * step} ({encoding} {width}x{height})")
+    pixels = buffer.reshape(height, step)[:, : 3 * width].reshape(height, width, 3)
+    return np.ascontiguousarray(pixels if encoding == "rgb8" else pixels[:, :, ::-1])

@@ -1,0 +1,94 @@
+"""Camera frames in bags: ``data/images.py`` conversions and the bag API's Image functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flow_policy_ros.data.bag import TYPESTORE, BagWriter, image_msg, read_image_topic
+from flow_policy_ros.data.images import IMAGE, ImageDecodeError, ImageSeries, decode_image, image_fields, image_topic
+from flow_policy_ros.errors import BagError
+
+TOPIC = image_topic("front")
+STAMP = 1_767_225_600 * 10**9
+
+
+def frames(n: int = 3, height: int = 5, width: int = 7, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
+
+
+def raw_image(height: int, width: int, encoding: str, step: int, data: np.ndarray) -> object:
+    header = TYPESTORE.types["std_msgs/msg/Header"](
+        stamp=TYPESTORE.types["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id="front_optical_frame")
+    return TYPESTORE.types[IMAGE](header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
+                                  step=step, data=np.asarray(data, np.uint8))
+
+
+def write(path: Path, messages: list[object], storage: str = "mcap") -> Path:
+    with BagWriter(path, storage) as bag:
+        for i, msg in enumerate(messages):
+            bag.write(TOPIC, IMAGE, msg, STAMP + i)
+    return path
+
+
+def test_rgb8_and_bgr8_fields_round_trip() -> None:
+    frame = frames(1)[0]
+    rgb, bgr = image_fields(frame, "rgb8"), image_fields(frame, "bgr8")
+    assert rgb["step"] == 21 and rgb["data"][:3].tolist() == frame[0, 0].tolist()
+    assert bgr["data"][:3].tolist() == frame[0, 0, ::-1].tolist()
+    for fields in (rgb, bgr):
+        decoded = decode_image(fields["height"], fields["width"], fields["encoding"], fields["step"], fields["data"])
+        assert decoded.dtype == np.uint8 and np.array_equal(decoded, frame)
+
+
+def test_row_padding_is_dropped() -> None:
+    frame = frames(1, height=2, width=2)[0]
+    padded = np.concatenate([frame.reshape(2, 6), np.full((2, 2), 255, np.uint8)], axis=1)
+    assert np.array_equal(decode_image(2, 2, "rgb8", 8, padded.tobytes()), frame)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    ((2, 2, "mono8", 2, bytes(4)), "encoding 'mono8'"),
+    ((2, 2, "rgb8", 6, bytes(11)), "11 bytes, expected height \\* step = 2 \\* 6 = 12"),
+    ((2, 2, "rgb8", 5, bytes(10)), "step >= 3 \\* width"),
+])
+def test_bad_images_raise_one_line(args: tuple, match: str) -> None:
+    with pytest.raises(ImageDecodeError, match=match) as info:
+        decode_image(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_image_series_checks_its_arrays() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        ImageSeries("f", np.zeros(1), np.zeros((1, 2, 2, 3)))
+    with pytest.raises(ValueError, match="2 frames but 1 stamps"):
+        ImageSeries("f", np.zeros(1), np.zeros((2, 2, 2, 3), np.uint8))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
+def test_bag_images_read_back_identical(tmp_path: Path, storage: str, encoding: str) -> None:
+    video = frames(4, height=6, width=8)
+    path = write(tmp_path / "bag", [image_msg(STAMP + 1000 * i, f, "front_optical_frame", encoding)
+                                    for i, f in enumerate(video)], storage)
+    stamps, decoded = read_image_topic(path, TOPIC)
+    assert decoded.dtype == np.uint8 and decoded.shape == (4, 6, 8, 3)
+    assert np.array_equal(decoded, video) and stamps.tolist() == [STAMP + 1000 * i for i in range(4)]
+
+
+def test_bag_with_a_bad_image_names_bag_topic_and_index(tmp_path: Path) -> None:
+    good = image_msg(STAMP, frames(1, 2, 2)[0], "front_optical_frame")
+    path = write(tmp_path / "enc", [good, raw_image(2, 2, "mono8", 2, np.zeros(4))])
+    with pytest.raises(BagError, match=f"enc: {TOPIC} message #1: encoding 'mono8'") as info:
+        read_image_topic(path, TOPIC)
+    assert "\n" not in str(info.value)
+    path = write(tmp_path / "size", [good, good, raw_image(2, 2, "rgb8", 6, np.zeros(10))])
+    with pytest.raises(BagError, match=f"size: {TOPIC} message #2: data has 10 bytes, expected height \\* step"):
+        read_image_topic(path, TOPIC)
+    path = write(tmp_path / "shape", [good, image_msg(STAMP, frames(1, 3, 2)[0], "front_optical_frame")])
+    with pytest.raises(BagError, match="message #1: frame is 2x3, the topic's first frame 2x2"):
+        read_image_topic(path, TOPIC)
+    with pytest.raises(BagError, match="missing topic /camera/side/image_raw"):
+        read_image_topic(path, image_topic("side"))
