@@ -15,6 +15,11 @@ and RK4 at N = 1 .. 64 fixed steps (network evaluations per likelihood: N, 2N, 2
 
     .venv/bin/python scripts/density_solver_table.py            # ~30 s on one thread
     .venv/bin/python scripts/density_solver_table.py --markdown docs/density_solvers_table.md
+    .venv/bin/python scripts/density_solver_table.py --cost     # + ONNX Runtime p50 of the graph
+
+``--cost`` also exports the trained model's log-likelihood alone (``ObservationLogLikelihood``,
+TorchScript exporter, opset 17) per solver and step count and times ONNX Runtime (CPU, one
+thread, batch 1, 1000 calls after 100 warm-up calls): p50 and the graph's node count.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
+import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +38,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flow_policy_ros.policy.density import GaussianFlowField, log_likelihood, train_density  # noqa: E402
+from flow_policy_ros.policy.density import (  # noqa: E402
+    GaussianFlowField,
+    ObservationDensity,
+    ObservationLogLikelihood,
+    log_likelihood,
+    train_density,
+)
 from flow_policy_ros.policy.flow import SOLVERS, network_evaluations  # noqa: E402
 
 DIM = 17
@@ -62,11 +76,63 @@ def format_table(title: str, table: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+COST_CELLS = (("euler", 8), ("midpoint", 8), ("rk4", 4), ("rk4", 8), ("rk4", 16))
+
+
+def ort_p50_ms(path: str, feeds: dict[str, np.ndarray], calls: int = 1000) -> float:
+    """ONNX Runtime p50 in ms (CPU, 1 thread) of ``calls`` runs after 100 warm-up runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range(100):
+        session.run(None, feeds)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.percentile(times, 50))
+
+
+def onnx_cost(model: ObservationDensity) -> str:
+    """Markdown table: ORT p50 (ms) and node count of the exported log-likelihood per cell, and of
+    the shipped policy graph models/iiwa_reach.onnx for scale."""
+    import onnx
+
+    lines = ["**ONNX Runtime, log-likelihood graph alone (CPU, 1 thread, batch 1)**", "",
+             "| graph | evaluations | p50 ms | nodes |", "|---|---|---|---|"]
+    model = model.float().eval()
+    x = model.obs_shift[None].numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        for solver, steps in COST_CELLS:
+            path = str(Path(tmp) / f"{solver}_{steps}.onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(ObservationLogLikelihood(model, steps, solver), (torch.zeros(1, DIM),), path,
+                                  input_names=["observation"], output_names=["observation_log_likelihood"],
+                                  opset_version=17, do_constant_folding=True, dynamo=False)
+            lines.append(f"| density {solver} x {steps} | {network_evaluations(solver, steps)} | "
+                         f"{ort_p50_ms(path, {'observation': x}):.3f} | {len(onnx.load(path).graph.node)} |")
+    policy = REPO / "models" / "iiwa_reach.onnx"
+    if policy.is_file():
+        graph = onnx.load(str(policy))
+        feeds = {}
+        for tensor in graph.graph.input:
+            shape = [d.dim_value or 1 for d in tensor.type.tensor_type.shape.dim]
+            feeds[tensor.name] = np.zeros(shape, np.float32) if tensor.name != "guidance_scale" else np.ones(shape, np.float32)
+        lines.append(f"| policy models/iiwa_reach.onnx (whole sampler, CFG) | - | {ort_p50_ms(str(policy), feeds):.3f} | "
+                     f"{len(graph.graph.node)} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=256, help="held-out points per case")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument("--cost", action="store_true", help="also time the exported graph in ONNX Runtime")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -80,13 +146,16 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     mixing = rng.normal(size=(5, DIM))
     data = np.tanh(rng.normal(size=(6000, 5))) @ mixing + 0.02 * rng.normal(size=(6000, DIM))
-    trained = train_density(data[:5000], steps=600, seed=args.seed).model.double()
+    trained32 = train_density(data[:5000], steps=600, seed=args.seed).model
+    trained = ObservationDensity.from_dict(trained32.to_dict()).double()
     y = trained.normalize(torch.tensor(data[5000:5000 + args.points]))
     with torch.no_grad():
         reference = log_likelihood(trained.field, y, 256, "rk4")
         table = error_table(trained.field, y, reference)
     sections.append(format_table(f"trained density (600 steps), D = {DIM}, 5-D latent + noise; reference RK4 x 256 "
                                  f"(mean log p {float(reference.mean()):.1f}, normalized units)", table))
+    if args.cost:
+        sections.append(onnx_cost(trained32))
     text = "\n\n".join(sections) + "\n"
     print(text)
     if args.markdown:

@@ -248,6 +248,18 @@ def test_train_density_uses_the_policy_statistics_when_given():
         train_density(np.array([[0.0, np.nan], [1.0, 2.0]]), steps=1)
 
 
+def test_density_round_trips_through_a_saved_dict_exactly(tmp_path, gaussian_density):
+    trained, held_out = gaussian_density
+    torch.save(trained.model.to_dict(), tmp_path / "density.pt")
+    loaded = ObservationDensity.from_dict(torch.load(tmp_path / "density.pt", weights_only=True)).eval()
+    x = torch.tensor(held_out[:16], dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(loaded.log_prob(x), trained.model.log_prob(x))
+    np.testing.assert_array_equal(loaded.to_dict()["obs_scale"], trained.obs_scale)  # float64, not via float32
+    with pytest.raises(ValueError, match=r"density: missing \['state'\]"):
+        ObservationDensity.from_dict({k: v for k, v in trained.model.to_dict().items() if k != "state"})
+
+
 # --------------------------------------------------------------------------- ONNX
 
 
