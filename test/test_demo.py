@@ -113,7 +113,7 @@ def _bench_args(argv: list[str]):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--sweep"], "needs --checkpoint"),
     (["--sweep", "--checkpoint", "/nonexistent.pt"], "not found"),
-    (["--sweep", "--checkpoint", __file__, "--solvers", "rk4"], "unknown"),
+    (["--sweep", "--checkpoint", __file__, "--solvers", "dopri5"], "unknown"),
     (["--sweep", "--checkpoint", __file__, "--steps", "0"], ">= 1"),
     (["--sweep", "--checkpoint", __file__, "--calls", "10"], "at least 50"),
 ])

@@ -141,7 +141,8 @@ def test_condition_dropout_rate_and_regression_objective():
 def test_solvers_visit_their_evaluation_times():
     from flow_policy_ros.policy.flow import evaluation_times, integrate, network_evaluations
 
-    for solver, expected in (("euler", [0.0, 0.5]), ("midpoint", [0.0, 0.25, 0.5, 0.75]), ("heun", [0.0, 0.5, 0.5, 1.0])):
+    for solver, expected in (("euler", [0.0, 0.5]), ("midpoint", [0.0, 0.25, 0.5, 0.75]), ("heun", [0.0, 0.5, 0.5, 1.0]),
+                             ("rk4", [0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0])):
         visited = []
         integrate(lambda x, t, v=visited: v.append(t) or torch.zeros_like(x), torch.zeros(1), 2, solver)
         assert visited == expected == evaluation_times(solver, 2)
@@ -177,20 +178,69 @@ def test_solver_orders_on_a_linear_ode():
         assert error(solver, 16) < error("euler", 16) / 10
 
 
+def test_rk4_is_exact_for_velocity_cubic_in_t():
+    """dx/dt = a + b t + c t^2 + d t^3: RK4 reduces to Simpson's rule, exact for cubics (any N)."""
+    from flow_policy_ros.policy.flow import integrate
+
+    a, b, c, d = 0.7, -1.3, 2.1, -0.9
+    exact = a + b / 2 + c / 3 + d / 4
+    for n in (1, 3, 8):
+        x1 = integrate(lambda x, t: torch.full_like(x, a + b * t + c * t**2 + d * t**3), torch.zeros(1, dtype=torch.float64), n, "rk4")
+        assert abs(float(x1) - exact) < 1e-14, n
+    heun = integrate(lambda x, t: torch.full_like(x, a + b * t + c * t**2 + d * t**3), torch.zeros(1, dtype=torch.float64), 3, "heun")
+    assert abs(float(heun) - exact) > 1e-3  # the trapezoid rule is not
+
+
+def _order_errors(solver: str, steps: tuple[int, ...]) -> list[float]:
+    """|x(1) - 1/2| for dx/dt = -2 t x^2, x(0) = 1 (exact x(t) = 1 / (1 + t^2)): nonlinear in x and
+    time-dependent, so a solver that evaluated at the wrong times would lose its order."""
+    from flow_policy_ros.policy.flow import integrate
+
+    return [abs(float(integrate(lambda x, t: -2.0 * t * x * x, torch.ones(1, dtype=torch.float64), n, solver)) - 0.5)
+            for n in steps]
+
+
+def test_measured_orders_on_a_nonlinear_time_dependent_ode():
+    """Error ratio when halving the step: ~2 (Euler), ~4 (midpoint, Heun), ~16 (RK4)."""
+    expected = {"euler": 2.0, "midpoint": 4.0, "heun": 4.0, "rk4": 16.0}
+    for solver, ratio in expected.items():
+        errors = _order_errors(solver, (16, 32, 64))  # asymptotic regime: at N = 4..8 RK4 gives 10-14
+        for coarse, fine in zip(errors, errors[1:]):
+            assert 0.85 * ratio < coarse / fine < 1.15 * ratio, (solver, errors)
+    assert _order_errors("rk4", (8,))[0] < _order_errors("heun", (8,))[0] / 100
+
+
+def test_backward_integration_returns_to_the_start():
+    """integrate from t = 1 back to t = 0 (dt < 0) undoes the forward pass, to the solver's accuracy."""
+    import math
+
+    from flow_policy_ros.policy.flow import evaluation_times, integrate
+
+    def field(x, t):
+        return math.sin(3.0 * t) - 0.5 * x
+
+    start = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    for solver, tol in (("euler", 1e-1), ("heun", 1e-3), ("rk4", 1e-8)):
+        end = integrate(field, start, 32, solver)
+        back = integrate(field, end, 32, solver, t_start=1.0, t_end=0.0)
+        assert float((back - start).abs().max()) < tol, solver
+    assert evaluation_times("rk4", 2, t_start=1.0, t_end=0.0) == [1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25, 0.0]
+
+
 def test_unknown_solver_is_refused():
     import pytest
 
     from flow_policy_ros.policy.flow import integrate
 
     with pytest.raises(ValueError, match="solver must be one of"):
-        integrate(lambda x, t: x, torch.zeros(1), 2, "rk4")
+        integrate(lambda x, t: x, torch.zeros(1), 2, "dopri5")
 
 
 def test_frozen_time_features_match_for_every_solver():
     cfg, net = _rtc_net(0)[1], _rtc_net(0)[0]
     gen = torch.Generator().manual_seed(1)
     obs, x0 = torch.randn(3, cfg.obs_dim, generator=gen), torch.randn(3, cfg.horizon, cfg.action_dim, generator=gen)
-    for solver in ("euler", "midpoint", "heun"):
+    for solver in ("euler", "midpoint", "heun", "rk4"):
         with torch.no_grad():
             plain = sample_chunks(net, obs, x0, 1.5, 3, None, solver)
             frozen = sample_chunks(net, obs, x0, 1.5, 3, step_time_features(net, 3, solver), solver)

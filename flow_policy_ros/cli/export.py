@@ -20,7 +20,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output .onnx path (its directory must exist)")
     parser.add_argument("--steps", type=int, help="solver steps N to unroll (default: the config's euler_steps)")
     parser.add_argument("--solver", choices=SOLVERS, default="euler",
-                        help="ODE solver unrolled in the graph: euler (N network evaluations), midpoint or heun (2N)")
+                        help="ODE solver unrolled in the graph: euler (N network evaluations), midpoint or heun (2N), rk4 (4N)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})")
     parser.add_argument("--name", help="model name in the metadata (default: output file stem)")
     parser.add_argument("--noise-scale", type=float,

@@ -1,6 +1,6 @@
 """``flow-policy export``: a checkpoint's whole sampler as ONE self-contained ONNX graph.
 
-The graph is normalize -> N unrolled solver steps (Euler, midpoint or Heun; both CFG branches
+The graph is normalize -> N unrolled solver steps (Euler, midpoint, Heun or RK4; both CFG branches
 batched) -> unnormalize, traced from the very ``flow.sample_chunks`` used in PyTorch, with the
 EMA weights:
 

@@ -1,4 +1,4 @@
-"""Conditional flow matching: THE time convention, the loss, and the one Euler integrator.
+"""Conditional flow matching: THE time convention, the loss, and the one fixed-step integrator.
 
 Time convention (project-wide): t = 0 is noise x0 ~ N(0, I), t = 1 is data x1 (the
 normalized action chunk). The straight path is x_t = (1 - t) * x0 + t * x1 with target
@@ -15,7 +15,14 @@ Solvers (:data:`SOLVERS`), N fixed steps of dt = 1/N from t_k = k/N:
 
 - ``euler``: x += dt v(x, t_k) (N network evaluations, first order; the default);
 - ``midpoint``: x += dt v(x + dt/2 v(x, t_k), t_k + dt/2) (2N evaluations, second order);
-- ``heun``: v1 = v(x, t_k), v2 = v(x + dt v1, t_k + dt), x += dt (v1 + v2)/2 (2N, second order).
+- ``heun``: v1 = v(x, t_k), v2 = v(x + dt v1, t_k + dt), x += dt (v1 + v2)/2 (2N, second order);
+- ``rk4``: the classical Runge-Kutta step, k1 = v(x, t_k), k2 = v(x + dt/2 k1, t_k + dt/2),
+  k3 = v(x + dt/2 k2, t_k + dt/2), k4 = v(x + dt k3, t_k + dt), x += dt (k1 + 2 k2 + 2 k3 + k4)/6
+  (4N, fourth order; test_flow measures the orders).
+
+``integrate`` also runs backwards in time (``t_start`` = 1, ``t_end`` = 0, dt < 0): the
+observation density (``flow_policy_ros.policy.density``) integrates its augmented state
+(x, log-det) from the data at t = 1 back to the noise at t = 0 with the same solver code.
 
 Real-time chunking (training-time action conditioning, after Black et al. 2025, arXiv 2512.05964):
 the first d actions of a chunk may be given (the commands already committed while inference
@@ -72,7 +79,7 @@ def combine_guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, guidance_scal
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 
-SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun")
+SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
 
 
 def check_solver(solver: str, steps: int) -> None:
@@ -83,14 +90,15 @@ def check_solver(solver: str, steps: int) -> None:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
 
-def evaluation_times(solver: str, steps: int, t_start: float = 0.0) -> list[float]:
+def evaluation_times(solver: str, steps: int, t_start: float = 0.0, t_end: float = 1.0) -> list[float]:
     """The flow times at which ``integrate`` evaluates the velocity, in call order."""
     check_solver(solver, steps)
-    dt = (1.0 - t_start) / steps
+    dt = (t_end - t_start) / steps
     times = []
     for k in range(steps):
         t = t_start + k * dt
-        times += {"euler": [t], "midpoint": [t, t + 0.5 * dt], "heun": [t, t + dt]}[solver]
+        times += {"euler": [t], "midpoint": [t, t + 0.5 * dt], "heun": [t, t + dt],
+                  "rk4": [t, t + 0.5 * dt, t + 0.5 * dt, t + dt]}[solver]
     return times
 
 
@@ -100,14 +108,15 @@ def network_evaluations(solver: str, steps: int) -> int:
 
 
 def integrate(velocity: VelocityFn, x0: torch.Tensor, steps: int, solver: str = "euler",
-              t_start: float = 0.0) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t) from t_start to 1 with ``steps`` fixed steps of ``solver``.
+              t_start: float = 0.0, t_end: float = 1.0) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) from t_start to t_end (default 1) with ``steps`` fixed
+    steps of ``solver``; t_end < t_start integrates backwards (dt < 0).
 
     ``velocity`` receives the state and a Python float t (see :func:`evaluation_times` for the
-    order), so an exported graph sees each t as a constant.
+    order), so an exported graph sees each t as a constant and the loop unrolls (no Loop/If).
     """
     check_solver(solver, steps)
-    dt = (1.0 - t_start) / steps
+    dt = (t_end - t_start) / steps
     x = x0
     for k in range(steps):
         t = t_start + k * dt
@@ -115,10 +124,16 @@ def integrate(velocity: VelocityFn, x0: torch.Tensor, steps: int, solver: str = 
             x = x + dt * velocity(x, t)
         elif solver == "midpoint":
             x = x + dt * velocity(x + (0.5 * dt) * velocity(x, t), t + 0.5 * dt)
-        else:  # heun
+        elif solver == "heun":
             v1 = velocity(x, t)
             v2 = velocity(x + dt * v1, t + dt)
             x = x + (0.5 * dt) * (v1 + v2)
+        else:  # rk4
+            k1 = velocity(x, t)
+            k2 = velocity(x + (0.5 * dt) * k1, t + 0.5 * dt)
+            k3 = velocity(x + (0.5 * dt) * k2, t + 0.5 * dt)
+            k4 = velocity(x + dt * k3, t + dt)
+            x = x + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
     return x
 
 

@@ -22,7 +22,7 @@ from flow_policy_ros.runtime.ood import ObservationRange
 
 METADATA_KEY = "flow_policy"
 #: Solvers a graph may have been unrolled with (kept equal to ``policy.flow.SOLVERS``).
-SOLVERS = ("euler", "midpoint", "heun")
+SOLVERS = ("euler", "midpoint", "heun", "rk4")
 FORMAT_VERSION = 1
 
 
@@ -35,7 +35,7 @@ class PolicyMetadata:
         io: the model I/O contract (observation spec, action joints, H, control period, limits),
             the same type the training config embeds; its fields are also attributes here.
         euler_steps: N, solver steps unrolled in the graph (the key keeps its round-1 name).
-        solver: 'euler', 'midpoint' or 'heun' (files without the key are Euler).
+        solver: 'euler', 'midpoint', 'heun' or 'rk4' (files without the key are Euler).
         rtc_max_delay: d_max of a real-time chunking model (its graph has the inputs
             ``prefix_actions`` and ``prefix_length``); 0 = a plain model.
         guidance_scale: default CFG weight w.
