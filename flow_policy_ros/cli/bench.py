@@ -95,7 +95,7 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         "model_name": meta.name,
         "horizon": meta.horizon,
         "action_dim": meta.action_dim,
-        "euler_steps": meta.euler_steps,
+        "solver_steps": meta.solver_steps,
         "solver": meta.solver,
         "guidance_scale": meta.guidance_scale,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
@@ -115,7 +115,7 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         from flow_policy_ros.policy.checkpoint import load_checkpoint
 
         torch.set_num_threads(1)
-        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.euler_steps, solver=meta.solver)
+        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.solver_steps, solver=meta.solver)
         t_obs1, t_noise1, t_w = torch.from_numpy(obs1), torch.from_numpy(noise1), torch.from_numpy(w)
         t_obs8, t_noise8 = torch.from_numpy(obs8), torch.from_numpy(noise8)
 
@@ -133,7 +133,7 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model_name']}: H={result['horizon']} A={result['action_dim']} "
-          f"N={result['euler_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
+          f"N={result['solver_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
     print(f"{'engine':<36} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
     rows = [("onnxruntime (" + result["onnxruntime"]["provider"] + ")", result["onnxruntime"])]
     if "torch_eager" in result:

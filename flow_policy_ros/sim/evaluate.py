@@ -133,7 +133,7 @@ def model_info(policy: OnnxPolicy) -> dict[str, Any]:
     meta = policy.metadata
     return {
         "name": meta.name, "hash": meta.model_hash, "path": str(policy.path), "objective": meta.objective,
-        "horizon": meta.horizon, "euler_steps": meta.euler_steps, "solver": meta.solver,
+        "horizon": meta.horizon, "solver_steps": meta.solver_steps, "solver": meta.solver,
         "default_guidance_scale": meta.guidance_scale, "rtc_max_delay": meta.rtc_max_delay,
         "chunk_basis": meta.chunk_basis, "noise_scale": meta.noise_scale, "provider": policy.active_provider,
     }
