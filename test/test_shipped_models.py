@@ -120,8 +120,8 @@ def test_node_default_chunking_is_rtc_for_the_rtc_model_only() -> None:
 
     from flow_policy_ros.ros.policy_parameters import PARAMETERS, PolicyNodeParams
 
-    defaults = {name: () if isinstance(spec.default, Parameter.Type) else
-                tuple(spec.default) if isinstance(spec.default, list) else spec.default
+    defaults = {name: (() if spec.default.name.endswith("_ARRAY") else None) if isinstance(spec.default, Parameter.Type)
+                else tuple(spec.default) if isinstance(spec.default, list) else spec.default
                 for name, spec in PARAMETERS.items()}
     params = PolicyNodeParams(**defaults)
     assert params.chunking == "auto"
