@@ -69,7 +69,7 @@ def default_model(directory: Path) -> Path:
     sys.path.insert(0, str(REPO / "test"))
     from model_factory import make_tiny_model
 
-    return make_tiny_model(directory / "bench_policy.onnx", seed=0, hidden_dim=192, num_layers=3, horizon=16, euler_steps=10)
+    return make_tiny_model(directory / "bench_policy.onnx", seed=0, hidden_dim=192, num_layers=3, horizon=16, solver_steps=10)
 
 
 def main() -> int:
@@ -93,7 +93,7 @@ def main() -> int:
     result = {
         "minutes": args.minutes, "storage": args.storage, "messages": counts, "decisions": rep["decisions"],
         "model": {"path": str(args.model) if args.model else "default-size untrained (model_factory)",
-                  "horizon": meta.horizon, "euler_steps": meta.euler_steps, "obs_dim": meta.obs_dim},
+                  "horizon": meta.horizon, "solver_steps": meta.solver_steps, "obs_dim": meta.obs_dim},
         "provider": policy.active_provider, "threads": args.threads, "batch_size": args.batch_size,
         "synthesize_s": synth_s, "timing_s": rep["timing_s"], "decisions_per_s": rep["decisions_per_s"],
         "latency_ms": rep["latency_ms"],

@@ -41,7 +41,7 @@ def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow",
     ``observation_range`` ({'low', 'high'}, obs_dim each) is the training range the export puts in
     the metadata; default :func:`wide_observation_range`.
     """
-    defaults: dict[str, Any] = {"hidden_dim": 32, "num_layers": 1, "horizon": 8, "euler_steps": 4}
+    defaults: dict[str, Any] = {"hidden_dim": 32, "num_layers": 1, "horizon": 8, "solver_steps": 4}
     defaults.update(policy_overrides)
     policy = PolicyConfig(**defaults)
     config = ExperimentConfig(policy=policy, train=TrainConfig(objective=objective, seed=seed))

@@ -77,14 +77,14 @@ def test_bad_basis_config_names_the_field(overrides, message):
 
 
 def test_network_state_and_sampler_shapes():
-    cfg = PolicyConfig(hidden_dim=32, num_layers=1, horizon=16, euler_steps=3, chunk_basis="dct", basis_size=5)
+    cfg = PolicyConfig(hidden_dim=32, num_layers=1, horizon=16, solver_steps=3, chunk_basis="dct", basis_size=5)
     net = VelocityNet(cfg)
-    assert cfg.flow_steps == 5 and net.input_proj.in_features == 5 * 7 and net.output_proj.out_features == 5 * 7
+    assert cfg.flow_state_rows == 5 and net.input_proj.in_features == 5 * 7 and net.output_proj.out_features == 5 * 7
     assert "basis" not in net.state_dict()  # derived from the config, not stored
     obs = torch.randn(3, cfg.obs_dim)
     with torch.no_grad():
         net.output_proj.weight.normal_(0, 0.2)
-        out = sample_chunks(net, obs, torch.randn(3, 16, 7), 1.5, cfg.euler_steps)
+        out = sample_chunks(net, obs, torch.randn(3, 16, 7), 1.5, cfg.solver_steps)
     assert out.shape == (3, 16, 7)
     m = net.basis
     torch.testing.assert_close(m @ (m.T @ out), out, atol=1e-5, rtol=0)  # in the span of the basis
@@ -93,7 +93,7 @@ def test_network_state_and_sampler_shapes():
 
 
 def test_export_parity_and_contract_with_a_basis(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "p.pt", seed=2, horizon=16, euler_steps=10, hidden_dim=48, num_layers=2,
+    ckpt = make_checkpoint(tmp_path / "p.pt", seed=2, horizon=16, solver_steps=10, hidden_dim=48, num_layers=2,
                            chunk_basis="bspline", basis_size=6)
     _, rows = export_checkpoint(ckpt, tmp_path / "p.onnx")
     assert max(r.max_abs_diff for r in rows) <= 1e-4
@@ -114,7 +114,7 @@ def test_export_parity_and_contract_with_a_basis(tmp_path):
 
 def test_noise_scale_is_baked_into_the_graph(tmp_path):
     """noise_scale 0 makes the sample deterministic (noise ignored); the metadata records it and the basis."""
-    ckpt = make_checkpoint(tmp_path / "p.pt", seed=4, horizon=16, euler_steps=4, chunk_basis="dct", basis_size=4)
+    ckpt = make_checkpoint(tmp_path / "p.pt", seed=4, horizon=16, solver_steps=4, chunk_basis="dct", basis_size=4)
     meta, rows = export_checkpoint(ckpt, tmp_path / "p.onnx", noise_scale=0.0)
     assert max(r.max_abs_diff for r in rows) <= 1e-4
     assert (meta.noise_scale, meta.chunk_basis) == (0.0, "dct/4")

@@ -12,7 +12,7 @@ from flow_policy_ros.policy.config import ConfigError, ExperimentConfig, Observa
 
 def test_defaults_describe_the_iiwa_policy():
     cfg = PolicyConfig()
-    assert (cfg.horizon, cfg.action_dim, cfg.euler_steps, cfg.obs_dim) == (16, 7, 10, 17)
+    assert (cfg.horizon, cfg.action_dim, cfg.solver_steps, cfg.obs_dim) == (16, 7, 10, 17)
     assert cfg.observation.field_slices() == {"joint_positions": slice(0, 7), "joint_velocities": slice(7, 14), "goal": slice(14, 17)}
     assert cfg.guided_mask() == [False] * 14 + [True] * 3
 
@@ -71,3 +71,13 @@ def test_relative_action_frame_needs_observed_positions_of_the_action_joints():
     assert PolicyConfig(observation=spec, action_frame="absolute").action_reference_indices() == []
     reordered = ObservationSpec(joint_names=tuple(reversed(cfg.action_joint_names)), fields=("goal", "joint_positions"))
     assert PolicyConfig(observation=reordered).action_reference_indices() == [3 + 6 - i for i in range(7)]
+
+
+def test_the_old_name_of_solver_steps_still_reads_and_both_names_are_refused():
+    """``euler_steps`` was the step count of any solver; configs and checkpoints written before the
+    rename carry it."""
+    old = ExperimentConfig.from_dict({"policy": {"euler_steps": 3}})
+    assert old.policy.solver_steps == 3 and "euler_steps" not in old.to_dict()["policy"]
+    assert ExperimentConfig.from_dict(old.to_dict()) == old
+    with pytest.raises(ConfigError, match=r"policy: both 'euler_steps' \(its old name\) and 'solver_steps' given"):
+        ExperimentConfig.from_dict({"policy": {"euler_steps": 3, "solver_steps": 3}})

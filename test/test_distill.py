@@ -89,10 +89,10 @@ def test_one_step_student_keeps_both_modes_that_one_teacher_step_averages_away(t
     assert (tmp_path / "student" / "train_log.csv").read_text().startswith("step,train_loss,val_loss")
 
     student = load_checkpoint(result.checkpoint_path)
-    assert student.config.policy.euler_steps == 1
+    assert student.config.policy.solver_steps == 1
     assert student.config.policy.horizon == load_checkpoint(teacher).config.policy.horizon
     metadata, parity = export_checkpoint(result.checkpoint_path, tmp_path / "student.onnx")
-    assert metadata.euler_steps == 1  # export unrolls the student's own step count by default
+    assert metadata.solver_steps == 1  # export unrolls the student's own step count by default
     assert metadata.training_data["distillation_method"] == "reflow"
     assert metadata.training_data["teacher_sha256"] == file_sha256(teacher)
     assert max(row.max_abs_diff for row in parity) <= 1e-4

@@ -29,7 +29,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    ckpt = make_checkpoint(tmp / "policy.pt", seed=3, horizon=16, euler_steps=10, hidden_dim=48, num_layers=2)
+    ckpt = make_checkpoint(tmp / "policy.pt", seed=3, horizon=16, solver_steps=10, hidden_dim=48, num_layers=2)
     proc = run_cli("export", str(ckpt), "--out", str(tmp / "policy.onnx"), "--json", str(tmp / "export.json"))
     assert proc.returncode == 0, proc.stderr
     return tmp, ckpt, tmp / "policy.onnx", proc
@@ -57,7 +57,7 @@ def test_metadata_round_trip(exported):
     config = load_checkpoint(ckpt).config.policy
     assert meta.observation == config.observation
     assert meta.action_joint_names == config.action_joint_names
-    assert (meta.horizon, meta.action_dim, meta.euler_steps) == (16, 7, 10)
+    assert (meta.horizon, meta.action_dim, meta.solver_steps) == (16, 7, 10)
     assert meta.limits == config.limits
     assert meta.control_period_s == config.control_period_s
     assert meta.checkpoint_sha256 == file_sha256(ckpt)
@@ -95,7 +95,7 @@ def test_regression_checkpoint_exports_a_noise_independent_graph(tmp_path):
     export_checkpoint(ckpt, tmp_path / "reg.onnx")
     policy = OnnxPolicy(tmp_path / "reg.onnx")
     obs = np.zeros(17, np.float32)
-    assert policy.metadata.objective == "regression" and policy.metadata.euler_steps == 1
+    assert policy.metadata.objective == "regression" and policy.metadata.solver_steps == 1
     np.testing.assert_array_equal(policy.predict(obs), policy.predict(obs))
 
 
@@ -158,9 +158,9 @@ def test_training_data_summary_in_metadata_stays_small():
 
 @pytest.mark.parametrize("solver", ["midpoint", "heun", "rk4"])
 def test_export_with_a_solver_matches_pytorch_and_records_it(tmp_path, solver):
-    ckpt = make_checkpoint(tmp_path / "p.pt", seed=5, horizon=8, euler_steps=4)
+    ckpt = make_checkpoint(tmp_path / "p.pt", seed=5, horizon=8, solver_steps=4)
     meta, rows = export_checkpoint(ckpt, tmp_path / "p.onnx", steps=3, solver=solver)
-    assert (meta.solver, meta.euler_steps) == (solver, 3)
+    assert (meta.solver, meta.solver_steps) == (solver, 3)
     assert max(r.max_abs_diff for r in rows) <= 1e-4
     policy = OnnxPolicy(tmp_path / "p.onnx", warmup=0)
     assert (policy.metadata.solver, policy.metadata.steps, policy.rtc) == (solver, 3, False)
@@ -184,7 +184,7 @@ def test_unknown_solver_is_a_one_line_error(tmp_path):
 @pytest.fixture(scope="module")
 def rtc_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rtc")
-    ckpt = make_checkpoint(tmp / "rtc.pt", seed=7, horizon=8, euler_steps=4, rtc_max_delay=3)
+    ckpt = make_checkpoint(tmp / "rtc.pt", seed=7, horizon=8, solver_steps=4, rtc_max_delay=3)
     meta, rows = export_checkpoint(ckpt, tmp / "rtc.onnx")
     return tmp / "rtc.onnx", ckpt, meta, rows
 
@@ -224,7 +224,7 @@ def test_rtc_model_returns_the_prefix_exactly(rtc_model):
 
 def test_rtc_model_with_a_smooth_basis_exports_and_returns_the_prefix(tmp_path):
     """The prefix conditions the network, so a B-spline flow (over coefficients) serves RTC too."""
-    ckpt = make_checkpoint(tmp_path / "rtc_b.pt", seed=8, horizon=8, euler_steps=4, rtc_max_delay=3,
+    ckpt = make_checkpoint(tmp_path / "rtc_b.pt", seed=8, horizon=8, solver_steps=4, rtc_max_delay=3,
                            chunk_basis="bspline", basis_size=5)
     meta, rows = export_checkpoint(ckpt, tmp_path / "rtc_b.onnx")
     assert meta.rtc and meta.chunk_basis == "bspline/5"

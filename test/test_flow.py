@@ -57,7 +57,7 @@ def test_combine_guidance_semantics():
 
 
 def _net(seed: int = 0) -> tuple[VelocityNet, PolicyConfig]:
-    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=4, euler_steps=5)
+    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=4, solver_steps=5)
     torch.manual_seed(seed)
     net = VelocityNet(cfg).double()
     with torch.no_grad():
@@ -76,8 +76,8 @@ def test_batched_cfg_with_w1_is_the_conditional_branch_alone():
     obs = torch.randn(3, cfg.obs_dim, generator=gen, dtype=torch.float64)
     x0 = torch.randn(3, cfg.horizon, cfg.action_dim, generator=gen, dtype=torch.float64)
     with torch.no_grad():
-        guided = sample_chunks(net, obs, x0, 1.0, cfg.euler_steps)
-        conditional = _plain_euler(net, obs, x0, net.condition(obs), cfg.euler_steps)
+        guided = sample_chunks(net, obs, x0, 1.0, cfg.solver_steps)
+        conditional = _plain_euler(net, obs, x0, net.condition(obs), cfg.solver_steps)
     torch.testing.assert_close(guided, conditional, atol=1e-12, rtol=0)
 
 
@@ -87,9 +87,9 @@ def test_batched_cfg_with_w0_is_the_unconditional_branch_alone():
     obs = torch.randn(3, cfg.obs_dim, generator=gen, dtype=torch.float64)
     x0 = torch.randn(3, cfg.horizon, cfg.action_dim, generator=gen, dtype=torch.float64)
     with torch.no_grad():
-        guided = sample_chunks(net, obs, x0, 0.0, cfg.euler_steps)
-        unconditional = _plain_euler(net, obs, x0, net.unconditional(obs), cfg.euler_steps)
-        conditional = _plain_euler(net, obs, x0, net.condition(obs), cfg.euler_steps)
+        guided = sample_chunks(net, obs, x0, 0.0, cfg.solver_steps)
+        unconditional = _plain_euler(net, obs, x0, net.unconditional(obs), cfg.solver_steps)
+        conditional = _plain_euler(net, obs, x0, net.condition(obs), cfg.solver_steps)
     torch.testing.assert_close(guided, unconditional, atol=1e-12, rtol=0)
     assert not torch.allclose(unconditional, conditional), "the null condition must change the output"
 
@@ -115,8 +115,8 @@ def test_precomputed_time_features_give_the_same_samples():
     obs = torch.randn(2, cfg.obs_dim, generator=gen, dtype=torch.float64)
     x0 = torch.randn(2, cfg.horizon, cfg.action_dim, generator=gen, dtype=torch.float64)
     with torch.no_grad():
-        plain = sample_chunks(net, obs, x0, 1.5, cfg.euler_steps)
-        frozen = sample_chunks(net, obs, x0, 1.5, cfg.euler_steps, step_time_features(net, cfg.euler_steps))
+        plain = sample_chunks(net, obs, x0, 1.5, cfg.solver_steps)
+        frozen = sample_chunks(net, obs, x0, 1.5, cfg.solver_steps, step_time_features(net, cfg.solver_steps))
     torch.testing.assert_close(plain, frozen, atol=1e-12, rtol=0)
 
 
@@ -251,7 +251,7 @@ def test_frozen_time_features_match_for_every_solver():
 
 
 def _rtc_net(seed: int, d_max: int = 3, basis: str = "none") -> tuple[VelocityNet, PolicyConfig]:
-    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=6, euler_steps=4, rtc_max_delay=d_max,
+    cfg = PolicyConfig(hidden_dim=32, num_layers=2, horizon=6, solver_steps=4, rtc_max_delay=d_max,
                        chunk_basis=basis, basis_size=4 if basis != "none" else 0)
     torch.manual_seed(seed)
     net = VelocityNet(cfg)

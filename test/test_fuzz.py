@@ -288,7 +288,7 @@ def test_fuzz_bags_into_replay_and_train(tmp_path: Path, tiny_model: Path, capsy
     counts = FUZZ_COUNTS["bags -> replay/train CLI"] = Counter()
     failures = []
     config = tmp_path / "tiny.yaml"
-    config.write_text("policy: {hidden_dim: 16, num_layers: 1, horizon: 8, euler_steps: 2}\ntrain: {steps: 2, batch_size: 8}\n")
+    config.write_text("policy: {hidden_dim: 16, num_layers: 1, horizon: 8, solver_steps: 2}\ntrain: {steps: 2, batch_size: 8}\n")
     variants = mutated_bags(tmp_path / "bags", seed=1)
     picked = [variants[i] for i in np.random.default_rng(2).choice(len(variants), 16, replace=False)]
     for k, (name, path) in enumerate(picked):

@@ -105,3 +105,85 @@ def test_the_layer_check_catches_a_violation(tmp_path: Path) -> None:
         set(modules) >= {"flow_policy_ros.ros", "torch"}
     assert package_layer("flow_policy_ros.ros.policy_node") == "ros"
     assert "ros" not in ALLOWED["runtime"]
+
+
+# --------------------------------------------------------------------------- import cycles
+
+
+def module_name(path: Path, root: Path = PACKAGE_DIR.parent) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def import_graph(paths: list[Path], known: set[str], root: Path = PACKAGE_DIR.parent) -> dict[str, set[str]]:
+    """module -> package modules it imports explicitly (anywhere in the file, also inside functions);
+    ``from pkg import name`` counts as importing ``pkg.name`` when that is a module."""
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in known}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                subs = {f"{node.module}.{alias.name}" for alias in node.names} & known
+                targets |= subs or ({node.module} & known)
+        graph[module_name(path, root)] = targets - {module_name(path, root)}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_among_the_package_modules() -> None:
+    """Not even through imports inside functions: a cycle means two modules that are really one job
+    (or a helper that belongs below both)."""
+    known = {module_name(p) for p in MODULES}
+    cycles = import_cycles(import_graph(MODULES, known))
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_cycle_check_finds_a_function_level_cycle(tmp_path: Path) -> None:
+    """Positive control: two modules importing each other, one of them inside a function (as
+    cli/bench.py and cli/bench_sweep.py once did)."""
+    pkg = tmp_path / "flow_policy_ros" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("from flow_policy_ros.cli.b import g\n")
+    (pkg / "b.py").write_text("def g():\n    from flow_policy_ros.cli import a\n")
+    (pkg / "c.py").write_text("import flow_policy_ros.cli.a\n")
+    paths = sorted(pkg.glob("*.py"))
+    graph = import_graph(paths, {module_name(p, tmp_path) for p in paths}, tmp_path)
+    assert graph["flow_policy_ros.cli.c"] == {"flow_policy_ros.cli.a"}
+    assert import_cycles(graph) == [["flow_policy_ros.cli.a", "flow_policy_ros.cli.b"]]

@@ -145,13 +145,16 @@ def test_nan_and_missing_joints_rejected_and_counted(model_path, node_process, r
 def test_parameter_file_loads(model_path, node_process, robot_factory, tmp_path):
     """config/policy.yaml declares exactly the node's parameters, and a parameter file given with
     --params-file is applied: 25 Hz and temporal ensembling show in diagnostics and in the command rate."""
+    from rclpy.parameter import Parameter
+
     from flow_policy_ros.ros.policy_node import NODE_NAME, PARAMETERS
 
     shipped = yaml.safe_load((REPO_ROOT / "config" / "policy.yaml").read_text())
     declared = set(shipped[NODE_NAME]["ros__parameters"])
     assert declared <= set(PARAMETERS)
-    assert set(PARAMETERS) - declared <= {"lower_limits", "upper_limits", "velocity_limits", "thread_priority"}
-    assert {"lower_limits", "upper_limits", "velocity_limits"} <= set(PARAMETERS) - declared
+    unset = {name for name, spec in PARAMETERS.items() if isinstance(spec.default, Parameter.Type)}
+    assert unset == {"lower_limits", "upper_limits", "velocity_limits", "guidance_scale"}
+    assert unset <= set(PARAMETERS) - declared <= unset | {"thread_priority"}  # unset in the file = unset = the model's
 
     params = dict(shipped[NODE_NAME]["ros__parameters"])
     params.update(model_path=str(model_path), control_rate_hz=25.0, chunking="temporal_ensemble",
@@ -252,3 +255,28 @@ def test_every_inference_and_executor_mode_commands_and_reports_its_stages(model
                                                                        abs=1e-3)
     stop_process(proc)
     assert proc.returncode == 0
+
+
+def test_unset_guidance_runs_the_models_default_and_can_be_set_at_run_time(node_process, robot_factory, tmp_path):
+    """guidance_scale is an execution setting without a value by default (as eval-sim's): the node runs
+    the model's trained w (metadata guidance_scale), and `ros2 param set` still changes it at run time."""
+    from model_factory import make_tiny_model
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    model = make_tiny_model(tmp_path / "w15.onnx", seed=3, guidance_scale=1.5)
+    robot = robot_factory()
+    node_process(params=base_params(model))
+    robot.wait_for(lambda: robot.diagnostics and "guidance_scale" in robot.diagnostics[-1], 15.0, "diagnostics")
+    with robot.lock:
+        assert robot.diagnostics[-1]["guidance_scale"] == "1.5"
+    client = robot.node.create_client(SetParameters, "/flow_policy_node/set_parameters")
+    assert client.wait_for_service(timeout_sec=10.0)
+    value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=2.0)
+    future = client.call_async(SetParameters.Request(parameters=[ParameterMsg(name="guidance_scale", value=value)]))
+    deadline = time.monotonic() + 10.0
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert future.done() and future.result().results[0].successful, future.result()
+    robot.wait_for(lambda: robot.diagnostics[-1]["guidance_scale"] == "2", 5.0, "guidance_scale 2 in diagnostics")

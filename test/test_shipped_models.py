@@ -43,8 +43,8 @@ def test_shipped_two_step_students_are_reflow_students_of_the_shipped_teachers(s
     from flow_policy_ros.policy.checkpoint import file_sha256
 
     fast, slow = OnnxPolicy(MODELS_DIR / f"{student}.onnx", warmup=0), OnnxPolicy(MODELS_DIR / f"{teacher}.onnx", warmup=0)
-    assert (fast.metadata.euler_steps, fast.metadata.solver) == (2, "euler")
-    assert slow.metadata.euler_steps == 10
+    assert (fast.metadata.solver_steps, fast.metadata.solver) == (2, "euler")
+    assert slow.metadata.solver_steps == 10
     assert fast.metadata.training_data["distillation_method"] == "reflow"
     assert fast.metadata.training_data["teacher_sha256"] == file_sha256(MODELS_DIR / f"{teacher}.pt")
     assert fast.metadata.io == slow.metadata.io
@@ -120,8 +120,8 @@ def test_node_default_chunking_is_rtc_for_the_rtc_model_only() -> None:
 
     from flow_policy_ros.ros.policy_parameters import PARAMETERS, PolicyNodeParams
 
-    defaults = {name: () if isinstance(spec.default, Parameter.Type) else
-                tuple(spec.default) if isinstance(spec.default, list) else spec.default
+    defaults = {name: (() if spec.default.name.endswith("_ARRAY") else None) if isinstance(spec.default, Parameter.Type)
+                else tuple(spec.default) if isinstance(spec.default, list) else spec.default
                 for name, spec in PARAMETERS.items()}
     params = PolicyNodeParams(**defaults)
     assert params.chunking == "auto"
@@ -129,3 +129,25 @@ def test_node_default_chunking_is_rtc_for_the_rtc_model_only() -> None:
     assert params.controller_config(rtc).chunking == "rtc"
     plain = OnnxPolicy(MODELS_DIR / "iiwa_reach_around.onnx", warmup=0).metadata
     assert params.controller_config(plain).chunking == "receding_horizon"
+
+
+@pytest.mark.parametrize("name", ["iiwa_reach", "iiwa_reach_2step", "iiwa_reach_around", "iiwa_reach_around_2step",
+                                  "iiwa_reach_around_rtc"])
+def test_shipped_files_written_with_the_old_step_key_still_load(name: str) -> None:
+    """The shipped ONNX metadata and checkpoints carry ``euler_steps`` (the name before ``solver_steps``)."""
+    import json
+
+    import onnx
+    import torch
+
+    from flow_policy_ros.policy.checkpoint import load_checkpoint
+    from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+
+    model = onnx.load(str(MODELS_DIR / f"{name}.onnx"), load_external_data=False)
+    raw = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    payload = torch.load(MODELS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
+    assert "solver_steps" not in raw and "solver_steps" not in payload["config"]["policy"], "re-exported: update this test"
+    meta = PolicyMetadata.from_json(json.dumps(raw), where=name)
+    ckpt = load_checkpoint(MODELS_DIR / f"{name}.pt")
+    assert meta.solver_steps == raw["euler_steps"] == ckpt.config.policy.solver_steps == payload["config"]["policy"]["euler_steps"]
+    assert json.loads(meta.to_json())["solver_steps"] == meta.solver_steps and "euler_steps" not in json.loads(meta.to_json())

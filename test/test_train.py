@@ -29,7 +29,7 @@ def toy_config(steps: int, **train_overrides) -> ExperimentConfig:
         observation=ObservationSpec(joint_names=("j",), fields=("joint_positions", "goal")),
         action_joint_names=("j",),
         horizon=2,
-        euler_steps=10,
+        solver_steps=10,
         hidden_dim=64,
         num_layers=2,
         limits={"lower": [-5.0], "upper": [5.0], "velocity": [10.0]},

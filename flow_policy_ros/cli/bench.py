@@ -14,69 +14,23 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.cli.timing import latency_stats, spaced_latency, throughput
 
-WARMUP_CALLS = 50
 CALLS_DEFAULT = 2000
-
-
-def latency_stats(fn: Callable[[], Any], calls: int, warmup: int = WARMUP_CALLS) -> dict[str, float]:
-    """Call ``fn`` ``warmup`` + ``calls`` times; p50/p99/mean/max of the timed calls (ms)."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(calls)
-    for i in range(calls):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    times *= 1e3
-    return {
-        "p50_ms": float(np.median(times)),
-        "p99_ms": float(np.percentile(times, 99)),
-        "mean_ms": float(times.mean()),
-        "max_ms": float(times.max()),
-        "calls": calls,
-    }
-
-
-def throughput(fn: Callable[[], Any], batch: int, seconds: float = 2.0) -> float:
-    """Chunks per second when ``fn`` computes ``batch`` chunks per call."""
-    fn()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        count += 1
-    return count * batch / (time.perf_counter() - start)
-
-
-def spaced_latency(fn: Callable[[], Any], gap_s: float, calls: int = 100) -> dict[str, float]:
-    """p50/p99 (ms) of ``fn`` called once every ``gap_s`` (sleeping in between), as a control loop
-    calls its model: on a busy machine the caches go cold between calls, which back-to-back
-    timing never sees."""
-    fn()
-    times = np.empty(calls)
-    for i in range(calls):
-        time.sleep(gap_s)
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    times *= 1e3
-    return {"gap_ms": gap_s * 1e3, "p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99)),
-            "calls": calls}
 
 
 def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int = 0,
                 gap_ms: float = 0.0) -> dict[str, Any]:
-    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+    from flow_policy_ros.runtime.policy import load_policy
 
-    policy = OnnxPolicy(model_path, providers=["CPUExecutionProvider"], intra_op_num_threads=1, seed=seed)
+    policy = load_policy(model_path, providers=["CPUExecutionProvider"], intra_op_num_threads=1, seed=seed)
+    session = onnx_session(policy, model_path)
     meta = policy.metadata
     rng = np.random.default_rng(seed)
     obs1 = rng.standard_normal((1, meta.obs_dim)).astype(np.float32)
@@ -86,7 +40,7 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
     w = np.array([meta.guidance_scale], np.float32)
     feed1 = {"observation": obs1, "noise": noise1, "guidance_scale": w}
     feed8 = {"observation": obs8, "noise": noise8, "guidance_scale": w}
-    if policy.rtc:  # a real-time chunking graph also takes a (here empty) prefix
+    if meta.rtc:  # a real-time chunking graph also takes a (here empty) prefix
         for feed in (feed1, feed8):
             feed.update(prefix_actions=np.zeros_like(feed["noise"]), prefix_length=np.zeros(len(feed["noise"]), np.int64))
 
@@ -95,16 +49,16 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         "model_name": meta.name,
         "horizon": meta.horizon,
         "action_dim": meta.action_dim,
-        "euler_steps": meta.euler_steps,
+        "solver_steps": meta.solver_steps,
         "solver": meta.solver,
         "guidance_scale": meta.guidance_scale,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
     }
-    ort_stats = latency_stats(lambda: policy.session.run(None, feed1), calls)
+    ort_stats = latency_stats(lambda: session.run(None, feed1), calls)
     ort_stats["predict_p50_ms"] = latency_stats(lambda: policy.predict(obs1[0]), max(200, calls // 4))["p50_ms"]
     if gap_ms > 0:
         ort_stats["predict_spaced"] = spaced_latency(lambda: policy.predict(obs1[0]), gap_ms * 1e-3)
-    ort_stats["batch8_chunks_per_s"] = throughput(lambda: policy.session.run(None, feed8), 8)
+    ort_stats["batch8_chunks_per_s"] = throughput(lambda: session.run(None, feed8), 8)
     ort_stats["provider"] = policy.active_provider
     result["onnxruntime"] = ort_stats
 
@@ -115,7 +69,7 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         from flow_policy_ros.policy.checkpoint import load_checkpoint
 
         torch.set_num_threads(1)
-        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.euler_steps, solver=meta.solver)
+        sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.solver_steps, solver=meta.solver)
         t_obs1, t_noise1, t_w = torch.from_numpy(obs1), torch.from_numpy(noise1), torch.from_numpy(w)
         t_obs8, t_noise8 = torch.from_numpy(obs8), torch.from_numpy(noise8)
 
@@ -127,13 +81,21 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         result["torch_eager"] = torch_stats
         result["speedup_p50"] = torch_stats["p50_ms"] / ort_stats["p50_ms"]
         result["speedup_p99"] = torch_stats["p99_ms"] / ort_stats["p99_ms"]
-        result["max_abs_diff_vs_torch"] = float(np.max(np.abs(policy.session.run(None, feed1)[0] - torch_out)))
+        result["max_abs_diff_vs_torch"] = float(np.max(np.abs(session.run(None, feed1)[0] - torch_out)))
     return result
+
+
+def onnx_session(policy: Any, path: Path) -> Any:
+    """The ONNX Runtime session behind ``policy``: the model benchmark times the raw graph call too."""
+    session = getattr(policy, "session", None)
+    if session is None:
+        raise CliError(f"--model {path}: bench times an ONNX Runtime session; this engine has none")
+    return session
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model_name']}: H={result['horizon']} A={result['action_dim']} "
-          f"N={result['euler_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
+          f"N={result['solver_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
     print(f"{'engine':<36} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
     rows = [("onnxruntime (" + result["onnxruntime"]["provider"] + ")", result["onnxruntime"])]
     if "torch_eager" in result:

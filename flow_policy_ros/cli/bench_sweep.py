@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from flow_policy_ros.cli.bench import latency_stats
+from flow_policy_ros.cli.timing import latency_stats
 
 DEFAULT_STEPS: tuple[int, ...] = (1, 2, 5, 10)
 DEFAULT_BATCHES: tuple[int, ...] = (1, 8, 64)
@@ -45,7 +45,7 @@ def _time_engines(ort_policy: Any, eager: Any, obs: np.ndarray, noise: np.ndarra
     batch = obs.shape[0]
     w = np.ones(1, np.float32)
     feeds = {"observation": obs, "noise": noise, "guidance_scale": w}
-    if ort_policy.rtc:  # a real-time chunking graph also takes a (here empty) prefix
+    if ort_policy.metadata.rtc:  # a real-time chunking graph also takes a (here empty) prefix
         feeds.update(prefix_actions=np.zeros_like(noise), prefix_length=np.zeros(batch, np.int64))
     ort_cell = _cell(lambda: ort_policy.session.run(None, feeds), batch, calls)
     t_obs, t_noise, t_w = torch.from_numpy(obs), torch.from_numpy(noise), torch.from_numpy(w)
@@ -67,7 +67,7 @@ def sweep(checkpoint: Path, solvers: Sequence[str], steps: Sequence[int], batche
     from flow_policy_ros.export.onnx_export import export_checkpoint, sampler_from_checkpoint
     from flow_policy_ros.policy.checkpoint import load_checkpoint
     from flow_policy_ros.policy.flow import network_evaluations
-    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+    from flow_policy_ros.runtime.policy import load_policy
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(checkpoint)
@@ -83,7 +83,7 @@ def sweep(checkpoint: Path, solvers: Sequence[str], steps: Sequence[int], batche
         for solver, n in combos:
             path = Path(tmp) / f"{solver}_{n}.onnx"
             _, parity = export_checkpoint(checkpoint, path, steps=n, solver=solver)
-            ort_policy = OnnxPolicy(path, providers=["CPUExecutionProvider"], intra_op_num_threads=1, warmup=0)
+            ort_policy = load_policy(path, providers=["CPUExecutionProvider"], intra_op_num_threads=1, warmup=0)
             eager = sampler_from_checkpoint(ckpt, n, solver=solver)
             for b in batches:
                 bar.set_postfix(solver=solver, steps=n, batch=b)

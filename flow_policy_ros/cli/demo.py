@@ -25,6 +25,7 @@ from flow_policy_ros.ros.launch_harness import (
     run_loop,
     start_closed_loop,
 )
+from flow_policy_ros.runtime.settings import add_setting_flags
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +33,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="episodes to run (default 8: about 16 s warm, 76 s on a first run after install)")
     parser.add_argument("--task", default="reach", choices=("reach", "reach_around"), help="sim task (default reach)")
     parser.add_argument("--model", help="ONNX policy (default: the shipped models/iiwa_reach.onnx)")
-    parser.add_argument("--execution", default="stream", choices=("stream", "trajectory"),
-                        help="stream: commands per tick; trajectory: one JointTrajectory per chunk")
+    add_setting_flags(parser, ["execution"])  # policy_node's parameter of the same name
     parser.add_argument("--record", type=Path, metavar="BAG", help="record each episode as a rosbag2 under this directory")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--log-dir", type=Path, help="node logs (default: a new temp directory)")

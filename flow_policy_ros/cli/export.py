@@ -18,7 +18,7 @@ from flow_policy_ros.policy.flow import SOLVERS
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint .pt written by `flow-policy train`")
     parser.add_argument("--out", required=True, help="output .onnx path (its directory must exist)")
-    parser.add_argument("--steps", type=int, help="solver steps N to unroll (default: the config's euler_steps)")
+    parser.add_argument("--steps", type=int, help="solver steps N to unroll (default: the config's solver_steps)")
     parser.add_argument("--solver", choices=SOLVERS, default="euler",
                         help="ODE solver unrolled in the graph: euler (N network evaluations), midpoint or heun (2N), rk4 (4N)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= 17, default {DEFAULT_OPSET})")
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
                                        args.noise_scale)
     size_kb = Path(args.out).stat().st_size / 1024
     print(f"exported {args.out} ({size_kb:.0f} KiB): H={metadata.horizon} A={metadata.action_dim} "
-          f"{metadata.solver} N={metadata.euler_steps} obs_dim={metadata.obs_dim} objective={metadata.objective}"
+          f"{metadata.solver} N={metadata.solver_steps} obs_dim={metadata.obs_dim} objective={metadata.objective}"
           + (f" rtc d_max={metadata.rtc_max_delay}" if metadata.rtc else ""))
     print("parity (ONNX Runtime CPU vs PyTorch eager):")
     print(f"  {'w':>4} {'batch':>5} {'d':>3} {'max |diff|':>12}")

@@ -106,7 +106,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+    from flow_policy_ros.runtime.policy import load_policy
 
     _check_args(args)
     data_cfg = bagio.DEFAULT_DATA_CONFIG
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     for bag_path in args.bags:  # cheap checks (missing, not a bag, corrupt index, empty) before loading the model
         if sum(t.count for t in bagio.list_topics(bag_path).values()) == 0:
             raise BagError(f"{bag_path}: empty bag (no messages)")
-    policy = OnnxPolicy(args.model, providers=args.providers, intra_op_num_threads=args.threads, seed=args.seed)
+    policy = load_policy(args.model, providers=args.providers, intra_op_num_threads=args.threads, seed=args.seed)
     meta = policy.metadata
     if args.rtc_prefix is not None and not meta.rtc:
         raise CliError(f"--rtc-prefix: {args.model} is not a real-time chunking model (no rtc in its metadata)")

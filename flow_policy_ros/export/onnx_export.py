@@ -95,7 +95,7 @@ def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema:
     """Eager PyTorch sampler with the checkpoint's (EMA) weights, in eval mode."""
     net = VelocityNet(ckpt.config.policy)
     net.load_state_dict(ckpt.ema_state if use_ema else ckpt.model_state)
-    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.euler_steps, solver, noise_scale)
+    sampler = Sampler(net, ckpt, steps or ckpt.config.policy.solver_steps, solver, noise_scale)
     return sampler.eval().requires_grad_(False)
 
 
@@ -107,7 +107,7 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
     return PolicyMetadata(
         name=name,
         io=policy.io,
-        euler_steps=steps if flow else 1,
+        solver_steps=steps if flow else 1,
         solver=solver if flow else "euler",
         rtc_max_delay=policy.rtc_max_delay,
         guidance_scale=policy.guidance_scale,
@@ -224,7 +224,7 @@ def export_checkpoint(
     if opset < 17:
         raise UsageError(f"--opset {opset}: the contract needs opset >= 17")
     ckpt = load_checkpoint(checkpoint_path)
-    steps = steps or ckpt.config.policy.euler_steps
+    steps = steps or ckpt.config.policy.solver_steps
     if steps < 1:
         raise UsageError(f"--steps {steps}: must be >= 1")
     try:
@@ -273,7 +273,7 @@ def export_checkpoint(
         entry.key, entry.value = METADATA_KEY, metadata.to_json()
         model.producer_name = "flow_policy_ros"
         model.doc_string = (f"flow-matching policy {metadata.name}: {policy.horizon}x{policy.action_dim} chunk, "
-                            f"{metadata.euler_steps} {metadata.solver} steps, CFG"
+                            f"{metadata.solver_steps} {metadata.solver} steps, CFG"
                             + (f", real-time chunking (d_max {policy.rtc_max_delay})" if sampler.rtc else ""))
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)

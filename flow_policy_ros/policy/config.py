@@ -47,7 +47,8 @@ class PolicyConfig:
         action_joint_names: joints of the action chunk, in output order (A = their count).
         horizon: H, actions per chunk.
         control_period_s: time between consecutive actions of a chunk (s).
-        euler_steps: N, fixed Euler steps of the sampler (dt = 1/N).
+        solver_steps: N, fixed steps of the sampler's ODE solver (Euler by default: dt = 1/N); the
+            key was ``euler_steps`` before, which still reads.
         guidance_scale: default CFG weight w (1 = conditional, 0 = unconditional).
         p_uncond: probability of replacing the guided condition by the null condition in training.
         guided_fields: observation fields replaced by the learned null condition (the CFG condition).
@@ -79,7 +80,7 @@ class PolicyConfig:
     action_joint_names: tuple[str, ...] = IIWA_JOINT_NAMES
     horizon: int = 16
     control_period_s: float = 0.02
-    euler_steps: int = 10
+    solver_steps: int = 10
     guidance_scale: float = 1.0
     p_uncond: float = 0.1
     guided_fields: tuple[str, ...] = ("goal",)
@@ -114,7 +115,7 @@ class PolicyConfig:
             require(2 <= self.basis_size <= self.horizon,
                     f"basis_size must be in [2, horizon={self.horizon}] for chunk_basis {self.chunk_basis!r}, got {self.basis_size}")
         require(0.0 <= self.noise_scale <= 1.0, f"noise_scale must be in [0, 1], got {self.noise_scale}")
-        require(self.euler_steps >= 1, f"euler_steps must be >= 1, got {self.euler_steps}")
+        require(self.solver_steps >= 1, f"solver_steps must be >= 1, got {self.solver_steps}")
         require(0.0 <= self.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {self.p_uncond}")
         for name in self.guided_fields:
             require(
@@ -145,7 +146,7 @@ class PolicyConfig:
         )
 
     @property
-    def flow_steps(self) -> int:
+    def flow_state_rows(self) -> int:
         """Rows of the flow state per joint: K for a smooth chunk basis, else H."""
         return self.horizon if self.chunk_basis == "none" else self.basis_size
 
@@ -301,10 +302,30 @@ class ExperimentConfig:
             raise ConfigError(f"{path}: {exc}") from exc
 
 
+#: Keys renamed since older configs and checkpoints were written: class -> {old key: new key}.
+RENAMED_KEYS: dict[type, dict[str, str]] = {PolicyConfig: {"euler_steps": "solver_steps"}}
+
+
+def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with the old names of ``cls``'s fields (:data:`RENAMED_KEYS`) read as the new ones."""
+    renames = RENAMED_KEYS.get(cls, {})
+    if not renames.keys() & data.keys():
+        return data
+    out = dict(data)
+    for old, new in renames.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where}: both {old!r} (its old name) and {new!r} given; keep {new!r}")
+            out[new] = out.pop(old)
+    return out
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a dict, naming unknown keys instead of ignoring them."""
+    """Build dataclass ``cls`` from a dict, naming unknown keys instead of ignoring them (old key
+    names of :data:`RENAMED_KEYS` still read)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = _renamed(cls, data, where)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:

@@ -6,7 +6,7 @@ observation. Training the same network on the STRAIGHT path between those paired
 (x_t = (1 - t) x0 + t x1, target x1 - x0) makes the student's trajectories straight, so one or
 two Euler steps land where the teacher's N steps do. It needs no new network head (shortcut
 models and MeanFlow add a step-size input), no new export path (the student is an ordinary
-checkpoint; ``flow-policy export`` unrolls its ``euler_steps``) and no extra data: pairs are
+checkpoint; ``flow-policy export`` unrolls its ``solver_steps``) and no extra data: pairs are
 drawn online from the training observations, a fresh x0 every step, so the student never sees
 the same pair twice.
 
@@ -58,7 +58,7 @@ class DistillSettings:
     """Settings of one distillation run.
 
     Attributes:
-        student_steps: Euler steps N of the student's sampler (its ``policy.euler_steps``), >= 1.
+        student_steps: Euler steps N of the student's sampler (its ``policy.solver_steps``), >= 1.
         steps: optimizer steps.
         teacher_steps: Euler steps of the teacher's sampler that makes the pairs (0: the teacher's own).
         batch_size: pairs per step.
@@ -171,7 +171,7 @@ def distill(
 
     ``data_path``: the teacher's training data (npz windows or a directory of rosbag2 episodes;
     only the observations are used). Writes ``OUT/last.pt`` (an ordinary checkpoint whose
-    ``policy.euler_steps`` is the student's N: ``flow-policy export`` unrolls it), ``train_log.csv``
+    ``policy.solver_steps`` is the student's N: ``flow-policy export`` unrolls it), ``train_log.csv``
     (loss; the gap in the validation column), ``loss.png`` and ``distill_summary.json``. Ctrl-C
     stops after the current step and saves ``last.pt``.
     """
@@ -188,7 +188,7 @@ def distill(
     if policy_cfg.rtc_max_delay > 0:
         raise UsageError(f"{teacher_path}: real-time chunking teachers (rtc_max_delay {policy_cfg.rtc_max_delay}) "
                          "are not supported by distill")
-    teacher_steps = settings.teacher_steps or policy_cfg.euler_steps
+    teacher_steps = settings.teacher_steps or policy_cfg.solver_steps
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
 
@@ -218,7 +218,7 @@ def distill(
     gap0 = student_teacher_gap(ema, teacher, obs_val, *gap_args)
     say(f"student-teacher gap before distillation (teacher weights at {settings.student_steps} step(s)): {gap0:.5f}")
 
-    student_config = replace(config, policy=replace(policy_cfg, euler_steps=settings.student_steps))
+    student_config = replace(config, policy=replace(policy_cfg, solver_steps=settings.student_steps))
     summary = dict(ckpt.data_summary)
     summary.update({
         "distillation_method": "reflow",

@@ -40,9 +40,9 @@ class VelocityNet(nn.Module):
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
-        self.horizon, self.action_dim, self.flow_steps = cfg.horizon, cfg.action_dim, cfg.flow_steps
+        self.horizon, self.action_dim, self.flow_state_rows = cfg.horizon, cfg.action_dim, cfg.flow_state_rows
         self.time_embed_dim = cfg.time_embed_dim
-        width, chunk = cfg.hidden_dim, cfg.flow_steps * cfg.action_dim
+        width, chunk = cfg.hidden_dim, cfg.flow_state_rows * cfg.action_dim
         # derived from the config, so not stored in checkpoints (persistent=False)
         matrix = None if cfg.chunk_basis == "none" else torch.tensor(
             chunk_basis_matrix(cfg.chunk_basis, cfg.horizon, cfg.basis_size), dtype=torch.float32)

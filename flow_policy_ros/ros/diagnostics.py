@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 if TYPE_CHECKING:  # annotations only: sim_node imports this module without onnxruntime
     from flow_policy_ros.runtime.controller import PolicyController
-    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+    from flow_policy_ros.runtime.policy import ChunkPolicy
 
 LEVELS: dict[str, bytes] = {
     "OK": DiagnosticStatus.OK,
@@ -44,7 +44,7 @@ def percentiles_ms(series: Mapping[str, Iterable[float]], quantiles: tuple[int, 
 POLICY_LEVELS = {"running": "OK", "inactive": "OK", "waiting": "WARN", "stale": "WARN", "error": "ERROR", "hold": "ERROR"}
 
 
-def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controller: PolicyController, policy: OnnxPolicy,
+def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controller: PolicyController, policy: ChunkPolicy,
                        extra: Mapping[str, object], obs_to_command_s: Iterable[float]) -> DiagnosticArray:
     """policy_node's status: ``state``/``reason``, the model (``OnnxPolicy``: provider, name, hash),
     the ``PolicyController``'s counters and latency percentiles (ms), and ``extra`` key/values."""

@@ -2,8 +2,8 @@
 
 Each node keeps one table ``name -> ParameterSpec`` and one frozen dataclass of the same fields.
 :func:`declare_all` declares every entry with its description, read-only flag and range (so
-``ros2 param describe`` shows them) and returns the values; array parameters come back as tuples
-and an unset array parameter as an empty tuple.
+``ros2 param describe`` shows them) and returns the values; array parameters come back as tuples,
+an unset array parameter as an empty tuple and an unset scalar one as None.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.node import Node
+
+_ARRAY_TYPES = {ParameterType.PARAMETER_BYTE_ARRAY, ParameterType.PARAMETER_BOOL_ARRAY, ParameterType.PARAMETER_INTEGER_ARRAY,
+                ParameterType.PARAMETER_DOUBLE_ARRAY, ParameterType.PARAMETER_STRING_ARRAY}
 
 
 @dataclass(frozen=True)
@@ -41,5 +44,8 @@ def declare_all(node: Node, table: dict[str, ParameterSpec]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, spec in table.items():
         value = node.declare_parameter(name, spec.default, spec.descriptor(name)).value
-        values[name] = tuple(value) if isinstance(value, (list, tuple)) else (() if value is None else value)
+        if value is None:  # declared without a value: an unset array is empty, an unset scalar None
+            values[name] = () if spec.type in _ARRAY_TYPES else None
+        else:
+            values[name] = tuple(value) if isinstance(value, (list, tuple)) else value
     return values

@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -57,7 +58,7 @@ from flow_policy_ros.runtime.controller import Command, InferenceRequest, Policy
 from flow_policy_ros.runtime.inference_worker import InferenceWorker
 from flow_policy_ros.runtime.latency import StageLatencies
 from flow_policy_ros.runtime.observation import stamp_to_ns
-from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+from flow_policy_ros.runtime.policy import load_policy
 from flow_policy_ros.runtime.safety import validate_guidance_scale
 
 __all__ = ["NODE_NAME", "PARAMETERS", "PolicyNode", "PolicyNodeParams", "main"]
@@ -104,8 +105,8 @@ class PolicyNode(LifecycleNode):
 
     def _configure(self) -> None:
         self.params = p = PolicyNodeParams(**self._values)
-        self.policy = OnnxPolicy(p.model_path or str(paths.default_model_path()), providers=p.providers,
-                                 intra_op_num_threads=p.intra_op_threads, seed=p.seed, warmup=p.warmup)
+        self.policy = load_policy(p.model_path or paths.default_model_path(), providers=p.providers,
+                                  intra_op_num_threads=p.intra_op_threads, seed=p.seed, warmup=p.warmup)
         self.meta = meta = self.policy.metadata
         if abs(meta.control_period_s - p.period_s) > 1e-3 * meta.control_period_s:
             self.get_logger().warning(f"control_rate_hz {p.control_rate_hz} differs from the model's "
@@ -140,7 +141,7 @@ class PolicyNode(LifecycleNode):
                                f"{p.chunking_for(meta)}, replan_every={p.replan_every}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        config = self.params.controller_config(self.meta, self.get_parameter("guidance_scale").value)
+        config = self.params.controller_config(self.meta, self._guidance_scale())
         self.controller = PolicyController(config, self._limits)
         if self._held is not None:
             self.controller.limiter.advance(self._held)  # the robot holds the last command sent
@@ -154,6 +155,13 @@ class PolicyNode(LifecycleNode):
         self._tick_timer = self.create_timer(self.params.period_s, self._on_tick)
         self.get_logger().info("activated: commanding")
         return result
+
+    def _guidance_scale(self) -> float | None:
+        """The guidance_scale parameter's current value; None while it is unset (the model's default)."""
+        try:
+            return self.get_parameter("guidance_scale").value
+        except ParameterUninitializedException:  # declared typed, without a value
+            return None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_commanding()

@@ -23,19 +23,18 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
-
-from flow_policy_ros.errors import InvalidOutputError, one_line
 from flow_policy_ros.runtime.controller import InferenceRequest, InferenceResult
 from flow_policy_ros.runtime.latency import StageLatencies
+from flow_policy_ros.runtime.policy import PredictFn, infer
 
 
 class InferenceWorker:
-    """Runs ``predict(observation, guidance_scale=..., [prefix_actions=..., prefix_length=...]) -> (H, A)``
-    (``OnnxPolicy.predict``) for each submitted request.
+    """Runs each submitted request through :func:`~flow_policy_ros.runtime.policy.infer`
+    (``predict`` is a :meth:`~flow_policy_ros.runtime.policy.ChunkPolicy.predict`).
 
     Args:
-        predict: the model call.
+        predict: the model call, ``predict(observation, guidance_scale=..., [prefix_actions=...,
+            prefix_length=...]) -> (H, A)``.
         on_done: called (threaded mode only) from the worker thread after each result is ready;
             the node wakes its executor with it (thread-safe).
         delay_s: experiments only: hold each result back that long after inference, to emulate
@@ -44,7 +43,7 @@ class InferenceWorker:
         latencies: where to record the handoff/inference/return stages (optional).
     """
 
-    def __init__(self, predict: Callable[..., np.ndarray], on_done: Callable[[], None] | None = None,
+    def __init__(self, predict: PredictFn, on_done: Callable[[], None] | None = None,
                  delay_s: float = 0.0, inline: bool = False, latencies: StageLatencies | None = None) -> None:
         if inline and delay_s > 0:
             raise ValueError(f"InferenceWorker: an injected delay ({delay_s} s) needs the inference thread, not inline")
@@ -103,21 +102,11 @@ class InferenceWorker:
 
     def _infer(self, request: InferenceRequest, submitted_ns: int) -> InferenceResult:
         start_ns = time.perf_counter_ns()
-        kwargs = {"guidance_scale": request.guidance_scale}
-        if request.prefix_length:
-            kwargs.update(prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
-        invalid = False
-        try:
-            actions, error = np.asarray(self._predict(request.observation, **kwargs), dtype=np.float64), None
-        except InvalidOutputError as exc:  # the model ran but its chunk failed validation
-            actions, error, invalid = None, one_line(exc), True
-        except Exception as exc:  # noqa: BLE001 - any inference failure must hold the robot, not kill the node
-            actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
-        end_ns = time.perf_counter_ns()
+        result = infer(self._predict, request)  # never raises: a failure is a result that holds the robot
         if self.latencies is not None:
             self.latencies.add_ns("handoff", start_ns - submitted_ns)
-            self.latencies.add_ns("inference", end_ns - start_ns)
-        return InferenceResult.for_request(request, (end_ns - start_ns) * 1e-9, actions, error, invalid)
+            self.latencies.add_ns("inference", round(result.latency_s * 1e9))
+        return result
 
     def _finish(self, result: InferenceResult) -> None:
         with self._cv:

@@ -7,7 +7,9 @@ Pure Python: the runtime validates it without torch.
 Format version 1, extended compatibly: ``observation_range`` (the training range of every
 observation dimension, for the out-of-distribution guard of :mod:`flow_policy_ros.runtime.ood`)
 is optional. A file without it still loads (its ``observation_range`` is None and the guard is
-off); a runtime that predates it ignores it.
+off); a runtime that predates it ignores it. The solver's step count is written as
+``solver_steps``; files written before carry it as ``euler_steps`` (whatever the solver), which
+still reads.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ METADATA_KEY = "flow_policy"
 #: Solvers a graph may have been unrolled with (kept equal to ``policy.flow.SOLVERS``).
 SOLVERS = ("euler", "midpoint", "heun", "rk4")
 FORMAT_VERSION = 1
+#: The key of ``solver_steps`` in files written before it was renamed (still read).
+OLD_STEPS_KEY = "euler_steps"
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class PolicyMetadata:
         name: model name (file stem at export).
         io: the model I/O contract (observation spec, action joints, H, control period, limits),
             the same type the training config embeds; its fields are also attributes here.
-        euler_steps: N, solver steps unrolled in the graph (the key keeps its round-1 name).
+        solver_steps: N, solver steps unrolled in the graph (older files: key ``euler_steps``).
         solver: 'euler', 'midpoint', 'heun' or 'rk4' (files without the key are Euler).
         rtc_max_delay: d_max of a real-time chunking model (its graph has the inputs
             ``prefix_actions`` and ``prefix_length``); 0 = a plain model.
@@ -53,7 +57,7 @@ class PolicyMetadata:
 
     name: str
     io: ModelIO
-    euler_steps: int
+    solver_steps: int
     solver: str = "euler"
     rtc_max_delay: int = 0
     guidance_scale: float = 1.0
@@ -91,7 +95,7 @@ class PolicyMetadata:
     @property
     def steps(self) -> int:
         """N, solver steps in the graph."""
-        return self.euler_steps
+        return self.solver_steps
 
     @property
     def rtc(self) -> bool:
@@ -118,7 +122,7 @@ class PolicyMetadata:
                 "action_joint_names": list(self.action_joint_names),
                 "horizon": self.horizon,
                 "action_dim": self.action_dim,
-                "euler_steps": self.euler_steps,
+                "solver_steps": self.solver_steps,
                 "solver": self.solver,
                 "rtc": {"max_delay": self.rtc_max_delay} if self.rtc_max_delay > 0 else None,
                 "control_period_s": self.control_period_s,
@@ -148,8 +152,10 @@ class PolicyMetadata:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ModelFileError(f"{where}: metadata format_version {version!r}, this runtime reads {FORMAT_VERSION}")
+        if "solver_steps" not in data and OLD_STEPS_KEY in data:  # written before the rename
+            data["solver_steps"] = data.pop(OLD_STEPS_KEY)
         required = ("name", "observation", "action_joint_names", "horizon", "action_dim", "obs_dim",
-                    "euler_steps", "control_period_s", "limits")
+                    "solver_steps", "control_period_s", "limits")
         missing = [key for key in required if key not in data]
         if missing:
             raise ModelFileError(f"{where}: metadata lacks field(s) {missing}")
@@ -164,7 +170,7 @@ class PolicyMetadata:
             meta = cls(
                 name=str(data["name"]),
                 io=io,
-                euler_steps=int(data["euler_steps"]),
+                solver_steps=int(data["solver_steps"]),
                 solver=str(data.get("solver", "euler")),
                 rtc_max_delay=int((data.get("rtc") or {}).get("max_delay", 0)),
                 guidance_scale=float(data.get("guidance_scale", 1.0)),
@@ -185,7 +191,7 @@ class PolicyMetadata:
         checks = [
             (meta.obs_dim == data["obs_dim"], f"obs_dim {data['obs_dim']} but the observation spec gives {meta.obs_dim}"),
             (meta.action_dim == data["action_dim"], f"action_dim {data['action_dim']} but {meta.action_dim} action joints"),
-            (meta.euler_steps >= 1, f"euler_steps {meta.euler_steps} must be >= 1"),
+            (meta.solver_steps >= 1, f"solver_steps {meta.solver_steps} must be >= 1"),
             (meta.solver in SOLVERS, f"solver {meta.solver!r} must be one of {SOLVERS}"),
             (0 <= meta.rtc_max_delay < meta.horizon, f"rtc.max_delay {meta.rtc_max_delay} must be in [0, horizon)"),
         ]

@@ -22,7 +22,7 @@ the first d actions are given and returned exactly). ``OnnxPolicy.rtc`` says whi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,8 @@ def active_provider(session_providers: Sequence[str], requested: Sequence[str]) 
 
 
 class OnnxPolicy:
-    """An exported flow policy.
+    """An exported flow policy run by ONNX Runtime (a :class:`~flow_policy_ros.runtime.policy.ChunkPolicy`;
+    load it with :func:`~flow_policy_ros.runtime.policy.load_policy`).
 
     Args:
         path: the .onnx file.
@@ -199,6 +200,10 @@ class OnnxPolicy:
         """True for a real-time chunking model (it takes a committed prefix)."""
         return self.metadata.rtc
 
+    def reseed(self, seed: int) -> None:
+        """Restart the noise stream from ``seed``: the draws are then those of a policy loaded with ``seed``."""
+        self.rng = np.random.default_rng(seed)
+
     def sample_noise(self, batch: int | None = None) -> np.ndarray:
         """Draw x0 from the owned stream: (H, A) or (batch, H, A) float32."""
         shape = (self.metadata.horizon, self.metadata.action_dim)
@@ -213,6 +218,7 @@ class OnnxPolicy:
         guidance_scale: float | None = None,
         prefix_actions: np.ndarray | None = None,
         prefix_length: int | np.ndarray | None = None,
+        images: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Action chunk(s) in robot units (rad).
 
@@ -222,11 +228,14 @@ class OnnxPolicy:
         prefix_actions: (H, A) / (B, H, A) committed joint targets (rad, absolute), rows >= d
             ignored; prefix_length: d (int or (B,)) in [0, d_max]. RTC models only; the output's
             first d rows equal the prefix exactly.
+        images: camera name -> uint8 frame; these graphs have no image inputs, so it must be empty.
         Returns (H, A) or (B, H, A) float32, every value finite.
         Raises ObservationError for a bad input, InvalidOutputError (one line) when the graph's
         output has the wrong shape or NaN/inf values (or cannot run on this input).
         """
         meta = self.metadata
+        if images:
+            raise ObservationError(f"{self.path.name} has no image inputs, got images {sorted(images)}")
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == 1
         if single:

@@ -1,4 +1,4 @@
-"""The in-process closed loop: an :class:`~flow_policy_ros.runtime.OnnxPolicy` driving :class:`SimEnv`.
+"""The in-process closed loop: a :class:`~flow_policy_ros.runtime.policy.ChunkPolicy` driving :class:`SimEnv`.
 
 The loop runs the same pieces as ``policy_node`` in stream mode, in the same order per tick::
 
@@ -19,11 +19,11 @@ come from ``flow-policy collect``, whose episode i has seed ``collect_seed * 1_0
 [900_000_000, 901_000_000), so it can only coincide with a collection made with ``--seed 900``.
 
 Noise: at the start of each episode the policy's own noise stream is reseeded with the episode
-seed, so an episode's result depends on its seed alone (not on which episodes ran before), and
+seed (``policy.reseed``), so an episode's result depends on its seed alone (not on which episodes ran before), and
 two models or two guidance scales see the same start, goal and noise (common random numbers).
 
 Invalid model outputs (wrong shape, NaN/inf: :class:`~flow_policy_ros.errors.InvalidOutputError`
-from ``OnnxPolicy.predict``) go to the controller as invalid results, exactly as the node's
+from the policy's ``predict``) go to the controller as invalid results, exactly as the node's
 inference worker hands them over: the arm holds, the controller retries, and the episode counts
 them; an episode that fails after one is an ``invalid_output`` failure, not a timeout. Likewise
 an episode whose goal the controller rejected (outside the training goal range + margin) is
@@ -34,21 +34,19 @@ Units: rad, rad/s, m, s.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from flow_policy_ros.contract import IIWA_JOINT_NAMES
-from flow_policy_ros.errors import InvalidOutputError, ModelFileError, one_line
-from flow_policy_ros.runtime.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, make_scheduler
-from flow_policy_ros.runtime.controller import Command, ControllerConfig, InferenceRequest, InferenceResult, PolicyController
+from flow_policy_ros.errors import ModelFileError
+from flow_policy_ros.runtime.controller import Command, InferenceRequest, InferenceResult, PolicyController
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.observation import build_observation, values_by_name
-from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
-from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, validate_margin
+from flow_policy_ros.runtime.policy import ChunkPolicy, infer
 from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
+from flow_policy_ros.runtime.settings import DEFAULT_SETTINGS, ExecutionSettings, controller_config
 from flow_policy_ros.sim.env import Observation, SimEnv
 from flow_policy_ros.sim.tasks import EpisodeSpec, sample_episode
 
@@ -81,30 +79,11 @@ def eval_episode_seeds(seed: int, episodes: int) -> list[int]:
     return seeds
 
 
-@dataclass(frozen=True)
-class LoopConfig:
-    """How the policy is executed (the node's parameters of the same names).
-
-    Attributes:
-        chunking: 'receding_horizon' or 'temporal_ensemble'.
-        replan_every: actions executed from a chunk before the next is due (1..H).
-        guidance_scale: CFG weight w; None = the model's default.
-        ensemble_decay: m of temporal ensembling.
-        velocity_scale: factor in (0, 1] on the model's velocity limits.
-        ood_margin: the out-of-distribution guard's margin (range widths), as the node's parameter.
-        inject_delay_ms: experiments: each chunk becomes available this long (sim time) after its
-            request, as if inference took that long (0 = at once, the synchronous default).
-        rtc_margin_ticks: chunking 'rtc': ticks added to the measured delay to size the prefix.
-    """
-
-    chunking: str = "receding_horizon"
-    replan_every: int = DEFAULT_REPLAN_EVERY
-    guidance_scale: float | None = None
-    ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY
-    velocity_scale: float = 1.0
-    ood_margin: float = DEFAULT_OOD_MARGIN
-    inject_delay_ms: float = 0.0
-    rtc_margin_ticks: int = 1
+#: How the policy is executed in the loop: the execution-settings table, the node's parameters of
+#: the same names (:class:`~flow_policy_ros.runtime.settings.ExecutionSettings`; the loop runs stream
+#: mode and ignores ``goal_frame`` and ``stale_timeout_s``: its goals carry no frame, its joint
+#: states are never late). ``chunking`` 'auto' is resolved against the model.
+LoopConfig = ExecutionSettings
 
 
 @dataclass
@@ -166,21 +145,11 @@ def check_sim_joints(meta: PolicyMetadata) -> None:
 
 def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
     """Check ``config`` against the model (ValueError/SafetyError naming the value); returns the guidance w or None."""
-    make_scheduler(config.chunking, meta.horizon, config.replan_every, config.ensemble_decay)
-    SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
-    validate_margin(config.ood_margin)
-    if not (config.inject_delay_ms >= 0 and np.isfinite(config.inject_delay_ms)):
-        raise ValueError(f"--inject-delay-ms must be >= 0, got {config.inject_delay_ms}")
-    controller_config(config, meta, None)  # chunking 'rtc' needs an rtc model
+    if config.execution != "stream":
+        raise ValueError(f"the in-process loop runs execution 'stream', got {config.execution!r}")
+    SafetyLimits.from_joint_limits(meta.limits, config.max_velocity_scale)
+    controller_config(config, meta)  # chunking 'rtc' needs an rtc model; replan_every <= H; ...
     return None if config.guidance_scale is None else validate_guidance_scale(config.guidance_scale)
-
-
-def controller_config(config: LoopConfig, meta: PolicyMetadata, guidance: float | None) -> ControllerConfig:
-    """The node's controller settings for this evaluation (stream mode, the model's limits and training range)."""
-    return ControllerConfig(meta.observation, meta.horizon, meta.control_period_s, "stream", config.chunking,
-                            config.replan_every, config.ensemble_decay, guidance_scale=guidance,
-                            rtc_max_delay=meta.rtc_max_delay, rtc_margin_ticks=config.rtc_margin_ticks,
-                            observation_range=getattr(meta, "observation_range", None), ood_margin=config.ood_margin)
 
 
 def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
@@ -217,14 +186,14 @@ class ClosedLoop:
         config: execution settings.
     """
 
-    def __init__(self, policy: OnnxPolicy, config: LoopConfig = LoopConfig()) -> None:
+    def __init__(self, policy: ChunkPolicy, config: LoopConfig = DEFAULT_SETTINGS) -> None:
         self.policy = policy
         self.meta = meta = policy.metadata
         check_sim_joints(meta)
         self.config = config
         self.guidance = validate_config(config, meta)
-        self.limits = SafetyLimits.from_joint_limits(meta.limits, config.velocity_scale)
-        self.controller_config = controller_config(config, meta, self.guidance)
+        self.limits = SafetyLimits.from_joint_limits(meta.limits, config.max_velocity_scale)
+        self.controller_config = controller_config(config, meta)
         self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
 
     def close(self) -> None:
@@ -244,7 +213,7 @@ class ClosedLoop:
         """The episode described by ``spec``."""
         meta, env = self.meta, self.env
         controller = PolicyController(self.controller_config, self.limits)
-        self.policy.rng = np.random.default_rng(spec.seed)
+        self.policy.reseed(spec.seed)
         env.reset_to(spec)
         begin = getattr(self.policy, "begin_episode", None)
         if begin is not None:  # a reference chunk source (the scripted expert) plans the episode
@@ -277,20 +246,12 @@ class ClosedLoop:
             more, measured = joint_state(now_ns)
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
-                start = time.perf_counter()
-                try:  # as the node's worker: an invalid output is an invalid result, the arm holds
-                    if request.prefix_length:
-                        actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale,
-                                                      prefix_actions=request.prefix_actions,
-                                                      prefix_length=request.prefix_length)
-                    else:
-                        actions = self.policy.predict(request.observation, guidance_scale=request.guidance_scale)
-                    error = None
-                except InvalidOutputError as exc:
-                    actions, error = None, one_line(exc)
-                    first_invalid = first_invalid or error
-                latencies.append(time.perf_counter() - start)
-                result = InferenceResult.for_request(request, latencies[-1], actions, error, invalid_output=error is not None)
+                # as the node's worker: an invalid output is an invalid result, the arm holds; any
+                # other failure of an in-process call is a bug and ends the evaluation
+                result = infer(self.policy.predict, request, hold_on_error=False)
+                latencies.append(result.latency_s)
+                if result.invalid_output:
+                    first_invalid = first_invalid or result.error
                 if delay_ns > 0:
                     pending.append((request.received_ns + delay_ns, result))
                 else:
@@ -328,10 +289,10 @@ class ClosedLoop:
 
 
 def run_episodes(
-    policy: OnnxPolicy,
+    policy: ChunkPolicy,
     task: str,
     seeds: Sequence[int],
-    config: LoopConfig = LoopConfig(),
+    config: LoopConfig = DEFAULT_SETTINGS,
     on_episode: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run ``task`` on every episode seed in ``seeds``; ``on_episode`` is called after each (progress)."""

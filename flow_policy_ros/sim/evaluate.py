@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from flow_policy_ros.metrics import (  # noqa: F401 - Z_95, seam_mask re-exporte
     seam_mask,
     wilson_interval,
 )
+from flow_policy_ros.runtime.chunking import resolve_chunking
 from flow_policy_ros.sim.closed_loop import (
     FAILURE_REASONS,
     EpisodeResult,
@@ -45,7 +47,7 @@ from flow_policy_ros.sim.closed_loop import (
 from flow_policy_ros.sim.tasks import SIDES
 
 if TYPE_CHECKING:
-    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+    from flow_policy_ros.runtime.policy import ChunkPolicy
 
 #: Episodes whose command traces are plotted.
 TRACE_EPISODES = 2
@@ -128,12 +130,12 @@ def _episode_json(r: EpisodeResult) -> dict[str, Any]:
     }
 
 
-def model_info(policy: OnnxPolicy) -> dict[str, Any]:
-    """Name, file hash and provenance of a loaded OnnxPolicy for the report."""
+def model_info(policy: ChunkPolicy) -> dict[str, Any]:
+    """Name, file hash and provenance of a loaded ONNX policy for the report."""
     meta = policy.metadata
     return {
         "name": meta.name, "hash": meta.model_hash, "path": str(policy.path), "objective": meta.objective,
-        "horizon": meta.horizon, "euler_steps": meta.euler_steps, "solver": meta.solver,
+        "horizon": meta.horizon, "solver_steps": meta.solver_steps, "solver": meta.solver,
         "default_guidance_scale": meta.guidance_scale, "rtc_max_delay": meta.rtc_max_delay,
         "chunk_basis": meta.chunk_basis, "noise_scale": meta.noise_scale, "provider": policy.active_provider,
     }
@@ -163,15 +165,14 @@ def reference_ratios(report: dict[str, Any], reference: dict[str, Any]) -> dict[
     return ratios
 
 
-def evaluate_reference(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
+def evaluate_reference(policy: ChunkPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
                        progress: bool = True) -> dict[str, Any]:
     """The scripted expert on the same episodes through the same controller (see ``sim.reference``)."""
-    from dataclasses import replace
-
     from flow_policy_ros.sim.reference import ExpertPolicy
 
     expert = ExpertPolicy(policy.metadata)
-    plain = replace(config, chunking="receding_horizon" if config.chunking == "rtc" else config.chunking, inject_delay_ms=0.0)
+    chunking = resolve_chunking(config.chunking, policy.metadata.rtc)
+    plain = replace(config, chunking="receding_horizon" if chunking == "rtc" else chunking, inject_delay_ms=0.0)
     try:
         report, _ = evaluate(expert, task, episodes, seed, plain, progress=progress, label=f"reference expert {task}")
     finally:
@@ -221,12 +222,13 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(policy: OnnxPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
+def evaluate(policy: ChunkPolicy, task: str, episodes: int, seed: int, config: LoopConfig,
              progress: bool = True, label: str = "") -> tuple[dict[str, Any], list[EpisodeResult]]:
     """Run the evaluation with a tqdm bar (running success rate); returns (report, episode results)."""
     from tqdm import tqdm
 
     seeds = eval_episode_seeds(seed, episodes)
+    config = replace(config, chunking=resolve_chunking(config.chunking, policy.metadata.rtc))  # 'auto' -> the mode run
     with tqdm(total=len(seeds), desc=label or f"eval-sim {task}", unit="ep", disable=not progress) as bar:
         done = {"n": 0, "ok": 0}
 

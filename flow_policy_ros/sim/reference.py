@@ -1,7 +1,7 @@
 """The scripted expert as a chunk source: the reference every closed-loop evaluation compares to.
 
 :class:`ExpertPolicy` has the interface the closed loop uses of an ``OnnxPolicy`` (``metadata``,
-``predict``, ``rng``) and serves the scripted expert's planned trajectory as action chunks: a
+``predict``, ``reseed``) and serves the scripted expert's planned trajectory as action chunks: a
 request at tick k holds the expert's targets for ticks k .. k+H-1 (the target reached one period
 after each tick, as the expert commands it), in the model's action-joint order. So the expert
 runs on the same episode seeds through the SAME controller (scheduler, velocity/limit clamp,
@@ -32,9 +32,11 @@ class ExpertPolicy:
     def __init__(self, metadata: PolicyMetadata) -> None:
         self.metadata = metadata
         self.expert = ScriptedExpert()
-        self.rng: np.random.Generator | None = None  # the closed loop reseeds it per episode; unused
         self.rtc = False
         self._env: SimEnv | None = None
+
+    def reseed(self, seed: int) -> None:
+        """The closed loop reseeds the policy's noise per episode; the expert draws no noise."""
 
     def begin_episode(self, spec: EpisodeSpec, env: SimEnv) -> None:
         """Plan the episode (called by the closed loop after the reset)."""
