@@ -493,7 +493,7 @@ def test_rtc_refuses_a_prefix_longer_than_replan_every():
 
 def test_rtc_trajectory_is_stamped_at_the_prefix_boundary_and_spliced_there():
     ctrl = rtc_running("trajectory")
-    first = ctrl._trajectory[1]
+    first = ctrl.execution.executing()[1]
     for k in range(1, 5):
         ctrl.on_tick(k * PERIOD_NS)
     req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, first[3]))[0]
