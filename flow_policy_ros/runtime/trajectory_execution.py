@@ -19,6 +19,7 @@ import numpy as np
 
 from flow_policy_ros.runtime.decisions import Decision, Stop, Trajectory
 from flow_policy_ros.runtime.execution import Execution, plan_from, unchanged
+from flow_policy_ros.runtime.jtc_trajectory import JtcTrajectory, Segment
 
 
 class TrajectoryExecution(Execution):
@@ -26,27 +27,23 @@ class TrajectoryExecution(Execution):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._trajectory: tuple[int, np.ndarray] | None = None  # what the robot executes: (start tick, points)
-        self._next_trajectory: tuple[int, np.ndarray] | None = None  # stamped for a later tick (rtc)
+        #: what the JTC executes, time in ticks: point i of a trajectory published for tick k is the
+        #: setpoint of tick k + i (no hold: nothing is executed before the first trajectory)
+        self.jtc = JtcTrajectory(self.limits.size)
         self._setpoint_before_tick: np.ndarray | None = None  # the setpoint of the previous tick
 
     def begin_tick(self, tick: int) -> None:
-        """The robot moves along the published trajectory; so does the last command."""
+        """The robot moves along the published trajectory (a spliced one takes over at its tick; past
+        the end the JTC holds the last point); so does the last command."""
         self._setpoint_before_tick = self.limiter.last_command
         self.scheduler.action_at(tick)  # advances the scheduler's clock, drops passed chunks
-        if self._next_trajectory is not None and tick >= self._next_trajectory[0]:
-            start, points = self._next_trajectory  # the spliced trajectory takes over
-            self._trajectory, self._next_trajectory = self._next_trajectory, None
-            self.limiter.advance(points[min(tick - start, len(points) - 1)])
-            if tick > start:
-                self._setpoint_before_tick = points[min(tick - 1 - start, len(points) - 1)].copy()
+        self.jtc.prune(tick)
+        segment = self.jtc.segment_at(tick)
+        if segment is None:
             return
-        if self._trajectory is not None:
-            start, points = self._trajectory  # past its end the JTC holds the last point
-            if tick - 1 - start >= 0:  # where the robot was one tick ago (skipped ticks too)
-                self._setpoint_before_tick = points[min(tick - 1 - start, len(points) - 1)].copy()
-            if tick - start > 0:
-                self.limiter.advance(points[min(tick - start, len(points) - 1)])
+        if tick > segment.start:  # where the robot was one tick ago (skipped ticks too)
+            self._setpoint_before_tick = segment.at(tick - 1)
+        self.limiter.advance(segment.at(tick))
 
     def drop_committed(self) -> None:
         """Nothing to drop: the published trajectory is what is committed, the JTC executes it."""
@@ -65,22 +62,23 @@ class TrajectoryExecution(Execution):
 
     def stop(self, reason: str) -> list[Decision]:
         self.counters.stops_sent += 1
-        self._trajectory = self._next_trajectory = None  # the JTC holds the setpoint it has now: the last command
+        last = self.limiter.last_command
+        if last is not None:  # the JTC holds the setpoint it has now: the last command
+            self.jtc.stop(self.clock.current_tick, hold=last)
         return [Stop(reason)]
 
     def commit_prefix(self, tick: int, d: int) -> np.ndarray:
-        if d == 0 or self._trajectory is None:
+        executing = self.executing()
+        if d == 0 or executing is None:
             return np.empty((0, self.limits.size))
-        rows = []
-        for t in range(tick, tick + d):  # what the JTC will execute at each tick (a pending splice included)
-            start, points = self._next_trajectory if self._next_trajectory and t >= self._next_trajectory[0] \
-                else self._trajectory
-            rows.append(points[min(max(t - start, 0), len(points) - 1)])
-        return np.stack(rows)
+        # what the JTC will execute at each tick (a trajectory spliced in on the way included)
+        return np.stack([self.jtc.setpoint(t) for t in range(tick, tick + d)])
 
-    def executing(self) -> tuple[int, np.ndarray] | None:
-        """(start tick, points (K, A) rad) of the trajectory the robot executes now, or None."""
-        return self._trajectory
+    def executing(self) -> Segment | None:
+        """The trajectory the robot executes now (its ``values`` are the points (K, A) rad from tick
+        ``start`` on), or None (none yet, or stopped)."""
+        segment = self.jtc.segment_at(self.clock.current_tick)
+        return None if segment is None or segment.is_stop else segment
 
     def publish(self, tick: int, previous: np.ndarray | None = None) -> list[Decision]:
         """The plan from ``tick`` on as one trajectory whose point 0 applies at tick ``tick``.
@@ -100,11 +98,8 @@ class TrajectoryExecution(Execution):
         points = self.limiter.limit_trajectory(plan, self.tracking.measured,
                                                previous=previous if later else self._setpoint_before_tick)
         self.counters.limiter_clipped += int(not unchanged(points, plan))
-        if later:
-            self._next_trajectory = (tick, points)
-            if last is not None:
-                self.limiter.advance(last)  # the robot is still on the current trajectory
-        else:
-            self._trajectory, self._next_trajectory = (tick, points), None
+        self.jtc.replace(tick, tick + np.arange(len(points)), points)  # a JTC splices it in at its tick
+        if later and last is not None:
+            self.limiter.advance(last)  # the robot is still on the current trajectory
         self.counters.trajectories_sent += 1
         return [Trajectory(tick, self.clock.tick_ns(tick), points, self.take_pending_stamp())]
