@@ -256,7 +256,7 @@ class Robot:
         self.execution = execution
         self.setpoints: dict[int, np.ndarray] = {}  # tick -> setpoint the robot holds at that tick
         self.trajectory: tuple[int, np.ndarray] | None = None
-        self.pending: tuple[int, np.ndarray] | None = None
+        self.pending: list[tuple[int, np.ndarray]] = []  # stamped ahead, in start order (a JTC queues them)
         self.last: np.ndarray | None = None
         self.commands: list[tuple[int, np.ndarray]] = []
         self.rebased: dict[int, np.ndarray] = {}  # tick -> measured position the limiter restarted from
@@ -272,21 +272,21 @@ class Robot:
                 self.commands.append((tick, d.positions))
                 self.last = d.positions
                 self.setpoints[tick] = d.positions
-            elif isinstance(d, Trajectory) and d.tick > tick:  # stamped ahead: spliced in when its time comes
-                self.pending = (d.tick, d.points)
+            elif isinstance(d, Trajectory) and d.tick > tick:  # stamped ahead: spliced in when its time comes,
+                self.pending = [p for p in self.pending if p[0] < d.tick] + [(d.tick, d.points)]  # replacing later ones
             elif isinstance(d, Trajectory):
-                self.trajectory, self.pending = (d.tick, d.points), None
+                self.trajectory, self.pending = (d.tick, d.points), []
                 self.setpoints[tick] = d.points[tick - d.tick]
                 self.last = self.setpoints[tick]
             elif isinstance(d, Stop):
-                self.trajectory = self.pending = None
+                self.trajectory, self.pending = None, []
 
     def advance(self, tick: int) -> None:
         """Tick boundaries up to ``tick``: the JTC moves on along its trajectory (or holds), skipped ticks too."""
         first = max(self.setpoints, default=tick - 1) + 1
         for k in range(first, tick + 1):
-            if self.pending is not None and k >= self.pending[0]:
-                self.trajectory, self.pending = self.pending, None
+            while self.pending and k >= self.pending[0][0]:
+                self.trajectory = self.pending.pop(0)
             if self.execution == "trajectory" and self.trajectory is not None:
                 start, points = self.trajectory
                 if 0 <= k - start < len(points):
@@ -493,7 +493,7 @@ def test_rtc_refuses_a_prefix_longer_than_replan_every():
 
 def test_rtc_trajectory_is_stamped_at_the_prefix_boundary_and_spliced_there():
     ctrl = rtc_running("trajectory")
-    first = ctrl._trajectory[1]
+    first = ctrl.execution.executing().values
     for k in range(1, 5):
         ctrl.on_tick(k * PERIOD_NS)
     req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, first[3]))[0]

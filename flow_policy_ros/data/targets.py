@@ -5,12 +5,11 @@ read from a bag: the position target (rad) of each joint at any time, on the bag
 ns). :mod:`flow_policy_ros.data.windows` samples it on the control grid.
 
 - :func:`spliced_trajectories`: a stream of trajectory_msgs/JointTrajectory commands executed
-  the way ros_controllers' JointTrajectoryController splices them: each trajectory starts at its
-  start time (header.stamp, or the receipt time for a zero stamp) and replaces what was received
-  before it from then on. Between its start and its first point the target moves linearly from where the
-  previous trajectory was at the start to that point; between points it is linear in time
-  (what a JTC does with position-only points: velocities and accelerations in the points are
-  not used); after the last point it holds it. An empty trajectory holds the target it finds.
+  the way ros_controllers' JointTrajectoryController splices them
+  (:mod:`flow_policy_ros.runtime.jtc_trajectory`, the one model of it): each trajectory starts at
+  its start time (header.stamp, or the receipt time for a zero stamp) and replaces what was
+  received before it from then on; linear from the previous target to its first point and
+  between points, held after the last; an empty trajectory holds the target it finds.
   Before the first trajectory's first point the target is undefined (a JTC would start from the
   measured state, which the series does not know); a trajectory that starts earlier than that
   is spliced onto that first point. ros2_controllers' JTC switches to a new trajectory when it
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flow_policy_ros.errors import TimeSeriesError
+from flow_policy_ros.runtime.jtc_trajectory import JtcTrajectory, Segment, sample_segments
 
 #: How far (ns) a trajectory may start before the one received just before it. Senders mix
 #: stamps legitimately by a fraction of a period: policy_node stamps a chunk with its nominal
@@ -39,26 +39,6 @@ from flow_policy_ros.errors import TimeSeriesError
 #: receipt time (a 4 ms rewind recorded by ``flow-policy demo --execution trajectory``). A rewind
 #: beyond a second means stamps from another clock (sim time against wall time, say).
 MAX_START_REWIND_NS = 1_000_000_000
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """Targets from ``start_ns`` until the next segment's start: linear through the knots, held after the last."""
-
-    start_ns: int
-    knot_times_ns: np.ndarray  # (n,) int64, increasing, first >= start_ns unless a predecessor is spliced in
-    knot_values: np.ndarray  # (n, A) float64 rad
-
-
-def _eval(seg: _Segment, times_ns: np.ndarray) -> np.ndarray:
-    """Linear interpolation through ``seg``'s knots at ``times_ns`` (K,) (>= its first knot), held after the last."""
-    knots, values = seg.knot_times_ns, seg.knot_values
-    if len(knots) == 1:
-        return np.repeat(values[:1], len(times_ns), axis=0)
-    lo = np.clip(np.searchsorted(knots, times_ns, side="right") - 1, 0, len(knots) - 2)
-    # int64 differences first: 1e18-ns epoch stamps keep their precision; w = 0 and w = 1 are exact.
-    w = np.clip((times_ns - knots[lo]).astype(np.float64) / (knots[lo + 1] - knots[lo]).astype(np.float64), 0.0, 1.0)
-    return (1.0 - w)[:, None] * values[lo] + w[:, None] * values[lo + 1]
 
 
 @dataclass(frozen=True)
@@ -70,28 +50,17 @@ class TargetSeries:
     """
 
     joint_names: tuple[str, ...]
-    segments: tuple[_Segment, ...]
+    segments: tuple[Segment, ...]  # the JTC model's segments, in start order
     start_ns: int
     end_ns: int
 
     def sample(self, times_ns: np.ndarray) -> np.ndarray:
         """Targets (K, A) float64 rad at ``times_ns`` (K,) int64; a time before ``start_ns`` is a TimeSeriesError."""
         times = np.asarray(times_ns, np.int64)
-        out = np.empty((len(times), len(self.joint_names)), np.float64)
-        if len(times) == 0:
-            return out
-        if times.min() < self.start_ns:
+        if len(times) and times.min() < self.start_ns:
             raise TimeSeriesError(f"target time {int(times.min())} ns precedes the first defined target at "
                                   f"{self.start_ns} ns")
-        starts = np.array([s.start_ns for s in self.segments], np.int64)
-        # In time order the active segment only advances: one contiguous run of times per segment.
-        order = np.argsort(times, kind="stable")
-        ordered = times[order]
-        active = np.maximum(np.searchsorted(starts, ordered, side="right") - 1, 0)
-        bounds = np.flatnonzero(np.diff(active)) + 1
-        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)]):
-            out[order[lo:hi]] = _eval(self.segments[active[lo]], ordered[lo:hi])
-        return out
+        return sample_segments(self.segments, times, len(self.joint_names))
 
     def renamed(self, names: Sequence[str]) -> TargetSeries:
         """The same series with its joints called ``names`` (same order)."""
@@ -102,12 +71,12 @@ class TargetSeries:
     @property
     def values(self) -> np.ndarray:
         """Every knot value (n, A) rad (trajectory points, references), for value checks."""
-        return np.concatenate([s.knot_values for s in self.segments])
+        return np.concatenate([s.values for s in self.segments])
 
     @property
     def times_ns(self) -> np.ndarray:
         """The time (n,) int64 ns of each of :attr:`values`."""
-        return np.concatenate([s.knot_times_ns for s in self.segments])
+        return np.concatenate([s.times for s in self.segments])
 
 
 def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
@@ -129,7 +98,7 @@ def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
             start that are negative or do not increase, a position count that is not A.
     """
     names = tuple(joint_names)
-    segments: list[_Segment] = []
+    model = JtcTrajectory(len(names))  # no hold: undefined before the first trajectory
     prev_start: int | None = None
     for c, (start, offsets, pos) in enumerate(zip(starts_ns, point_offsets_ns, positions)):
         start = int(start)
@@ -144,24 +113,11 @@ def spliced_trajectories(joint_names: Sequence[str], starts_ns: Sequence[int],
         if len(offsets) and (offsets[0] < 0 or np.any(np.diff(offsets) <= 0)):
             raise TimeSeriesError(f"message #{c}: the points' time_from_start must be >= 0 and strictly increasing, "
                                   f"got {offsets.tolist()} ns")
-        while segments and segments[-1].start_ns >= start:
-            segments.pop()  # replaced before it ever became active
-        if not segments:
-            if len(offsets):  # leading empty trajectories have nothing to hold
-                segments.append(_Segment(start, start + offsets, pos))
-            continue
-        # Splice: start from where the previous trajectory is at this start time (its first point
-        # if it has not reached it yet).
-        before = _eval(segments[-1], np.array([max(start, segments[-1].knot_times_ns[0])], np.int64))
-        knots = np.concatenate([[start], start + offsets]).astype(np.int64)
-        values = np.concatenate([before, pos])
-        if len(offsets) and offsets[0] == 0:  # a first point at the start replaces the spliced one
-            knots, values = knots[1:], values[1:]
-        segments.append(_Segment(start, knots, values))
+        model.replace(start, start + offsets, pos)  # leading empty trajectories have nothing to hold
+    segments = model.segments
     if not segments:
         raise TimeSeriesError("no trajectory with points")
-    return TargetSeries(names, tuple(segments), int(segments[0].knot_times_ns[0]),
-                        int(segments[-1].knot_times_ns[-1]))
+    return TargetSeries(names, segments, int(segments[0].times[0]), int(segments[-1].times[-1]))
 
 
 def sampled_targets(joint_names: Sequence[str], times_ns: np.ndarray, positions: np.ndarray) -> TargetSeries:
@@ -178,4 +134,4 @@ def sampled_targets(joint_names: Sequence[str], times_ns: np.ndarray, positions:
         i = int(bad[0]) + 1
         raise TimeSeriesError(f"message #{i} is stamped {int(times[i])} ns, not after message #{i - 1} at "
                               f"{int(times[i - 1])} ns (stamps must increase)")
-    return TargetSeries(tuple(joint_names), (_Segment(int(times[0]), times, values),), int(times[0]), int(times[-1]))
+    return TargetSeries(tuple(joint_names), (Segment(int(times[0]), times, values),), int(times[0]), int(times[-1]))
