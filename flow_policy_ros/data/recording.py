@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 
 from flow_policy_ros.data.targets import TargetSeries
+from flow_policy_ros.errors import DatasetError
+
+#: The vector feature stored in ``goals``/``goal_times_ns``.
+GOAL_FEATURE = "goal"
 
 
 @dataclass
@@ -32,6 +36,8 @@ class EpisodeRecording:
         metadata: episode facts (task, seed, success, route, ...), JSON-able.
         targets: the controller's position targets over time, for the action sources
             'joint_trajectory' and 'controller_state' (None otherwise).
+        vectors: vector observation features other than the goal, by feature name: (times (V,)
+            int64 ns, values (V, size) float64).
     """
 
     joint_names: list[str]
@@ -45,6 +51,7 @@ class EpisodeRecording:
     commands: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     metadata: dict[str, Any] = field(default_factory=dict)
     targets: TargetSeries | None = None
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.joint_times_ns = np.asarray(self.joint_times_ns, dtype=np.int64)
@@ -69,3 +76,16 @@ class EpisodeRecording:
             expected = (len(self.command_times_ns), len(self.command_joint_names))
             if self.commands.shape != expected:
                 raise ValueError(f"EpisodeRecording: commands {self.commands.shape} must be {expected}")
+        for name, (times, values) in self.vectors.items():
+            if len(times) != len(values):
+                raise ValueError(f"EpisodeRecording: {len(values)} {name} values but {len(times)} stamps")
+
+    def vector_series(self, name: str, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(times (V,) int64 ns, values (V, size) float64) of vector feature ``name``; the goal
+        lives in ``goal_times_ns``/``goals`` (the bag layout's /goal topic)."""
+        if name == GOAL_FEATURE:
+            return self.goal_times_ns, self.goals
+        if name not in self.vectors:
+            raise DatasetError(f"{source or 'recording'}: no {name!r} messages recorded (the model observes {name!r})")
+        times, values = self.vectors[name]
+        return np.asarray(times, np.int64), np.asarray(values, np.float64).reshape(len(times), -1)

@@ -10,7 +10,7 @@ Units: joint positions in rad, velocities in rad/s, goal in m.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -63,33 +63,41 @@ def values_by_name(
     return out
 
 
+def observation_vector(spec: ObservationSpec, features: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The graph's ``observation`` input (obs_dim,) float32: the low-dimensional features of
+    ``spec`` concatenated in spec order, looked up by NAME in ``features``.
+
+    Args:
+        spec: the model's observation spec.
+        features: feature name -> values: 'joint_positions' (J,) rad and 'joint_velocities' (J,)
+            rad/s in ``spec.joint_names`` order, a vector feature (size,) in its units. Extra
+            entries (e.g. images, which are graph inputs of their own) are ignored.
+    Raises:
+        ObservationError: a feature is missing or has the wrong size; NonFiniteValueError: NaN/inf.
+    """
+    parts = []
+    for feature in spec.low_dim_features:
+        value = features.get(feature.name)
+        if value is None:
+            raise ObservationError(f"observation feature {feature.name!r} is required by the model but was not given")
+        value = np.asarray(value, dtype=np.float64).reshape(-1)
+        if value.size != feature.size:
+            raise ObservationError(f"observation feature {feature.name!r} has {value.size} values, expected {feature.size}")
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteValueError(f"observation feature {feature.name!r} has NaN/inf: {value.tolist()}")
+        parts.append(value)
+    return np.concatenate(parts).astype(np.float32)
+
+
 def build_observation(
     spec: ObservationSpec,
     positions: np.ndarray | None = None,
     velocities: np.ndarray | None = None,
     goal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The observation vector (obs_dim,) float32 in ``spec.fields`` order.
-
-    Args:
-        spec: which fields, joints in ``spec.joint_names`` order.
-        positions: (J,) joint positions (rad), needed for field 'joint_positions'.
-        velocities: (J,) joint velocities (rad/s), needed for field 'joint_velocities'.
-        goal: (3,) goal point (m), needed for field 'goal'.
-    """
-    sources = {"joint_positions": positions, "joint_velocities": velocities, "goal": goal}
-    parts = []
-    for name in spec.fields:
-        value = sources[name]
-        if value is None:
-            raise ObservationError(f"observation field {name!r} is required by the model but was not given")
-        value = np.asarray(value, dtype=np.float64).reshape(-1)
-        if value.size != spec.field_size(name):
-            raise ObservationError(f"observation field {name!r} has {value.size} values, expected {spec.field_size(name)}")
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteValueError(f"observation field {name!r} has NaN/inf: {value.tolist()}")
-        parts.append(value)
-    return np.concatenate(parts).astype(np.float32)
+    """:func:`observation_vector` from the joint values and a goal (the round-2 signature)."""
+    features = {"joint_positions": positions, "joint_velocities": velocities, "goal": goal}
+    return observation_vector(spec, {k: v for k, v in features.items() if v is not None})
 
 
 def stamp_to_ns(stamp: object) -> int:

@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flow_policy_ros.contract import IIWA_JOINT_NAMES
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, ObservationSpec
 from flow_policy_ros.errors import InvalidOutputError, ModelFileError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, make_scheduler
 from flow_policy_ros.runtime.controller import Command, ControllerConfig, InferenceRequest, InferenceResult, PolicyController
 from flow_policy_ros.runtime.metadata import PolicyMetadata
-from flow_policy_ros.runtime.observation import build_observation, values_by_name
+from flow_policy_ros.runtime.observation import observation_vector as build_observation_vector
+from flow_policy_ros.runtime.observation import values_by_name
 from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, validate_margin
 from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
@@ -184,11 +185,17 @@ def controller_config(config: LoopConfig, meta: PolicyMetadata, guidance: float 
 
 
 def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
-    """(obs_dim,) float32 observation in the metadata's field and joint order, matched by name."""
-    joints = meta.observation.joint_names
-    positions = values_by_name(IIWA_JOINT_NAMES, obs.positions, joints, "position")
-    velocities = values_by_name(IIWA_JOINT_NAMES, obs.velocities, joints, "velocity")
-    return build_observation(meta.observation, positions, velocities, obs.goal)
+    """(obs_dim,) float32 observation in the metadata's feature and joint order, matched by name."""
+    return build_observation_vector(meta.observation, sim_features(meta.observation, obs))
+
+
+def sim_features(spec: ObservationSpec, obs: Observation) -> dict[str, np.ndarray]:
+    """The simulation's named features with joint values in the model's joint order (by name)."""
+    features = obs.features()
+    for kind in spec.joint_kinds:
+        features[kind] = values_by_name(IIWA_JOINT_NAMES, features[kind], spec.joint_names,
+                                        "position" if kind == "joint_positions" else "velocity")
+    return features
 
 
 def _failure(env: SimEnv, invalid_outputs: int = 0, ood_holds: int = 0, goal_rejected: bool = False) -> str | None:

@@ -64,6 +64,11 @@ class Observation:
         """(17,) [positions, velocities, goal]: the default observation layout of ``ObservationSpec``."""
         return np.concatenate([self.positions, self.velocities, self.goal])
 
+    def features(self) -> dict[str, np.ndarray]:
+        """The named observation features the simulation offers (joint values in
+        ``IIWA_JOINT_NAMES`` order; a policy picks its own joints from them by name)."""
+        return {"joint_positions": self.positions, "joint_velocities": self.velocities, "goal": self.goal}
+
 
 @dataclass(frozen=True)
 class EpisodeStatus:
