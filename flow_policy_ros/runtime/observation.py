@@ -10,11 +10,12 @@ Units: joint positions in rad, velocities in rad/s, goal in m.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from flow_policy_ros.contract import ObservationSpec
+from flow_policy_ros.contract import FeatureSpec, ObservationSpec
 from flow_policy_ros.errors import ObservationError, TrajectoryError
 
 
@@ -98,6 +99,35 @@ def build_observation(
     """:func:`observation_vector` from the joint values and a goal (the round-2 signature)."""
     features = {"joint_positions": positions, "joint_velocities": velocities, "goal": goal}
     return observation_vector(spec, {k: v for k, v in features.items() if v is not None})
+
+
+def _pose_values(msg: Any) -> list[float]:
+    p, q = msg.pose.position, msg.pose.orientation
+    return [p.x, p.y, p.z, q.x, q.y, q.z, q.w]
+
+
+#: How a vector feature's values (and frame) are read from a message of each type; rclpy's and
+#: rosbags' messages alike (attribute access only). Keys: contract.VECTOR_MESSAGE_TYPES.
+VECTOR_READERS: dict[str, tuple[Callable[[Any], Sequence[float]], Callable[[Any], str | None]]] = {
+    "geometry_msgs/msg/PointStamped": (lambda m: [m.point.x, m.point.y, m.point.z], lambda m: m.header.frame_id),
+    "geometry_msgs/msg/PoseStamped": (_pose_values, lambda m: m.header.frame_id),
+    "std_msgs/msg/Float64MultiArray": (lambda m: list(m.data), lambda m: None),
+}
+
+
+def vector_values(feature: FeatureSpec, msg: Any) -> tuple[np.ndarray, str | None]:
+    """(values (size,) float64, the message's frame_id or None) of vector feature ``feature``.
+
+    Raises MalformedMessageError (wrong size) or NonFiniteValueError (NaN/inf), naming the feature.
+    """
+    values_of, frame_of = VECTOR_READERS[feature.msg_type]
+    values = np.asarray(values_of(msg), dtype=np.float64).reshape(-1)
+    if values.size != feature.size:
+        raise MalformedMessageError(f"{feature.name}: {feature.msg_type} carries {values.size} values, "
+                                    f"the model takes {feature.size}")
+    if not np.all(np.isfinite(values)):
+        raise NonFiniteValueError(f"{feature.name} {values.tolist()} has NaN/inf")
+    return values, frame_of(msg)
 
 
 def stamp_to_ns(stamp: object) -> int:
