@@ -19,7 +19,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from flow_policy_ros.contract import FeatureSpec
+from flow_policy_ros.contract import FeatureSpec, ObservationSpec
 from flow_policy_ros.runtime.observation import (  # noqa: F401 - re-exported for the nodes
     MalformedMessageError,
     MissingJointError,
@@ -112,6 +112,15 @@ VECTOR_MESSAGE_CLASSES: dict[str, type] = {
     "geometry_msgs/msg/PoseStamped": PoseStamped,
     "std_msgs/msg/Float64MultiArray": Float64MultiArray,
 }
+
+
+def joint_states_topic(spec: ObservationSpec) -> str:
+    """The JointState topic: the joint features' (one topic for all), 'joint_states' if none is observed
+    (the measured action joints come from there all the same)."""
+    topics = {f.topic for f in spec.features if f.kind in ("joint_positions", "joint_velocities")}
+    if len(topics) > 1:
+        raise ValueError(f"observation: joint features on different topics {sorted(topics)}; one JointState topic is read")
+    return topics.pop() if topics else "joint_states"
 
 
 def vector_message_class(feature: FeatureSpec) -> type:
