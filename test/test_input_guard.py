@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow_policy_ros.contract import IIWA_JOINT_NAMES, JointLimits, ObservationSpec
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, FeatureSpec, JointLimits, ObservationSpec, goal_feature
 from flow_policy_ros.runtime.controller_config import ControllerConfig, ControllerCounters
 from flow_policy_ros.runtime.input_guard import MEASURED_LIMIT_TOLERANCE_RAD, InputGuard
 from flow_policy_ros.runtime.ood import ObservationRange, observation_labels
@@ -56,11 +56,18 @@ def test_without_a_training_range_the_guard_is_off():
 
 
 def test_goal_frame_finiteness_and_range():
-    g = guard()
-    assert g.goal_problem(MID[7:], "world") == "" and g.goal_problem(MID[7:], None) == ""
-    assert "frame 'map'" in g.goal_problem(MID[7:], "map")
-    assert "3 finite values" in g.goal_problem(np.array([0.5, np.nan, 0.4]), None)
-    assert "3 finite values" in g.goal_problem(np.array([0.5, 0.4]), None)
+    g, goal = guard(), goal_feature()
+    assert g.vector_problem(goal, MID[7:], "world") == "" and g.vector_problem(goal, MID[7:], None) == ""
+    assert "frame 'map'" in g.vector_problem(goal, MID[7:], "map")
+    assert "3 finite values" in g.vector_problem(goal, np.array([0.5, np.nan, 0.4]), None)
+    assert "3 finite values" in g.vector_problem(goal, np.array([0.5, 0.4]), None)
     far = MID[7:] + np.array([0.0, 0.0, 1.0])
-    assert g.goal_problem(far, None).startswith("goal[z]")
-    assert guard(None).goal_problem(far, None) == ""  # no range: only frame and finiteness
+    assert g.vector_problem(goal, far, None).startswith("goal[z]")
+    assert guard(None).vector_problem(goal, far, None) == ""  # no range: only frame and finiteness
+
+
+def test_a_non_task_vector_is_checked_against_its_own_frame():
+    pose = FeatureSpec("pose", "vector", "pose", "geometry_msgs/msg/PointStamped", 0.1, 3, frame_id="base")
+    g = guard(None)
+    assert g.vector_problem(pose, MID[7:], "base") == ""
+    assert "pose in frame 'world', expected 'base'" in g.vector_problem(pose, MID[7:], "world")

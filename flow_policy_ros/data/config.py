@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from flow_policy_ros.contract import require
+from flow_policy_ros.contract import FeatureSpec, require
 
 #: What the action of a control tick is read from (see :mod:`flow_policy_ros.data.windows`).
 ACTION_SOURCES = ("commands", "joint_states", "joint_trajectory", "controller_state")
@@ -19,7 +19,9 @@ class DataConfig:
 
     Attributes:
         joint_states_topic: sensor_msgs/JointState topic (positions, velocities by name).
-        goal_topic: geometry_msgs/PointStamped topic with the goal.
+        goal_topic: geometry_msgs/PointStamped topic with the goal (the ``goal`` feature).
+        feature_topics: bag topic of a vector observation feature, by feature name, where it
+            differs from ``/<the feature's topic in the observation spec>``.
         command_topic: std_msgs/Float64MultiArray topic with per-tick position commands,
             in ``command_joint_names`` order (action_source 'commands').
         command_joint_names: joint order of the command arrays (defaults to the action joints).
@@ -41,13 +43,23 @@ class DataConfig:
     action_source: str = "commands"
     trajectory_topic: str = "/joint_trajectory_controller/joint_trajectory"
     controller_state_topic: str = "/joint_trajectory_controller/controller_state"
+    feature_topics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command_joint_names", tuple(self.command_joint_names))
+        object.__setattr__(self, "feature_topics", dict(self.feature_topics))
         require(
             self.action_source in ACTION_SOURCES,
             f"data.action_source must be one of {list(ACTION_SOURCES)}, got {self.action_source!r}",
         )
+
+    def feature_topic(self, feature: FeatureSpec) -> str:
+        """The bag topic vector feature ``feature`` is read from."""
+        if feature.name in self.feature_topics:
+            return self.feature_topics[feature.name]
+        if feature.name == "goal":
+            return self.goal_topic
+        return "/" + feature.topic.lstrip("/")
 
     @property
     def action_topic(self) -> str | None:

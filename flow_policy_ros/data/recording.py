@@ -14,6 +14,10 @@ import numpy as np
 
 from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.targets import TargetSeries
+from flow_policy_ros.errors import DatasetError
+
+#: The vector feature stored in ``goals``/``goal_times_ns``.
+GOAL_FEATURE = "goal"
 
 
 @dataclass
@@ -35,6 +39,8 @@ class EpisodeRecording:
             'joint_trajectory' and 'controller_state' (None otherwise).
         images: camera name -> its frames (uint8 RGB, ~27 kB per 96 x 96 frame: a 6 s
             episode at 12.5 Hz holds 76 frames, 2.1 MB); empty without a camera.
+        vectors: vector observation features other than the goal, by feature name: (times (V,)
+            int64 ns, values (V, size) float64).
     """
 
     joint_names: list[str]
@@ -49,6 +55,7 @@ class EpisodeRecording:
     metadata: dict[str, Any] = field(default_factory=dict)
     targets: TargetSeries | None = None
     images: dict[str, ImageSeries] = field(default_factory=dict)
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.joint_times_ns = np.asarray(self.joint_times_ns, dtype=np.int64)
@@ -73,3 +80,16 @@ class EpisodeRecording:
             expected = (len(self.command_times_ns), len(self.command_joint_names))
             if self.commands.shape != expected:
                 raise ValueError(f"EpisodeRecording: commands {self.commands.shape} must be {expected}")
+        for name, (times, values) in self.vectors.items():
+            if len(times) != len(values):
+                raise ValueError(f"EpisodeRecording: {len(values)} {name} values but {len(times)} stamps")
+
+    def vector_series(self, name: str, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(times (V,) int64 ns, values (V, size) float64) of vector feature ``name``; the goal
+        lives in ``goal_times_ns``/``goals`` (the bag layout's /goal topic)."""
+        if name == GOAL_FEATURE:
+            return self.goal_times_ns, self.goals
+        if name not in self.vectors:
+            raise DatasetError(f"{source or 'recording'}: no {name!r} messages recorded (the model observes {name!r})")
+        times, values = self.vectors[name]
+        return np.asarray(times, np.int64), np.asarray(values, np.float64).reshape(len(times), -1)

@@ -51,7 +51,7 @@ Imports neither torch nor pybullet. Inputs are only read; every output is writte
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,15 +59,17 @@ from typing import Any
 import numpy as np
 import yaml
 
+from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
-from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.data.recording import GOAL_FEATURE, EpisodeRecording
 from flow_policy_ros.data.timeseries import TimeSeriesError, resample_linear
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
 from flow_policy_ros.errors import BagError, InvalidOutputError, UsageError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import MEASURED_LIMIT_TOLERANCE_RAD
 from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.observation import VECTOR_READERS, MalformedMessageError, NonFiniteValueError, vector_values
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, classify, ood_score, ood_scores
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 
@@ -126,20 +128,51 @@ class ReplaySource:
     goal_source: str  # 'topic', 'argument' or 'none'
 
 
+def _vector_series(path: Path, feature: FeatureSpec, topic: str, msgs: list[tuple[int, Any]],
+                   held: Mapping[str, Sequence[float]], joint_times: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """((times (V,) ns, values (V, size)), 'topic' | 'argument') of a vector feature: its messages
+    sorted by stamp, else the value given for it, held from the first joint state."""
+    if msgs:
+        try:
+            values = np.array([vector_values(feature, m)[0] for _, m in msgs], np.float64).reshape(len(msgs), feature.size)
+        except MalformedMessageError as exc:
+            raise BagError(f"{path}: {topic}: {exc}") from exc
+        except NonFiniteValueError:  # kept: the replay reports non-finite observations per decision
+            values = np.array([VECTOR_READERS[feature.msg_type][0](m) for _, m in msgs], np.float64)
+        stamps = np.array([bagio.stamp_or_log(m, t) for t, m in msgs], np.int64)
+        order = np.argsort(stamps, kind="stable")
+        return (stamps[order], values[order]), "topic"
+    if feature.name in held:
+        value = np.asarray(held[feature.name], np.float64).reshape(1, -1)
+        if value.shape[1] != feature.size:
+            raise UsageError(f"{feature.name}: {value.shape[1]} values given, the model takes {feature.size}")
+        return (joint_times[:1].copy(), value), "argument"
+    flag = " and no --goal X Y Z was given" if feature.name == GOAL_FEATURE else ""
+    raise BagError(f"{path}: no {feature.name}: the bag has no {topic} messages{flag}")
+
+
 def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.DEFAULT_DATA_CONFIG,
                 joint_map: dict[str, str] | None = None, goal: Sequence[float] | None = None,
-                trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC) -> ReplaySource:
+                trajectory_topic: str = DEFAULT_TRAJECTORY_TOPIC,
+                held: Mapping[str, Sequence[float]] | None = None) -> ReplaySource:
     """Read ``path`` into a recording whose joints carry the model's names (see the module docstring).
 
+    Vector features come from their topics (``data_cfg.feature_topic``); one the bag lacks is
+    held at the value ``held`` gives for it (``goal`` is a shorthand for ``held['goal']``).
     Raises BagError/UsageError (one line) for a missing/corrupt/empty bag, missing or mistyped
-    topics, unknown joints, an uncovering joint map or a missing goal.
+    topics, unknown joints, an uncovering joint map or a missing vector feature.
     """
     path = Path(path)
+    held = dict(held or {})
+    if goal is not None:
+        held[GOAL_FEATURE] = goal
     model_joints = list(dict.fromkeys([*meta.observation.joint_names, *meta.action_joint_names]))
     drivers = driver_joint_names(model_joints, joint_map)
     rename = dict(zip(drivers, model_joints))
-    wanted = {data_cfg.joint_states_topic: bagio.JOINT_STATE, data_cfg.goal_topic: bagio.POINT_STAMPED}
-    optional = [data_cfg.goal_topic]
+    vector_topics = {feature.name: data_cfg.feature_topic(feature) for feature in meta.observation.vector_features}
+    wanted = {data_cfg.joint_states_topic: bagio.JOINT_STATE}
+    wanted.update({vector_topics[f.name]: f.msg_type for f in meta.observation.vector_features})
+    optional = list(vector_topics.values())
     if data_cfg.action_source == "commands":
         wanted.update({data_cfg.command_topic: bagio.FLOAT64_MULTI_ARRAY, trajectory_topic: bagio.JOINT_TRAJECTORY})
         optional += [data_cfg.command_topic, trajectory_topic]
@@ -147,19 +180,12 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
         wanted[data_cfg.action_topic] = bagio.ACTION_TOPIC_TYPES[data_cfg.action_source]
     msgs = bagio.read_topics(path, wanted, optional=optional, roles=bagio.action_topic_roles(data_cfg))
     _, times, pos, vel, skipped = bagio.joint_arrays(path, msgs[data_cfg.joint_states_topic], drivers)
-
-    goal_msgs = msgs[data_cfg.goal_topic]
-    if "goal" not in meta.observation.fields:
-        goal_times, goals, goal_source = np.zeros(0, np.int64), np.zeros((0, 3)), "none"
-    elif goal_msgs:
-        goal_times = np.array([bagio.stamp_or_log(m, t) for t, m in goal_msgs], np.int64)
-        goals = np.array([[m.point.x, m.point.y, m.point.z] for _, m in goal_msgs], np.float64)
-        order = np.argsort(goal_times, kind="stable")
-        goal_times, goals, goal_source = goal_times[order], goals[order], "topic"
-    elif goal is not None:
-        goal_times, goals, goal_source = times[:1].copy(), np.asarray(goal, np.float64).reshape(1, 3), "argument"
-    else:
-        raise BagError(f"{path}: no goal: the bag has no {data_cfg.goal_topic} messages and no --goal X Y Z was given")
+    vectors, sources = {}, {}
+    for feature in meta.observation.vector_features:
+        vectors[feature.name], sources[feature.name] = _vector_series(
+            path, feature, vector_topics[feature.name], msgs[vector_topics[feature.name]], held, times)
+    goal_times, goals = vectors.pop(GOAL_FEATURE, (np.zeros(0, np.int64), np.zeros((0, 3))))
+    goal_source = sources.get(GOAL_FEATURE, "none")
 
     action_joints = list(meta.action_joint_names)
     action_drivers = driver_joint_names(action_joints, joint_map)
@@ -195,7 +221,7 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
                            goal_times_ns=goal_times, goals=goals, command_joint_names=action_joints,
                            command_times_ns=cmd_times, commands=commands,
                            metadata={"skipped_joint_states": skipped} if skipped else {},
-                           targets=None if targets is None else targets.renamed(action_joints))
+                           targets=None if targets is None else targets.renamed(action_joints), vectors=vectors)
     cfg = replace(data_cfg, command_joint_names=tuple(action_joints),
                   action_source="joint_trajectory" if source == "trajectory" else source,
                   trajectory_topic=trajectory_topic if source == "trajectory" else data_cfg.trajectory_topic)

@@ -18,10 +18,11 @@ Conventions (shared with the runtime and offline replay):
   of tick k is the target at t_{k+1}; the grid starts one period before the first defined target
   and ends one period before the last (so a policy's own chunk stream, point i at
   stamp + (i+1)·dt, gives exactly the per-tick commands it executed).
-- Observation at tick k: ``ModelIO.observation.fields`` in order: joint positions (rad)
-  and velocities (rad/s) linearly interpolated at t_k in ``observation.joint_names`` order,
-  goal (m) held from the last goal at or before t_k. Ticks where an observation is undefined
-  (before the first joint state or goal, after the last joint state) start no window.
+- Observation at tick k: the low-dimensional features of ``ModelIO.observation`` in order, each
+  built by its kind (:data:`FEATURE_BUILDERS`): joint positions (rad) and velocities (rad/s)
+  linearly interpolated at t_k in ``observation.joint_names`` order; a vector feature (e.g. the
+  goal, m) held from its last message at or before t_k. Ticks where an observation is undefined
+  (before the first joint state or vector message, after the last joint state) start no window.
 - Action chunk at tick k: the actions of ticks k, k+1, ..., k+H-1 in
   ``ModelIO.action_joint_names`` order (matched by name to ``DataConfig.command_joint_names``,
   which default to the action joints). The action of tick k is the position target to reach
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flow_policy_ros.contract import ModelIO
+from flow_policy_ros.contract import FeatureSpec, ModelIO
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import control_grid, period_ns, resample_linear, sample_hold
@@ -80,31 +81,49 @@ def action_ticks(rec: EpisodeRecording, io: ModelIO, data_cfg: DataConfig,
     return grid, sample_hold(t_cmd, rec.commands[:, cols], grid + step // 2)
 
 
+def _joint_positions(rec: EpisodeRecording, feature: FeatureSpec, cols: list[int], ticks_ns: np.ndarray,
+                     source: str) -> np.ndarray:
+    return resample_linear(rec.joint_times_ns, rec.positions[:, cols], ticks_ns)
+
+
+def _joint_velocities(rec: EpisodeRecording, feature: FeatureSpec, cols: list[int], ticks_ns: np.ndarray,
+                      source: str) -> np.ndarray:
+    if np.isnan(rec.velocities[:, cols]).any():
+        raise DatasetError(f"{source}: the observation needs joint_velocities but joint_states messages carry none")
+    return resample_linear(rec.joint_times_ns, rec.velocities[:, cols], ticks_ns)
+
+
+def _vector(rec: EpisodeRecording, feature: FeatureSpec, cols: list[int], ticks_ns: np.ndarray,
+            source: str) -> np.ndarray:
+    times, values = rec.vector_series(feature.name, source)
+    if values.shape[1:] != (feature.size,):
+        raise DatasetError(f"{source}: {feature.name} messages carry {values.shape[1:]} values, the model takes {feature.size}")
+    return sample_hold(times, values, ticks_ns)
+
+
+#: How each low-dimensional feature kind is sampled at the control ticks: joint values
+#: interpolated linearly, vectors held from the last message at or before the tick.
+FEATURE_BUILDERS = {"joint_positions": _joint_positions, "joint_velocities": _joint_velocities, "vector": _vector}
+
+
 def observations_at(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO,
                     source: str = "") -> np.ndarray:
     """Observation vectors (K, obs_dim) float64 at ``ticks_ns`` (K,); ticks must be covered by the data."""
     spec = io.observation
     cols = _columns(rec.joint_names, spec.joint_names, "joint_states", source)
     out = np.empty((len(ticks_ns), spec.obs_dim), np.float64)
-    for name, sl in spec.field_slices().items():
-        if name == "joint_positions":
-            out[:, sl] = resample_linear(rec.joint_times_ns, rec.positions[:, cols], ticks_ns)
-        elif name == "joint_velocities":
-            if np.isnan(rec.velocities[:, cols]).any():
-                raise DatasetError(f"{source}: the observation needs joint_velocities but joint_states messages carry none")
-            out[:, sl] = resample_linear(rec.joint_times_ns, rec.velocities[:, cols], ticks_ns)
-        elif name == "goal":
-            out[:, sl] = sample_hold(rec.goal_times_ns, rec.goals, ticks_ns)
-        else:  # config validation keeps this unreachable
-            raise DatasetError(f"{source}: no builder for observation field {name!r}")
+    slices = spec.field_slices()
+    for feature in spec.low_dim_features:
+        out[:, slices[feature.name]] = FEATURE_BUILDERS[feature.kind](rec, feature, cols, ticks_ns, source)
     return out
 
 
 def observable_mask(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO) -> np.ndarray:
-    """Boolean mask (K,) of ticks where every observation field is defined (a contiguous run)."""
+    """Boolean mask (K,) of ticks where every observation feature is defined (a contiguous run)."""
     start = rec.joint_times_ns[0]
-    if "goal" in io.observation.fields:
-        start = max(start, rec.goal_times_ns[0]) if len(rec.goal_times_ns) else np.iinfo(np.int64).max
+    for feature in io.observation.vector_features:
+        times, _ = rec.vector_series(feature.name)
+        start = max(start, times[0]) if len(times) else np.iinfo(np.int64).max
     return (ticks_ns >= start) & (ticks_ns <= rec.joint_times_ns[-1])
 
 

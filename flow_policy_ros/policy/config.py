@@ -23,7 +23,6 @@ from flow_policy_ros.contract import (  # noqa: F401 - re-exported: the config s
     IIWA_POSITION_LOWER,
     IIWA_POSITION_UPPER,
     IIWA_VELOCITY_LIMIT,
-    OBSERVATION_FIELDS,
     JointLimits,
     ModelIO,
     ObservationSpec,

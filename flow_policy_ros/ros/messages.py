@@ -14,17 +14,19 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from flow_policy_ros.contract import FeatureSpec, ObservationSpec
 from flow_policy_ros.runtime.observation import (  # noqa: F401 - re-exported for the nodes
     MalformedMessageError,
     MissingJointError,
     NonFiniteValueError,
     build_observation,
     values_by_name,
+    vector_values,
 )
 
 
@@ -102,6 +104,28 @@ def point_array(msg: PointStamped) -> np.ndarray:
     if not np.all(np.isfinite(goal)):
         raise NonFiniteValueError(f"goal point {goal.tolist()} has NaN/inf")
     return goal
+
+
+#: The rclpy class of each vector feature message type (values are read by runtime.observation).
+VECTOR_MESSAGE_CLASSES: dict[str, type] = {
+    "geometry_msgs/msg/PointStamped": PointStamped,
+    "geometry_msgs/msg/PoseStamped": PoseStamped,
+    "std_msgs/msg/Float64MultiArray": Float64MultiArray,
+}
+
+
+def joint_states_topic(spec: ObservationSpec) -> str:
+    """The JointState topic: the joint features' (one topic for all), 'joint_states' if none is observed
+    (the measured action joints come from there all the same)."""
+    topics = {f.topic for f in spec.features if f.kind in ("joint_positions", "joint_velocities")}
+    if len(topics) > 1:
+        raise ValueError(f"observation: joint features on different topics {sorted(topics)}; one JointState topic is read")
+    return topics.pop() if topics else "joint_states"
+
+
+def vector_message_class(feature: FeatureSpec) -> type:
+    """The rclpy message class a vector feature is subscribed with."""
+    return VECTOR_MESSAGE_CLASSES[feature.msg_type]
 
 
 def time_msg(stamp_ns: int) -> Time:

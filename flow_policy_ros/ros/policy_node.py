@@ -37,7 +37,6 @@ from collections.abc import Callable
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PointStamped
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -47,9 +46,17 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from flow_policy_ros import paths
+from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.errors import FlowPolicyError, ObservationError, one_line
 from flow_policy_ros.ros.diagnostics import policy_diagnostics
-from flow_policy_ros.ros.messages import JointStateReader, action_to_multiarray_msg, chunk_to_trajectory_msg, point_array
+from flow_policy_ros.ros.messages import (
+    JointStateReader,
+    action_to_multiarray_msg,
+    chunk_to_trajectory_msg,
+    joint_states_topic,
+    vector_message_class,
+    vector_values,
+)
 from flow_policy_ros.ros.node_runner import spin_node
 from flow_policy_ros.ros.parameters import declare_all
 from flow_policy_ros.ros.policy_parameters import NODE_NAME, PARAMETERS, PolicyNodeParams
@@ -81,8 +88,7 @@ class PolicyNode(LifecycleNode):
         self.configure_error = self._last_reason = ""
         self.scheduling = "SCHED_OTHER"
         self._active = False
-        self._goal: np.ndarray | None = None
-        self._goal_frame = ""
+        self._latched: dict[str, tuple[np.ndarray, str | None]] = {}  # task features (goal): last value, frame
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
         self.latency = StageLatencies()
@@ -108,6 +114,9 @@ class PolicyNode(LifecycleNode):
         self.policy = load_policy(p.model_path or paths.default_model_path(), providers=p.providers,
                                   intra_op_num_threads=p.intra_op_threads, seed=p.seed, warmup=p.warmup)
         self.meta = meta = self.policy.metadata
+        cameras = [f.camera for f in meta.observation.image_features]
+        if cameras:
+            raise FlowPolicyError(f"model {meta.name} observes camera(s) {cameras}: this node does not read images yet")
         if abs(meta.control_period_s - p.period_s) > 1e-3 * meta.control_period_s:
             self.get_logger().warning(f"control_rate_hz {p.control_rate_hz} differs from the model's "
                                       f"1/{meta.control_period_s} s; actions are executed one per tick")
@@ -129,9 +138,9 @@ class PolicyNode(LifecycleNode):
                                       inline=not p.threaded_inference, latencies=self.latency)
         self._owned += [
             (self.destroy_lifecycle_publisher, self._publisher),
-            (self.destroy_subscription, self.create_subscription(JointState, "joint_states", self._on_joint_state,
-                                                                 qos_profile_sensor_data)),
-            (self.destroy_subscription, self.create_subscription(PointStamped, "goal", self._on_goal, _LATCHED)),
+            (self.destroy_subscription, self.create_subscription(JointState, joint_states_topic(meta.observation),
+                                                                 self._on_joint_state, qos_profile_sensor_data)),
+            *[(self.destroy_subscription, self._subscribe_vector(feature)) for feature in meta.observation.vector_features],
             (self.destroy_timer, self.create_timer(1.0, self._publish_diagnostics)),
         ]
         if meta.observation_range is None:
@@ -145,8 +154,8 @@ class PolicyNode(LifecycleNode):
         self.controller = PolicyController(config, self._limits)
         if self._held is not None:
             self.controller.limiter.advance(self._held)  # the robot holds the last command sent
-        if self._goal is not None:
-            self.controller.on_goal(self._goal, self._goal_frame)
+        for name, (values, frame_id) in self._latched.items():
+            self.controller.on_feature(name, values, frame_id)
         self._last_reason = ""
         self._obs_to_cmd_s.clear()
         self.latency = self.worker.latencies = StageLatencies()
@@ -194,7 +203,8 @@ class PolicyNode(LifecycleNode):
         self._owned = []
         if self.worker is not None:
             self.worker.stop()
-        self.worker = self.policy = self.controller = self._held = self._goal = None
+        self.worker = self.policy = self.controller = self._held = None
+        self._latched = {}
 
     # -- callbacks ----------------------------------------------------------------------------
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
@@ -202,8 +212,8 @@ class PolicyNode(LifecycleNode):
             if param.name == "guidance_scale" and self.controller is not None:
                 self.controller.guidance_scale = validate_guidance_scale(param.value)
 
-    def _reject(self, reason: str) -> None:
-        self.controller.reject()
+    def _reject(self, reason: str, feature: str = "") -> None:
+        self.controller.reject(reason, feature)
         self.get_logger().warning(f"rejected message ({self.controller.counters.rejected_messages} so far): {reason}",
                                   throttle_duration_sec=1.0)
 
@@ -224,18 +234,29 @@ class PolicyNode(LifecycleNode):
             self.latency.add_ns("assembly", time.perf_counter_ns() - start_ns)
         self._carry_out(decisions)
 
-    def _on_goal(self, msg: PointStamped) -> None:
+    def _subscribe_vector(self, feature: FeatureSpec) -> object:
+        """A vector feature's subscription: latched (reliable, transient local) for a task feature
+        such as the goal, sensor data QoS otherwise."""
+        qos = _LATCHED if feature.task else qos_profile_sensor_data
+        return self.create_subscription(vector_message_class(feature), feature.topic,
+                                        lambda msg: self._on_vector(feature, msg), qos)
+
+    def _on_vector(self, feature: FeatureSpec, msg: object) -> None:
         try:
-            self._goal, self._goal_frame = point_array(msg), msg.header.frame_id
+            values, frame_id = vector_values(feature, msg)
         except ObservationError as exc:
-            self._reject(str(exc))
+            self._reject(str(exc), feature.name)
             return
+        stamp = getattr(msg, "header", None)
+        stamp_ns = stamp_to_ns(stamp.stamp) if stamp is not None else 0
+        if feature.task:
+            self._latched[feature.name] = (values, frame_id)
         if self._active:
             rejected = self.controller.counters.rejected_goals
-            self._carry_out(self.controller.on_goal(self._goal, self._goal_frame))
+            self._carry_out(self.controller.on_feature(feature.name, values, frame_id, stamp_ns))
             if self.controller.counters.rejected_goals > rejected:
-                self.get_logger().warning(f"rejected goal ({rejected + 1} so far): {self.controller.goal_rejection}",
-                                          throttle_duration_sec=1.0)
+                self.get_logger().warning(f"rejected {feature.name} ({rejected + 1} so far): "
+                                          f"{self.controller.goal_rejection}", throttle_duration_sec=1.0)
 
     def _on_tick(self) -> None:
         self._on_inference_done()  # normally handled at once via the guard condition

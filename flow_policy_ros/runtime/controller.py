@@ -17,17 +17,19 @@ Events and what they may return:
 * :meth:`~PolicyController.on_inference_result`: the new chunk's first :class:`Command`
   (stream) or the whole :class:`Trajectory` (trajectory mode), or a :class:`Stop` when the
   result is an error or an invalid chunk (wrong shape, NaN/inf): the robot holds.
-* :meth:`~PolicyController.on_goal`: a new goal drops the chunk being executed and any
-  inference in flight for the old goal (their results are counted as discarded). A rejected
-  goal (:mod:`~flow_policy_ros.runtime.input_guard`) is counted in ``rejected_goals``, the
-  reason in :attr:`~PolicyController.goal_rejection`.
+* :meth:`~PolicyController.on_feature`: a vector feature's value (e.g. the goal; see
+  :mod:`~flow_policy_ros.runtime.vector_inputs`). A new value of a task feature drops the chunk
+  being executed and any inference in flight for the old one (their results are counted as
+  discarded). A rejected value (:mod:`~flow_policy_ros.runtime.input_guard`) is counted in
+  ``rejected_goals``, the reason in :attr:`~PolicyController.goal_rejection`.
 
 The controller is the composition of one part per job, each in its own module:
 
 * :mod:`~flow_policy_ros.runtime.tick_clock`: tick numbering, deadline misses, jitter, and the
   states (waiting, running, stale, error, hold) with their reasons;
 * :mod:`~flow_policy_ros.runtime.input_guard`: measured positions beyond the limits, the
-  out-of-distribution guard, goal checks;
+  out-of-distribution guard, vector feature checks;
+* :mod:`~flow_policy_ros.runtime.vector_inputs`: the latest value of each vector feature;
 * :mod:`~flow_policy_ros.runtime.execution` and
   :mod:`~flow_policy_ros.runtime.trajectory_execution`: stream or trajectory output, behind one
   interface; :mod:`~flow_policy_ros.runtime.tracking`: when the limiter restarts from the arm;
@@ -47,13 +49,14 @@ from flow_policy_ros.runtime.controller_config import EXECUTION_MODES, Controlle
 from flow_policy_ros.runtime.decisions import Command, Decision, InferenceRequest, InferenceResult, Stop, Trajectory
 from flow_policy_ros.runtime.execution import Execution, StreamExecution, plan_from
 from flow_policy_ros.runtime.input_guard import MEASURED_LIMIT_TOLERANCE_RAD, InputGuard
-from flow_policy_ros.runtime.observation import build_observation
+from flow_policy_ros.runtime.observation import observation_vector
 from flow_policy_ros.runtime.ood import OodScore
 from flow_policy_ros.runtime.prefix_committer import PrefixCommitter
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 from flow_policy_ros.runtime.tick_clock import STATES, RunState, TickClock
 from flow_policy_ros.runtime.tracking import STEADY_READINGS, STEADY_TOLERANCE_RAD, TRACKING_TOLERANCE_RAD, ArmTracking
 from flow_policy_ros.runtime.trajectory_execution import TrajectoryExecution
+from flow_policy_ros.runtime.vector_inputs import VectorInputs
 
 __all__ = [
     "EXECUTION_MODES", "MEASURED_LIMIT_TOLERANCE_RAD", "STATES", "STEADY_READINGS", "STEADY_TOLERANCE_RAD",
@@ -86,15 +89,12 @@ class PolicyController:
         self.execution: Execution = _EXECUTIONS[config.execution](
             config, limits, self.scheduler, self.limiter, self.clock, self.tracking, self.counters)
         self.prefix = PrefixCommitter(config, limits.size, self.counters)
-        self._needs_goal = "goal" in config.observation.fields
-        #: last reason a goal was rejected ("" = none so far)
-        self.goal_rejection = ""
+        self.vectors = VectorInputs(config.observation)
         # latest data
         self._positions: np.ndarray | None = None
         self._velocities: np.ndarray | None = None
         self._received_ns: int | None = None
         self._stamp_ns = 0
-        self._goal: np.ndarray | None = None
         # chunk bookkeeping
         self._generation = 0
         self._in_flight = False
@@ -152,9 +152,17 @@ class PolicyController:
         return plan_from(self.scheduler, tick, self.clock.current_tick)
 
     # -- events ---------------------------------------------------------------------------
-    def reject(self) -> None:
-        """Count a message the caller refused (missing joints, NaN, malformed)."""
+    @property
+    def goal_rejection(self) -> str:
+        """Why the last rejected vector feature value (e.g. a goal) was rejected ("" = none so far)."""
+        return self.vectors.last_rejection
+
+    def reject(self, reason: str = "", feature: str = "") -> None:
+        """Count a message the caller refused (missing joints, NaN, malformed); ``feature``: the
+        vector feature it was for (its rejection reason shows in :attr:`goal_rejection`)."""
         self.counters.rejected_messages += 1
+        if feature:
+            self.vectors.reject(feature, reason)
 
     def on_joint_state(self, now_ns: int, positions: np.ndarray, velocities: np.ndarray | None,
                        measured: np.ndarray, stamp_ns: int = 0) -> list[Decision]:
@@ -176,29 +184,30 @@ class PolicyController:
             decisions += self._request()
         return decisions
 
-    def on_goal(self, goal: np.ndarray, frame_id: str | None = None) -> list[Decision]:
-        """A goal (3,) m in ``frame_id`` (None: the caller vouches for the frame).
-
-        A changed goal drops the chunks of the old one. A goal in another frame than
-        ``config.goal_frame``, non-finite, or outside the training goal range plus the margin is
-        rejected (see :mod:`~flow_policy_ros.runtime.input_guard`).
-        """
-        goal = np.asarray(goal, dtype=np.float64).reshape(-1)
-        problem = self.guard.goal_problem(goal, frame_id)
+    def on_feature(self, name: str, values: np.ndarray, frame_id: str | None = None, stamp_ns: int = 0) -> list[Decision]:
+        """A value (size,) of vector feature ``name`` in ``frame_id`` (None: the caller vouches for
+        the frame), stamped ``stamp_ns`` (0 = unknown). A changed task feature (the goal) drops the
+        chunks of the old task; a rejected value is counted and leaves the previous one in place."""
+        feature = self.vectors.feature(name)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        problem = self.guard.vector_problem(feature, values, frame_id)
         if problem:
             self.counters.rejected_goals += 1
-            self.goal_rejection = problem
+            self.vectors.reject(name, problem)
             return []
-        if self._goal is not None and not np.array_equal(goal, self._goal):
-            # a new task (episode): chunks planned for the old goal are worthless; replan at once.
+        if self.vectors.update(name, values, stamp_ns or self._stamp_ns):
+            # a new task (episode): chunks planned for the old one are worthless; replan at once.
             # The limiter keeps the last command sent, and in trajectory mode the robot keeps
             # executing the old trajectory until the new one replaces it.
             self._generation += 1
             self.scheduler.reset()
             self.execution.drop_plan()
             self._await_obs_after_ns = None
-        self._goal = goal
         return []
+
+    def on_goal(self, goal: np.ndarray, frame_id: str | None = None) -> list[Decision]:
+        """:meth:`on_feature` for the default spec's goal point (3,) m."""
+        return self.on_feature("goal", goal, frame_id)
 
     def on_tick(self, now_ns: int) -> list[Decision]:
         """The control timer fired at ``now_ns``."""
@@ -209,13 +218,13 @@ class PolicyController:
         self.counters.ticks += 1
         self.execution.begin_tick(tick)
         measured = self.tracking.measured
-        if measured is None or (self._needs_goal and self._goal is None):
-            reason = "no joint states and goal yet" if measured is None else "no goal yet"
-            if self.goal_rejection and self._goal is None:
-                reason += f" (last goal rejected: {self.goal_rejection})"
-            return self._hold("waiting", reason)
+        if measured is None or self.vectors.missing():
+            return self._hold("waiting", self.vectors.waiting_reason(joint_states=measured is not None))
         if now_ns - self._received_ns > self.config.stale_timeout_s * 1e9:
             return self._hold("stale", f"joint states older than {self.config.stale_timeout_s} s")
+        stale = self.vectors.stale(self._stamp_ns)
+        if stale:
+            return self._hold("stale", stale)
         beyond = self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
         if beyond:
             return self._hold("hold", beyond)
@@ -282,7 +291,8 @@ class PolicyController:
         return ""
 
     def _observation(self) -> np.ndarray:
-        return build_observation(self.config.observation, self._positions, self._velocities, self._goal)
+        features = {"joint_positions": self._positions, "joint_velocities": self._velocities, **self.vectors.values}
+        return observation_vector(self.config.observation, {k: v for k, v in features.items() if v is not None})
 
     def _out_of_distribution(self) -> str:
         return self.guard.out_of_distribution(self._observation(), holding=self.state == "hold")
@@ -305,7 +315,7 @@ class PolicyController:
     def _request(self) -> list[Decision]:
         """An inference request on the latest joint state, for the current tick."""
         self._await_obs_after_ns = None
-        if self.state not in ("running", "error") or (self._needs_goal and self._goal is None):
+        if self.state not in ("running", "error") or self.vectors.missing():
             return []
         observation = self._observation()
         beyond = self.guard.out_of_distribution(observation, holding=self.state == "hold")

@@ -1,4 +1,4 @@
-"""Whether the controller may act on its input: measured positions, the observation, a goal (pure).
+"""Whether the controller may act on its input: measured positions, the observation, vector features (pure).
 
 Each check returns a one-line reason ("" = fine); the controller holds (or rejects the goal)
 with that reason.
@@ -10,8 +10,9 @@ with that reason.
   measures the observation against it; beyond ``ood_margin`` range widths the controller holds
   naming the field, beyond half of it :attr:`InputGuard.warning` says so while it keeps
   running. Without a range the guard is off (:attr:`InputGuard.status` says why).
-* A goal in another frame than ``goal_frame``, non-finite, or outside the training goal range
-  plus ``ood_margin`` is rejected: the previous goal stays, or the controller keeps waiting.
+* A vector feature (e.g. the goal) in another frame than its spec's ``frame_id`` (a task
+  feature: ``goal_frame``), of the wrong size, non-finite, or outside its training range plus
+  ``ood_margin`` is rejected: the previous value stays, or the controller keeps waiting.
 
 Units: rad, m.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.runtime.controller_config import ControllerConfig, ControllerCounters
 from flow_policy_ros.runtime.ood import OodScore, classify, ood_score
 from flow_policy_ros.runtime.safety import SafetyLimits
@@ -46,8 +48,8 @@ class InputGuard:
         #: the latest observation's distance from the training range (None: guard off or no data yet)
         self.ood: OodScore | None = None
         rng = config.observation_range
-        needs_goal = "goal" in config.observation.fields
-        self._goal_range = rng.field(config.observation, "goal") if rng is not None and needs_goal else None
+        spec = config.observation
+        self._ranges = {} if rng is None else {f.name: rng.field(spec, f.name) for f in spec.vector_features}
 
     @property
     def status(self) -> str:
@@ -67,14 +69,16 @@ class InputGuard:
         return (f"measured position of action joint {i} is {measured[i]:.3f} rad, beyond its limits "
                 f"[{self.limits.lower[i]:.3f}, {self.limits.upper[i]:.3f}]")
 
-    def goal_problem(self, goal: np.ndarray, frame_id: str | None) -> str:
-        """Why ``goal`` (3,) m in ``frame_id`` (None: vouched for by the caller) is rejected, else ''."""
-        if frame_id is not None and frame_id != self.config.goal_frame:
-            return f"goal in frame {frame_id!r}, expected {self.config.goal_frame!r}"
-        if goal.shape != (3,) or not np.all(np.isfinite(goal)):
-            return f"goal must be 3 finite values (m), got {goal.tolist()}"
-        if self._goal_range is not None:
-            score = ood_score(goal, self._goal_range)
+    def vector_problem(self, feature: FeatureSpec, values: np.ndarray, frame_id: str | None) -> str:
+        """Why ``values`` (size,) of vector feature ``feature`` in ``frame_id`` (None: vouched for by
+        the caller) are rejected, else ''."""
+        expected = self.config.goal_frame if feature.task else feature.frame_id
+        if frame_id is not None and expected and frame_id != expected:
+            return f"{feature.name} in frame {frame_id!r}, expected {expected!r}"
+        if values.shape != (feature.size,) or not np.all(np.isfinite(values)):
+            return f"{feature.name} must be {feature.size} finite values ({feature.units or 'model units'}), got {values.tolist()}"
+        if feature.name in self._ranges:
+            score = ood_score(values, self._ranges[feature.name])
             if score.value > self.config.ood_margin:
                 return f"{score.describe()} (margin {self.config.ood_margin:g})"
         return ""

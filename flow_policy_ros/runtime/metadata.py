@@ -117,7 +117,7 @@ class PolicyMetadata:
                 **extra,
                 "format_version": FORMAT_VERSION,
                 "name": self.name,
-                "observation": {"fields": list(self.observation.fields), "joint_names": list(self.observation.joint_names)},
+                "observation": self.observation.to_json(),
                 "obs_dim": self.obs_dim,
                 "action_joint_names": list(self.action_joint_names),
                 "horizon": self.horizon,

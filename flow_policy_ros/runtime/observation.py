@@ -10,11 +10,12 @@ Units: joint positions in rad, velocities in rad/s, goal in m.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from flow_policy_ros.contract import ObservationSpec
+from flow_policy_ros.contract import FeatureSpec, ObservationSpec
 from flow_policy_ros.errors import ObservationError, TrajectoryError
 
 
@@ -63,33 +64,70 @@ def values_by_name(
     return out
 
 
+def observation_vector(spec: ObservationSpec, features: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The graph's ``observation`` input (obs_dim,) float32: the low-dimensional features of
+    ``spec`` concatenated in spec order, looked up by NAME in ``features``.
+
+    Args:
+        spec: the model's observation spec.
+        features: feature name -> values: 'joint_positions' (J,) rad and 'joint_velocities' (J,)
+            rad/s in ``spec.joint_names`` order, a vector feature (size,) in its units. Extra
+            entries (e.g. images, which are graph inputs of their own) are ignored.
+    Raises:
+        ObservationError: a feature is missing or has the wrong size; NonFiniteValueError: NaN/inf.
+    """
+    parts = []
+    for feature in spec.low_dim_features:
+        value = features.get(feature.name)
+        if value is None:
+            raise ObservationError(f"observation feature {feature.name!r} is required by the model but was not given")
+        value = np.asarray(value, dtype=np.float64).reshape(-1)
+        if value.size != feature.size:
+            raise ObservationError(f"observation feature {feature.name!r} has {value.size} values, expected {feature.size}")
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteValueError(f"observation feature {feature.name!r} has NaN/inf: {value.tolist()}")
+        parts.append(value)
+    return np.concatenate(parts).astype(np.float32)
+
+
 def build_observation(
     spec: ObservationSpec,
     positions: np.ndarray | None = None,
     velocities: np.ndarray | None = None,
     goal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The observation vector (obs_dim,) float32 in ``spec.fields`` order.
+    """:func:`observation_vector` from the joint values and a goal (the round-2 signature)."""
+    features = {"joint_positions": positions, "joint_velocities": velocities, "goal": goal}
+    return observation_vector(spec, {k: v for k, v in features.items() if v is not None})
 
-    Args:
-        spec: which fields, joints in ``spec.joint_names`` order.
-        positions: (J,) joint positions (rad), needed for field 'joint_positions'.
-        velocities: (J,) joint velocities (rad/s), needed for field 'joint_velocities'.
-        goal: (3,) goal point (m), needed for field 'goal'.
+
+def _pose_values(msg: Any) -> list[float]:
+    p, q = msg.pose.position, msg.pose.orientation
+    return [p.x, p.y, p.z, q.x, q.y, q.z, q.w]
+
+
+#: How a vector feature's values (and frame) are read from a message of each type; rclpy's and
+#: rosbags' messages alike (attribute access only). Keys: contract.VECTOR_MESSAGE_TYPES.
+VECTOR_READERS: dict[str, tuple[Callable[[Any], Sequence[float]], Callable[[Any], str | None]]] = {
+    "geometry_msgs/msg/PointStamped": (lambda m: [m.point.x, m.point.y, m.point.z], lambda m: m.header.frame_id),
+    "geometry_msgs/msg/PoseStamped": (_pose_values, lambda m: m.header.frame_id),
+    "std_msgs/msg/Float64MultiArray": (lambda m: list(m.data), lambda m: None),
+}
+
+
+def vector_values(feature: FeatureSpec, msg: Any) -> tuple[np.ndarray, str | None]:
+    """(values (size,) float64, the message's frame_id or None) of vector feature ``feature``.
+
+    Raises MalformedMessageError (wrong size) or NonFiniteValueError (NaN/inf), naming the feature.
     """
-    sources = {"joint_positions": positions, "joint_velocities": velocities, "goal": goal}
-    parts = []
-    for name in spec.fields:
-        value = sources[name]
-        if value is None:
-            raise ObservationError(f"observation field {name!r} is required by the model but was not given")
-        value = np.asarray(value, dtype=np.float64).reshape(-1)
-        if value.size != spec.field_size(name):
-            raise ObservationError(f"observation field {name!r} has {value.size} values, expected {spec.field_size(name)}")
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteValueError(f"observation field {name!r} has NaN/inf: {value.tolist()}")
-        parts.append(value)
-    return np.concatenate(parts).astype(np.float32)
+    values_of, frame_of = VECTOR_READERS[feature.msg_type]
+    values = np.asarray(values_of(msg), dtype=np.float64).reshape(-1)
+    if values.size != feature.size:
+        raise MalformedMessageError(f"{feature.name}: {feature.msg_type} carries {values.size} values, "
+                                    f"the model takes {feature.size}")
+    if not np.all(np.isfinite(values)):
+        raise NonFiniteValueError(f"{feature.name} {values.tolist()} has NaN/inf")
+    return values, frame_of(msg)
 
 
 def stamp_to_ns(stamp: object) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from flow_policy_ros.contract import OBSERVATION_FIELDS, ObservationSpec
+from flow_policy_ros.contract import ObservationSpec
 from flow_policy_ros.errors import ModelFileError, SafetyError
 
 #: Default margin (range widths) beyond the training range before the guard holds.
@@ -37,17 +37,15 @@ DEFAULT_OOD_MARGIN = 0.25
 MIN_RANGE_WIDTH = 2e-3
 #: What :func:`classify` returns.
 OOD_LEVELS: tuple[str, ...] = ("ok", "warn", "ood")
-GOAL_AXES = ("x", "y", "z")
 
 
 def observation_labels(spec: ObservationSpec) -> tuple[str, ...]:
-    """One label per observation dimension: ``joint_positions[<joint>]``, ``goal[x]``, ..."""
+    """One label per observation dimension: ``joint_positions[<joint>]``, ``goal[x]``, ...
+    (a vector's value names, else its indices)."""
     labels: list[str] = []
-    for name in spec.fields:
-        if OBSERVATION_FIELDS[name] == "per_joint":
-            labels += [f"{name}[{joint}]" for joint in spec.joint_names]
-        else:
-            labels += [f"{name}[{axis}]" for axis in GOAL_AXES]
+    for feature in spec.low_dim_features:
+        parts = feature.value_names or tuple(str(i) for i in range(feature.size))
+        labels += [f"{feature.name}[{part}]" for part in parts]
     return tuple(labels)
 
 

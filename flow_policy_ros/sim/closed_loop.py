@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flow_policy_ros.contract import IIWA_JOINT_NAMES
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, ObservationSpec
 from flow_policy_ros.errors import ModelFileError
 from flow_policy_ros.runtime.controller import Command, InferenceRequest, InferenceResult, PolicyController
 from flow_policy_ros.runtime.metadata import PolicyMetadata
-from flow_policy_ros.runtime.observation import build_observation, values_by_name
+from flow_policy_ros.runtime.observation import observation_vector as build_observation_vector
+from flow_policy_ros.runtime.observation import values_by_name
 from flow_policy_ros.runtime.policy import ChunkPolicy, infer
 from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
 from flow_policy_ros.runtime.settings import DEFAULT_SETTINGS, ExecutionSettings, controller_config
@@ -153,11 +154,17 @@ def validate_config(config: LoopConfig, meta: PolicyMetadata) -> float | None:
 
 
 def observation_vector(meta: PolicyMetadata, obs: Observation) -> np.ndarray:
-    """(obs_dim,) float32 observation in the metadata's field and joint order, matched by name."""
-    joints = meta.observation.joint_names
-    positions = values_by_name(IIWA_JOINT_NAMES, obs.positions, joints, "position")
-    velocities = values_by_name(IIWA_JOINT_NAMES, obs.velocities, joints, "velocity")
-    return build_observation(meta.observation, positions, velocities, obs.goal)
+    """(obs_dim,) float32 observation in the metadata's feature and joint order, matched by name."""
+    return build_observation_vector(meta.observation, sim_features(meta.observation, obs))
+
+
+def sim_features(spec: ObservationSpec, obs: Observation) -> dict[str, np.ndarray]:
+    """The simulation's named features with joint values in the model's joint order (by name)."""
+    features = obs.features()
+    for kind in spec.joint_kinds:
+        features[kind] = values_by_name(IIWA_JOINT_NAMES, features[kind], spec.joint_names,
+                                        "position" if kind == "joint_positions" else "velocity")
+    return features
 
 
 def _failure(env: SimEnv, invalid_outputs: int = 0, ood_holds: int = 0, goal_rejected: bool = False) -> str | None:
@@ -218,7 +225,9 @@ class ClosedLoop:
         begin = getattr(self.policy, "begin_episode", None)
         if begin is not None:  # a reference chunk source (the scripted expert) plans the episode
             begin(spec, env)
-        controller.on_goal(np.asarray(spec.goal, dtype=np.float64))
+        first = sim_features(meta.observation, env.observe())
+        for feature in meta.observation.vector_features:  # the task's values (the goal), known at reset
+            controller.on_feature(feature.name, first[feature.name])
         delay_ns = round(self.config.inject_delay_ms * 1e6)
         pending: list[tuple[int, InferenceResult]] = []  # (available at, result): injected delay
         period_ns = self.controller_config.period_ns

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flow_policy_ros.contract import IIWA_JOINT_NAMES
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, IMAGE_PREFIX
 from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.sim.arm import PHYSICS_HZ, IiwaArm
@@ -72,6 +72,14 @@ class Observation:
     def vector(self) -> np.ndarray:
         """(17,) [positions, velocities, goal]: the default observation layout of ``ObservationSpec``."""
         return np.concatenate([self.positions, self.velocities, self.goal])
+
+    def features(self) -> dict[str, np.ndarray]:
+        """The named observation features the simulation offers (joint values in
+        ``IIWA_JOINT_NAMES`` order; a policy picks its own joints from them by name; camera frames
+        as ``image.<camera>``)."""
+        features = {"joint_positions": self.positions, "joint_velocities": self.velocities, "goal": self.goal}
+        features.update({IMAGE_PREFIX + name: frame for name, (_, frame) in self.images.items()})
+        return features
 
 
 @dataclass(frozen=True)
