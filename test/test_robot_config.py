@@ -173,3 +173,47 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, arg
     code, out, err = run_cli(capsys, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+# --------------------------------------------------------------------------- limits must be the arm's own
+
+OTHER_ARM = [f"joint_a{i}" for i in range(1, 8)]
+
+
+def _recipe_for(names: list[str], limits: dict | None) -> dict:
+    recipe = yaml.safe_load((REPO_ROOT / "config" / "train_reach.yaml").read_text())
+    recipe["policy"]["observation"]["joint_names"] = names
+    recipe["policy"]["action_joint_names"] = names
+    if limits is not None:
+        recipe["policy"]["limits"] = limits
+    return recipe
+
+
+@pytest.mark.parametrize(("names", "limits", "message"), [
+    (OTHER_ARM, None, r"policy.limits is not given: the action joints \['joint_a1', 'joint_a2', 'joint_a3', '...'\]"),
+    (list(IIWA_JOINT_NAMES[::-1]), None, "policy.limits is not given"),  # the iiwa's joints in another order
+    (OTHER_ARM, {"velocity": [1.0] * 7}, "policy.limits lacks lower/upper"),
+])
+def test_other_arms_joints_without_limits_are_refused(tmp_path, names, limits, message):
+    path = tmp_path / "my_arm.yaml"
+    path.write_text(yaml.safe_dump(_recipe_for(names, limits)))
+    with pytest.raises(ConfigError, match=f"my_arm.yaml: {message}.*flow-policy robot-config"):
+        ExperimentConfig.from_yaml(path)
+
+
+def test_iiwa_joints_keep_their_defaults_and_given_limits_are_used(tmp_path):
+    assert ExperimentConfig.from_dict(_recipe_for(list(IIWA_JOINT_NAMES), None)).policy.limits == JointLimits()
+    limits = {"lower": [-1.0] * 7, "upper": [1.0] * 7, "velocity": [0.5] * 7}
+    assert ExperimentConfig.from_dict(_recipe_for(OTHER_ARM, limits)).policy.limits == JointLimits(**limits)
+
+
+def test_train_without_the_arms_limits_stops_with_one_line(tmp_path, capsys):
+    """`flow-policy train` on another arm's config without limits: exit 2 before reading any data."""
+    path = tmp_path / "my_arm.yaml"
+    path.write_text(yaml.safe_dump(_recipe_for(OTHER_ARM, None)))
+    (tmp_path / "bags").mkdir()
+    code = main(["train", str(tmp_path / "bags"), "--config", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "policy.limits is not given" in err and "flow-policy robot-config --urdf" in err
+    assert not (tmp_path / "run").exists()

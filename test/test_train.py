@@ -365,3 +365,14 @@ def test_train_cli_on_joint_trajectory_controller_recordings(tmp_path):
     summary = load_checkpoint(tmp_path / "run" / "last.pt").data_summary
     assert summary["action_source"] == "joint_trajectory"
     assert summary["episodes"] == 2 and summary["windows"] == 2 * 36
+
+
+def test_checkpoint_and_export_metadata_say_where_the_limits_came_from(toy_run):
+    from flow_policy_ros.export.onnx_export import summarize_training_data
+    from flow_policy_ros.policy.train import limits_source
+
+    _, _, result = toy_run
+    summary = load_checkpoint(result.checkpoint_path).data_summary
+    assert summary["limits_source"] == "config (policy.limits)"  # toy_config gives its limits
+    assert summarize_training_data(summary)["limits_source"] == "config (policy.limits)"
+    assert limits_source(PolicyConfig()).startswith("iiwa defaults")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from flow_policy_ros.contract import JointLimits
+from flow_policy_ros.contract import IIWA_JOINT_NAMES, JointLimits
 from flow_policy_ros.errors import ConfigError
 
 #: Joint types that a position command moves.
@@ -47,6 +47,28 @@ DEFAULT_VELOCITY_SCALE = 0.5
 #: Default absolute cap on the velocity limit (rad/s): the conservative limit the shipped iiwa
 #: models use (contract.IIWA_VELOCITY_LIMIT), well below most arms' ratings.
 DEFAULT_MAX_VELOCITY = 1.5
+
+
+def require_given_limits(policy: dict, where: str = "policy") -> None:
+    """Refuse a policy config (as read from YAML/JSON) whose limits would silently be the iiwa's.
+
+    ``JointLimits``' defaults are the iiwa's, in the iiwa's joint order; for any other action joints
+    (other names, or the iiwa's in another order) ``limits`` must be given with lower, upper and
+    velocity. Raises ConfigError naming the joints and pointing at ``flow-policy robot-config``.
+    """
+    names = tuple(policy.get("action_joint_names", IIWA_JOINT_NAMES))
+    if names == IIWA_JOINT_NAMES:
+        return
+    limits = policy.get("limits")
+    given = set(limits) if isinstance(limits, dict) else ({"lower", "upper", "velocity"} if limits is not None else set())
+    missing = [key for key in ("lower", "upper", "velocity") if key not in given]
+    if missing:
+        shown = list(names) if len(names) <= 4 else [*names[:3], "..."]
+        what = "is not given" if len(missing) == 3 else f"lacks {'/'.join(missing)}"
+        raise ConfigError(
+            f"{where}.limits {what}: the action joints {shown} are not the iiwa's {IIWA_JOINT_NAMES[0]}..7, "
+            f"whose limits the defaults are; give your arm's limits (lower, upper, velocity) or generate them "
+            f"with `flow-policy robot-config --urdf ARM.urdf`")
 
 
 @dataclass(frozen=True)

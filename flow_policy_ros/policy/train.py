@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from flow_policy_ros.errors import UsageError
 from flow_policy_ros.policy.checkpoint import Checkpoint, code_version, load_checkpoint, save_checkpoint
-from flow_policy_ros.policy.config import ExperimentConfig, PolicyConfig, to_dict
+from flow_policy_ros.policy.config import ExperimentConfig, JointLimits, PolicyConfig, to_dict
 from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
@@ -114,6 +114,13 @@ def validation_loss(loss: torch.nn.Module, obs_n: torch.Tensor, act_n: torch.Ten
         stop = min(start + VAL_BATCH, len(obs_n))
         total += float(loss(obs_n[start:stop], act_n[start:stop], generator)) * (stop - start)
     return total / len(obs_n)
+
+
+def limits_source(policy_cfg: PolicyConfig) -> str:
+    """Where the model's joint limits came from, for the checkpoint's data summary and the ONNX metadata."""
+    if policy_cfg.limits == JointLimits():
+        return "iiwa defaults (flow_policy_ros.contract; no policy.limits in the config)"
+    return "config (policy.limits)"
 
 
 def _stop_requested(stop: StopOnInterrupt, world: int) -> bool:
@@ -342,7 +349,8 @@ def train(
     summary = dict(windows.summary)
     summary.update({"windows": int(len(windows)), "data_path": portable_path(data_path),
                     "data_sha256": content_sha256(data_path) if rank == 0 else "", "world_size": world,
-                    "split": split.summary(windows.episode_index, train_cfg.val_fraction)})
+                    "split": split.summary(windows.episode_index, train_cfg.val_fraction),
+                    "limits_source": limits_source(policy_cfg)})
     if "root" in summary:
         summary["root"] = portable_path(summary["root"])
     train_log = TrainingLog(out_dir / CSV_NAME if rank == 0 else None, history)
