@@ -357,7 +357,7 @@ def test_train_cli_on_joint_trajectory_controller_recordings(tmp_path):
         jtc_bags.write_episode(tmp_path / "demo_bags" / f"episode_{i:04d}", jtc_bags.make_episode(seed=i),
                                "joint_trajectory", seed=i)
     config = yaml.safe_load((REPO / "config" / "train_reach_jtc.yaml").read_text())
-    config["policy"].update(hidden_dim=16, num_layers=1, horizon=4)
+    config["policy"].update(hidden_dim=16, num_layers=1, horizon=4, basis_size=4)  # the shipped recipe: B-spline chunks
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     code = main(["train", str(tmp_path / "demo_bags"), "--config", str(tmp_path / "config.yaml"), "--out",
                  str(tmp_path / "run"), "--steps", "3", "--val-fraction", "0", "--no-progress"])
