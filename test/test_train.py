@@ -232,7 +232,7 @@ def episodic_windows(path: Path, episodes: int = 20, seed: int = 0) -> Path:
 
 def test_split_holds_out_whole_episodes_chosen_by_the_seed():
     from flow_policy_ros.errors import UsageError
-    from flow_policy_ros.policy.train import split_episodes
+    from flow_policy_ros.policy.train import held_out_names, split_episodes
 
     episode_index = np.repeat(np.arange(40), np.arange(1, 41))  # episode e has e + 1 windows
     split = split_episodes(episode_index, 0.1, seed=3)
@@ -243,7 +243,12 @@ def test_split_holds_out_whole_episodes_chosen_by_the_seed():
     np.testing.assert_array_equal(split_episodes(episode_index, 0.1, seed=3).val, split.val)
     assert not np.array_equal(split_episodes(episode_index, 0.1, seed=4).val_episodes, split.val_episodes)
     assert len(split_episodes(episode_index, 0.001, seed=0).val_episodes) == 1  # at least one episode
-    assert len(split_episodes(episode_index, 0.99, seed=0).val_episodes) == 39  # never all of them
+    assert len(split_episodes(episode_index, 0.99, seed=0).val_episodes) == 38  # at least 2 episodes train
+    assert len(split_episodes(np.repeat(np.arange(3), 5), 0.05, seed=0).val_episodes) == 1  # 3 episodes: 2 train
+    with pytest.raises(UsageError, match="2 episode.*would leave 1 to train on .at least 2.*--val-fraction 0"):
+        split_episodes(np.repeat(np.arange(2), 5), 0.05, seed=0)
+    assert held_out_names(np.array([0, 2]), {"sources": ["ep_a", "ep_b", "ep_c"]}) == "held out: ep_a, ep_c"
+    assert held_out_names(np.arange(7), {}, shown=2) == "held out: episode index 0, episode index 1 and 5 more"
     none = split_episodes(episode_index, 0.0, seed=0)
     assert len(none.val) == 0 and len(none.train) == len(episode_index)
     with pytest.raises(UsageError, match="val_fraction 0.05.*1 episode"):
@@ -270,6 +275,8 @@ def test_training_reports_dataset_split_csv_log_and_validation(tmp_path):
     text = "\n".join(lines)
     assert f"data: 20 episodes, {len(windows)} windows" in text
     assert f"train 16 episodes / {len(split.train)} windows, validation 4 episodes / {len(split.val)} windows" in text
+    held_out = ", ".join(f"episode index {e}" for e in split.val_episodes)  # npz windows: no episode names
+    assert f"(held out: {held_out}; --val-fraction 0 trains on every episode)" in text
     with open(tmp_path / "run" / "train_log.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
@@ -303,6 +310,29 @@ def test_resume_says_which_step_it_runs_to_and_continues_the_log(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]  # the history travels in the checkpoint
     assert float(rows[2]["wall_time_s"]) >= float(rows[1]["wall_time_s"])
+
+
+def test_resume_of_a_finished_run_says_how_to_extend_it(tmp_path, capsys):
+    """`train --resume OUT/last.pt` after the run finished: exit 2, one line giving the step and the
+    flag to pass, before any data is read (the data path here is an empty file); --steps extends it."""
+    import yaml
+
+    from flow_policy_ros.cli import main
+
+    data = episodic_windows(tmp_path / "toy.npz")
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(toy_config(20).to_dict()))
+    train(data, ExperimentConfig.from_yaml(config), tmp_path / "a", progress=False)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    argv = ["train", str(tmp_path / "empty.npz"), "--config", str(config), "--out", str(tmp_path / "a"),
+            "--resume", str(tmp_path / "a" / "last.pt"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "the run finished at step 20 of train.steps 20; pass --steps M with M > 20 (the new total)" in err
+    argv[1] = str(data)
+    assert main([*argv, "--steps", "30"]) == 0
+    assert load_checkpoint(tmp_path / "a" / "last.pt").step == 30
 
 
 def test_ctrl_c_saves_a_checkpoint_says_where_and_the_run_resumes(tmp_path):
