@@ -6,6 +6,7 @@ limits, a gripper with a mimic finger), plus small hand-written URDFs for each r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pybullet_data
@@ -50,8 +51,10 @@ def test_iiwa_urdf_gives_the_shipped_models_joints_and_limits(tmp_path, capsys):
     """The pybullet_data iiwa: 7 revolute joints in chain order, its position limits, and velocity
     min(0.5 x 10, 1.5) = 1.5 rad/s: exactly the limits the shipped models were trained with."""
     out = tmp_path / "iiwa_robot.yaml"
-    code, stdout, _ = run_cli(capsys, "--urdf", str(IIWA_URDF), "--out", str(out))
+    code, stdout, _ = run_cli(capsys, "--urdf", str(IIWA_URDF), "--out", str(out), "--json", str(tmp_path / "r.json"))
     assert code == 0 and str(out) in stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["urdf_velocity"], report["velocity_scale"], report["max_velocity"]) == ([10.0] * 7, 0.5, 1.5)
     text = out.read_text()
     assert str(IIWA_URDF) in text.splitlines()[0] and "0.5 x URDF <limit velocity>" in text
     policy = yaml.safe_load(text)["policy"]
