@@ -167,7 +167,8 @@ class RobotSection:
             "# (rad; m for prismatic joints).",
             f"# Velocity limits: min({self.velocity_scale:g} x URDF <limit velocity>, {cap}) (rad/s; m/s): a URDF",
             "# velocity is the motor rating, far above a safe speed for a policy's first motions; policy_node's",
-            "# max_velocity_scale lowers it further at run time. Merge under `policy:` of a training config.",
+            "# max_velocity_scale lowers it further at run time. Copy these keys into the policy section of a",
+            "# training config (e.g. config/train_reach.yaml), keeping its observation.fields.",
         ]
         for i, name in enumerate(self.joint_names):
             soft = ", soft limits" if self.soft_limited[i] else ""
