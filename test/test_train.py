@@ -232,7 +232,7 @@ def episodic_windows(path: Path, episodes: int = 20, seed: int = 0) -> Path:
 
 def test_split_holds_out_whole_episodes_chosen_by_the_seed():
     from flow_policy_ros.errors import UsageError
-    from flow_policy_ros.policy.train import split_episodes
+    from flow_policy_ros.policy.train import held_out_names, split_episodes
 
     episode_index = np.repeat(np.arange(40), np.arange(1, 41))  # episode e has e + 1 windows
     split = split_episodes(episode_index, 0.1, seed=3)
@@ -243,7 +243,12 @@ def test_split_holds_out_whole_episodes_chosen_by_the_seed():
     np.testing.assert_array_equal(split_episodes(episode_index, 0.1, seed=3).val, split.val)
     assert not np.array_equal(split_episodes(episode_index, 0.1, seed=4).val_episodes, split.val_episodes)
     assert len(split_episodes(episode_index, 0.001, seed=0).val_episodes) == 1  # at least one episode
-    assert len(split_episodes(episode_index, 0.99, seed=0).val_episodes) == 39  # never all of them
+    assert len(split_episodes(episode_index, 0.99, seed=0).val_episodes) == 38  # at least 2 episodes train
+    assert len(split_episodes(np.repeat(np.arange(3), 5), 0.05, seed=0).val_episodes) == 1  # 3 episodes: 2 train
+    with pytest.raises(UsageError, match="2 episode.*would leave 1 to train on .at least 2.*--val-fraction 0"):
+        split_episodes(np.repeat(np.arange(2), 5), 0.05, seed=0)
+    assert held_out_names(np.array([0, 2]), {"sources": ["ep_a", "ep_b", "ep_c"]}) == "held out: ep_a, ep_c"
+    assert held_out_names(np.arange(7), {}, shown=2) == "held out: episode index 0, episode index 1 and 5 more"
     none = split_episodes(episode_index, 0.0, seed=0)
     assert len(none.val) == 0 and len(none.train) == len(episode_index)
     with pytest.raises(UsageError, match="val_fraction 0.05.*1 episode"):
@@ -270,6 +275,8 @@ def test_training_reports_dataset_split_csv_log_and_validation(tmp_path):
     text = "\n".join(lines)
     assert f"data: 20 episodes, {len(windows)} windows" in text
     assert f"train 16 episodes / {len(split.train)} windows, validation 4 episodes / {len(split.val)} windows" in text
+    held_out = ", ".join(f"episode index {e}" for e in split.val_episodes)  # npz windows: no episode names
+    assert f"(held out: {held_out}; --val-fraction 0 trains on every episode)" in text
     with open(tmp_path / "run" / "train_log.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
@@ -303,6 +310,29 @@ def test_resume_says_which_step_it_runs_to_and_continues_the_log(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]  # the history travels in the checkpoint
     assert float(rows[2]["wall_time_s"]) >= float(rows[1]["wall_time_s"])
+
+
+def test_resume_of_a_finished_run_says_how_to_extend_it(tmp_path, capsys):
+    """`train --resume OUT/last.pt` after the run finished: exit 2, one line giving the step and the
+    flag to pass, before any data is read (the data path here is an empty file); --steps extends it."""
+    import yaml
+
+    from flow_policy_ros.cli import main
+
+    data = episodic_windows(tmp_path / "toy.npz")
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(toy_config(20).to_dict()))
+    train(data, ExperimentConfig.from_yaml(config), tmp_path / "a", progress=False)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    argv = ["train", str(tmp_path / "empty.npz"), "--config", str(config), "--out", str(tmp_path / "a"),
+            "--resume", str(tmp_path / "a" / "last.pt"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "the run finished at step 20 of train.steps 20; pass --steps M with M > 20 (the new total)" in err
+    argv[1] = str(data)
+    assert main([*argv, "--steps", "30"]) == 0
+    assert load_checkpoint(tmp_path / "a" / "last.pt").step == 30
 
 
 def test_ctrl_c_saves_a_checkpoint_says_where_and_the_run_resumes(tmp_path):
@@ -357,7 +387,7 @@ def test_train_cli_on_joint_trajectory_controller_recordings(tmp_path):
         jtc_bags.write_episode(tmp_path / "demo_bags" / f"episode_{i:04d}", jtc_bags.make_episode(seed=i),
                                "joint_trajectory", seed=i)
     config = yaml.safe_load((REPO / "config" / "train_reach_jtc.yaml").read_text())
-    config["policy"].update(hidden_dim=16, num_layers=1, horizon=4)
+    config["policy"].update(hidden_dim=16, num_layers=1, horizon=4, basis_size=4)  # the shipped recipe: B-spline chunks
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     code = main(["train", str(tmp_path / "demo_bags"), "--config", str(tmp_path / "config.yaml"), "--out",
                  str(tmp_path / "run"), "--steps", "3", "--val-fraction", "0", "--no-progress"])
@@ -365,3 +395,14 @@ def test_train_cli_on_joint_trajectory_controller_recordings(tmp_path):
     summary = load_checkpoint(tmp_path / "run" / "last.pt").data_summary
     assert summary["action_source"] == "joint_trajectory"
     assert summary["episodes"] == 2 and summary["windows"] == 2 * 36
+
+
+def test_checkpoint_and_export_metadata_say_where_the_limits_came_from(toy_run):
+    from flow_policy_ros.export.onnx_export import summarize_training_data
+    from flow_policy_ros.policy.train import limits_source
+
+    _, _, result = toy_run
+    summary = load_checkpoint(result.checkpoint_path).data_summary
+    assert summary["limits_source"] == "config (policy.limits)"  # toy_config gives its limits
+    assert summarize_training_data(summary)["limits_source"] == "config (policy.limits)"
+    assert limits_source(PolicyConfig()).startswith("iiwa defaults")

@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("flow_policy_ros.cli.bench", "latency/throughput benchmarks"),
     "demo": ("flow_policy_ros.cli.demo", "sim_node + policy_node over ROS 2 with the shipped model"),
     "convert": ("flow_policy_ros.cli.convert", "rosbag2 episodes <-> LeRobotDataset v3.0"),
+    "robot-config": ("flow_policy_ros.cli.robot_config", "the robot section of a training config (joints, limits) from a URDF"),
 }
 
 

@@ -31,6 +31,7 @@ from flow_policy_ros.contract import (  # noqa: F401 - re-exported: the config s
 )
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.errors import ConfigError
+from flow_policy_ros.policy.robot import require_given_limits
 
 NORMALIZATION_MODES = ("minmax", "meanstd")
 CHUNK_BASES = ("none", "dct", "bspline")  # see flow_policy_ros.policy.basis
@@ -272,6 +273,8 @@ class ExperimentConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, _build(cls, value, name))
+                if name == "policy":  # read from a file: limits must not silently be the iiwa's
+                    require_given_limits(value)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from flow_policy_ros.errors import UsageError
 from flow_policy_ros.policy.checkpoint import Checkpoint, code_version, load_checkpoint, save_checkpoint
-from flow_policy_ros.policy.config import ExperimentConfig, PolicyConfig, to_dict
+from flow_policy_ros.policy.config import ExperimentConfig, JointLimits, PolicyConfig, to_dict
 from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
@@ -80,28 +80,46 @@ class EpisodeSplit:
                 "val_episode_index": [int(e) for e in self.val_episodes]}
 
 
+#: Fewest training episodes a validation split may leave (a split that would leave fewer is refused).
+MIN_TRAIN_EPISODES = 2
+
+
 def split_episodes(episode_index: np.ndarray, val_fraction: float, seed: int) -> EpisodeSplit:
-    """Hold out ``val_fraction`` of the episodes (at least one when > 0, never all), chosen with ``seed``.
+    """Hold out ``val_fraction`` of the episodes (at least one when > 0, and never so many that
+    fewer than ``MIN_TRAIN_EPISODES`` train), chosen with ``seed``.
 
     Args:
         episode_index: (N,) episode of each window.
         val_fraction: in [0, 1); 0 = no validation.
         seed: the run's seed (its own numpy stream: the split never moves the torch streams).
     Raises:
-        UsageError: a split was asked for but the data has fewer than two episodes.
+        UsageError: a split was asked for but the data has too few episodes to hold one out and
+            keep ``MIN_TRAIN_EPISODES`` for training.
     """
     episode_index = np.asarray(episode_index)
     everything = np.arange(len(episode_index))
     if val_fraction == 0:
         return EpisodeSplit(everything, everything[:0], np.zeros(0, np.int64))
     episodes = np.unique(episode_index)
-    if len(episodes) < 2:
+    if len(episodes) < MIN_TRAIN_EPISODES + 1:
         raise UsageError(f"train.val_fraction {val_fraction} holds out whole episodes, but the data has "
-                         f"{len(episodes)} episode(s); set train.val_fraction: 0 to train without validation")
-    n_val = min(len(episodes) - 1, max(1, round(val_fraction * len(episodes))))
+                         f"{len(episodes)} episode(s): holding out one would leave {len(episodes) - 1} to train on "
+                         f"(at least {MIN_TRAIN_EPISODES}); record more episodes or pass --val-fraction 0 "
+                         "(train.val_fraction: 0) to train on all of them without validation")
+    n_val = min(len(episodes) - MIN_TRAIN_EPISODES, max(1, round(val_fraction * len(episodes))))
     val_episodes = np.sort(np.random.default_rng(seed).choice(episodes, size=n_val, replace=False))
     is_val = np.isin(episode_index, val_episodes)
     return EpisodeSplit(everything[~is_val], everything[is_val], val_episodes)
+
+
+def held_out_names(val_episodes: np.ndarray, summary: dict[str, Any], shown: int = 5) -> str:
+    """The held-out episodes by name (``summary['sources']``, the episode directories) or index,
+    the first ``shown`` of them: 'held out: episode_0003, episode_0017 and 48 more'."""
+    sources = summary.get("sources")
+    names = [str(sources[e]) if isinstance(sources, list) and 0 <= e < len(sources) else f"episode index {e}"
+             for e in (int(v) for v in val_episodes)]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return "held out: " + ", ".join(names[:shown]) + more
 
 
 @torch.no_grad()
@@ -114,6 +132,13 @@ def validation_loss(loss: torch.nn.Module, obs_n: torch.Tensor, act_n: torch.Ten
         stop = min(start + VAL_BATCH, len(obs_n))
         total += float(loss(obs_n[start:stop], act_n[start:stop], generator)) * (stop - start)
     return total / len(obs_n)
+
+
+def limits_source(policy_cfg: PolicyConfig) -> str:
+    """Where the model's joint limits came from, for the checkpoint's data summary and the ONNX metadata."""
+    if policy_cfg.limits == JointLimits():
+        return "iiwa defaults (flow_policy_ros.contract; no policy.limits in the config)"
+    return "config (policy.limits)"
 
 
 def _stop_requested(stop: StopOnInterrupt, world: int) -> bool:
@@ -277,6 +302,16 @@ def train(
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    # a --resume that cannot run is refused before the (possibly long) data loading
+    resumed = None if resume is None else load_checkpoint(resume)
+    if resumed is not None:
+        if resumed.config.policy != policy_cfg:
+            raise UsageError(f"--resume {resume}: its policy config differs from this run's config")
+        if resumed.step >= train_cfg.steps:
+            where = ("the run finished at step" if resumed.step == train_cfg.steps else "the checkpoint is at step")
+            raise UsageError(f"--resume {resume}: {where} {resumed.step} of train.steps {train_cfg.steps}; pass "
+                             f"--steps M with M > {resumed.step} (the new total) to train further")
+
     windows = load_training_data(
         data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None, progress=progress and rank == 0
     )
@@ -286,7 +321,8 @@ def train(
     if len(split.val):
         say(f"split by episode (val_fraction {train_cfg.val_fraction:g}, seed {train_cfg.seed}): "
             f"train {n_episodes - len(split.val_episodes)} episodes / {len(split.train)} windows, "
-            f"validation {len(split.val_episodes)} episodes / {len(split.val)} windows")
+            f"validation {len(split.val_episodes)} episodes / {len(split.val)} windows "
+            f"({held_out_names(split.val_episodes, windows.summary)}; --val-fraction 0 trains on every episode)")
     else:
         say("no validation split (train.val_fraction 0): every episode trains")
     # the network's chunk is in the configured action frame (relative: minus the measured positions)
@@ -311,10 +347,8 @@ def train(
     generator = torch.Generator(device=device).manual_seed(train_cfg.seed * 1_000_003 + rank)
     start_step, history = 0, []
 
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if ckpt.config.policy != policy_cfg:
-            raise UsageError(f"--resume {resume}: its policy config differs from this run's config")
+    if resumed is not None:
+        ckpt = resumed
         model.load_state_dict(ckpt.model_state)
         ema.load_state_dict(ckpt.ema_state)
         if ckpt.optimizer_state is not None:
@@ -322,8 +356,6 @@ def train(
         if ckpt.generator_state is not None and world == 1:
             generator.set_state(ckpt.generator_state)
         start_step, history = ckpt.step, list(ckpt.loss_history)
-        if start_step >= train_cfg.steps:
-            raise UsageError(f"--resume {resume}: checkpoint is at step {start_step}, train.steps is {train_cfg.steps}")
         say(f"resuming {resume} at step {start_step}: training to step {train_cfg.steps} "
             f"({train_cfg.steps - start_step} steps to go)")
 
@@ -342,7 +374,8 @@ def train(
     summary = dict(windows.summary)
     summary.update({"windows": int(len(windows)), "data_path": portable_path(data_path),
                     "data_sha256": content_sha256(data_path) if rank == 0 else "", "world_size": world,
-                    "split": split.summary(windows.episode_index, train_cfg.val_fraction)})
+                    "split": split.summary(windows.episode_index, train_cfg.val_fraction),
+                    "limits_source": limits_source(policy_cfg)})
     if "root" in summary:
         summary["root"] = portable_path(summary["root"])
     train_log = TrainingLog(out_dir / CSV_NAME if rank == 0 else None, history)
