@@ -5,11 +5,15 @@ real ONNX policy, plays the robot in this process (``fake_robot.FakeRobot``) and
 ``/flow_policy_node/change_state`` and ``/flow_policy_node/get_state`` (lifecycle_msgs services,
 as ``ros2 lifecycle set`` does), checking what the node publishes in each state: nothing while
 unconfigured or inactive, commands while active, one empty trajectory on deactivate in
-trajectory mode, and a re-activation that does not load the model again.
+trajectory mode, and a re-activation that does not load the model again. The ``shutdown``
+transition ends the process (status 0); SIGINT/SIGTERM run the same shutdown first (empty trajectory
+delivered to this process's subscriber before the node process exits).
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +101,7 @@ def test_trajectory_mode_every_transition(model_path, node_process, robot, tmp_p
     """unconfigured: nothing published -> configure: diagnostics 'inactive', still no trajectory ->
     activate: trajectories -> deactivate: exactly one empty trajectory, then silence -> activate
     again without reloading the model -> deactivate, cleanup: diagnostics stop -> shutdown: finalized."""
-    node_process(params=managed_params(model_path, execution="trajectory"))
+    proc = node_process(params=managed_params(model_path, execution="trajectory"))
     log = tmp_path / "policy_node_0.log"
     client = LifecycleClient(robot)
     assert client.state() == "unconfigured"
@@ -142,16 +146,16 @@ def test_trajectory_mode_every_transition(model_path, node_process, robot, tmp_p
     time.sleep(1.5)
     assert diagnostics_count(robot) == seen, "an unconfigured node still publishes diagnostics"
     assert client.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
-    assert client.state() == "finalized"
+    assert_exits_after_shutdown(proc, log)
 
 
-def test_stream_mode_stops_on_deactivate_and_resumes_from_the_last_command(model_path, node_process, robot):
+def test_stream_mode_stops_on_deactivate_and_resumes_from_the_last_command(model_path, node_process, robot, tmp_path):
     """Stream mode: no command while inactive; commands at ~50 Hz while active; none after deactivate.
     Re-activated after the arm moved 0.1 rad (while the robot held the last command), the new
     activation's fresh controller still walks from the last command SENT at the velocity limit:
     its first command is within one step of it, not a jump to the arm."""
     scale = 0.01
-    node_process(params=managed_params(model_path, max_velocity_scale=scale))
+    proc = node_process(params=managed_params(model_path, max_velocity_scale=scale))
     client = LifecycleClient(robot)
     assert client.transition(Transition.TRANSITION_CONFIGURE)
     configured = time.monotonic()
@@ -180,7 +184,62 @@ def test_stream_mode_stops_on_deactivate_and_resumes_from_the_last_command(model
     assert np.all(np.abs(first - before[-1]) <= step + 1e-9), "re-activation jumped from the held command"
     assert client.state() == "active"
     assert client.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
-    assert client.state() == "finalized"
+    shut_down = time.monotonic()
+    assert_exits_after_shutdown(proc, tmp_path / "policy_node_0.log")
+    time.sleep(0.3)
+    assert received_after(robot, shut_down + 0.1) == ([], []), "commands after the shutdown transition"
+
+
+def assert_exits_after_shutdown(proc: subprocess.Popen, log: Path) -> None:
+    """After the ``shutdown`` transition the process ends by itself, status 0, saying so, without a traceback
+    (before: it kept running, finalized, until Ctrl-C)."""
+    assert proc.wait(timeout=10) == 0
+    text = log.read_text()
+    assert "shut down (finalized): exiting" in text and "Traceback" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize(("sig", "managed", "executor"), [
+    (signal.SIGINT, False, "events"),
+    (signal.SIGTERM, False, "single_threaded"),
+    (signal.SIGINT, True, "single_threaded"),
+    (signal.SIGTERM, True, "events"),
+], ids=["SIGINT-autostart-events", "SIGTERM-autostart-single_threaded", "SIGINT-managed-single_threaded",
+        "SIGTERM-managed-events"])
+def test_signal_sends_the_empty_trajectory_before_exit(model_path, node_process, robot, tmp_path, sig, managed, executor):
+    """SIGINT/SIGTERM while commanding in trajectory mode, autostarted ('plain') or activated through the
+    lifecycle services: the node runs the deactivate path before it exits, so the robot's subscriber in
+    this process receives exactly one empty trajectory, as the last message, and the process exits 0.
+    (Before: rclpy's signal handler shut the context down first and no stop went out.)"""
+    params = managed_params(model_path, execution="trajectory", executor=executor, autostart=not managed)
+    proc = node_process(params=params)
+    if managed:
+        client = LifecycleClient(robot)
+        assert client.transition(Transition.TRANSITION_CONFIGURE) and client.transition(Transition.TRANSITION_ACTIVATE)
+    robot.wait_for(lambda: sum(len(m.points) > 0 for _, m in robot.trajectories) >= 5, 20.0, "trajectories")
+    signalled = time.monotonic()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == 0
+    robot.wait_for(lambda: any(t > signalled and not m.points for t, m in robot.trajectories), 2.0,
+                   "the empty trajectory after the signal")
+    time.sleep(0.2)
+    after = received_after(robot, signalled)[1]
+    assert len(after[-1].points) == 0 and sum(not m.points for m in after) == 1, [len(m.points) for m in after]
+    assert list(after[-1].joint_names) == list(IIWA_JOINT_NAMES)
+    text = (tmp_path / "policy_node_0.log").read_text()
+    assert f"{sig.name}: shutting down" in text and "Traceback" not in text, text[-3000:]
+
+
+def test_signal_in_stream_mode_stops_the_stream_and_exits(model_path, node_process, robot, tmp_path):
+    """Stream mode: after SIGTERM no command arrives (the tick timer is gone before the process), exit 0."""
+    proc = node_process(params=managed_params(model_path, autostart=True))
+    robot.wait_for(lambda: len(robot.commands) >= 20, 20.0, "commands")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    stopped = time.monotonic()
+    time.sleep(0.3)
+    assert received_after(robot, stopped) == ([], [])
+    text = (tmp_path / "policy_node_0.log").read_text()
+    assert "SIGTERM: shutting down" in text and "shut down (finalized): exiting" in text and "Traceback" not in text
 
 
 def test_configure_failure_leaves_the_node_unconfigured(node_process, robot, tmp_path):

@@ -10,7 +10,13 @@ services ``/flow_policy_node/change_state``, ``get_state``, ... (``ros2 lifecycl
   limiter starts from the last command sent (the robot holds it).
 * deactivate: stop commanding and keep the model; trajectory mode publishes one empty
   JointTrajectory (a JointTrajectoryController holds), stream mode stops publishing.
-* cleanup / shutdown: release the model, the worker thread, subscriptions and timers.
+* cleanup / shutdown: release the model, the worker thread, subscriptions and timers. Shutdown
+  from active first runs the deactivate path and waits (up to :data:`STOP_ACK_TIMEOUT_S`) until
+  the reliable subscribers acknowledged the empty trajectory; once ``finalized`` the process exits
+  (status 0), as ``ros2 lifecycle set ... shutdown`` expects.
+* SIGINT / SIGTERM (Ctrl-C, ``launch`` stopping, ``docker stop``): the same shutdown transition
+  before the process exits (:mod:`flow_policy_ros.ros.node_runner` keeps the context valid for
+  it), so a JointTrajectoryController holds instead of running the last chunk to its end.
 
 Nothing goes out on ``commands`` / ``joint_trajectory`` unless active. ``autostart`` (default
 true) configures and activates at start-up (a failure exits with status 1), so ``ros2 run`` and
@@ -38,6 +44,7 @@ from collections.abc import Callable
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -66,6 +73,8 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 CONFIGURE_ERRORS = (FlowPolicyError, OSError, ValueError, TypeError)
 _RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: How long shutdown waits for the subscribers to acknowledge the empty trajectory (s).
+STOP_ACK_TIMEOUT_S = 1.0
 
 
 class PolicyNode(LifecycleNode):
@@ -80,6 +89,7 @@ class PolicyNode(LifecycleNode):
         self.configure_error = self._last_reason = ""
         self.scheduling = "SCHED_OTHER"
         self._active = False
+        self.finalized = False  # the shutdown transition ran: the process exits (node_runner's ``finished``)
         self._goal: np.ndarray | None = None
         self._goal_frame = ""
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
@@ -167,9 +177,28 @@ class PolicyNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._active:
             self._stop_commanding()
-        return self.on_cleanup(state)
+            if not self._publisher.wait_for_all_acked(Duration(seconds=STOP_ACK_TIMEOUT_S)):
+                self.get_logger().warning(f"shutdown: the stop was not acknowledged by every subscriber of "
+                                          f"{self._publisher.topic_name} within {STOP_ACK_TIMEOUT_S} s")
+        result = self.on_cleanup(state)
+        self.finalized = True
+        self.get_logger().info("shut down (finalized): exiting")
+        return result
+
+    def stop_for_exit(self, signal_name: str) -> None:
+        """Before the process exits on ``signal_name``: the shutdown transition from the current
+        state (from active: the deactivate path, acknowledged), unless it already ran."""
+        if self.finalized:
+            return
+        self.get_logger().info(f"{signal_name}: shutting down")
+        self.trigger_shutdown()
 
     def _stop_commanding(self) -> None:
+        # The EventsExecutor may still run ONE tick of the destroyed timer: a timer event already queued
+        # behind this transition's service call is dispatched before the executor processes the removal
+        # (seen in 2 of 40 deactivations). _on_tick therefore checks _active, and every callback copes
+        # with a released node (after shutdown a stale tick met controller None: AttributeError, the
+        # process died and get_state after ACTIVE_SHUTDOWN had no answer).
         self._active = False
         self.destroy_timer(self._tick_timer)
         deadline = time.monotonic() + 1.0  # a chunk in flight belongs to this activation: wait, drop it
@@ -195,6 +224,8 @@ class PolicyNode(LifecycleNode):
                 self.controller.guidance_scale = validate_guidance_scale(param.value)
 
     def _reject(self, reason: str) -> None:
+        if self.controller is None:  # a message queued before cleanup destroyed the subscription
+            return
         self.controller.reject()
         self.get_logger().warning(f"rejected message ({self.controller.counters.rejected_messages} so far): {reason}",
                                   throttle_duration_sec=1.0)
@@ -230,6 +261,8 @@ class PolicyNode(LifecycleNode):
                                           throttle_duration_sec=1.0)
 
     def _on_tick(self) -> None:
+        if not self._active:  # a tick queued before deactivate/shutdown destroyed the timer: see _stop_commanding
+            return
         self._on_inference_done()  # normally handled at once via the guard condition
         self._carry_out(self.controller.on_tick(self.get_clock().now().nanoseconds))
         c = self.controller
@@ -274,6 +307,8 @@ class PolicyNode(LifecycleNode):
                 self._obs_to_cmd_s.append(obs_to_command_ns * 1e-9)
 
     def _publish_diagnostics(self) -> None:
+        if self.controller is None:  # an event queued before cleanup destroyed the timer
+            return
         state, reason = (self.controller.state, self.controller.reason) if self._active else ("inactive", "")
         self._diagnostics.publish(policy_diagnostics(
             self.get_clock().now().to_msg(), f"{self.get_name()}: policy", state, reason, self.controller, self.policy,
@@ -305,7 +340,9 @@ def _start(node: PolicyNode) -> None:
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run flow_policy_ros policy_node``."""
     return spin_node(NODE_NAME, PolicyNode, (FlowPolicyError, FileNotFoundError, ValueError, TypeError), _start, args,
-                     executor_kind=lambda node: node.get_parameter("executor").value)
+                     executor_kind=lambda node: node.get_parameter("executor").value,
+                     on_stop=lambda node, signal_name: node.stop_for_exit(signal_name),
+                     finished=lambda node: node.finalized)
 
 
 if __name__ == "__main__":
