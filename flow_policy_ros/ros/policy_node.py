@@ -40,6 +40,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -80,8 +81,9 @@ STOP_ACK_TIMEOUT_S = 1.0
 class PolicyNode(LifecycleNode):
     """The policy at control rate, managed; see the module docstring."""
 
-    def __init__(self) -> None:
-        super().__init__(NODE_NAME)
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (e.g. ``context`` for an in-process test)."""
+        super().__init__(NODE_NAME, **node_kwargs)
         # set before anything can fail: rclpy's shutdown calls destroy_node on a half-built node
         self.params: PolicyNodeParams | None = None  # params, policy, controller, worker: set by configure
         self.policy, self.controller, self.worker = None, None, None
