@@ -56,7 +56,13 @@ from trajectory_msgs.msg import JointTrajectory
 from flow_policy_ros import paths
 from flow_policy_ros.errors import FlowPolicyError, ObservationError, one_line
 from flow_policy_ros.ros.diagnostics import policy_diagnostics
-from flow_policy_ros.ros.messages import JointStateReader, action_to_multiarray_msg, chunk_to_trajectory_msg, point_array
+from flow_policy_ros.ros.messages import (
+    JointStateReader,
+    MissingJointError,
+    action_to_multiarray_msg,
+    chunk_to_trajectory_msg,
+    point_array,
+)
 from flow_policy_ros.ros.node_runner import spin_node
 from flow_policy_ros.ros.parameters import declare_all
 from flow_policy_ros.ros.policy_parameters import NODE_NAME, PARAMETERS, PolicyNodeParams
@@ -93,6 +99,10 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self.finalized = False  # the shutdown transition ran: the process exits (node_runner's ``finished``)
         self._goal: np.ndarray | None = None
+        # what the node itself refused, for /diagnostics (the controller never sees those messages):
+        # topic ('joint_states' | 'goal') -> the last reason; whether a joint state was usable this activation
+        self._rejections: dict[str, str] = {}
+        self._joint_state_used = False
         self._goal_frame = ""
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
@@ -159,6 +169,7 @@ class PolicyNode(LifecycleNode):
         if self._goal is not None:
             self.controller.on_goal(self._goal, self._goal_frame)
         self._last_reason = ""
+        self._rejections, self._joint_state_used = {}, False
         self._obs_to_cmd_s.clear()
         self.latency = self.worker.latencies = StageLatencies()
         result = super().on_activate(state)  # enables the command publisher
@@ -225,9 +236,10 @@ class PolicyNode(LifecycleNode):
             if param.name == "guidance_scale" and self.controller is not None:
                 self.controller.guidance_scale = validate_guidance_scale(param.value)
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, topic: str = "joint_states") -> None:
         if self.controller is None:  # a message queued before cleanup destroyed the subscription
             return
+        self._rejections[topic] = reason
         self.controller.reject()
         self.get_logger().warning(f"rejected message ({self.controller.counters.rejected_messages} so far): {reason}",
                                   throttle_duration_sec=1.0)
@@ -242,8 +254,9 @@ class PolicyNode(LifecycleNode):
         try:
             positions, velocities, measured = self._joint_reader.read(msg)
         except ObservationError as exc:
-            self._reject(str(exc))
+            self._reject(joint_state_problem(exc, msg.name, self.meta.observation.joint_names))
             return
+        self._joint_state_used = True
         decisions = self.controller.on_joint_state(now_ns, positions, velocities, measured, stamp_ns)
         if decisions and isinstance(decisions[-1], InferenceRequest):
             self.latency.add_ns("assembly", time.perf_counter_ns() - start_ns)
@@ -253,12 +266,13 @@ class PolicyNode(LifecycleNode):
         try:
             self._goal, self._goal_frame = point_array(msg), msg.header.frame_id
         except ObservationError as exc:
-            self._reject(str(exc))
+            self._reject(str(exc), "goal")
             return
         if self._active:
             rejected = self.controller.counters.rejected_goals
             self._carry_out(self.controller.on_goal(self._goal, self._goal_frame))
             if self.controller.counters.rejected_goals > rejected:
+                self._rejections["goal"] = self.controller.goal_rejection
                 self.get_logger().warning(f"rejected goal ({rejected + 1} so far): {self.controller.goal_rejection}",
                                           throttle_duration_sec=1.0)
 
@@ -308,22 +322,49 @@ class PolicyNode(LifecycleNode):
                 self.latency.add_ns("obs_to_command", obs_to_command_ns)
                 self._obs_to_cmd_s.append(obs_to_command_ns * 1e-9)
 
+    def _diagnosis(self) -> str:
+        """The controller's reason, made specific while it waits: the node saw the messages it refused
+        (joint states whose names do not match the model, a NaN goal) and names them."""
+        c = self.controller
+        if c.state != "waiting":
+            return c.reason
+        if not self._joint_state_used and "joint_states" in self._rejections:
+            return f"no usable joint states: {self._rejections['joint_states']}"
+        if self._goal is None and "goal" in self._rejections:
+            return f"no goal yet (last goal rejected: {self._rejections['goal']})"
+        return c.reason
+
     def _publish_diagnostics(self) -> None:
         if self.controller is None:  # an event queued before cleanup destroyed the timer
             return
-        state, reason = (self.controller.state, self.controller.reason) if self._active else ("inactive", "")
+        state, reason = (self.controller.state, self._diagnosis()) if self._active else ("inactive", "")
         self._diagnostics.publish(policy_diagnostics(
             self.get_clock().now().to_msg(), f"{self.get_name()}: policy", state, reason, self.controller, self.policy,
             {"lifecycle_state": "active" if self._active else "inactive", "scheduling": self.scheduling,
              "execution": self.params.execution, "chunking": self.params.chunking_for(self.meta),
              "control_rate_hz": f"{self.params.control_rate_hz:g}",
              "inference": "thread" if self.params.threaded_inference else "inline", "executor": self.params.executor,
-             **self.latency.diagnostic_values()}, self._obs_to_cmd_s))
+             **self.latency.diagnostic_values()}, self._obs_to_cmd_s,
+            goal_rejection=self._rejections.get("goal", self.controller.goal_rejection),
+            joint_state_rejection=self._rejections.get("joint_states", "")))
 
     def destroy_node(self) -> None:
         if self.worker is not None:
             self.worker.stop()
         super().destroy_node()
+
+
+def joint_state_problem(exc: ObservationError, received: list[str], model_joints: tuple[str, ...] | list[str]) -> str:
+    """Why a JointState was refused; when the model's joints are missing, which ones, what the message
+    had instead, and the way out (the driver's names mapped to the model's)."""
+    if not isinstance(exc, MissingJointError) or not received:
+        return str(exc)
+    missing = [name for name in model_joints if name not in received]
+    if not missing:
+        return str(exc)
+    return (f"joint_states lack the model's joint(s) {missing}; the message has {list(received)}: publish the "
+            f"model's joint names, e.g. by remapping the driver's names (a joint map such as "
+            f"config/example_joint_map.yaml lists driver name -> model name)")
 
 
 def _start(node: PolicyNode) -> None:
