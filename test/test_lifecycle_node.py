@@ -319,3 +319,35 @@ def test_callbacks_queued_before_a_transition_are_harmless(model_path):
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_fatal_error_reaches_rosout(node_process, tmp_path):
+    """A node that cannot start says why through the ROS logger too, not only on stderr: a FATAL Log from
+    flow_policy_node naming the missing model arrives on /rosout (what rqt_console and the ROS log files show)."""
+    from fake_robot import SpinningNode
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    class RosoutListener(SpinningNode):
+        def __init__(self) -> None:
+            super().__init__("rosout_listener")
+            self.logs: list[Log] = []
+            qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.node.create_subscription(Log, "/rosout", self._on_log, qos)
+            self.start_spinning()
+
+        def _on_log(self, msg: Log) -> None:
+            with self.lock:
+                self.logs.append(msg)
+
+    listener = RosoutListener()
+    try:
+        proc = node_process(params={"model_path": str(tmp_path / "missing.onnx")})
+        assert proc.wait(timeout=30) == 1
+        listener.wait_for(lambda: any(m.level == Log.FATAL and m.name == "flow_policy_node" for m in listener.logs), 5.0,
+                          "a FATAL log of flow_policy_node on /rosout")
+        with listener.lock:
+            fatal = [m.msg for m in listener.logs if m.level == Log.FATAL]
+        assert len(fatal) == 1 and fatal[0].startswith("exiting: configure failed") and "missing.onnx" in fatal[0], fatal
+    finally:
+        listener.close()

@@ -54,6 +54,8 @@ EXECUTORS: tuple[str, ...] = ("single_threaded", "events")
 SPIN_STEP_S = 0.1
 #: Spinning after ``finished(node)`` (s), so the last service response leaves the process.
 FINISH_GRACE_S = 0.3
+#: How long a node that failed stays up after its FATAL line (s): see :func:`report_fatal`.
+FATAL_LINGER_S = 1.0
 #: The signals that stop a node through its stop path.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -163,10 +165,16 @@ def spin_node(
 
 def report_fatal(name: str, node: Node | None, reason: str) -> None:
     """``reason`` as one line on stderr (``<name>: error: <reason>``) and through the ROS logger at
-    FATAL (``/rosout``, the ROS log files), the node's own logger while it exists."""
+    FATAL (``/rosout``, the ROS log files), the node's own logger while it exists; then the node
+    lives :data:`FATAL_LINGER_S` longer, so its /rosout publisher (transient local) is discovered
+    and delivers the line before the process ends (a node failing at start-up exits within a
+    second of creating it: 1 of 3 FATAL lines never reached a /rosout subscriber without this)."""
     print(f"{name}: error: {reason}", file=sys.stderr)
     logger = node.get_logger() if node is not None else get_logger(name)
     try:
         logger.fatal(f"exiting: {reason}")
     except Exception as exc:  # noqa: BLE001 - the stderr line above already says it; never a traceback instead
         print(f"{name}: (the ROS logger failed too: {one_line(exc)})", file=sys.stderr)
+        return
+    if node is not None:
+        time.sleep(FATAL_LINGER_S)
