@@ -288,15 +288,20 @@ def test_joint_names_that_do_not_match_the_model_are_named_on_diagnostics(model_
         robot.close()
 
 
-def test_nan_goal_is_named_in_goal_rejection(model_path, node_process, robot_factory):
+@pytest.mark.parametrize("execution", ["stream", "trajectory"])
+def test_nan_goal_is_named_in_goal_rejection(model_path, node_process, robot_factory, execution):
     """A NaN goal after a good one: the node keeps the previous goal (commands go on) and the diagnostics'
     goal_rejection names the NaN goal (it showed the previous reason, or nothing, before)."""
     from geometry_msgs.msg import PointStamped
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     robot = robot_factory()
-    node_process(params=base_params(model_path))
-    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    node_process(params=base_params(model_path, execution=execution))
+
+    def commanded_after(start: float) -> bool:
+        return any(t > start for t, _ in robot.commands) or any(t > start and m.points for t, m in robot.trajectories)
+
+    robot.wait_for(lambda: commanded_after(0.0), 15.0, "the first command")
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     goal_pub = robot.node.create_publisher(PointStamped, "goal", latched)
     bad = PointStamped()
@@ -306,6 +311,19 @@ def test_nan_goal_is_named_in_goal_rejection(model_path, node_process, robot_fac
     sent = time.monotonic()
     robot.wait_for(lambda: bool(robot.diagnostics) and "NaN" in robot.diagnostics[-1]["goal_rejection"], 5.0,
                    "goal_rejection naming the NaN goal")
-    robot.wait_for(lambda: any(t > sent + 0.5 for t, _ in robot.commands), 5.0, "commands on the previous goal")
+    robot.wait_for(lambda: commanded_after(sent + 0.5), 5.0, "commands on the previous goal")
     with robot.lock:
         assert robot.diagnostics[-1]["state"] == "running" and int(robot.diagnostics[-1]["rejected_messages"]) >= 1
+
+
+def test_refused_joint_states_are_named_while_stale(model_path, node_process, robot_factory):
+    """Good joint states, then ones lacking a model joint: the node holds (stale) and the reason says the
+    joint states still arrive but are refused, naming the missing joint."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    robot.mode = "missing"
+    robot.wait_for(lambda: bool(robot.diagnostics) and robot.diagnostics[-1]["state"] == "stale", 5.0, "stale")
+    with robot.lock:
+        reason = robot.diagnostics[-1]["reason"]
+    assert "the joint states arriving are refused" in reason and IIWA_JOINT_NAMES[0] in reason, reason

@@ -106,6 +106,7 @@ class PolicyNode(LifecycleNode):
         # topic ('joint_states' | 'goal') -> the last reason; whether a joint state was usable this activation
         self._rejections: dict[str, str] = {}
         self._joint_state_used = False
+        self._joint_state_refused = False  # the latest joint state was refused
         self._goal_frame = ""
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
@@ -172,7 +173,7 @@ class PolicyNode(LifecycleNode):
         if self._goal is not None:
             self.controller.on_goal(self._goal, self._goal_frame)
         self._last_reason = ""
-        self._rejections, self._joint_state_used = {}, False
+        self._rejections, self._joint_state_used, self._joint_state_refused = {}, False, False
         self._obs_to_cmd_s.clear()
         self.latency = self.worker.latencies = StageLatencies()
         result = super().on_activate(state)  # enables the command publisher
@@ -244,6 +245,8 @@ class PolicyNode(LifecycleNode):
         if self.controller is None:  # a message queued before cleanup destroyed the subscription
             return
         self._rejections[topic] = reason
+        if topic == "joint_states":
+            self._joint_state_refused = True
         self.controller.reject()
         self.get_logger().warning(f"rejected message ({self.controller.counters.rejected_messages} so far): {reason}",
                                   throttle_duration_sec=1.0)
@@ -260,7 +263,7 @@ class PolicyNode(LifecycleNode):
         except ObservationError as exc:
             self._reject(joint_state_problem(exc, msg.name, self.meta.observation.joint_names))
             return
-        self._joint_state_used = True
+        self._joint_state_used, self._joint_state_refused = True, False
         decisions = self.controller.on_joint_state(now_ns, positions, velocities, measured, stamp_ns)
         if decisions and isinstance(decisions[-1], InferenceRequest):
             self.latency.add_ns("assembly", time.perf_counter_ns() - start_ns)
@@ -327,9 +330,11 @@ class PolicyNode(LifecycleNode):
                 self._obs_to_cmd_s.append(obs_to_command_ns * 1e-9)
 
     def _diagnosis(self) -> str:
-        """The controller's reason, made specific while it waits: the node saw the messages it refused
-        (joint states whose names do not match the model, a NaN goal) and names them."""
+        """The controller's reason, made specific while it waits or holds on stale data: the node saw the
+        messages it refused (joint states whose names do not match the model, a NaN goal) and names them."""
         c = self.controller
+        if c.state == "stale" and self._joint_state_refused:  # they still come, but are refused
+            return f"{c.reason}; the joint states arriving are refused: {self._rejections['joint_states']}"
         if c.state != "waiting":
             return c.reason
         if not self._joint_state_used and "joint_states" in self._rejections:
