@@ -451,3 +451,15 @@ def test_corrupt_zstd_chunk_is_one_bag_error_naming_bag_and_message(tmp_path: Pa
     assert message.startswith(f"{bag}: corrupt or truncated bag: cannot read message 0 of ") and "/joint_states" in message
     assert len(message.splitlines()) == 1 and "the last one read: none" in message
     assert info.value.__cause__ is not None and type(info.value.__cause__).__name__ != "BagError"
+
+
+@pytest.mark.parametrize(("content", "fragment"), [(b"{not json", "not valid JSON"), (b"\xff\xfe", "not valid JSON"),
+                                                   (b"[" * 100_000, "not valid JSON"), (b"[1, 2]", "expected a JSON object")])
+def test_bad_episode_json_is_one_bag_error(tmp_path: Path, content: bytes, fragment: str) -> None:
+    """episode.json that is not JSON, not UTF-8, nested beyond the parser's recursion limit, or not an object."""
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording(), "mcap")
+    (bag / "episode.json").write_bytes(content)
+    with pytest.raises(BagError, match=fragment) as info:
+        read_episode_bag(bag)
+    assert str(info.value).startswith(str(bag / "episode.json")) and len(str(info.value).splitlines()) == 1

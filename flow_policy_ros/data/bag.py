@@ -594,9 +594,13 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BagError(f"{file}: not valid JSON ({exc})") from exc
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise BagError(f"{file}: cannot read it ({_one_line(exc)})") from exc
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
+        raise BagError(f"{file}: not valid JSON ({_one_line(exc)})") from exc
     if not isinstance(data, dict):
         raise BagError(f"{file}: expected a JSON object, got {type(data).__name__}")
     return data
