@@ -11,9 +11,9 @@ services ``/flow_policy_node/change_state``, ``get_state``, ... (``ros2 lifecycl
 * deactivate: stop commanding and keep the model; trajectory mode publishes one empty
   JointTrajectory (a JointTrajectoryController holds), stream mode stops publishing.
 * cleanup / shutdown: release the model, the worker thread, subscriptions and timers. Shutdown
-  from active first runs the deactivate path and waits (up to :data:`STOP_ACK_TIMEOUT_S`) until
-  the reliable subscribers acknowledged the empty trajectory; once ``finalized`` the process exits
-  (status 0), as ``ros2 lifecycle set ... shutdown`` expects.
+  from active first runs the deactivate path (the empty trajectory goes out at once; the writer
+  then stays up to :data:`STOP_ACK_TIMEOUT_S` for the subscribers' acknowledgement); once
+  ``finalized`` the process exits (status 0), as ``ros2 lifecycle set ... shutdown`` expects.
 * SIGINT / SIGTERM (Ctrl-C, ``launch`` stopping, ``docker stop``): the same shutdown transition
   before the process exits (:mod:`flow_policy_ros.ros.node_runner` keeps the context valid for
   it), so a JointTrajectoryController holds instead of running the last chunk to its end.
@@ -205,7 +205,7 @@ class PolicyNode(LifecycleNode):
 
     def stop_for_exit(self, signal_name: str) -> None:
         """Before the process exits on ``signal_name``: the shutdown transition from the current
-        state (from active: the deactivate path, acknowledged), unless it already ran."""
+        state (from active: the deactivate path, its stop published), unless it already ran."""
         if self.finalized:
             return
         self.get_logger().info(f"{signal_name}: shutting down")
