@@ -39,9 +39,13 @@ Conventions fixed here:
   and refuses to overwrite.
 
 Every bad input raises :class:`~flow_policy_ros.errors.BagError` with a one-line message naming
-the bag and the problem: a corrupt file (flipped bytes, truncation) anywhere, in the index, a
-chunk or one message's CDR bytes (rosbags' SerdeError, OverflowError, struct errors, short
-reads, invalid UTF-8, apsw/sqlite corruption), names the bag, the topic and the message index.
+the bag and the problem. A corrupt file (flipped bytes, truncation) anywhere, in the index, a
+chunk (plain, zstd- or lz4-compressed) or one message's CDR bytes, names the bag, the topic and
+the message index. This module is the boundary: whatever the libraries under it raise while
+opening, reading or decoding (rosbags' SerdeError, a decompressor's ZstdError or LZ4 RuntimeError,
+struct errors, short reads, invalid UTF-8, apsw/sqlite corruption, ...) is caught there as
+``Exception`` and re-raised as one BagError, rather than by a list of exception types that the
+next library version or compression format outgrows.
 """
 
 from __future__ import annotations
@@ -49,19 +53,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
-import struct
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-import apsw
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
-from rosbags.serde import SerdeError
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from flow_policy_ros.data.config import ACTION_TOPIC_KEYS, DEFAULT_DATA_CONFIG, DataConfig
@@ -141,11 +141,9 @@ ACTION_TOPIC_TYPES = {"commands": FLOAT64_MULTI_ARRAY, "joint_trajectory": JOINT
                       "controller_state": CONTROLLER_STATE}
 
 _STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-# What rosbags (and the libraries under it: mcap parsing, apsw/sqlite3, the CDR deserializers)
-# raise on a truncated or corrupt file; found by fuzzing (test/test_fuzz.py). ValueError covers
-# UnicodeDecodeError, OSError short reads.
-_READ_ERRORS = (AnyReaderError, ReaderError, SerdeError, apsw.Error, sqlite3.Error, struct.error, EOFError, OSError,
-                OverflowError, MemoryError, KeyError, IndexError, ValueError, TypeError, AssertionError)
+#: Compression of written bags: none, or zstd (mcap: each chunk, as rosbag2's default mcap
+#: writer profile does; sqlite3: each message).
+COMPRESSIONS = ("none", "zstd")
 
 
 class RawMessage(NamedTuple):
@@ -265,11 +263,13 @@ class BagWriter:
             bag.write("/policy/chunk", JOINT_TRAJECTORY, joint_trajectory_msg(t, names, chunk, 0.02), t)
     """
 
-    def __init__(self, path: Path, storage: str = "mcap") -> None:
+    def __init__(self, path: Path, storage: str = "mcap", compression: str = "none") -> None:
         self.path = Path(path)
         if storage not in _STORAGE_PLUGINS:
             raise BagError(f"{self.path}: unknown storage {storage!r}; expected one of {sorted(_STORAGE_PLUGINS)}")
-        self.storage = storage
+        if compression not in COMPRESSIONS:
+            raise BagError(f"{self.path}: unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+        self.storage, self.compression = storage, compression
         self._tmp_dir: Path | None = None
         self._writer: Writer | None = None
         self._connections: dict[str, Any] = {}
@@ -281,6 +281,9 @@ class BagWriter:
         self._tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
         try:
             self._writer = Writer(self.directory, version=9, storage_plugin=_STORAGE_PLUGINS[self.storage])
+            if self.compression == "zstd":
+                mode = CompressionMode.STORAGE if self.storage == "mcap" else CompressionMode.MESSAGE
+                self._writer.set_compression(mode, CompressionFormat.ZSTD)
             self._writer.open()
         except BaseException:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
@@ -325,15 +328,16 @@ class BagWriter:
 
 
 def write_episode_bag(path: Path, recording: EpisodeRecording, storage: str = "mcap",
-                      data_config: DataConfig = DEFAULT_DATA_CONFIG) -> None:
+                      data_config: DataConfig = DEFAULT_DATA_CONFIG, compression: str = "none") -> None:
     """Write one episode as a rosbag2 directory at ``path`` ('mcap' or 'sqlite3'), plus ``episode.json``.
 
+    ``compression`` is one of :data:`COMPRESSIONS`.
     Each message is logged at its stamp. Commands are written in ``recording.command_joint_names``
     order. Refuses to overwrite ``path``; the write is atomic.
     """
     cfg = data_config
     rec = recording
-    with BagWriter(Path(path), storage) as bag:
+    with BagWriter(Path(path), storage, compression) as bag:
         for t, pos, vel in zip(rec.joint_times_ns, rec.positions, rec.velocities):
             bag.write(cfg.joint_states_topic, JOINT_STATE, joint_state_msg(t, rec.joint_names, pos, vel), t)
         for t, goal in zip(rec.goal_times_ns, rec.goals):
@@ -407,7 +411,7 @@ def _open_reader(path: Path) -> AnyReader:
     try:
         reader = AnyReader([path], default_typestore=TYPESTORE)
         reader.open()
-    except _READ_ERRORS as exc:
+    except Exception as exc:  # the boundary: whatever the storage libraries raise (see the module docstring)
         raise BagError(f"{path}: corrupt or truncated bag, cannot open it ({_one_line(exc)})") from exc
     return reader
 
@@ -417,40 +421,53 @@ def list_topics(path: Path) -> dict[str, TopicSummary]:
     path = Path(path)
     reader = _open_reader(path)
     try:
-        return {topic: TopicSummary(str(info.msgtype), int(info.msgcount)) for topic, info in reader.topics.items()}
-    except _READ_ERRORS as exc:
+        topics = {topic: TopicSummary(str(info.msgtype), int(info.msgcount)) for topic, info in reader.topics.items()}
+    except Exception as exc:  # the boundary
+        _close(reader, path, failed=True)
         raise BagError(f"{path}: corrupt bag metadata, cannot list its topics ({_one_line(exc)})") from exc
-    finally:
-        _close(reader)
+    _close(reader, path)
+    return topics
 
 
-def _close(reader: AnyReader) -> None:
+def _close(reader: AnyReader, path: Path, failed: bool = False) -> None:
+    """Close ``reader``; after a read failure (``failed``) a second failure on close is dropped,
+    because the first one is what the caller reports; otherwise it is a BagError."""
     try:
         reader.close()
-    except _READ_ERRORS:  # a corrupt file may fail again on close; the first error is the one reported
-        pass
+    except Exception as exc:  # the boundary
+        if not failed:
+            raise BagError(f"{path}: corrupt bag, cannot close it ({_one_line(exc)})") from exc
 
 
 def _iter_messages(path: Path, topics: Sequence[str] | None) -> Iterator[tuple[RawMessage, Callable[[], Any]]]:
     """(raw message, a function decoding it with the bag's own type definitions) in log-time order."""
     reader = _open_reader(path)
     count, per_topic, last = 0, {}, "none"
+    failed = True  # until the loop ends normally (a consumer may also stop early: GeneratorExit)
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and not conns:
+            failed = False
             return
-        try:
-            for conn, log_time, data in reader.messages(connections=conns):
-                index = per_topic[conn.topic] = per_topic.get(conn.topic, -1) + 1
-                last = f"{conn.topic} #{index}"
-                count += 1
+        messages = reader.messages(connections=conns)
+        while True:
+            try:  # only the read is guarded: the consumer's code runs outside while this generator is suspended
+                item = next(messages, None)
+                if item is None:
+                    break
+                conn, log_time, data = item
                 raw = RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
-                yield raw, lambda raw=raw: reader.deserialize(raw.data, raw.msgtype)
-        except _READ_ERRORS as exc:
-            raise BagError(f"{path}: corrupt or truncated bag: cannot read message {count} (the last one read: "
-                           f"{last}) ({_one_line(exc)})") from exc
+            except Exception as exc:  # the boundary: a corrupt chunk fails in its decompressor, parser, ...
+                which = "" if topics is None else f" of {', '.join(sorted(set(topics)))}"
+                raise BagError(f"{path}: corrupt or truncated bag: cannot read message {count}{which} "
+                               f"(the last one read: {last}) ({_one_line(exc)})") from exc
+            index = per_topic[conn.topic] = per_topic.get(conn.topic, -1) + 1
+            last = f"{conn.topic} #{index}"
+            count += 1
+            yield raw, lambda raw=raw: reader.deserialize(raw.data, raw.msgtype)
+        failed = False
     finally:
-        _close(reader)
+        _close(reader, path, failed)
 
 
 def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterator[RawMessage]:
@@ -487,7 +504,7 @@ def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
     for raw, decode in _iter_messages(path, list(wanted)):
         try:
             msg = decode()
-        except _READ_ERRORS as exc:
+        except Exception as exc:  # the boundary: what the CDR deserializer raises on damaged bytes
             msg = _decode_older_layout(raw)
             if msg is None:
                 raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
@@ -501,7 +518,7 @@ def _decode_older_layout(raw: RawMessage) -> Any | None:
     for _, store in _OLDER_LAYOUTS.get(raw.msgtype, []):
         try:
             return store.deserialize_cdr(raw.data, raw.msgtype)
-        except _READ_ERRORS:
+        except Exception:  # noqa: BLE001 - not this layout; the caller reports the current layout's error
             continue
     return None
 
@@ -623,9 +640,13 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BagError(f"{file}: not valid JSON ({exc})") from exc
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise BagError(f"{file}: cannot read it ({_one_line(exc)})") from exc
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
+        raise BagError(f"{file}: not valid JSON ({_one_line(exc)})") from exc
     if not isinstance(data, dict):
         raise BagError(f"{file}: expected a JSON object, got {type(data).__name__}")
     return data
