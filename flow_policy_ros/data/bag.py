@@ -64,12 +64,13 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from flow_policy_ros.contract import FeatureSpec, goal_feature
 from flow_policy_ros.data.config import ACTION_TOPIC_KEYS, DEFAULT_DATA_CONFIG, DataConfig
 from flow_policy_ros.data.images import IMAGE, ImageDecodeError, ImageSeries, decode_image, image_fields, image_topic
-from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.data.recording import GOAL_FEATURE, EpisodeRecording
 from flow_policy_ros.data.targets import TargetSeries, sampled_targets, spliced_trajectories
 from flow_policy_ros.errors import BagError, TimeSeriesError, TrajectoryError
-from flow_policy_ros.runtime.observation import stamp_to_ns, trajectory_arrays
+from flow_policy_ros.runtime.observation import VECTOR_READERS, stamp_to_ns, trajectory_arrays
 
 #: Message definitions used for writing and as fallback for reading (bags embed their own).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
@@ -530,7 +531,9 @@ def action_topic_roles(cfg: DataConfig) -> dict[str, str]:
 
 
 def stamp_or_log(msg: Any, log_time_ns: int) -> int:
-    stamp = stamp_to_ns(msg.header.stamp)
+    """The message's header stamp (ns), or its log time when it has no header or a zero stamp."""
+    header = getattr(msg, "header", None)
+    stamp = 0 if header is None else stamp_to_ns(header.stamp)
     return stamp if stamp != 0 else log_time_ns
 
 
@@ -654,7 +657,8 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
                      joint_names: Sequence[str] | None = None,
-                     command_joint_names: Sequence[str] | None = None) -> EpisodeRecording:
+                     command_joint_names: Sequence[str] | None = None,
+                     vector_features: Sequence[FeatureSpec] | None = None) -> EpisodeRecording:
     """Read one episode bag (mcap or sqlite3) into an :class:`EpisodeRecording`.
 
     Args:
@@ -664,6 +668,8 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
             the first JointState message). Matched by name in every message.
         command_joint_names: joint order of the command arrays; default
             ``data_config.command_joint_names``, else the joint-state joint order.
+        vector_features: the vector observation features to read, each from
+            ``data_config.feature_topic(feature)`` (None: the goal, as the default spec observes).
 
     Returns:
         The recording; times are int ns (stamp, or log time when the stamp is zero).
@@ -678,14 +684,15 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     path = Path(path)
     cfg = data_config
     action_topic = cfg.action_topic or cfg.command_topic
-    wanted = {cfg.joint_states_topic: JOINT_STATE, cfg.goal_topic: POINT_STAMPED,
+    vectors_wanted = (goal_feature(),) if vector_features is None else tuple(vector_features)
+    vector_topics = {f.name: cfg.feature_topic(f) for f in vectors_wanted}
+    wanted = {cfg.joint_states_topic: JOINT_STATE, **{vector_topics[f.name]: f.msg_type for f in vectors_wanted},
               action_topic: ACTION_TOPIC_TYPES.get(cfg.action_source, FLOAT64_MULTI_ARRAY)}
     msgs = read_topics(path, wanted, optional=[action_topic] if cfg.action_topic is None else [],
                        roles=action_topic_roles(cfg))
     names, times, pos, vel, skipped = joint_arrays(path, msgs[cfg.joint_states_topic], joint_names)
-    goal_msgs = msgs[cfg.goal_topic]
-    goal_times = np.array([stamp_or_log(m, t) for t, m in goal_msgs], np.int64)
-    goals = np.array([[m.point.x, m.point.y, m.point.z] for _, m in goal_msgs], np.float64).reshape(-1, 3)
+    vectors = {f.name: _vector_arrays(path, vector_topics[f.name], f, msgs[vector_topics[f.name]]) for f in vectors_wanted}
+    goal_times, goals = vectors.pop(GOAL_FEATURE, (np.zeros(0, np.int64), np.zeros((0, 3))))
     cmd_names = list(command_joint_names or cfg.command_joint_names or names)
     targets = None
     if cfg.action_source == "joint_trajectory":
@@ -705,8 +712,20 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     return EpisodeRecording(
         joint_names=names, joint_times_ns=times, positions=pos, velocities=vel,
         goal_times_ns=goal_times, goals=goals, command_joint_names=cmd_names,
-        command_times_ns=cmd_times, commands=commands, metadata=metadata, targets=targets,
+        command_times_ns=cmd_times, commands=commands, metadata=metadata, targets=targets, vectors=vectors,
     )
+
+
+def _vector_arrays(path: Path, topic: str, feature: FeatureSpec, msgs: list[tuple[int, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(times (V,) ns, values (V, size)) of a vector feature's messages; NaN values are kept (the
+    dataset's checks name them), a wrong size is a BagError."""
+    values_of = VECTOR_READERS[feature.msg_type][0]
+    values = [np.asarray(values_of(m), np.float64).reshape(-1) for _, m in msgs]
+    for i, row in enumerate(values):
+        if row.size != feature.size:
+            raise BagError(f"{path}: {topic} message {i} carries {row.size} values, the model's {feature.name} takes {feature.size}")
+    times = np.array([stamp_or_log(m, t) for t, m in msgs], np.int64)
+    return times, np.array(values, np.float64).reshape(len(msgs), feature.size)
 
 
 def find_episodes(root: Path) -> list[Path]:

@@ -241,7 +241,8 @@ def _read_for_windows(episode: Path, policy_cfg: PolicyConfig, data_cfg: DataCon
     if data_cfg.action_source == "joint_states":
         joints += [n for n in policy_cfg.action_joint_names if n not in joints]
     command_joints = data_cfg.command_joint_names or policy_cfg.action_joint_names
-    return read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints)
+    return read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints,
+                            vector_features=policy_cfg.observation.vector_features)
 
 
 def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
