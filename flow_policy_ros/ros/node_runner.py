@@ -55,7 +55,9 @@ SPIN_STEP_S = 0.1
 #: Spinning after ``finished(node)`` (s), so the last service response leaves the process.
 FINISH_GRACE_S = 0.3
 #: How long a node that failed stays up after its FATAL line (s): see :func:`report_fatal`.
-FATAL_LINGER_S = 1.0
+FATAL_LINGER_S = 2.5
+#: ... once a /rosout subscriber is matched, this long for the line to be delivered (s).
+FATAL_DELIVERY_S = 0.3
 #: The signals that stop a node through its stop path.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -166,9 +168,11 @@ def spin_node(
 def report_fatal(name: str, node: Node | None, reason: str) -> None:
     """``reason`` as one line on stderr (``<name>: error: <reason>``) and through the ROS logger at
     FATAL (``/rosout``, the ROS log files), the node's own logger while it exists; then the node
-    lives :data:`FATAL_LINGER_S` longer, so its /rosout publisher (transient local) is discovered
-    and delivers the line before the process ends (a node failing at start-up exits within a
-    second of creating it: 1 of 3 FATAL lines never reached a /rosout subscriber without this)."""
+    lives until a /rosout subscriber is matched plus :data:`FATAL_DELIVERY_S`, at most
+    :data:`FATAL_LINGER_S`, so its /rosout publisher (transient local) is discovered and delivers
+    the line before the process ends (a node failing at start-up exits within a second of creating
+    it: 1 of 3 FATAL lines never reached a /rosout subscriber without this, and a fixed 1 s was
+    not enough on a loaded machine). Without any /rosout subscriber the exit waits the full time."""
     print(f"{name}: error: {reason}", file=sys.stderr)
     logger = node.get_logger() if node is not None else get_logger(name)
     try:
@@ -177,4 +181,7 @@ def report_fatal(name: str, node: Node | None, reason: str) -> None:
         print(f"{name}: (the ROS logger failed too: {one_line(exc)})", file=sys.stderr)
         return
     if node is not None:
-        time.sleep(FATAL_LINGER_S)
+        deadline = time.monotonic() + FATAL_LINGER_S
+        while time.monotonic() < deadline and node.count_subscribers("/rosout") == 0:
+            time.sleep(0.05)
+        time.sleep(min(FATAL_DELIVERY_S, max(0.0, deadline - time.monotonic())))
