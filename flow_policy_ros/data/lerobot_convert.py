@@ -7,9 +7,10 @@ action source, command joint order) and its ``observation`` section the :class:`
 
 Features written:
 
-- ``observation.state`` float32, the observation fields in order; ``names``: each joint's name
-  for ``joint_positions`` (rad), ``<joint>.vel`` for ``joint_velocities`` (rad/s), ``goal.x``,
-  ``goal.y``, ``goal.z`` for ``goal`` (m, world frame).
+- ``observation.state`` float32, the observation fields in order; ``names``: the spec's
+  ``ObservationSpec.state_names()`` (the one convention): ``<joint>.pos`` for ``joint_positions``
+  (rad), ``<joint>.vel`` for ``joint_velocities`` (rad/s), ``goal.x``, ``goal.y``, ``goal.z`` for
+  ``goal`` (m, world frame). Reading, a bare ``<joint>`` is taken for ``<joint>.pos``.
 - ``action`` float32, ``names``: ``action_joint_names`` (rad, position targets).
 - the default features; ``task`` from the mapping or the bag's ``episode.json`` ``task``.
 
@@ -55,7 +56,7 @@ from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.lerobot import INFO_PATH, LeRobotWriter, vector_feature
-from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset
+from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset, state_joint_names
 from flow_policy_ros.data.timeseries import period_ns
 from flow_policy_ros.data.windows import action_ticks, observable_mask, observations_at
 from flow_policy_ros.errors import ConfigError, DatasetError, FlowPolicyError, TimeSeriesError
@@ -157,21 +158,6 @@ def load_mapping(path: Path | None) -> LeRobotMapping:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def state_names(spec: ObservationSpec) -> list[str]:
-    """``observation.state`` names: joints (positions), ``<joint>.vel``, ``goal.x/y/z``, in field order."""
-    names: list[str] = []
-    for name in spec.fields:
-        if name == "joint_positions":
-            names += list(spec.joint_names)
-        elif name == "joint_velocities":
-            names += [f"{j}.vel" for j in spec.joint_names]
-        elif name == "goal":
-            names += ["goal.x", "goal.y", "goal.z"]
-        else:
-            raise ConfigError(f"mapping.observation.fields: {name!r} has no LeRobot state layout")
-    return names
-
-
 # --------------------------------------------------------------------------- bags → dataset
 
 
@@ -251,7 +237,7 @@ def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
     first = bag_frames(bags[0], mapping)
     joints = first.joint_names
     io = mapping.model_io(joints)
-    features = {STATE: vector_feature(state_names(io.observation)), ACTION: vector_feature(io.action_joint_names)}
+    features = {STATE: vector_feature(io.observation.state_names()), ACTION: vector_feature(io.action_joint_names)}
     summary: dict[str, Any] = {"episodes": 0, "frames": 0, "fps": mapping.fps, "gaps": {}}
     with LeRobotWriter(out, mapping.fps, features, robot_type=mapping.robot_type) as writer:
         for i, bag in enumerate(bags):
@@ -271,23 +257,19 @@ def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
 # --------------------------------------------------------------------------- dataset → bags
 
 
-def _state_layout(dataset: LeRobotDataset, mapping: LeRobotMapping) -> tuple[ObservationSpec, dict[str, slice]]:
-    """The mapping's observation spec checked against the dataset's ``observation.state`` names."""
+def _state_layout(dataset: LeRobotDataset, mapping: LeRobotMapping) -> tuple[ObservationSpec, dict[str, np.ndarray]]:
+    """The mapping's observation spec, and each of its fields' columns in the dataset's
+    ``observation.state`` (matched by the spec's ``state_names()``; a bare '<joint>' stands for '<joint>.pos')."""
     info = dataset.root / INFO_PATH
     for name in (STATE, ACTION):
         if name not in dataset.features:
             raise DatasetError(f"{info}: the mapping needs feature {name!r}; the dataset has {sorted(dataset.features)}")
-    names = dataset.feature_names(STATE)
-    joints = mapping.observation.get("joint_names") or [n for n in names if not n.endswith(".vel") and not n.startswith("goal.")]
+    joints = mapping.observation.get("joint_names") or state_joint_names(dataset.feature_names(STATE))
     spec = mapping.spec(joints)
-    expected = state_names(spec)
-    missing = [n for n in expected if n not in names]
-    if missing:
-        raise DatasetError(f"{info}: feature {STATE!r} lacks {missing} that the mapping's observation "
-                           f"{list(spec.fields)} needs; its names are {names}")
-    index = {n: i for i, n in enumerate(names)}
-    cols = {f: np.array([index[n] for n in state_names(ObservationSpec(spec.joint_names, (f,)))]) for f in spec.fields}
-    return spec, cols  # type: ignore[return-value]
+    dataset.columns_of(STATE, spec.state_names())  # one error naming every missing value
+    cols = {f.name: dataset.columns_of(STATE, ObservationSpec(spec.joint_names, (f.name,), (f,)).state_names())
+            for f in spec.low_dim_features}
+    return spec, cols
 
 
 def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
@@ -307,12 +289,8 @@ def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
         raise DatasetError(f"mapping.data.action_source {cfg.action_source!r} cannot be written to a bag; "
                            f"use one of {list(WRITABLE_ACTION_SOURCES)}")
     spec, cols = _state_layout(dataset, mapping)
-    action_names = dataset.feature_names(ACTION)
     wanted = list(mapping.action_joint_names or spec.joint_names)
-    missing = [n for n in wanted if n not in action_names]
-    if missing:
-        raise DatasetError(f"{info}: feature {ACTION!r} lacks joint(s) {missing}; its names are {action_names}")
-    action_cols = [action_names.index(n) for n in wanted]
+    action_cols = dataset.columns_of(ACTION, wanted).tolist()
     command_names = list(cfg.command_joint_names or wanted)
     if not set(command_names) <= set(wanted):
         raise DatasetError(f"mapping.data.command_joint_names {command_names} are not all action joints {wanted}")

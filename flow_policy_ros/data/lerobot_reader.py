@@ -31,6 +31,23 @@ from flow_policy_ros.errors import DatasetError
 
 #: How far (s) a timestamp may lie from its frame slot (LeRobotDataset's default tolerance_s).
 TIMESTAMP_TOLERANCE_S = 1e-4
+#: A joint position's value name: '<joint>.pos', as ``ObservationSpec.state_names()`` and LeRobot's own
+#: robots name it. A plain '<joint>' is read as the same value (datasets that name positions bare).
+POSITION_SUFFIX = ".pos"
+
+
+def name_aliases(name: str) -> tuple[str, ...]:
+    """The value names that stand for ``name``: itself, then '<joint>' for '<joint>.pos' and vice versa."""
+    if name.endswith(POSITION_SUFFIX):
+        return name, name[: -len(POSITION_SUFFIX)]
+    return name, name + POSITION_SUFFIX
+
+
+def state_joint_names(names: Sequence[str]) -> list[str]:
+    """The joints of an ``observation.state`` whose positions it holds, in its order: names ending in
+    '.pos' (the suffix removed), or plain names without a dot ('<joint>.vel', 'goal.x' are not positions)."""
+    return [n[: -len(POSITION_SUFFIX)] if n.endswith(POSITION_SUFFIX) else n
+            for n in names if n.endswith(POSITION_SUFFIX) or "." not in n]
 
 
 def _to_numpy(column: pa.ChunkedArray, ft: Mapping[str, Any]) -> np.ndarray:
@@ -104,10 +121,29 @@ class LeRobotDataset:
 
     def feature_names(self, name: str) -> list[str]:
         """The ``names`` of a vector feature (e.g. the joints of ``observation.state``)."""
+        if name not in self.features:
+            raise DatasetError(f"{self.root / INFO_PATH}: no feature {name!r}; it declares {sorted(self.features)}")
         names = self.features[name].get("names")
         if isinstance(names, dict):  # older LeRobot style {"motors": [...]}
             names = next(iter(names.values()))
         return [str(n) for n in names] if names is not None else []
+
+    def columns_of(self, name: str, wanted: Sequence[str]) -> np.ndarray:
+        """Indices (len(wanted),) of the ``wanted`` value names in vector feature ``name``, matched by name
+        (:func:`name_aliases`: '<joint>.pos' and '<joint>' are one value); DatasetError naming the missing ones."""
+        names = self.feature_names(name)
+        index = {n: i for i, n in enumerate(names)}
+        cols: list[int] = []
+        missing: list[str] = []
+        for value in wanted:
+            found = [index[a] for a in name_aliases(value) if a in index]
+            if found:
+                cols.append(found[0])
+            else:
+                missing.append(value)
+        if missing:
+            raise DatasetError(f"{self.root / INFO_PATH}: feature {name!r} lacks {missing}; its names are {names}")
+        return np.array(cols, np.int64)
 
     def data_file(self, chunk_index: int, file_index: int) -> Path:
         return self.root / str(self.info["data_path"]).format(chunk_index=chunk_index, file_index=file_index)

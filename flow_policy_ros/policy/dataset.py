@@ -32,6 +32,7 @@ from flow_policy_ros.data.timeseries import TimeSeriesError
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
 from flow_policy_ros.errors import DatasetError
 from flow_policy_ros.policy.config import DataConfig, PolicyConfig, to_dict
+from flow_policy_ros.policy.lerobot_windows import is_lerobot_dataset, lerobot_windows
 
 #: Bump when the windowing changes, so stale caches are not reused.
 CACHE_VERSION = 1
@@ -283,7 +284,8 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
 def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
                        cache_dir: Path | None = None, include_failures: bool = False,
                        progress: bool = True) -> Windows:
-    """Training windows from an npz windows file or a directory of rosbag2 episodes.
+    """Training windows from an npz windows file, a directory of rosbag2 episodes, or a LeRobotDataset
+    v3.0 directory (``meta/info.json``; :mod:`flow_policy_ros.policy.lerobot_windows`, not cached).
 
     A directory is windowed once and cached in ``cache_dir`` (default :func:`default_cache_dir`)
     as ``windows-<key>.npz``, the key hashing file names, sizes, mtimes and the relevant config,
@@ -292,9 +294,9 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such training data (expected an .npz file or a directory of bags)")
-    if path.is_file():
-        windows = Windows.load_npz(path)
+        raise DatasetError(f"{path}: no such training data (expected an .npz file, a directory of bags or a LeRobot dataset)")
+    if path.is_file() or is_lerobot_dataset(path):
+        windows = Windows.load_npz(path) if path.is_file() else Windows(*lerobot_windows(path, policy_cfg, progress))
         windows.check_shapes(policy_cfg, path)
         check_windows_values(windows, path)
         describe_windows(windows)
