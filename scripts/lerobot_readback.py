@@ -204,22 +204,38 @@ def read_with_lerobot(root: Path) -> int:
     return 1 if problems else 0
 
 
-def lerobot_write(out: Path) -> None:
-    """A small dataset written by LeRobot's own LeRobotDataset.create / add_frame / save_episode."""
+def test_image(k: int, height: int = 64, width: int = 64) -> np.ndarray:
+    """Frame k of the test camera: smooth colour gradients that move with k (H, W, 3) uint8."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    phase = 2 * np.pi * k / 40
+    r = 128 + 100 * np.sin(2 * np.pi * x / width + phase)
+    g = 128 + 100 * np.cos(2 * np.pi * y / height - phase)
+    b = np.full_like(x, (40 + 4 * k) % 256)
+    return np.stack([r, g, b], axis=-1).round().astype(np.uint8)
+
+
+def lerobot_write(out: Path, video: bool = False) -> None:
+    """A small dataset written by LeRobot's own LeRobotDataset.create / add_frame / save_episode
+    (``video``: plus a 64 x 64 camera ``observation.images.front``, AV1 as LeRobot encodes it)."""
     LeRobotDataset = import_lerobot()
     import lerobot
 
-    features = {"observation.state": {"dtype": "float32", "shape": (10,), "names": NAMES + ["goal.x", "goal.y", "goal.z"]},
+    state_names = NAMES + ["goal.x", "goal.y", "goal.z"] if not video else [f"{n}.pos" for n in NAMES] + ["goal.x", "goal.y", "goal.z"]
+    features = {"observation.state": {"dtype": "float32", "shape": (10,), "names": state_names},
                 "action": {"dtype": "float32", "shape": (7,), "names": NAMES}}
+    if video:
+        features["observation.images.front"] = {"dtype": "video", "shape": (64, 64, 3), "names": ["height", "width", "channels"]}
     ds = LeRobotDataset.create("local/lerobot_written", fps=50, features=features, root=out, robot_type="kuka_iiwa",
-                               use_videos=False)
+                               use_videos=video)
     rng = np.random.default_rng(1)
     for e in range(2):
         goal = rng.normal(size=3).astype(np.float32)
-        for _ in range(25 + 5 * e):
+        for k in range(25 + 5 * e):
             state = np.concatenate([rng.normal(size=7).astype(np.float32), goal])
-            ds.add_frame({"observation.state": state, "action": rng.normal(size=7).astype(np.float32),
-                          "task": f"lerobot task {e}"})
+            frame = {"observation.state": state, "action": rng.normal(size=7).astype(np.float32), "task": f"lerobot task {e}"}
+            if video:
+                frame["observation.images.front"] = test_image(k + 100 * e)
+            ds.add_frame(frame)
         ds.save_episode()
     ds.finalize()
     print(f"lerobot {lerobot.__version__} wrote {out}: {ds.num_episodes} episodes, {ds.num_frames} frames")
@@ -261,13 +277,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["write", "read", "lerobot-write", "ours-read"])
     parser.add_argument("path", type=Path)
+    parser.add_argument("--video", action="store_true", help="with a camera feature (observation.images.front, video)")
     args = parser.parse_args()
     if args.step == "write":
         write_ours(args.path)
     elif args.step == "read":
         return read_with_lerobot(args.path)
     elif args.step == "lerobot-write":
-        lerobot_write(args.path)
+        lerobot_write(args.path, video=args.video)
     else:
         return ours_read(args.path)
     return 0

@@ -55,8 +55,10 @@ import yaml
 from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.images import IMAGE, image_topic
 from flow_policy_ros.data.lerobot import INFO_PATH, LeRobotWriter, vector_feature
 from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset, state_joint_names
+from flow_policy_ros.data.lerobot_video import IMAGES_PREFIX, VideoSettings, video_feature
 from flow_policy_ros.data.timeseries import period_ns
 from flow_policy_ros.data.windows import action_ticks, observable_mask, observations_at
 from flow_policy_ros.errors import ConfigError, DatasetError, FlowPolicyError, TimeSeriesError
@@ -85,6 +87,10 @@ class LeRobotMapping:
         storage: bag format written by --to-rosbag2 ('mcap' or 'sqlite3').
         start_time_ns: stamp (ns) of frame 0 in the bags written (non-zero: a zero header
             stamp means "use the receipt time" in ROS).
+        images: camera name -> sensor_msgs/Image topic, each becoming ``observation.images.<camera>``;
+            None (default) = every ``/camera/<name>/image_raw`` Image topic of the first bag, and
+            every video feature of a dataset; {} = no images.
+        video: encoder settings of the videos (:class:`VideoSettings` fields; LeRobot's defaults).
     """
 
     fps: int = 50
@@ -95,8 +101,20 @@ class LeRobotMapping:
     data: DataConfig = field(default_factory=DataConfig)
     storage: str = "mcap"
     start_time_ns: int = 1_000_000_000
+    images: dict[str, str] | None = None
+    video: VideoSettings = field(default_factory=VideoSettings)
 
     def __post_init__(self) -> None:
+        if isinstance(self.video, dict):
+            known = {f.name for f in fields(VideoSettings)}
+            unknown = sorted(set(self.video) - known)
+            if unknown:
+                raise ConfigError(f"mapping.video: unknown key(s) {unknown}; expected some of {sorted(known)}")
+            object.__setattr__(self, "video", VideoSettings(**self.video))
+        if self.images is not None and (not isinstance(self.images, dict)
+                                        or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                   for k, v in self.images.items())):
+            raise ConfigError(f"mapping.images must map camera names to Image topics (or be null), got {self.images!r}")
         if isinstance(self.data, dict):
             try:
                 object.__setattr__(self, "data", DataConfig(**self.data))
@@ -163,7 +181,8 @@ def load_mapping(path: Path | None) -> LeRobotMapping:
 
 @dataclass
 class EpisodeFrames:
-    """One bag resampled: its observation joints, ``state`` (K, S) and ``action`` (K, A) float64, the ticks (K,) int64 ns, and its gaps."""
+    """One bag resampled: its observation joints, ``state`` (K, S) and ``action`` (K, A) float64, the
+    ticks (K,) int64 ns, its gaps, and per camera the frame of each tick (K, H, W, 3) uint8."""
 
     bag: Path
     task: str
@@ -172,6 +191,38 @@ class EpisodeFrames:
     state: np.ndarray
     action: np.ndarray
     gaps: dict[str, dict[str, float]]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def camera_topics(bag: Path, mapping: LeRobotMapping) -> dict[str, str]:
+    """Camera name -> Image topic: the mapping's ``images``, or (None) every ``/camera/<name>/image_raw``
+    sensor_msgs/Image topic of ``bag``, sorted by name."""
+    if mapping.images is not None:
+        return dict(mapping.images)
+    try:
+        topics = bagio.list_topics(bag)
+    except FlowPolicyError as exc:
+        raise DatasetError(str(exc)) from exc
+    found = {}
+    for topic, summary in topics.items():
+        parts = topic.split("/")
+        if summary.msgtype == IMAGE and len(parts) == 4 and parts[1] == "camera" and topic == image_topic(parts[2]):
+            found[parts[2]] = topic
+    return dict(sorted(found.items()))
+
+
+def _camera_frames(bag: Path, topic: str, step: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(stamps (F,), frames (F, H, W, 3), gaps) of one Image topic; stamps must increase."""
+    try:
+        stamps, frames = bagio.read_image_topic(bag, topic)
+    except FlowPolicyError as exc:
+        raise DatasetError(str(exc)) from exc
+    spacing = int(np.median(np.diff(stamps))) if len(stamps) > 1 else step
+    gaps = _check_stamps(bag, topic, stamps, max(step, spacing))
+    if np.any(np.diff(stamps) == 0):
+        i = int(np.flatnonzero(np.diff(stamps) == 0)[0]) + 1
+        raise DatasetError(f"{bag}: {topic} message #{i} repeats the stamp of the one before")
+    return stamps, frames, gaps
 
 
 def _check_stamps(bag: Path, topic: str, times_ns: np.ndarray, period: int) -> dict[str, float]:
@@ -185,11 +236,13 @@ def _check_stamps(bag: Path, topic: str, times_ns: np.ndarray, period: int) -> d
     return {"count": int(len(long)), "longest_s": float(long.max() * 1e-9) if len(long) else 0.0}
 
 
-def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | None = None) -> EpisodeFrames:
+def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | None = None,
+               cameras: dict[str, str] | None = None) -> EpisodeFrames:
     """Resample one episode bag onto the dataset's frames (the rule in the module docstring).
 
     ``joint_names``: the observation joints when the mapping leaves them empty (those of the
-    first bag); None takes this bag's first JointState message's.
+    first bag); None takes this bag's first JointState message's. ``cameras``: camera -> Image
+    topic (those of the first bag); None: :func:`camera_topics` of this bag.
     """
     cfg = mapping.data
     obs_joints = mapping.observation.get("joint_names") or joint_names
@@ -209,19 +262,26 @@ def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | 
     _check_stamps(bag, cfg.goal_topic, rec.goal_times_ns, step)
     if "goal" in io.observation.fields and len(rec.goal_times_ns) == 0:
         raise DatasetError(f"{bag}: feature {STATE!r} needs the goal but {cfg.goal_topic} holds no message")
+    cameras = camera_topics(bag, mapping) if cameras is None else cameras
+    video = {camera: _camera_frames(bag, topic, step) for camera, topic in cameras.items()}
+    gaps.update({cameras[camera]: g for camera, (_, _, g) in video.items()})
     try:
         ticks, actions = action_ticks(rec, io, cfg, str(bag))
         keep = observable_mask(rec, ticks, io)
+        for stamps, _, _ in video.values():
+            keep &= ticks >= stamps[0]  # an image is held from its stamp on, like a vector feature
         ticks, actions = ticks[keep], actions[keep]
         if len(ticks) == 0:
             raise DatasetError(f"{bag}: no frame has both an observation and an action at {mapping.fps} fps")
         state = observations_at(rec, ticks, io, str(bag))
     except TimeSeriesError as exc:
         raise DatasetError(f"{bag}: {exc}") from exc
+    images = {camera: frames[np.searchsorted(stamps, ticks, side="right") - 1]
+              for camera, (stamps, frames, _) in video.items()}
     task = mapping.task if mapping.task is not None else rec.metadata.get("task")
     if not isinstance(task, str) or not task:
         raise DatasetError(f"{bag}: no task text: set mapping.task or a 'task' string in {bagio.EPISODE_JSON}")
-    return EpisodeFrames(bag, task, list(io.observation.joint_names), ticks, state, actions, gaps)
+    return EpisodeFrames(bag, task, list(io.observation.joint_names), ticks, state, actions, gaps, images)
 
 
 def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
@@ -234,17 +294,22 @@ def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
         raise DatasetError("no episode bags given")
     if Path(out).exists():
         raise DatasetError(f"{out}: already exists; refusing to overwrite")
-    first = bag_frames(bags[0], mapping)
+    cameras = camera_topics(bags[0], mapping)
+    first = bag_frames(bags[0], mapping, cameras=cameras)
     joints = first.joint_names
     io = mapping.model_io(joints)
     features = {STATE: vector_feature(io.observation.state_names()), ACTION: vector_feature(io.action_joint_names)}
-    summary: dict[str, Any] = {"episodes": 0, "frames": 0, "fps": mapping.fps, "gaps": {}}
-    with LeRobotWriter(out, mapping.fps, features, robot_type=mapping.robot_type) as writer:
+    for camera, frames in first.images.items():
+        features[IMAGES_PREFIX + camera] = video_feature(*frames.shape[1:3])
+    summary: dict[str, Any] = {"episodes": 0, "frames": 0, "fps": mapping.fps, "gaps": {},
+                               "cameras": {IMAGES_PREFIX + c: t for c, t in cameras.items()}}
+    with LeRobotWriter(out, mapping.fps, features, robot_type=mapping.robot_type, video=mapping.video) as writer:
         for i, bag in enumerate(bags):
-            frames = first if i == 0 else bag_frames(bag, mapping, joints)
+            frames = first if i == 0 else bag_frames(bag, mapping, joints, cameras)
             k = np.arange(len(frames.ticks_ns))
-            writer.add_episode({STATE: frames.state, ACTION: frames.action}, frames.task,
-                               timestamps_s=k * period_ns(mapping.period_s) * 1e-9)
+            columns = {STATE: frames.state, ACTION: frames.action,
+                       **{IMAGES_PREFIX + c: f for c, f in frames.images.items()}}
+            writer.add_episode(columns, frames.task, timestamps_s=k * period_ns(mapping.period_s) * 1e-9)
             summary["episodes"] += 1
             summary["frames"] += len(k)
             if any(g["count"] for g in frames.gaps.values()):
@@ -289,6 +354,7 @@ def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
         raise DatasetError(f"mapping.data.action_source {cfg.action_source!r} cannot be written to a bag; "
                            f"use one of {list(WRITABLE_ACTION_SOURCES)}")
     spec, cols = _state_layout(dataset, mapping)
+    cameras = _dataset_cameras(dataset, mapping)
     wanted = list(mapping.action_joint_names or spec.joint_names)
     action_cols = dataset.columns_of(ACTION, wanted).tolist()
     command_names = list(cfg.command_joint_names or wanted)
@@ -300,16 +366,29 @@ def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        names = _write_bags(dataset, tmp, mapping, spec, cols, wanted, action_cols, command_names, progress)
+        names = _write_bags(dataset, tmp, mapping, spec, cols, wanted, action_cols, command_names, cameras, progress)
         os.rename(tmp / "out", out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out_dir / n for n in names]
 
 
+def _dataset_cameras(dataset: LeRobotDataset, mapping: LeRobotMapping) -> dict[str, str]:
+    """Camera -> Image topic to write: the mapping's ``images`` (each must be a video feature of the
+    dataset), or (None) every video feature on ``/camera/<name>/image_raw``."""
+    keys = dataset.video_keys
+    if mapping.images is None:
+        return {key[len(IMAGES_PREFIX):]: image_topic(key[len(IMAGES_PREFIX):]) for key in keys if key.startswith(IMAGES_PREFIX)}
+    missing = [IMAGES_PREFIX + c for c in mapping.images if IMAGES_PREFIX + c not in keys]
+    if missing:
+        raise DatasetError(f"{dataset.root / INFO_PATH}: the mapping's images need video feature(s) {missing}; "
+                           f"the dataset has {keys}")
+    return dict(mapping.images)
+
+
 def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spec: ObservationSpec,
                 cols: dict[str, np.ndarray], wanted: list[str], action_cols: list[int], command_names: list[str],
-                progress: Callable[[int, str], None] | None) -> list[str]:
+                cameras: dict[str, str], progress: Callable[[int, str], None] | None) -> list[str]:
     cfg = mapping.data
     step = period_ns(mapping.period_s)
     names: list[str] = []
@@ -322,6 +401,7 @@ def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spe
         # fancy indexing may return a column-major array; CDR serialization needs contiguous rows
         actions = np.ascontiguousarray(ep.columns[ACTION].astype(np.float64)[:, action_cols])
         commands = np.ascontiguousarray(actions[:, [wanted.index(n) for n in command_names]])
+        video = {camera: dataset.episode_frames(ep.episode_index, IMAGES_PREFIX + camera) for camera in cameras}
         with bagio.BagWriter(path, mapping.storage) as bag:
             last_goal: np.ndarray | None = None
             for k, t in enumerate(stamps):
@@ -338,6 +418,8 @@ def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spe
                     msg = bagio.joint_trajectory_msg(t, command_names, commands[k:k + 1], mapping.period_s,
                                                      times_from_start_ns=[step])
                     bag.write(cfg.trajectory_topic, bagio.JOINT_TRAJECTORY, msg, t)
+                for camera, frames in video.items():
+                    bag.write(cameras[camera], IMAGE, bagio.image_msg(t, frames[k], f"{camera}_optical_frame"), t)
             (bag.directory / bagio.EPISODE_JSON).write_text(
                 _episode_json(ep.task, ep.episode_index, dataset.root))
         if progress is not None:
