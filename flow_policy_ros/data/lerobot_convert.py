@@ -1,4 +1,4 @@
-"""rosbag2 episodes ⇄ LeRobotDataset v3.0 (low-dimensional features; images arrive with the camera feature).
+"""rosbag2 episodes ⇄ LeRobotDataset v3.0: joint states, vector features, actions and camera images.
 
 The mapping (:class:`LeRobotMapping`, YAML: ``config/lerobot_mapping.yaml``) says which topics
 become which features. Its ``data`` section is the training configs' :class:`DataConfig` (topics,
@@ -12,6 +12,8 @@ Features written:
   (rad), ``<joint>.vel`` for ``joint_velocities`` (rad/s), ``goal.x``, ``goal.y``, ``goal.z`` for
   ``goal`` (m, world frame). Reading, a bare ``<joint>`` is taken for ``<joint>.pos``.
 - ``action`` float32, ``names``: ``action_joint_names`` (rad, position targets).
+- ``observation.images.<camera>`` video (H, W, 3) for each camera of ``images``: sensor_msgs/Image
+  rgb8/bgr8 frames, encoded by :mod:`flow_policy_ros.data.lerobot_video` (LeRobot's AV1 defaults).
 - the default features; ``task`` from the mapping or the bag's ``episode.json`` ``task``.
 
 Resampling rule (bag → dataset): the one of :mod:`flow_policy_ros.data.windows`, with the control
@@ -26,6 +28,9 @@ period 1/fps (rounded to whole ns). Frame k is the control tick t_k = t_0 + k·p
   (a joint state stamped exactly at t_k is taken as is), the goal held from the last one at or
   before t_k. Frames where an observation field is undefined (before the first joint state or
   goal, after the last joint state) are dropped from the start and end.
+- the image of frame k (per camera): the last frame stamped at or before t_k (held, like the goal:
+  a 12.5 Hz camera repeats each frame for 4 frames at 50 fps); frames before a camera's first image
+  are dropped from the start.
 - ``timestamp`` = k·period (s, float32). Joint-state and command stamps must not decrease
   (an error names the bag, topic and message); gaps longer than :data:`GAP_PERIODS` periods are
   reported (count and the longest, in s) but do not stop the conversion.
@@ -35,7 +40,8 @@ Dataset → bags: one bag per episode, frame k stamped ``start_time_ns + round(t
 the state has them, names from the state's ``names``), the goal as a PointStamped when it changes,
 and the action as a Float64MultiArray (``commands``) or a one-point JointTrajectory reaching the
 action one period later (``joint_trajectory``), which the bag reader maps back to the same
-frames. ``episode.json`` carries the task and the source episode index.
+frames, and per camera a sensor_msgs/Image (rgb8, frame_id ``<camera>_optical_frame``) decoded
+from the video. ``episode.json`` carries the task and the source episode index.
 """
 
 from __future__ import annotations
