@@ -179,3 +179,25 @@ def test_bad_dataset_for_training_is_one_line_exit_2(tmp_path: Path, capsys: pyt
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("flow-policy train: error: ") and __import__("re").search(message, err), err
     assert tree_digest(tmp_path / "ds") == before
+
+
+def test_lerobot_written_dataset_trains_exports_and_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20 item 4 on LeRobot's own files: train on the fixture, export, convert the fixture to bags, and
+    replay the exported model on them (the commands of README's "Your LeRobot dataset", a tiny network)."""
+    config = yaml.safe_load((REPO / "config" / "train_reach.yaml").read_text())
+    config["policy"].update(hidden_dim=16, num_layers=1, horizon=4, basis_size=4)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    before = tree_digest(LEROBOT_FIXTURE)
+    steps = [
+        ["train", str(LEROBOT_FIXTURE), "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run"),
+         "--steps", "3", "--val-fraction", "0"],
+        ["export", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "model.onnx")],
+        ["convert", str(LEROBOT_FIXTURE), "--to-rosbag2", str(tmp_path / "bags"), "--mapping", str(REPO / "config/lerobot_mapping.yaml")],
+        ["replay", str(tmp_path / "bags"), "--model", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "replay"),
+         "--no-plots", "--json", str(tmp_path / "replay.json")],
+    ]
+    for argv in steps:
+        assert main([*argv, *(["--no-progress"] if argv[0] in ("train", "convert") else [])]) == 0, (argv, capsys.readouterr().err)
+    report = json.loads((tmp_path / "replay.json").read_text())
+    assert report["overall"]["decisions"] == 25 + 30 and len(report["bags"]) == 2  # one decision per frame
+    assert tree_digest(LEROBOT_FIXTURE) == before
