@@ -146,7 +146,8 @@ class VideoFileWriter:
         self.path, self.fps, self.key = Path(path), int(fps), key
         self.shape = (int(height), int(width), 3)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), "w")
+        # faststart: the index (moov) before the frames, as LeRobot's files have it (streamable)
+        self._container = av.open(str(self.path), "w", options={"movflags": "faststart"})
         try:
             self._stream = self._container.add_stream(settings.vcodec, self.fps, options=settings.options())
         except (av.FFmpegError, ValueError) as exc:
