@@ -158,7 +158,7 @@ def write_ours(out: Path, video: bool = False) -> None:
             n = 40 + 10 * e
             ticks = 1_700_000_000_000_000_000 + 20_000_000 * np.arange(n, dtype=np.int64)
             pos = np.cumsum(rng.normal(scale=0.01, size=(n, 7)), axis=0)
-            images = {"front": ImageSeries("front_optical_frame", ticks, np.stack([test_image(k + 100 * e) for k in range(n)]))}
+            images = {"front": ImageSeries("front_optical_frame", ticks, np.stack([camera_test_image(k + 100 * e) for k in range(n)]))}
             rec = EpisodeRecording(list(NAMES), ticks, pos, np.zeros((n, 7)), ticks[:1], rng.normal(size=(1, 3)),
                                    list(NAMES), ticks, pos + 0.01, {"task": ["reach the goal", "reach around"][e % 2]},
                                    images=images if video else {})
@@ -212,7 +212,7 @@ def read_with_lerobot(root: Path) -> int:
             for k in range(len(frames)):
                 theirs = ds[i + k][key].numpy()  # (3, H, W) float32 in [0, 1], decoded by LeRobot (PyAV)
                 worst_decode = max(worst_decode, float(np.abs(theirs - frames[k].transpose(2, 0, 1) / 255.0).max()))
-                written = test_image(k + 100 * int(ep["episode_index"])).transpose(2, 0, 1).astype(np.float64)
+                written = camera_test_image(k + 100 * int(ep["episode_index"])).transpose(2, 0, 1).astype(np.float64)
                 errors.append(float(np.abs(theirs * 255.0 - written).mean()))
             i += len(frames)
         if worst_decode > 1e-6:
@@ -226,7 +226,7 @@ def read_with_lerobot(root: Path) -> int:
     return 1 if problems else 0
 
 
-def test_image(k: int, height: int = 64, width: int = 64) -> np.ndarray:
+def camera_test_image(k: int, height: int = 64, width: int = 64) -> np.ndarray:
     """Frame k of the test camera: smooth colour gradients that move with k (H, W, 3) uint8."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     phase = 2 * np.pi * k / 40
@@ -256,7 +256,7 @@ def lerobot_write(out: Path, video: bool = False) -> None:
             state = np.concatenate([rng.normal(size=7).astype(np.float32), goal])
             frame = {"observation.state": state, "action": rng.normal(size=7).astype(np.float32), "task": f"lerobot task {e}"}
             if video:
-                frame["observation.images.front"] = test_image(k + 100 * e)
+                frame["observation.images.front"] = camera_test_image(k + 100 * e)
             ds.add_frame(frame)
         ds.save_episode()
     ds.finalize()
@@ -289,11 +289,11 @@ def ours_read(root: Path) -> int:
         from flow_policy_ros.data.lerobot import image_episode_stats
 
         decoded = [ds.episode_frames(e.episode_index, key) for e in eps]
-        errors = [float(np.abs(f[k].astype(float) - test_image(k + 100 * e.episode_index)).mean())
+        errors = [float(np.abs(f[k].astype(float) - camera_test_image(k + 100 * e.episode_index)).mean())
                   for f, e in zip(decoded, eps) for k in range(len(f))]
         print(f"{key}: our decoder on LeRobot's {ds.features[key]['info']['video.codec']} video: {sum(map(len, decoded))} "
               f"frames, mean |frame k - image LeRobot was given at k| {np.mean(errors):.2f} (max {np.max(errors):.2f}) grey levels")
-        written = [np.stack([test_image(k + 100 * e.episode_index) for k in range(e.length)]) for e in eps]
+        written = [np.stack([camera_test_image(k + 100 * e.episode_index) for k in range(e.length)]) for e in eps]
         ours = agg([image_episode_stats(w) for w in written])
         image_worst = max(float(np.abs(np.asarray(ds.stats[key][k], float).reshape(-1) - v.reshape(-1)).max())
                           for k, v in ours.items())

@@ -197,3 +197,44 @@ def test_mapping_camera_missing_from_bag_or_dataset(tmp_path: Path, capsys: pyte
                  "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "ds/meta/info.json: the mapping's images need video feature(s) ['observation.images.wrist']" in err
+
+
+LEROBOT_VIDEO_FIXTURE = Path(__file__).resolve().parent / "fixtures/lerobot_v30_video_by_lerobot_0.6.1"  # see its .md
+
+
+def test_video_written_by_lerobot_reads_converts_and_trains(tmp_path: Path) -> None:
+    """LeRobot's own AV1 video: our decoder gives each frame within the tolerance of the image LeRobot was
+    given, our image stats of those images match its stats.json (float32 there: 1e-3), and the dataset
+    converts to bags (Image messages = the decoded frames) and back, and trains."""
+    from flow_policy_ros.data.config import DataConfig
+    from flow_policy_ros.data.lerobot import aggregate_stats
+    from flow_policy_ros.policy.config import ObservationSpec, PolicyConfig
+    from flow_policy_ros.policy.dataset import load_training_data
+    from scripts.lerobot_readback import camera_test_image
+
+    before = tree_digest(LEROBOT_VIDEO_FIXTURE)
+    ds = read_dataset(LEROBOT_VIDEO_FIXTURE)
+    assert ds.video_keys == [KEY] and ds.features[KEY]["info"]["video.codec"] == "av1"
+    written = [np.stack([camera_test_image(k + 100 * e) for k in range(int(ep["length"]))]) for e, ep in enumerate(ds.episodes)]
+    for e, images in enumerate(written):
+        decoded = ds.episode_frames(e, KEY)
+        errors = np.abs(decoded.astype(int) - images.astype(int)).mean(axis=(1, 2, 3))
+        assert errors.max() <= MEAN_TOLERANCE, errors
+        shifted = np.abs(decoded[1:].astype(int) - images[:-1].astype(int)).mean(axis=(1, 2, 3))
+        assert np.all(errors[1:] < shifted)  # frame k is image k, not k-1
+    ours = aggregate_stats([image_episode_stats(w) for w in written])
+    for stat, value in ours.items():
+        np.testing.assert_allclose(np.array(ds.stats[KEY][stat], float).reshape(-1), value.reshape(-1), rtol=0, atol=1e-3,
+                                   err_msg=stat)
+    mapping = LeRobotMapping(observation={"joint_names": NAMES, "fields": ["joint_positions", "goal"]})
+    bags = lerobot_to_bags(LEROBOT_VIDEO_FIXTURE, tmp_path / "bags", mapping)
+    for e, bag in enumerate(bags):
+        _, frames = bagio.read_image_topic(bag, TOPIC)
+        np.testing.assert_array_equal(frames, ds.episode_frames(e, KEY))
+    bags_to_lerobot(bags, tmp_path / "ds", mapping)
+    assert pq.read_table(tmp_path / "ds/data/chunk-000/file-000.parquet").equals(
+        pq.read_table(LEROBOT_VIDEO_FIXTURE / "data/chunk-000/file-000.parquet"))
+    policy = PolicyConfig(observation=ObservationSpec(tuple(NAMES), ("joint_positions", "goal")), horizon=4)
+    windows = load_training_data(LEROBOT_VIDEO_FIXTURE, policy, DataConfig(), progress=False)
+    assert windows.observations.shape == (55, 10) and windows.actions.shape == (55, 4, 7)
+    assert tree_digest(LEROBOT_VIDEO_FIXTURE) == before
