@@ -17,6 +17,7 @@ adds a 64 x 64 camera ``observation.images.front``, AV1 video):
 
     .venv/bin/python scripts/lerobot_readback.py write  OUT/ours [--video]   # bags -> flow-policy's v3 writer
     /tmp/lerobot-venv/bin/python scripts/lerobot_readback.py read OUT/ours   # LeRobotDataset reads ours
+    /tmp/lerobot-venv/bin/python scripts/lerobot_readback.py read DATASET --converted   # ... or one from recorded bags
     /tmp/lerobot-venv/bin/python scripts/lerobot_readback.py lerobot-write OUT/theirs [--video]  # LeRobot writes one
     .venv/bin/python scripts/lerobot_readback.py ours-read OUT/theirs  # our reader + converter read theirs
 
@@ -168,7 +169,7 @@ def write_ours(out: Path, video: bool = False) -> None:
     print(f"wrote {out}: {summary['episodes']} episodes, {summary['frames']} frames")
 
 
-def read_with_lerobot(root: Path) -> int:
+def read_with_lerobot(root: Path, test_images: bool = True) -> int:
     """LeRobot's LeRobotDataset on our files, compared frame by frame with our reader."""
     LeRobotDataset = import_lerobot()
     import lerobot
@@ -212,15 +213,16 @@ def read_with_lerobot(root: Path) -> int:
             for k in range(len(frames)):
                 theirs = ds[i + k][key].numpy()  # (3, H, W) float32 in [0, 1], decoded by LeRobot (PyAV)
                 worst_decode = max(worst_decode, float(np.abs(theirs - frames[k].transpose(2, 0, 1) / 255.0).max()))
-                written = camera_test_image(k + 100 * int(ep["episode_index"])).transpose(2, 0, 1).astype(np.float64)
-                errors.append(float(np.abs(theirs * 255.0 - written).mean()))
+                if test_images:  # the dataset of `write --video`: compare with the image written at k
+                    written = camera_test_image(k + 100 * int(ep["episode_index"])).transpose(2, 0, 1).astype(np.float64)
+                    errors.append(float(np.abs(theirs * 255.0 - written).mean()))
             i += len(frames)
         if worst_decode > 1e-6:
             problems.append(f"{key}: LeRobot's frames differ from ours by up to {worst_decode}")
-        print(f"{key}: {i} frames from LeRobot's decoder; largest |LeRobot - ours| {worst_decode:.1e}; "
-              f"mean |LeRobot's frame k - image written at k| per frame: {np.mean(errors):.2f} "
-              f"(max {np.max(errors):.2f}) grey levels; info {ds.meta.features[key]['info']['video.codec']} "
-              f"{ds.meta.features[key]['info']['video.pix_fmt']}")
+        written = (f"mean |LeRobot's frame k - image written at k| per frame: {np.mean(errors):.2f} "
+                   f"(max {np.max(errors):.2f}) grey levels; ") if errors else ""
+        print(f"{key}: {i} frames from LeRobot's decoder; largest |LeRobot - ours| {worst_decode:.1e}; {written}"
+              f"info {ds.meta.features[key]['info']['video.codec']} {ds.meta.features[key]['info']['video.pix_fmt']}")
     for p in problems[:20]:
         print("  MISMATCH", p)
     return 1 if problems else 0
@@ -321,11 +323,13 @@ def main() -> int:
     parser.add_argument("step", choices=["write", "read", "lerobot-write", "ours-read"])
     parser.add_argument("path", type=Path)
     parser.add_argument("--video", action="store_true", help="with a camera feature (observation.images.front, video)")
+    parser.add_argument("--converted", action="store_true",
+                        help="read: a dataset converted from recorded bags (its images are not the script's test images)")
     args = parser.parse_args()
     if args.step == "write":
         write_ours(args.path, video=args.video)
     elif args.step == "read":
-        return read_with_lerobot(args.path)
+        return read_with_lerobot(args.path, test_images=not args.converted)
     elif args.step == "lerobot-write":
         lerobot_write(args.path, video=args.video)
     else:
