@@ -201,3 +201,18 @@ def test_lerobot_written_dataset_trains_exports_and_replays(tmp_path: Path, caps
     report = json.loads((tmp_path / "replay.json").read_text())
     assert report["overall"]["decisions"] == 25 + 30 and len(report["bags"]) == 2  # one decision per frame
     assert tree_digest(LEROBOT_FIXTURE) == before
+
+
+def test_an_image_policy_is_refused_not_trained_blind(tmp_path: Path) -> None:
+    """A policy observing image.front: refused naming the video (missing here), never trained on its
+    low-dimensional inputs alone."""
+    from flow_policy_ros.contract import image_feature
+
+    spec = ObservationSpec(tuple(NAMES), ("joint_positions", "goal", "image.front"), (image_feature("front", 64, 64),))
+    cfg = PolicyConfig(observation=spec, horizon=3)
+    with pytest.raises(DatasetError, match=r"meta/info.json: the policy observes \['observation.images.front'\]; "
+                                           r"the dataset's videos are \[\]"):
+        dataset.load_training_data(LEROBOT_FIXTURE, cfg, DataConfig(), progress=False)
+    video_fixture = LEROBOT_FIXTURE.parent / "lerobot_v30_video_by_lerobot_0.6.1"
+    with pytest.raises(DatasetError, match=r"the policy observes \['observation.images.front'\]; these windows carry no images"):
+        dataset.load_training_data(video_fixture, cfg, DataConfig(), progress=False)

@@ -12,6 +12,9 @@ windows of those bags:
   ``ObservationSpec.state_names()`` (``<joint>.pos``, ``<joint>.vel``, ``goal.x`` ...) picked by
   name (a bare ``<joint>`` stands for ``<joint>.pos``), so the dataset may hold more values, in
   any order;
+- images: ``LeRobotDataset.episode_frames(e, "observation.images.<camera>")`` decodes an episode's
+  frames (frame-accurate); a policy that observes images is refused here until the windows carry
+  them, never trained on its low-dimensional inputs alone;
 - action chunk k = ``action`` of frames k..k+H-1 for ``policy.action_joint_names`` (by name),
   padded at the episode's end by repeating its last action; windows never cross episodes.
 
@@ -61,6 +64,13 @@ def lerobot_windows(root: Path, policy_cfg: PolicyConfig, progress: bool = True)
         if name not in ds.features:
             raise DatasetError(f"{info}: no feature {name!r} (training reads {STATE!r} and {ACTION!r}); "
                                f"it declares {sorted(ds.features)}")
+    cameras = [f"observation.images.{f.camera}" for f in policy_cfg.observation.image_features]
+    missing = [key for key in cameras if key not in ds.video_keys]
+    if missing:
+        raise DatasetError(f"{info}: the policy observes {missing}; the dataset's videos are {ds.video_keys}")
+    if cameras:  # never train an image policy on its low-dimensional inputs alone
+        raise DatasetError(f"{info}: the policy observes {cameras}; these windows carry no images yet "
+                           "(decode them with LeRobotDataset.episode_frames)")
     state_cols = ds.columns_of(STATE, policy_cfg.observation.state_names())
     action_cols = ds.columns_of(ACTION, policy_cfg.action_joint_names)
     h = policy_cfg.horizon
