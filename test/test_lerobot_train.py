@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_lerobot import LEROBOT_FIXTURE, NAMES, POS_NAMES, make_bags, tree_digest
+from test_lerobot import EPOCH, LEROBOT_FIXTURE, NAMES, POS_NAMES, make_bags, tree_digest
 
 from flow_policy_ros.cli import main
 from flow_policy_ros.data.config import DataConfig
@@ -216,3 +216,39 @@ def test_an_image_policy_is_refused_not_trained_blind(tmp_path: Path) -> None:
     video_fixture = LEROBOT_FIXTURE.parent / "lerobot_v30_video_by_lerobot_0.6.1"
     with pytest.raises(DatasetError, match=r"the policy observes \['observation.images.front'\]; these windows carry no images"):
         dataset.load_training_data(video_fixture, cfg, DataConfig(), progress=False)
+
+
+def test_a_new_vector_feature_converts_both_ways_and_trains_like_the_bags(tmp_path: Path) -> None:
+    """A spec observing a 2-value Float64MultiArray 'force' on /force and no goal: the mapping's observation
+    carries its FeatureSpec; observation.state names 'force.fx', 'force.fy'; the dataset trains on the bags'
+    windows exactly; --to-rosbag2 writes /force again (a message when the value changes)."""
+    from flow_policy_ros.contract import FeatureSpec
+    from flow_policy_ros.data import bag as bagio
+    from flow_policy_ros.data.lerobot_convert import lerobot_to_bags
+    from flow_policy_ros.data.lerobot_reader import read_dataset
+
+    force = FeatureSpec("force", "vector", "force", "std_msgs/msg/Float64MultiArray", None, 2, ("fx", "fy"))
+    rng = np.random.default_rng(4)
+    bags = []
+    for e in range(2):
+        path = tmp_path / "bags" / f"ep{e}"
+        ticks = EPOCH + e * 10**12 + 20_000_000 * np.arange(20, dtype=np.int64)
+        positions = np.cumsum(rng.normal(scale=0.01, size=(20, 7)), axis=0)
+        with bagio.BagWriter(path) as bag:
+            for k, t in enumerate(ticks):
+                bag.write("/joint_states", bagio.JOINT_STATE, bagio.joint_state_msg(t, NAMES, positions[k], np.zeros(7)), t)
+                if k % 5 == 0:
+                    bag.write("/force", bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(rng.normal(size=2)), t)
+                bag.write("/commands", bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(positions[k] + 0.01), t)
+        bags.append(path)
+    observation = {"joint_names": NAMES, "fields": ["joint_positions", "force"], "features": [force.to_json()]}
+    mapping = LeRobotMapping(task="push", observation=observation)
+    bags_to_lerobot(bags, tmp_path / "ds", mapping)
+    assert read_dataset(tmp_path / "ds").feature_names("observation.state") == POS_NAMES + ["force.fx", "force.fy"]
+    cfg = PolicyConfig(observation=ObservationSpec(tuple(NAMES), ("joint_positions", "force"), (force,)), horizon=3,
+                       guided_fields=("force",))
+    assert_same_windows(dataset.load_training_data(tmp_path / "ds", cfg, DataConfig(), progress=False),
+                        dataset.windows_from_directory(tmp_path / "bags", cfg, DataConfig(), progress=False))
+    again = lerobot_to_bags(tmp_path / "ds", tmp_path / "again", mapping)
+    times, values = bagio.read_episode_bag(again[0], DataConfig(), vector_features=[force]).vector_series("force")
+    assert len(times) == 4 and values.shape == (4, 2)

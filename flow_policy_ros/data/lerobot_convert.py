@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
+from flow_policy_ros.contract import FeatureSpec, JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.images import IMAGE, image_topic
@@ -86,8 +86,10 @@ class LeRobotMapping:
         fps: dataset frame rate (Hz, integer as LeRobot requires); period 1/fps.
         task: task text of every episode; None reads each bag's ``episode.json`` ``task``.
         robot_type: stored in info.json.
-        observation: joints and fields of ``observation.state`` (an empty joint list takes the
-            joints of the first bag's first JointState message).
+        observation: ``joint_names``, ``fields`` and ``features`` of ``observation.state``, an
+            :class:`ObservationSpec` (an empty joint list takes the joints of the first bag's first
+            JointState message; ``features`` declares vector features other than the goal, each
+            read from ``data.feature_topic``).
         action_joint_names: joints of ``action`` (empty: the observation joints).
         data: topics and action source, as in the training configs.
         storage: bag format written by --to-rosbag2 ('mcap' or 'sqlite3').
@@ -133,9 +135,10 @@ class LeRobotMapping:
             raise ConfigError(f"mapping.storage must be 'mcap' or 'sqlite3', got {self.storage!r}")
         if int(self.start_time_ns) <= 0:
             raise ConfigError(f"mapping.start_time_ns must be > 0, got {self.start_time_ns}")
-        unknown = sorted(set(self.observation) - {"joint_names", "fields"})
+        unknown = sorted(set(self.observation) - {"joint_names", "fields", "features"})
         if unknown:
-            raise ConfigError(f"mapping.observation: unknown key(s) {unknown}; expected joint_names, fields")
+            raise ConfigError(f"mapping.observation: unknown key(s) {unknown}; expected joint_names, fields, features")
+        self.spec(["joint"])  # the fields and features are valid
 
     @property
     def period_s(self) -> float:
@@ -144,7 +147,8 @@ class LeRobotMapping:
     def spec(self, joint_names: Sequence[str]) -> ObservationSpec:
         """The observation spec with ``joint_names`` when the mapping leaves them empty."""
         names = tuple(self.observation.get("joint_names") or joint_names)
-        return ObservationSpec(joint_names=names, fields=tuple(self.observation.get("fields", ())))
+        return ObservationSpec(joint_names=names, fields=tuple(self.observation.get("fields", ())),
+                               features=tuple(self.observation.get("features") or ()))
 
     def model_io(self, joint_names: Sequence[str]) -> ModelIO:
         """A ModelIO for :mod:`~flow_policy_ros.data.windows` (no limits: conversion clamps nothing)."""
@@ -254,7 +258,8 @@ def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | 
     obs_joints = mapping.observation.get("joint_names") or joint_names
     try:
         rec = bagio.read_episode_bag(bag, cfg, joint_names=obs_joints or None,
-                                     command_joint_names=cfg.command_joint_names or mapping.action_joint_names or None)
+                                     command_joint_names=cfg.command_joint_names or mapping.action_joint_names or None,
+                                     vector_features=mapping.spec(obs_joints or ["joint"]).vector_features)
     except FlowPolicyError as exc:
         raise DatasetError(str(exc)) from exc
     io = mapping.model_io(rec.joint_names)
@@ -265,9 +270,12 @@ def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | 
         raise DatasetError(f"{bag}: {cfg.joint_states_topic} message #{i} repeats the stamp of the one before")
     if cfg.action_source == "commands":
         gaps[cfg.command_topic] = _check_stamps(bag, cfg.command_topic, rec.command_times_ns, step)
-    _check_stamps(bag, cfg.goal_topic, rec.goal_times_ns, step)
-    if "goal" in io.observation.fields and len(rec.goal_times_ns) == 0:
-        raise DatasetError(f"{bag}: feature {STATE!r} needs the goal but {cfg.goal_topic} holds no message")
+    for feature in io.observation.vector_features:
+        topic = cfg.feature_topic(feature)
+        times, _ = rec.vector_series(feature.name, str(bag))
+        _check_stamps(bag, topic, times, step)
+        if len(times) == 0:
+            raise DatasetError(f"{bag}: feature {STATE!r} needs {feature.name!r} but {topic} holds no message")
     cameras = camera_topics(bag, mapping) if cameras is None else cameras
     video = {camera: _camera_frames(bag, topic, step) for camera, topic in cameras.items()}
     gaps.update({cameras[camera]: g for camera, (_, _, g) in video.items()})
@@ -338,6 +346,10 @@ def _state_layout(dataset: LeRobotDataset, mapping: LeRobotMapping) -> tuple[Obs
     joints = mapping.observation.get("joint_names") or state_joint_names(dataset.feature_names(STATE))
     spec = mapping.spec(joints)
     dataset.columns_of(STATE, spec.state_names())  # one error naming every missing value
+    for feature in spec.vector_features:
+        if feature.msg_type not in (bagio.POINT_STAMPED, bagio.FLOAT64_MULTI_ARRAY):
+            raise DatasetError(f"mapping.observation: feature {feature.name!r} ({feature.msg_type}) cannot be written to a "
+                               f"bag; --to-rosbag2 writes {bagio.POINT_STAMPED} and {bagio.FLOAT64_MULTI_ARRAY}")
     cols = {f.name: dataset.columns_of(STATE, ObservationSpec(spec.joint_names, (f.name,), (f,)).state_names())
             for f in spec.low_dim_features}
     return spec, cols
@@ -409,15 +421,17 @@ def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spe
         commands = np.ascontiguousarray(actions[:, [wanted.index(n) for n in command_names]])
         video = {camera: dataset.episode_frames(ep.episode_index, IMAGES_PREFIX + camera) for camera in cameras}
         with bagio.BagWriter(path, mapping.storage) as bag:
-            last_goal: np.ndarray | None = None
+            last: dict[str, np.ndarray] = {}
             for k, t in enumerate(stamps):
                 t = int(t)
                 pos = state[k, cols["joint_positions"]] if "joint_positions" in cols else np.zeros(0)
                 vel = state[k, cols["joint_velocities"]] if "joint_velocities" in cols else np.zeros(0)
                 bag.write(cfg.joint_states_topic, bagio.JOINT_STATE, bagio.joint_state_msg(t, spec.joint_names, pos, vel), t)
-                if "goal" in cols and (last_goal is None or not np.array_equal(state[k, cols["goal"]], last_goal)):
-                    last_goal = state[k, cols["goal"]]
-                    bag.write(cfg.goal_topic, bagio.POINT_STAMPED, bagio.point_stamped_msg(t, last_goal), t)
+                for feature in spec.vector_features:  # a message when the value changes (latched, like a goal)
+                    value = state[k, cols[feature.name]]
+                    if feature.name not in last or not np.array_equal(value, last[feature.name]):
+                        last[feature.name] = value
+                        bag.write(cfg.feature_topic(feature), feature.msg_type, _vector_msg(feature, t, value), t)
                 if cfg.action_source == "commands":
                     bag.write(cfg.command_topic, bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(commands[k]), t)
                 else:
@@ -431,6 +445,12 @@ def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spe
         if progress is not None:
             progress(ep.episode_index, names[-1])
     return names
+
+
+def _vector_msg(feature: FeatureSpec, stamp_ns: int, value: np.ndarray) -> Any:
+    if feature.msg_type == bagio.POINT_STAMPED:
+        return bagio.point_stamped_msg(stamp_ns, value, feature.frame_id or "world")
+    return bagio.float64_multi_array_msg(np.ascontiguousarray(value), label=feature.name)
 
 
 def _episode_json(task: str, episode_index: int, root: Path) -> str:
