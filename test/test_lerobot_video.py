@@ -238,3 +238,16 @@ def test_video_written_by_lerobot_reads_converts_and_trains(tmp_path: Path) -> N
     windows = load_training_data(LEROBOT_VIDEO_FIXTURE, policy, DataConfig(), progress=False)
     assert windows.observations.shape == (55, 10) and windows.actions.shape == (55, 4, 7)
     assert tree_digest(LEROBOT_VIDEO_FIXTURE) == before
+
+
+def test_a_later_bag_without_the_camera_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The first bag fixes the cameras; a later one without the topic stops the conversion with one line,
+    after a video file was already open: no dataset and no temp directory are left."""
+    camera_bag(tmp_path / "bags" / "ep0", seed=0)
+    from test_lerobot import episode_bag
+
+    episode_bag(tmp_path / "bags" / "ep1", seed=1)
+    code = main(["convert", str(tmp_path / "bags"), "--to-lerobot", str(tmp_path / "out" / "ds"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"bags/ep1: missing topic {TOPIC}" in err, err
+    assert list((tmp_path / "out").iterdir()) == []

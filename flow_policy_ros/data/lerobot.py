@@ -441,7 +441,7 @@ class LeRobotWriter:
                 if self._writer is not None:
                     self._writer.close()
                 for writer in self._videos.values():
-                    writer.close()
+                    writer.abort()
         finally:
             self._writer = None
             self._videos = {}

@@ -191,6 +191,15 @@ class VideoFileWriter:
         self._mux(self._stream.encode())
         self._container.close()
 
+    def abort(self) -> None:
+        """Close without finishing (the dataset is being discarded): a failure here would hide the
+        error that aborted the dataset, and the file is deleted with it."""
+        av = _av()
+        try:
+            self._container.close()
+        except (av.FFmpegError, OSError):
+            pass  # the partial file goes with the temp directory
+
 
 def decode_frames(path: Path, from_timestamp: float, count: int, fps: int, key: str = "") -> np.ndarray:
     """Frames ``from_timestamp + k / fps`` for k < ``count`` of the video at ``path``: (count, H, W, 3) uint8 RGB.
