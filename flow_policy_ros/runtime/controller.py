@@ -22,6 +22,7 @@ Events and what they may return:
   being executed and any inference in flight for the old one (their results are counted as
   discarded). A rejected value (:mod:`~flow_policy_ros.runtime.input_guard`) is counted in
   ``rejected_goals``, the reason in :attr:`~PolicyController.goal_rejection`.
+* :meth:`~PolicyController.on_image`: a camera frame; see :mod:`~flow_policy_ros.runtime.image_inputs`.
 
 The controller is the composition of one part per job, each in its own module:
 
@@ -48,6 +49,7 @@ from flow_policy_ros.runtime.chunking import ActionChunk, make_scheduler
 from flow_policy_ros.runtime.controller_config import EXECUTION_MODES, ControllerConfig, ControllerCounters
 from flow_policy_ros.runtime.decisions import Command, Decision, InferenceRequest, InferenceResult, Stop, Trajectory
 from flow_policy_ros.runtime.execution import Execution, StreamExecution, plan_from
+from flow_policy_ros.runtime.image_inputs import ImageInputs
 from flow_policy_ros.runtime.input_guard import MEASURED_LIMIT_TOLERANCE_RAD, InputGuard
 from flow_policy_ros.runtime.observation import observation_vector
 from flow_policy_ros.runtime.ood import OodScore
@@ -90,6 +92,7 @@ class PolicyController:
             config, limits, self.scheduler, self.limiter, self.clock, self.tracking, self.counters)
         self.prefix = PrefixCommitter(config, limits.size, self.counters)
         self.vectors = VectorInputs(config.observation)
+        self.images = ImageInputs(config.observation)
         # latest data
         self._positions: np.ndarray | None = None
         self._velocities: np.ndarray | None = None
@@ -162,7 +165,7 @@ class PolicyController:
         vector feature it was for (its rejection reason shows in :attr:`goal_rejection`)."""
         self.counters.rejected_messages += 1
         if feature:
-            self.vectors.reject(feature, reason)
+            (self.images if feature in self.images.features else self.vectors).reject(feature, reason)
 
     def on_joint_state(self, now_ns: int, positions: np.ndarray, velocities: np.ndarray | None,
                        measured: np.ndarray, stamp_ns: int = 0) -> list[Decision]:
@@ -205,6 +208,14 @@ class PolicyController:
             self._await_obs_after_ns = None
         return []
 
+    def on_image(self, name: str, frame: np.ndarray, stamp_ns: int, now_ns: int | None = None) -> list[Decision]:
+        """A decoded frame (H, W, 3) uint8 RGB of image feature ``name`` stamped ``stamp_ns``, received at ``now_ns``
+        (None: events come in time order); one from the future is rejected and counted (see ImageInputs.offer)."""
+        problem = self.images.offer(name, frame, stamp_ns, now_ns, self._stamp_ns, self._received_ns)
+        if problem:
+            self.reject(problem, name)
+        return []
+
     def on_goal(self, goal: np.ndarray, frame_id: str | None = None) -> list[Decision]:
         """:meth:`on_feature` for the default spec's goal point (3,) m."""
         return self.on_feature("goal", goal, frame_id)
@@ -218,11 +229,11 @@ class PolicyController:
         self.counters.ticks += 1
         self.execution.begin_tick(tick)
         measured = self.tracking.measured
-        if measured is None or self.vectors.missing():
-            return self._hold("waiting", self.vectors.waiting_reason(joint_states=measured is not None))
+        if measured is None or self.vectors.missing() or self.images.missing():
+            return self._hold("waiting", self.vectors.waiting_reason(measured is not None, self.images.missing()))
         if now_ns - self._received_ns > self.config.stale_timeout_s * 1e9:
             return self._hold("stale", f"joint states older than {self.config.stale_timeout_s} s")
-        stale = self.vectors.stale(self._stamp_ns)
+        stale = self.vectors.stale(self._stamp_ns) or self.images.stale(self._stamp_ns)
         if stale:
             return self._hold("stale", stale)
         beyond = self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
@@ -317,6 +328,9 @@ class PolicyController:
         self._await_obs_after_ns = None
         if self.state not in ("running", "error") or self.vectors.missing():
             return []
+        images, stale = self.images.pair(self._stamp_ns)
+        if stale:  # this joint state has no frame within a camera's max age: no chunk from it
+            return self._hold("stale", stale)
         observation = self._observation()
         beyond = self.guard.out_of_distribution(observation, holding=self.state == "hold")
         if beyond:  # this joint state left the training range: no chunk from it
@@ -332,4 +346,4 @@ class PolicyController:
         self._in_flight = True
         self.counters.inference_requests += 1
         return [InferenceRequest(observation, tick, self._received_ns, self._stamp_ns, self._generation,
-                                 self.guidance_scale, prefix, d)]
+                                 self.guidance_scale, prefix, d, images or None)]

@@ -15,6 +15,7 @@ Units: rad, ns (the caller's clock), s for latencies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,8 @@ class Stop:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """Run the policy on ``observation`` (obs_dim,) float32 and hand the result back.
+    """Run the policy on ``observation`` (obs_dim,) float32 (and ``images``: camera name -> (Hc, Wc, 3)
+    uint8 RGB frame paired with it, None for a model without cameras) and hand the result back.
 
     ``tick``, ``received_ns``, ``stamp_ns`` and ``generation`` must come back unchanged in the
     :class:`InferenceResult`.
@@ -69,6 +71,7 @@ class InferenceRequest:
     guidance_scale: float | None
     prefix_actions: np.ndarray | None = None  # (H, A) rad, rows >= prefix_length unused (rtc)
     prefix_length: int = 0
+    images: Mapping[str, np.ndarray] | None = None
 
 
 Decision = Command | Trajectory | Stop | InferenceRequest

@@ -61,10 +61,11 @@ class VectorInputs:
         """Vector features with no accepted value yet, in spec order."""
         return [name for name in self.features if name not in self.values]
 
-    def waiting_reason(self, joint_states: bool) -> str:
-        """'no joint states and goal yet' style reason, with the last rejection of a missing feature."""
+    def waiting_reason(self, joint_states: bool, images: list[str] | tuple[str, ...] = ()) -> str:
+        """'no joint states and goal yet' style reason, with the last rejection of a missing feature;
+        ``images``: the image features without a frame yet (named too)."""
         missing = self.missing()
-        parts = ([] if joint_states else ["joint states"]) + missing
+        parts = ([] if joint_states else ["joint states"]) + missing + list(images)
         reason = f"no {' and '.join(parts)} yet"
         rejected = [self.rejections[name] for name in missing if name in self.rejections]
         if rejected:

@@ -1,0 +1,137 @@
+"""The recent frames of each camera, and which one a decision pairs with its joint state (pure).
+
+A camera publishes at its own rate, on its own clock path; the controller pairs each decision's
+joint state (stamp ``t_j``) with, per camera, the freshest frame whose stamp ``t_f`` satisfies
+
+    t_j - max_age_s  <=  t_f  <=  t_j + FUTURE_TOLERANCE_S
+
+(``max_age_s`` from the camera's :class:`~flow_policy_ros.contract.FeatureSpec`). No such frame
+means no decision: the controller holds (``stale``) with a reason naming the camera and the age
+of its newest frame. A frame that arrives stamped later than the joint-state clock's present
+(the latest joint stamp advanced by the time since it arrived) by more than the tolerance is
+from the future (a wrong clock): it is refused, counted, and never stored.
+
+A few frames per camera are kept (:data:`FRAMES_KEPT`), so a frame that arrives just after a joint
+state does not hide the one that was current at that joint state. Frames are (H, W, 3) uint8 RGB,
+already decoded and size-checked by the caller (the node converts the ROS messages); stamps in ns.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
+
+from flow_policy_ros.contract import FeatureSpec, ObservationSpec
+from flow_policy_ros.errors import SafetyError
+
+#: How much later than the joint state a frame may be stamped and still count as "now" (s): clock
+#: rounding between two publishers on one machine, far below a frame period (33 ms at 30 Hz).
+FUTURE_TOLERANCE_S = 0.005
+#: Frames kept per camera (the newest ones).
+FRAMES_KEPT = 4
+
+
+class ImageInputs:
+    """The recent frames of the image features of ``spec``.
+
+    Args:
+        spec: the model's observation spec (its ``image_features`` are held here).
+        future_tolerance_s: see :data:`FUTURE_TOLERANCE_S`.
+    """
+
+    def __init__(self, spec: ObservationSpec, future_tolerance_s: float = FUTURE_TOLERANCE_S) -> None:
+        self.features: dict[str, FeatureSpec] = {f.name: f for f in spec.image_features}
+        self.tolerance_ns = round(future_tolerance_s * 1e9)
+        self._frames: dict[str, deque[tuple[int, np.ndarray]]] = {n: deque(maxlen=FRAMES_KEPT) for n in self.features}
+        #: feature name -> frames refused so far (by the caller or as from the future)
+        self.rejected: dict[str, int] = dict.fromkeys(self.features, 0)
+        #: the most recent rejection reason of any camera ("" = none so far)
+        self.last_rejection = ""
+
+    def feature(self, name: str) -> FeatureSpec:
+        """The spec of image feature ``name`` (SafetyError naming the known ones otherwise)."""
+        if name not in self.features:
+            raise SafetyError(f"the model has no image feature {name!r}; it observes {sorted(self.features)}")
+        return self.features[name]
+
+    def reject(self, name: str, reason: str) -> None:
+        """Count a refused frame of ``name`` (wrong encoding or size, corrupt, from the future)."""
+        self.rejected[self.feature(name).name] += 1
+        self.last_rejection = reason if reason.startswith(name) else f"{name}: {reason}"
+
+    def offer(self, name: str, frame: np.ndarray, stamp_ns: int, now_ns: int | None, joint_stamp_ns: int,
+              joint_received_ns: int | None) -> str:
+        """Store a frame (H, W, 3) uint8 of ``name`` stamped ``stamp_ns`` and return '', or return why it
+        is from the future or of the wrong shape/dtype (not stored; the caller counts it with :meth:`reject`).
+
+        The joint-state clock's present is the latest joint stamp ``joint_stamp_ns`` advanced by the
+        time since it was received (``now_ns - joint_received_ns``, on the receiver's clock; ``now_ns``
+        None: no time has passed). Before the first joint state there is nothing to compare with.
+        """
+        feature = self.feature(name)
+        shape, dtype = tuple(np.shape(frame)), getattr(frame, "dtype", None)
+        if shape != feature.image_shape or dtype != np.uint8:
+            return f"{name}: frame is {shape} {dtype}, the model takes {feature.image_shape} uint8"
+        if joint_received_ns is not None:
+            present_ns = joint_stamp_ns + (0 if now_ns is None else now_ns - joint_received_ns)
+            ahead_ns = stamp_ns - present_ns
+            if ahead_ns > self.tolerance_ns:
+                return (f"{name}: frame stamped {ahead_ns * 1e-9:.3f} s after the joint states' clock "
+                        f"(tolerance {self.tolerance_ns * 1e-9:g} s): from the future")
+        frames = self._frames[feature.name]
+        if frames and stamp_ns < frames[-1][0]:  # out of order (best effort): keep the deque sorted
+            items = sorted([*frames, (stamp_ns, frame)], key=lambda item: item[0])
+            frames.clear()
+            frames.extend(items[-FRAMES_KEPT:])
+        else:
+            frames.append((stamp_ns, frame))
+        return ""
+
+    def missing(self) -> list[str]:
+        """Image features with no frame yet, in spec order."""
+        return [name for name, frames in self._frames.items() if not frames]
+
+    def newest_stamp(self, name: str) -> int | None:
+        """Stamp (ns) of the newest frame of ``name``, None before the first."""
+        frames = self._frames[name]
+        return frames[-1][0] if frames else None
+
+    def pair(self, joint_stamp_ns: int) -> tuple[dict[str, np.ndarray] | None, str]:
+        """({camera: frame} for a joint state stamped ``joint_stamp_ns``, '') or (None, why not).
+
+        Keys are camera names (the ``image_<camera>`` graph inputs); each frame is the freshest one
+        within its camera's max age of the joint state and not later than it by more than the tolerance.
+        """
+        paired: dict[str, np.ndarray] = {}
+        for name, feature in self.features.items():
+            frame = self._freshest(name, joint_stamp_ns, round(feature.max_age_s * 1e9))
+            if frame is None:
+                return None, self._why_unpaired(name, feature, joint_stamp_ns)
+            paired[feature.camera] = frame
+        return paired, ""
+
+    def stale(self, joint_stamp_ns: int) -> str:
+        """Why some camera has no frame to pair with a joint state stamped ``joint_stamp_ns``, else ''."""
+        return self.pair(joint_stamp_ns)[1] if self.features else ""
+
+    def _freshest(self, name: str, joint_stamp_ns: int, max_age_ns: int) -> np.ndarray | None:
+        for stamp_ns, frame in reversed(self._frames[name]):
+            if stamp_ns <= joint_stamp_ns + self.tolerance_ns:
+                return frame if joint_stamp_ns - stamp_ns <= max_age_ns else None
+        return None
+
+    def _why_unpaired(self, name: str, feature: FeatureSpec, joint_stamp_ns: int) -> str:
+        newest = self.newest_stamp(name)
+        if newest is None:
+            return f"no {name} frame yet (topic {feature.topic})"
+        age_s = (joint_stamp_ns - newest) * 1e-9
+        if age_s < 0:
+            return f"{name}: every frame kept is newer than the joint states (newest by {-age_s:.3f} s)"
+        return f"{name} is {age_s:.3f} s older than the joint states (max age {feature.max_age_s:g} s)"
+
+    def ages_s(self, joint_stamp_ns: int) -> Mapping[str, float | None]:
+        """Age (s) of each camera's newest frame relative to ``joint_stamp_ns`` (None: no frame yet)."""
+        return {name: None if (s := self.newest_stamp(name)) is None else (joint_stamp_ns - s) * 1e-9
+                for name in self.features}
