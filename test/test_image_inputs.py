@@ -71,7 +71,7 @@ def test_the_request_carries_the_freshest_frame_within_max_age():
     ctrl.on_image("image.front", frame(2), -10_000_000)
     (req,) = first_request(ctrl)
     assert ctrl.state == "running"
-    assert list(req.images) == ["front"] and int(req.images["front"][0, 0, 0]) == 2
+    assert list(req.images) == ["image.front"] and int(req.images["image.front"][0, 0, 0]) == 2
 
 
 def test_a_frame_newer_than_the_joint_state_does_not_hide_the_current_one():
@@ -83,7 +83,7 @@ def test_a_frame_newer_than_the_joint_state_does_not_hide_the_current_one():
     ctrl.on_tick(0)
     ctrl.on_image("image.front", frame(2), 30_000_000, now_ns=1_000_000 + 30_000_000)  # later frame, not future
     (req,) = requests(ctrl.on_joint_state(2_000_000, HOME, None, HOME, 1_000_000))
-    assert int(req.images["front"][0, 0, 0]) == 1
+    assert int(req.images["image.front"][0, 0, 0]) == 1
 
 
 def test_a_camera_older_than_max_age_is_stale_with_camera_and_age():
@@ -159,7 +159,7 @@ def test_out_of_order_frames_keep_the_newest_ones():
         assert inputs.offer("image.front", frame(stamp), stamp * 1_000_000, None, 0, None) == ""
     assert inputs.newest_stamp("image.front") == 60_000_000
     paired, why = inputs.pair(44_000_000)  # the 50 ms frame is 6 ms ahead: beyond the tolerance
-    assert why == "" and int(paired["front"][0, 0, 0]) == 40
+    assert why == "" and int(paired["image.front"][0, 0, 0]) == 40
     assert len(inputs._frames["image.front"]) == FRAMES_KEPT
 
 
@@ -185,7 +185,7 @@ def test_no_request_ever_carries_a_frame_too_old_or_from_the_future(periods, two
     names a camera; every frame from the future is counted and none is ever paired."""
     spec = TWO_CAMERAS if two else SPEC
     ctrl = make(spec)
-    features = {f.camera: f for f in spec.image_features}
+    features = {f.name: f for f in spec.image_features}
     now = 0
     received: dict[int, tuple[str, int]] = {}  # id(frame) -> (camera, stamp)
     alive: list[np.ndarray] = []  # every frame sent, kept alive so that ids stay unique
@@ -203,7 +203,7 @@ def test_no_request_ever_carries_a_frame_too_old_or_from_the_future(periods, two
             image = frame(i)
             alive.append(image)
             before = ctrl.counters.rejected_messages
-            ctrl.on_image(f"image.{camera}", image, now + offset_ms * 1_000_000, now_ns=now)
+            ctrl.on_image(camera, image, now + offset_ms * 1_000_000, now_ns=now)
             if offset_ms * 1_000_000 > TOL_NS:
                 future += 1
                 assert ctrl.counters.rejected_messages == before + 1

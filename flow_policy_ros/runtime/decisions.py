@@ -56,8 +56,7 @@ class Stop:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """Run the policy on ``observation`` (obs_dim,) float32 (and ``images``: camera name -> (Hc, Wc, 3)
-    uint8 RGB frame paired with it, None for a model without cameras) and hand the result back.
+    """Run the policy on ``observation`` (obs_dim,) float32 and hand the result back.
 
     ``tick``, ``received_ns``, ``stamp_ns`` and ``generation`` must come back unchanged in the
     :class:`InferenceResult`.
@@ -71,6 +70,8 @@ class InferenceRequest:
     guidance_scale: float | None
     prefix_actions: np.ndarray | None = None  # (H, A) rad, rows >= prefix_length unused (rtc)
     prefix_length: int = 0
+    #: camera models: image feature name (``image.<camera>``) -> its (Hc, Wc, 3) uint8 RGB frame
+    #: paired with this observation; None for a state-only model.
     images: Mapping[str, np.ndarray] | None = None
 
 

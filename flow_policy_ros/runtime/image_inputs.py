@@ -99,17 +99,18 @@ class ImageInputs:
         return frames[-1][0] if frames else None
 
     def pair(self, joint_stamp_ns: int) -> tuple[dict[str, np.ndarray] | None, str]:
-        """({camera: frame} for a joint state stamped ``joint_stamp_ns``, '') or (None, why not).
+        """({'image.<camera>': frame} for a joint state stamped ``joint_stamp_ns``, '') or (None, why not).
 
-        Keys are camera names (the ``image_<camera>`` graph inputs); each frame is the freshest one
-        within its camera's max age of the joint state and not later than it by more than the tolerance.
+        Keys are the image feature names (what ``ChunkPolicy.predict(images=...)`` takes); each frame is
+        the freshest one within its camera's max age of the joint state and not later than it by more
+        than the tolerance.
         """
         paired: dict[str, np.ndarray] = {}
         for name, feature in self.features.items():
             frame = self._freshest(name, joint_stamp_ns, round(feature.max_age_s * 1e9))
             if frame is None:
                 return None, self._why_unpaired(name, feature, joint_stamp_ns)
-            paired[feature.camera] = frame
+            paired[name] = frame
         return paired, ""
 
     def stale(self, joint_stamp_ns: int) -> str:
