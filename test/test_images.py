@@ -7,8 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flow_policy_ros.data.bag import TYPESTORE, BagWriter, image_msg, read_image_topic
-from flow_policy_ros.data.images import IMAGE, ImageDecodeError, ImageSeries, decode_image, image_fields, image_topic
+from flow_policy_ros.data.bag import (
+    TYPESTORE,
+    BagWriter,
+    compressed_image_msg,
+    image_msg,
+    read_image_topic,
+    write_image_series,
+)
+from flow_policy_ros.data.images import (
+    COMPRESSED_IMAGE,
+    IMAGE,
+    ImageDecodeError,
+    ImageSeries,
+    compress_frame,
+    compressed_format,
+    decode_compressed,
+    decode_image,
+    image_fields,
+    image_topic,
+)
 from flow_policy_ros.errors import BagError
 
 TOPIC = image_topic("front")
@@ -90,5 +108,63 @@ def test_bag_with_a_bad_image_names_bag_topic_and_index(tmp_path: Path) -> None:
     path = write(tmp_path / "shape", [good, image_msg(STAMP, frames(1, 3, 2)[0], "front_optical_frame")])
     with pytest.raises(BagError, match="message #1: frame is 2x3, the topic's first frame 2x2"):
         read_image_topic(path, TOPIC)
-    with pytest.raises(BagError, match="missing topic /camera/side/image_raw"):
+    with pytest.raises(BagError, match="missing image topic /camera/side/image_raw"):
         read_image_topic(path, image_topic("side"))
+
+
+def smooth_frames(n: int = 3, height: int = 16, width: int = 24) -> np.ndarray:
+    """Gradients (jpeg reproduces them within a few levels; random noise it does not)."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([np.stack([x * 8 + i, y * 12, (x + y) * 4 + 10 * i], -1) for i in range(n)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("jpeg", "jpeg"), ("png", "png"), ("jpg", "jpeg"),
+                                           ("rgb8; jpeg compressed bgr8", "jpeg"), ("bgr8; png compressed bgr8", "png")])
+def test_compressed_formats_are_read_from_the_format_field(fmt: str, kind: str) -> None:
+    assert compressed_format(fmt) == kind
+
+
+def test_png_round_trips_exactly_and_jpeg_closely() -> None:
+    frame = smooth_frames(1)[0]
+    assert np.array_equal(decode_compressed("png", compress_frame(frame, "png")), frame)
+    jpeg = decode_compressed("jpeg", compress_frame(frame, "jpeg"))
+    assert jpeg.shape == frame.shape and jpeg.dtype == np.uint8
+    assert np.abs(jpeg.astype(int) - frame).mean() < 3.0
+
+
+@pytest.mark.parametrize(("fmt", "data", "match"), [
+    ("jpeg", compress_frame(np.zeros((8, 8, 3), np.uint8), "jpeg")[:60], "corrupt jpeg data \\(60 bytes\\)"),
+    ("jpeg", b"not an image at all", "corrupt jpeg data \\(19 bytes\\): not a jpeg image"),
+    ("jpeg", compress_frame(np.zeros((8, 8, 3), np.uint8), "png"), "not a jpeg image"),
+    ("tiff", b"II*\x00", "format 'tiff' is not supported"),
+])
+def test_corrupt_or_unsupported_compressed_frames_raise_one_line(fmt: str, data: bytes, match: str) -> None:
+    with pytest.raises(ImageDecodeError, match=match) as info:
+        decode_compressed(fmt, data)
+    assert "\n" not in str(info.value) and "0x" not in str(info.value)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_bag_compressed_images_read_back(tmp_path: Path, storage: str, fmt: str) -> None:
+    video = smooth_frames(4)
+    series = ImageSeries("front_optical_frame", STAMP + 1000 * np.arange(4), video)
+    with BagWriter(tmp_path / "bag", storage) as bag:
+        write_image_series(bag, {"front": series}, compressed=fmt)
+    stamps, decoded = read_image_topic(tmp_path / "bag", TOPIC + "/compressed")
+    assert decoded.shape == video.shape and stamps.tolist() == series.times_ns.tolist()
+    if fmt == "png":
+        assert np.array_equal(decoded, video)
+    else:
+        assert np.abs(decoded.astype(int) - video).mean() < 3.0
+
+
+def test_bag_with_a_corrupt_compressed_frame_names_bag_topic_and_index(tmp_path: Path) -> None:
+    good = compressed_image_msg(STAMP, smooth_frames(1)[0], "front_optical_frame", "jpeg")
+    bad = TYPESTORE.types[COMPRESSED_IMAGE](header=good.header, format="jpeg", data=good.data[: len(good.data) // 3])
+    with BagWriter(tmp_path / "corrupt", "mcap") as bag:
+        for i, msg in enumerate([good, bad]):
+            bag.write(TOPIC + "/compressed", COMPRESSED_IMAGE, msg, STAMP + i)
+    with pytest.raises(BagError, match=f"corrupt: {TOPIC}/compressed message #1: corrupt jpeg data") as info:
+        read_image_topic(tmp_path / "corrupt", TOPIC + "/compressed")
+    assert "\n" not in str(info.value)

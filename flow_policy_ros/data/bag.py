@@ -66,7 +66,18 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from flow_policy_ros.contract import FeatureSpec, goal_feature
 from flow_policy_ros.data.config import ACTION_TOPIC_KEYS, DEFAULT_DATA_CONFIG, DataConfig
-from flow_policy_ros.data.images import IMAGE, ImageDecodeError, ImageSeries, decode_image, image_fields, image_topic
+from flow_policy_ros.data.images import (
+    COMPRESSED_IMAGE,
+    IMAGE,
+    ImageDecodeError,
+    ImageSeries,
+    compress_frame,
+    compressed_format,
+    decode_compressed,
+    decode_image,
+    image_fields,
+    image_topic,
+)
 from flow_policy_ros.data.recording import GOAL_FEATURE, EpisodeRecording
 from flow_policy_ros.data.targets import TargetSeries, sampled_targets, spliced_trajectories
 from flow_policy_ros.errors import BagError, TimeSeriesError, TrajectoryError
@@ -357,28 +368,61 @@ def image_msg(stamp_ns: int, frame: np.ndarray, frame_id: str, encoding: str = "
     return TYPESTORE.types[IMAGE](header=_header(stamp_ns, frame_id), **image_fields(frame, encoding))
 
 
-def write_image_series(bag: BagWriter, images: dict[str, ImageSeries]) -> None:
-    """Log each camera's frames (rgb8) on ``/camera/<name>/image_raw``, each at its stamp."""
+def compressed_image_msg(stamp_ns: int, frame: np.ndarray, frame_id: str, fmt: str = "jpeg") -> Any:
+    """sensor_msgs/msg/CompressedImage of an (H, W, 3) uint8 RGB frame, ``fmt`` 'jpeg' or 'png'."""
+    return TYPESTORE.types[COMPRESSED_IMAGE](header=_header(stamp_ns, frame_id), format=compressed_format(fmt),
+                                             data=np.frombuffer(compress_frame(frame, fmt), np.uint8))
+
+
+def write_image_series(bag: BagWriter, images: dict[str, ImageSeries], compressed: str | None = None) -> None:
+    """Log each camera's frames on ``/camera/<name>/image_raw``, each at its stamp: rgb8 Images, or
+    (``compressed`` 'jpeg'/'png') CompressedImages on ``/camera/<name>/image_raw/compressed``."""
     for camera, series in images.items():
-        topic = image_topic(camera)
+        topic = image_topic(camera) + ("/compressed" if compressed else "")
         for t, frame in zip(series.times_ns, series.frames):
-            bag.write(topic, IMAGE, image_msg(int(t), frame, series.frame_id), int(t))
+            if compressed:
+                bag.write(topic, COMPRESSED_IMAGE, compressed_image_msg(int(t), frame, series.frame_id, compressed), int(t))
+            else:
+                bag.write(topic, IMAGE, image_msg(int(t), frame, series.frame_id), int(t))
+
+
+def image_topic_type(path: Path, topic: str) -> str:
+    """The message type of image topic ``topic`` in the bag at ``path`` (Image or CompressedImage);
+    BagError naming the bag and the topic when it is missing or of another type."""
+    topics = list_topics(Path(path))
+    if topic not in topics:
+        raise BagError(f"{path}: missing image topic {topic}; the bag has {sorted(topics)}")
+    msgtype = topics[topic].msgtype
+    if msgtype not in (IMAGE, COMPRESSED_IMAGE):
+        raise BagError(f"{path}: topic {topic} has type {msgtype}, expected {IMAGE} or {COMPRESSED_IMAGE}")
+    return msgtype
+
+
+def frame_of(msg: Any, msgtype: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a deserialized Image (rgb8/bgr8, numpy) or CompressedImage (jpeg/png,
+    Pillow); ImageDecodeError (one line) otherwise."""
+    if msgtype == COMPRESSED_IMAGE:
+        return decode_compressed(msg.format, msg.data)
+    return decode_image(msg.height, msg.width, msg.encoding, msg.step, msg.data)
 
 
 def read_image_topic(path: Path, topic: str) -> tuple[np.ndarray, np.ndarray]:
-    """All frames of one sensor_msgs/msg/Image topic: (stamps ns (N,) int64, frames (N, H, W, 3) uint8 RGB).
+    """All frames of one sensor_msgs/msg/Image or CompressedImage topic: (stamps ns (N,) int64,
+    frames (N, H, W, 3) uint8 RGB).
 
-    rgb8 and bgr8 are decoded with numpy (no cv_bridge); stamps are header stamps (the log time
-    when zero). A wrong encoding, a data size other than height·step, or a frame whose size
-    differs from the first is a BagError naming the bag, the topic and the message index.
+    rgb8 and bgr8 are decoded with numpy (no cv_bridge), jpeg and png with Pillow; stamps are
+    header stamps (the log time when zero). A wrong encoding or format, a data size other than
+    height·step, a corrupt compressed frame, or a frame whose size differs from the first is a
+    BagError naming the bag, the topic and the message index.
     """
     path = Path(path)
-    messages = read_topics(path, {topic: IMAGE})[topic]
+    msgtype = image_topic_type(path, topic)
+    messages = read_topics(path, {topic: msgtype})[topic]
     stamps = np.empty(len(messages), np.int64)
     frames: np.ndarray | None = None
     for i, (log_time, msg) in enumerate(messages):
         try:
-            frame = decode_image(msg.height, msg.width, msg.encoding, msg.step, msg.data)
+            frame = frame_of(msg, msgtype)
         except ImageDecodeError as exc:
             raise BagError(f"{path}: {topic} message #{i}: {exc}") from exc
         if frames is None:

@@ -9,6 +9,11 @@ In episode bags a camera's frames are sensor_msgs/msg/Image on ``/camera/<name>/
 (:func:`image_topic`), header.stamp = the time the frame shows, frame_id
 ``<name>_optical_frame``; ``bag.write_image_series`` writes them (rgb8) and
 ``bag.read_image_topic`` reads one topic back as (stamps ns, (N, H, W, 3) uint8).
+
+sensor_msgs/CompressedImage frames (``format`` jpeg or png, as image_transport's compressed
+plugin writes them: "jpeg", "png", or "rgb8; jpeg compressed bgr8") are decoded with Pillow
+(:func:`decode_compressed`); :func:`compress_frame` encodes one for tests and bags. Pillow is
+imported on first use, so a state-only deployment never loads it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ import numpy as np
 #: Encodings this module decodes, with their channel order.
 ENCODINGS = ("rgb8", "bgr8")
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+#: Compression formats :func:`decode_compressed` reads (the last word of CompressedImage.format).
+COMPRESSED_FORMATS = ("jpeg", "png")
 
 
 def image_topic(camera: str) -> str:
@@ -28,7 +36,8 @@ def image_topic(camera: str) -> str:
 
 
 class ImageDecodeError(ValueError):
-    """An Image message that cannot be a (H, W, 3) frame: wrong encoding or a size mismatch."""
+    """An Image message that cannot be a (H, W, 3) frame: wrong encoding or a size mismatch; a
+    CompressedImage of an unknown format or with corrupt data."""
 
 
 @dataclass
@@ -92,3 +101,52 @@ def decode_image(height: int, width: int, encoding: str, step: int, data: bytes 
                                f"{height * step} ({encoding} {width}x{height})")
     pixels = buffer.reshape(height, step)[:, : 3 * width].reshape(height, width, 3)
     return np.ascontiguousarray(pixels if encoding == "rgb8" else pixels[:, :, ::-1])
+
+
+def compressed_format(fmt: str) -> str:
+    """'jpeg' or 'png' from a CompressedImage ``format`` ('jpeg', 'png', 'rgb8; jpeg compressed bgr8',
+    'jpg'), else ImageDecodeError naming it."""
+    words = fmt.lower().replace(";", " ").split()
+    found = [w for w in words if w in ("jpeg", "jpg", "png")]
+    if not found:
+        raise ImageDecodeError(f"format {fmt!r} is not supported (expected one of {list(COMPRESSED_FORMATS)})")
+    return "jpeg" if found[0] == "jpg" else found[0]
+
+
+def decode_compressed(fmt: str, data: bytes | np.ndarray) -> np.ndarray:
+    """A CompressedImage's ``format`` and ``data`` -> (H, W, 3) uint8 RGB (grey and RGBA are converted).
+
+    Raises ImageDecodeError (one line) for an unsupported format, data that is not an image of
+    that format, or a truncated/corrupt frame.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    kind = compressed_format(fmt)
+    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else np.asarray(data, np.uint8).tobytes()
+    try:
+        with Image.open(io.BytesIO(raw), formats=["JPEG" if kind == "jpeg" else "PNG"]) as image:
+            image.load()  # decode now: a truncated frame fails here, not later
+            rgb = image.convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"corrupt {kind} data ({len(raw)} bytes): not a {kind} image") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"corrupt {kind} data ({len(raw)} bytes): {' '.join(str(exc).split())}") from exc
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def compress_frame(frame: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> bytes:
+    """An (H, W, 3) uint8 RGB frame as jpeg (``quality`` 1-95) or png bytes."""
+    import io
+
+    from PIL import Image
+
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ImageDecodeError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.shape} {frame.dtype}")
+    kind = compressed_format(fmt)
+    out = io.BytesIO()
+    Image.fromarray(frame, "RGB").save(out, format="JPEG" if kind == "jpeg" else "PNG",
+                                       **({"quality": int(quality)} if kind == "jpeg" else {}))
+    return out.getvalue()
