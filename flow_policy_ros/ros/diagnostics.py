@@ -10,7 +10,9 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 if TYPE_CHECKING:  # annotations only: sim_node imports this module without onnxruntime
+    from flow_policy_ros.ros.messages import CameraTopic
     from flow_policy_ros.runtime.controller import PolicyController
+    from flow_policy_ros.runtime.latency import StageLatencies
     from flow_policy_ros.runtime.policy import ChunkPolicy
 
 LEVELS: dict[str, bytes] = {
@@ -71,3 +73,24 @@ def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controll
     if state == "running" and controller.warning:  # running, but near the edge of the training range
         level, message = "WARN", f"{state}: {controller.warning}"
     return diagnostic_array(stamp, name, level, message, meta.name, values)
+
+
+def camera_diagnostics(controller: PolicyController, cameras: Iterable[CameraTopic],
+                       image_latency: StageLatencies) -> dict[str, str]:
+    """A camera model's extra key/values (empty for a state-only model): per camera its topic and the
+    age (ms) of its newest frame against the joint state last paired ('nan' before the first frame),
+    ``image_rejections`` (frames refused so far) and ``image_rejection`` (the last reason), and the
+    camera path's stage percentiles ``stage_image_receipt_p50_ms``, ``stage_image_decode_p99_ms``, ..."""
+    cameras = list(cameras)
+    if not cameras:
+        return {}
+    images = controller.images
+    ages = images.ages_s()
+    values = {}
+    for camera in cameras:
+        age = ages.get(camera.feature.name)
+        values[f"{camera.feature.name}_topic"] = camera.topic
+        values[f"{camera.feature.name}_age_ms"] = "nan" if age is None else f"{age * 1e3:.1f}"
+    values["image_rejections"] = str(sum(images.rejected.values()))
+    values["image_rejection"] = images.last_rejection
+    return {**values, **image_latency.diagnostic_values()}

@@ -1,4 +1,4 @@
-"""ROS messages ↔ numpy: joints matched by NAME, observation vectors, chunks as trajectories.
+"""ROS messages ↔ numpy: joints matched by NAME, observation vectors, camera frames, chunks as trajectories.
 
 The numpy core (:func:`values_by_name`, :func:`build_observation`) lives in
 :mod:`flow_policy_ros.runtime.observation`; the helpers here wrap it for sensor_msgs/JointState,
@@ -11,15 +11,18 @@ Units: joint positions in rad, velocities in rad/s, goal in m, periods in s, sta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import PointStamped, PoseStamped
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from flow_policy_ros.contract import FeatureSpec, ObservationSpec
+from flow_policy_ros.contract import IMAGE_MESSAGE_TYPES, FeatureSpec, ObservationSpec
+from flow_policy_ros.data.images import ENCODINGS, ImageDecodeError, decode_compressed, decode_image
+from flow_policy_ros.errors import ConfigError
 from flow_policy_ros.runtime.observation import (  # noqa: F401 - re-exported for the nodes
     MalformedMessageError,
     MissingJointError,
@@ -126,6 +129,80 @@ def joint_states_topic(spec: ObservationSpec) -> str:
 def vector_message_class(feature: FeatureSpec) -> type:
     """The rclpy message class a vector feature is subscribed with."""
     return VECTOR_MESSAGE_CLASSES[feature.msg_type]
+
+
+#: The rclpy class of each image message type.
+IMAGE_MESSAGE_CLASSES: dict[str, type] = {IMAGE_MESSAGE_TYPES[0]: Image, IMAGE_MESSAGE_TYPES[1]: CompressedImage}
+
+
+@dataclass(frozen=True)
+class CameraTopic:
+    """Where policy_node reads one image feature: ``topic`` (relative: remappable) as ``msg_type``
+    (sensor_msgs/msg/Image, or CompressedImage for a topic ending in ``/compressed``)."""
+
+    feature: FeatureSpec
+    topic: str
+    msg_type: str
+
+    @property
+    def message_class(self) -> type:
+        return IMAGE_MESSAGE_CLASSES[self.msg_type]
+
+
+def camera_topics(spec: ObservationSpec, entries: Sequence[str]) -> list[CameraTopic]:
+    """The topic of each image feature of ``spec``, from the ``camera_topics`` parameter.
+
+    ``entries``: ``'<camera>=<topic>'`` strings. Empty: every camera on its spec topic
+    (``camera/<name>/image_raw``, or ``.../compressed`` for a model trained on CompressedImage).
+    Given: they must name every camera of the model, each once, and no other (ConfigError in
+    one line naming the camera otherwise); a topic ending in ``/compressed`` is read as
+    CompressedImage, any other as Image.
+    """
+    features = {f.camera: f for f in spec.image_features}
+    if not entries:
+        return [CameraTopic(f, f.topic, f.msg_type) for f in features.values()]
+    mapped: dict[str, str] = {}
+    for entry in entries:
+        camera, sep, topic = (part.strip() for part in entry.partition("="))
+        if not sep or not camera or not topic:
+            raise ConfigError(f"parameter camera_topics: entry {entry!r} is not '<camera>=<topic>'")
+        if camera not in features:
+            raise ConfigError(f"parameter camera_topics names camera {camera!r}, the model has cameras {sorted(features)}")
+        if camera in mapped:
+            raise ConfigError(f"parameter camera_topics names camera {camera!r} twice")
+        mapped[camera] = topic
+    missing = [c for c in features if c not in mapped]
+    if missing:
+        raise ConfigError(f"the model needs camera(s) {missing} but parameter camera_topics does not name them "
+                          f"(it maps {sorted(mapped)}); add '<camera>=<topic>' entries or leave it empty")
+    return [CameraTopic(f, mapped[c], IMAGE_MESSAGE_TYPES[1 if mapped[c].rstrip("/").endswith("/compressed") else 0])
+            for c, f in features.items()]
+
+
+def image_frame(camera: CameraTopic, msg: Image | CompressedImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a frame for ``camera.feature``, decoded without cv_bridge.
+
+    Image: rgb8/bgr8 with numpy; CompressedImage: jpeg/png with Pillow. The frame must have the
+    model's size exactly (no resizing). Raises MalformedMessageError in one line naming the topic,
+    what the model expects and what was received (wrong encoding or format, wrong size, corrupt data).
+    """
+    feature = camera.feature
+    height, width, _ = feature.image_shape
+    try:
+        if camera.msg_type == IMAGE_MESSAGE_TYPES[1]:
+            frame = decode_compressed(msg.format, msg.data)
+        else:
+            if msg.encoding not in ENCODINGS:
+                raise ImageDecodeError(f"encoding {msg.encoding!r}, expected one of {list(ENCODINGS)}")
+            if (msg.height, msg.width) != (height, width):
+                raise ImageDecodeError(f"frame {msg.width}x{msg.height}, expected {width}x{height} (width x height)")
+            frame = decode_image(msg.height, msg.width, msg.encoding, msg.step, np.frombuffer(msg.data, np.uint8))
+    except ImageDecodeError as exc:
+        raise MalformedMessageError(f"{camera.topic}: {exc} for {feature.name}") from exc
+    if frame.shape != feature.image_shape:
+        raise MalformedMessageError(f"{camera.topic}: frame {frame.shape[1]}x{frame.shape[0]}, expected {width}x{height} "
+                                    f"(width x height) for {feature.name}")
+    return frame
 
 
 def time_msg(stamp_ns: int) -> Time:

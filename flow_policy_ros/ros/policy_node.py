@@ -29,9 +29,18 @@ guard condition wakes the executor), so a chunk's first command goes out at once
 of that path is timed (:mod:`flow_policy_ros.runtime.latency`) and published as
 ``stage_<name>_p50_ms``/``_p99_ms``. Parameters:
 :mod:`flow_policy_ros.ros.policy_parameters`. Topics (remappable): in ``joint_states`` (best
-effort), ``goal`` (transient local); out ``commands`` (Float64MultiArray per tick, stream) or
+effort), ``goal`` (transient local), one image topic per camera of a camera model
+(``camera/<name>/image_raw`` as sensor_msgs/Image rgb8/bgr8, or ``.../compressed`` jpeg/png; best
+effort; parameter ``camera_topics``); out ``commands`` (Float64MultiArray per tick, stream) or
 ``joint_trajectory`` (one per chunk, empty = stop), ``/diagnostics`` (state, provider, model,
 latency p50/p99 from the observation's stamp to its first command, counters of this activation).
+
+Cameras: each frame is decoded without cv_bridge (:func:`~flow_policy_ros.ros.messages.image_frame`)
+and handed to the controller, which pairs each decision's joint state with the freshest frame
+within the camera's max age (else it holds, ``stale``, naming the camera and the age). A frame
+of the wrong encoding or size, corrupt compressed data, no stamp, or a stamp from the future is
+a counted rejection (``image_rejections``, the last reason in ``image_rejection``), never a
+command. The camera path's stages (receipt, decode) are in ``/diagnostics`` as ``stage_image_*``.
 """
 
 from __future__ import annotations
@@ -49,19 +58,22 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from flow_policy_ros import paths
 from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.errors import FlowPolicyError, ObservationError, one_line
-from flow_policy_ros.ros.diagnostics import policy_diagnostics
+from flow_policy_ros.ros.diagnostics import camera_diagnostics, policy_diagnostics
 from flow_policy_ros.ros.messages import (
+    CameraTopic,
     JointStateReader,
     MissingJointError,
     action_to_multiarray_msg,
+    camera_topics,
     chunk_to_trajectory_msg,
+    image_frame,
     joint_states_topic,
     vector_message_class,
     vector_values,
@@ -72,7 +84,7 @@ from flow_policy_ros.ros.policy_parameters import NODE_NAME, PARAMETERS, PolicyN
 from flow_policy_ros.ros.realtime import set_thread_priority
 from flow_policy_ros.runtime.controller import Command, InferenceRequest, PolicyController, Stop, Trajectory
 from flow_policy_ros.runtime.inference_worker import InferenceWorker
-from flow_policy_ros.runtime.latency import StageLatencies
+from flow_policy_ros.runtime.latency import IMAGE_STAGES, StageLatencies
 from flow_policy_ros.runtime.observation import stamp_to_ns
 from flow_policy_ros.runtime.policy import load_policy
 from flow_policy_ros.runtime.safety import validate_guidance_scale
@@ -113,6 +125,8 @@ class PolicyNode(LifecycleNode):
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
         self.latency = StageLatencies()
+        self.image_latency = StageLatencies(stages=IMAGE_STAGES)
+        self._cameras: list[CameraTopic] = []
         self._tick_timer = None
         self._obs_to_cmd_s: deque = deque(maxlen=1000)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -135,9 +149,7 @@ class PolicyNode(LifecycleNode):
         self.policy = load_policy(p.model_path or paths.default_model_path(), providers=p.providers,
                                   intra_op_num_threads=p.intra_op_threads, seed=p.seed, warmup=p.warmup)
         self.meta = meta = self.policy.metadata
-        cameras = [f.camera for f in meta.observation.image_features]
-        if cameras:
-            raise FlowPolicyError(f"model {meta.name} observes camera(s) {cameras}: this node does not read images yet")
+        self._cameras = camera_topics(meta.observation, p.camera_topics)  # fails naming a camera not mapped
         if abs(meta.control_period_s - p.period_s) > 1e-3 * meta.control_period_s:
             self.get_logger().warning(f"control_rate_hz {p.control_rate_hz} differs from the model's "
                                       f"1/{meta.control_period_s} s; actions are executed one per tick")
@@ -162,6 +174,8 @@ class PolicyNode(LifecycleNode):
             (self.destroy_subscription, self.create_subscription(JointState, joint_states_topic(meta.observation),
                                                                  self._on_joint_state, qos_profile_sensor_data)),
             *[(self.destroy_subscription, self._subscribe_vector(feature)) for feature in meta.observation.vector_features],
+            *[(self.destroy_subscription, self.create_subscription(camera.message_class, camera.topic, self._image_callback(camera),
+                                                                   qos_profile_sensor_data)) for camera in self._cameras],
             (self.destroy_timer, self.create_timer(1.0, self._publish_diagnostics)),
         ]
         if meta.observation_range is None:
@@ -181,6 +195,7 @@ class PolicyNode(LifecycleNode):
         self._rejections, self._joint_state_used, self._joint_state_refused = {}, False, False
         self._obs_to_cmd_s.clear()
         self.latency = self.worker.latencies = StageLatencies()
+        self.image_latency = StageLatencies(stages=IMAGE_STAGES)
         result = super().on_activate(state)  # enables the command publisher
         self._active = True
         self._tick_timer = self.create_timer(self.params.period_s, self._on_tick)
@@ -308,6 +323,32 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().warning(f"rejected {feature.name} ({rejected + 1} so far): "
                                           f"{self.controller.goal_rejection}", throttle_duration_sec=1.0)
 
+    def _image_callback(self, camera: CameraTopic) -> Callable[[Image | CompressedImage], None]:
+        return lambda msg: self._on_image(camera, msg)
+
+    def _on_image(self, camera: CameraTopic, msg: Image | CompressedImage) -> None:
+        """A camera frame: decoded and checked here, paired with the joint states by the controller."""
+        if not self._active:
+            return
+        start_ns, now_ns = time.perf_counter_ns(), self.get_clock().now().nanoseconds
+        stamp_ns, name = stamp_to_ns(msg.header.stamp), camera.feature.name
+        if not stamp_ns:
+            self._reject(f"{camera.topic}: header.stamp is zero, expected the time the frame shows (its age "
+                         f"cannot be checked) for {name}", camera.topic, name)
+            return
+        self.image_latency.add_ns("image_receipt", now_ns - stamp_ns)
+        try:
+            frame = image_frame(camera, msg)
+        except ObservationError as exc:
+            self._reject(str(exc), camera.topic, name)
+            return
+        self.image_latency.add_ns("image_decode", time.perf_counter_ns() - start_ns)
+        rejected = self.controller.counters.rejected_messages
+        self._carry_out(self.controller.on_image(name, frame, stamp_ns, now_ns))
+        if self.controller.counters.rejected_messages > rejected:  # from the future
+            self.get_logger().warning(f"rejected frame ({rejected + 1} so far): {camera.topic}: "
+                                      f"{self.controller.images.last_rejection}", throttle_duration_sec=1.0)
+
     def _on_tick(self) -> None:
         if not self._active:  # a tick queued before deactivate/shutdown destroyed the timer: see _stop_commanding
             return
@@ -376,8 +417,8 @@ class PolicyNode(LifecycleNode):
              "execution": self.params.execution, "chunking": self.params.chunking_for(self.meta),
              "control_rate_hz": f"{self.params.control_rate_hz:g}",
              "inference": "thread" if self.params.threaded_inference else "inline", "executor": self.params.executor,
-             **self.latency.diagnostic_values()}, self._obs_to_cmd_s,
-            goal_rejection=self.controller.goal_rejection,
+             **self.latency.diagnostic_values(), **camera_diagnostics(self.controller, self._cameras, self.image_latency)},
+            self._obs_to_cmd_s, goal_rejection=self.controller.goal_rejection,
             joint_state_rejection=self._rejections.get("joint_states", "")))
 
     def destroy_node(self) -> None:

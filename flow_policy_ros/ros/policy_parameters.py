@@ -42,6 +42,10 @@ def setting_parameter(spec: SettingSpec) -> ParameterSpec:
 NODE_PARAMETERS: dict[str, ParameterSpec] = {
     "model_path": ParameterSpec("", _T.PARAMETER_STRING,
                                 "ONNX policy file; empty = the packaged default model (share/flow_policy_ros/models)"),
+    "camera_topics": ParameterSpec(Parameter.Type.STRING_ARRAY, _T.PARAMETER_STRING_ARRAY,
+                                   "camera models: '<camera>=<topic>' per camera of the model (a topic ending in "
+                                   "/compressed is read as CompressedImage, others as Image); unset = each camera on "
+                                   "its topic from the model (camera/<name>/image_raw, remappable)", read_only=True),
     "control_rate_hz": ParameterSpec(50.0, _T.PARAMETER_DOUBLE, "control tick rate (Hz)", low=1.0, high=1000.0),
     "inference_thread": ParameterSpec(False, _T.PARAMETER_BOOL,
                                       "run the model in its own thread (true) or inline in the joint-state callback "
@@ -83,6 +87,7 @@ class PolicyNodeParams(ExecutionSettings):
     table) and the ROS-specific ones (see :data:`PARAMETERS` for descriptions)."""
 
     model_path: str
+    camera_topics: tuple[str, ...] = ()
     control_rate_hz: float
     providers: tuple[str, ...]
     intra_op_threads: int

@@ -49,6 +49,8 @@ class ImageInputs:
         self.rejected: dict[str, int] = dict.fromkeys(self.features, 0)
         #: the most recent rejection reason of any camera ("" = none so far)
         self.last_rejection = ""
+        #: the joint-state stamp (ns) of the latest :meth:`pair` (None before the first)
+        self.paired_stamp_ns: int | None = None
 
     def feature(self, name: str) -> FeatureSpec:
         """The spec of image feature ``name`` (SafetyError naming the known ones otherwise)."""
@@ -105,6 +107,7 @@ class ImageInputs:
         the freshest one within its camera's max age of the joint state and not later than it by more
         than the tolerance.
         """
+        self.paired_stamp_ns = joint_stamp_ns
         paired: dict[str, np.ndarray] = {}
         for name, feature in self.features.items():
             frame = self._freshest(name, joint_stamp_ns, round(feature.max_age_s * 1e9))
@@ -132,7 +135,9 @@ class ImageInputs:
             return f"{name}: every frame kept is newer than the joint states (newest by {-age_s:.3f} s)"
         return f"{name} is {age_s:.3f} s older than the joint states (max age {feature.max_age_s:g} s)"
 
-    def ages_s(self, joint_stamp_ns: int) -> Mapping[str, float | None]:
-        """Age (s) of each camera's newest frame relative to ``joint_stamp_ns`` (None: no frame yet)."""
-        return {name: None if (s := self.newest_stamp(name)) is None else (joint_stamp_ns - s) * 1e-9
+    def ages_s(self) -> Mapping[str, float | None]:
+        """Age (s) of each camera's newest frame relative to the joint state of the latest :meth:`pair`
+        (None: no frame or no pairing yet; negative: the frame is newer)."""
+        ref = self.paired_stamp_ns
+        return {name: None if ref is None or (s := self.newest_stamp(name)) is None else (ref - s) * 1e-9
                 for name in self.features}

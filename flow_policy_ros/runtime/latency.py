@@ -29,6 +29,12 @@ STAGES: dict[str, str] = {
     "publish": "decision -> publish() returned (message conversion, rclpy publish)",
     "obs_to_command": "joint_states header.stamp -> publish of the first command computed from it",
 }
+#: The camera path of a camera model, per frame (off the joint-state path, so not in :data:`STAGES`
+#: and its sum); ``policy_node`` publishes them beside the others, e.g. ``stage_image_decode_p50_ms``.
+IMAGE_STAGES: dict[str, str] = {
+    "image_receipt": "camera frame header.stamp -> the node's image callback starts",
+    "image_decode": "image callback start -> frame as (H, W, 3) uint8 RGB checked (numpy for Image, Pillow for jpeg/png)",
+}
 #: Samples kept per stage: 1000 chunks are 80 s at 50 Hz with replan_every 4.
 DEFAULT_WINDOW = 1000
 
@@ -38,11 +44,12 @@ class StageLatencies:
 
     Args:
         window: samples kept per stage (the latest ones).
+        stages: the stage names (default :data:`STAGES`; :data:`IMAGE_STAGES` for the camera path).
     """
 
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, window: int = DEFAULT_WINDOW, stages: dict[str, str] = STAGES) -> None:
         self._lock = threading.Lock()
-        self._samples: dict[str, deque] = {name: deque(maxlen=window) for name in STAGES}
+        self._samples: dict[str, deque] = {name: deque(maxlen=window) for name in stages}
 
     def add(self, stage: str, seconds: float) -> None:
         """One duration (s) of ``stage`` (a key of :data:`STAGES`)."""
@@ -65,7 +72,7 @@ class StageLatencies:
 
     def summary_ms(self, quantiles: tuple[float, ...] = (50, 99)) -> dict[str, float | None]:
         """``{'<stage>_p<q>_ms': value}`` for every stage and quantile (None without samples)."""
-        return {f"{stage}_p{q:g}_ms": self.percentile_ms(stage, q) for stage in STAGES for q in quantiles}
+        return {f"{stage}_p{q:g}_ms": self.percentile_ms(stage, q) for stage in self._samples for q in quantiles}
 
     def diagnostic_values(self) -> dict[str, str]:
         """The summary as /diagnostics key-values: ``stage_<name>_p50_ms`` -> '0.123' ('nan' when empty)."""
