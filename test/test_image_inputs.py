@@ -128,6 +128,19 @@ def test_the_future_check_follows_the_joint_clock_not_the_receiver_clock():
     assert ctrl.counters.rejected_messages == 0 and ctrl.images.missing() == []
 
 
+def test_a_late_joint_state_does_not_make_a_current_frame_look_from_the_future():
+    """Joint states usually arrive 1 ms after their stamp; the latest came 20 ms late. A frame stamped
+    at the receiver's now (same clock) is current, not 19 ms in the future."""
+    ctrl = make()
+    for k in range(10):
+        ctrl.on_joint_state(k * 10_000_000 + 1_000_000, HOME, None, HOME, k * 10_000_000)
+    ctrl.on_joint_state(120_000_000, HOME, None, HOME, 100_000_000)  # 20 ms in transit
+    ctrl.on_image("image.front", frame(1), 120_000_000, now_ns=120_500_000)
+    assert ctrl.counters.rejected_messages == 0, ctrl.images.last_rejection
+    ctrl.on_image("image.front", frame(2), 140_000_000, now_ns=121_000_000)  # 19 ms ahead of now
+    assert ctrl.counters.rejected_messages == 1 and "from the future" in ctrl.images.last_rejection
+
+
 @pytest.mark.parametrize("bad", [np.zeros((8, 6, 3), np.uint8), np.zeros(SHAPE, np.float32)])
 def test_a_frame_of_the_wrong_shape_or_dtype_is_rejected(bad):
     ctrl = make()
@@ -156,7 +169,7 @@ def test_unknown_camera_is_a_safety_error_and_caller_rejections_are_counted_per_
 def test_out_of_order_frames_keep_the_newest_ones():
     inputs = ImageInputs(SPEC)
     for stamp in [50, 10, 40, 30, 20, 60]:
-        assert inputs.offer("image.front", frame(stamp), stamp * 1_000_000, None, 0, None) == ""
+        assert inputs.offer("image.front", frame(stamp), stamp * 1_000_000, None) == ""
     assert inputs.newest_stamp("image.front") == 60_000_000
     paired, why = inputs.pair(44_000_000)  # the 50 ms frame is 6 ms ahead: beyond the tolerance
     assert why == "" and int(paired["image.front"][0, 0, 0]) == 40

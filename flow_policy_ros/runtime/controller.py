@@ -181,6 +181,7 @@ class PolicyController:
         self._positions, self._velocities = positions, velocities
         self.tracking.observe(measured)
         self._received_ns, self._stamp_ns = now_ns, stamp_ns or now_ns
+        self.images.observe_joint_state(now_ns, self._stamp_ns)
         decisions: list[Decision] = []
         if self._await_obs_after_ns is not None and now_ns >= self._await_obs_after_ns:
             decisions += self.execution.late_command(now_ns, self.state == "running")
@@ -211,7 +212,7 @@ class PolicyController:
     def on_image(self, name: str, frame: np.ndarray, stamp_ns: int, now_ns: int | None = None) -> list[Decision]:
         """A decoded frame (H, W, 3) uint8 RGB of image feature ``name`` stamped ``stamp_ns``, received at ``now_ns``
         (None: events come in time order); one from the future is rejected and counted (see ImageInputs.offer)."""
-        problem = self.images.offer(name, frame, stamp_ns, now_ns, self._stamp_ns, self._received_ns)
+        problem = self.images.offer(name, frame, stamp_ns, now_ns)
         if problem:
             self.reject(problem, name)
         return []

@@ -8,8 +8,9 @@ joint state (stamp ``t_j``) with, per camera, the freshest frame whose stamp ``t
 (``max_age_s`` from the camera's :class:`~flow_policy_ros.contract.FeatureSpec`). No such frame
 means no decision: the controller holds (``stale``) with a reason naming the camera and the age
 of its newest frame. A frame that arrives stamped later than the joint-state clock's present
-(the latest joint stamp advanced by the time since it arrived) by more than the tolerance is
-from the future (a wrong clock): it is refused, counted, and never stored.
+(the receipt time minus the joint states' receipt-minus-stamp offset, so the camera and the
+joint states may run on a simulation clock far from the receiver's) by more than the tolerance
+is from the future (a wrong clock): it is refused, counted, and never stored.
 
 A few frames per camera are kept (:data:`FRAMES_KEPT`), so a frame that arrives just after a joint
 state does not hide the one that was current at that joint state. Frames are (H, W, 3) uint8 RGB,
@@ -31,6 +32,9 @@ from flow_policy_ros.errors import SafetyError
 FUTURE_TOLERANCE_S = 0.005
 #: Frames kept per camera (the newest ones).
 FRAMES_KEPT = 4
+#: Joint states whose receipt-minus-stamp offsets estimate the joint clock's present (about 1 s at
+#: 50-100 Hz: long enough to contain an undelayed message, short enough to follow a clock change).
+JOINT_OFFSETS_KEPT = 64
 
 
 class ImageInputs:
@@ -51,6 +55,8 @@ class ImageInputs:
         self.last_rejection = ""
         #: the joint-state stamp (ns) of the latest :meth:`pair` (None before the first)
         self.paired_stamp_ns: int | None = None
+        self._joint_offsets_ns: deque[int] = deque(maxlen=JOINT_OFFSETS_KEPT)
+        self._joint_stamp_ns = 0
 
     def feature(self, name: str) -> FeatureSpec:
         """The spec of image feature ``name`` (SafetyError naming the known ones otherwise)."""
@@ -63,25 +69,35 @@ class ImageInputs:
         self.rejected[self.feature(name).name] += 1
         self.last_rejection = reason if reason.startswith(name) else f"{name}: {reason}"
 
-    def offer(self, name: str, frame: np.ndarray, stamp_ns: int, now_ns: int | None, joint_stamp_ns: int,
-              joint_received_ns: int | None) -> str:
-        """Store a frame (H, W, 3) uint8 of ``name`` stamped ``stamp_ns`` and return '', or return why it
-        is from the future or of the wrong shape/dtype (not stored; the caller counts it with :meth:`reject`).
+    def observe_joint_state(self, received_ns: int, stamp_ns: int) -> None:
+        """A joint state stamped ``stamp_ns`` arrived at ``received_ns`` (receiver's clock): tracks the
+        receiver-minus-joint-clock offset for the future check and the joint stamp for the ages."""
+        self._joint_offsets_ns.append(received_ns - stamp_ns)
+        self._joint_stamp_ns = stamp_ns
 
-        The joint-state clock's present is the latest joint stamp ``joint_stamp_ns`` advanced by the
-        time since it was received (``now_ns - joint_received_ns``, on the receiver's clock; ``now_ns``
-        None: no time has passed). Before the first joint state there is nothing to compare with.
+    def joint_clock_now(self, now_ns: int | None) -> int | None:
+        """The joint-state clock's present at receiver time ``now_ns``: ``now_ns`` minus the smallest
+        receiver-minus-stamp offset of the recent joint states (their clock offset plus the least
+        transport delay, so a late joint state does not make the present look earlier). ``now_ns``
+        None: the latest joint stamp (events fed in time order). None before the first joint state."""
+        if not self._joint_offsets_ns:
+            return None
+        return self._joint_stamp_ns if now_ns is None else now_ns - min(self._joint_offsets_ns)
+
+    def offer(self, name: str, frame: np.ndarray, stamp_ns: int, now_ns: int | None) -> str:
+        """Store a frame (H, W, 3) uint8 of ``name`` stamped ``stamp_ns``, received at ``now_ns``, and
+        return ''; or return why not (wrong shape/dtype, or stamped after the joint-state clock's
+        present (:meth:`joint_clock_now`) by more than the tolerance: from the future). A refused
+        frame is not stored; the caller counts it with :meth:`reject`.
         """
         feature = self.feature(name)
         shape, dtype = tuple(np.shape(frame)), getattr(frame, "dtype", None)
         if shape != feature.image_shape or dtype != np.uint8:
             return f"{name}: frame is {shape} {dtype}, the model takes {feature.image_shape} uint8"
-        if joint_received_ns is not None:
-            present_ns = joint_stamp_ns + (0 if now_ns is None else now_ns - joint_received_ns)
-            ahead_ns = stamp_ns - present_ns
-            if ahead_ns > self.tolerance_ns:
-                return (f"{name}: frame stamped {ahead_ns * 1e-9:.3f} s after the joint states' clock "
-                        f"(tolerance {self.tolerance_ns * 1e-9:g} s): from the future")
+        present_ns = self.joint_clock_now(now_ns)
+        if present_ns is not None and stamp_ns - present_ns > self.tolerance_ns:
+            return (f"{name}: frame stamped {(stamp_ns - present_ns) * 1e-9:.3f} s after the joint states' clock "
+                    f"(tolerance {self.tolerance_ns * 1e-9:g} s): from the future")
         frames = self._frames[feature.name]
         if frames and stamp_ns < frames[-1][0]:  # out of order (best effort): keep the deque sorted
             items = sorted([*frames, (stamp_ns, frame)], key=lambda item: item[0])
