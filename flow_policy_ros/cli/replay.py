@@ -145,10 +145,12 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rep in zip(_output_names(args.bags), replays):
         if not args.no_plots:
-            from flow_policy_ros.data.replay_plots import plot_horizon_error, plot_joints
+            from flow_policy_ros.data.replay_plots import plot_cameras, plot_horizon_error, plot_joints
 
             rep.report["plots"] = [str(plot_joints(args.out / f"{name}.joints.png", rep, meta)),
                                    str(plot_horizon_error(args.out / f"{name}.horizon.png", rep))]
+            if rep.decisions.images:  # a camera model: the frame beside the chunk, for a few decisions
+                rep.report["plots"].append(str(plot_cameras(args.out / f"{name}.cameras.png", rep, meta)))
         if args.write_bag:
             out_bag = args.out / f"{name}.replay"
             chunks = write_replay_bag(out_bag, rep, meta, args.policy_topic)

@@ -19,6 +19,13 @@ Conventions:
   ``data.controller_state_topic`` (:func:`flow_policy_ros.data.bag.trajectory_targets`,
   :func:`~flow_policy_ros.data.bag.controller_state_targets`). Steps of a chunk that run past
   the last recorded tick are not scored.
+- Cameras (models with image features): each camera's frames come from its spec topic
+  (``/camera/<name>/image_raw``), or the other of raw/``.../compressed`` when the bag has only
+  that one (sensor_msgs/Image rgb8/bgr8 or CompressedImage jpeg/png,
+  :func:`flow_policy_ros.data.bag.read_image_topic`). Each decision gets, per camera, the freshest
+  frame stamped at most the camera's ``max_age_s`` before its tick and not after it (beyond the
+  node's tolerance): the pairing policy_node makes live. Decisions without such a frame are left
+  out (counted in ``decisions_without_frame``); frames of another size than the model's are an error.
 - Goal: the goal topic if the bag has it, else ``--goal X Y Z`` (held from the first joint
   state), else an error naming both.
 - Noise: for each bag, decision j (in time order) uses the j-th (H, A) block drawn from
@@ -62,12 +69,14 @@ import yaml
 from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.recording import GOAL_FEATURE, EpisodeRecording
 from flow_policy_ros.data.timeseries import TimeSeriesError, resample_linear
 from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
 from flow_policy_ros.errors import BagError, InvalidOutputError, UsageError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import MEASURED_LIMIT_TOLERANCE_RAD
+from flow_policy_ros.runtime.image_inputs import FUTURE_TOLERANCE_S
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.observation import VECTOR_READERS, MalformedMessageError, NonFiniteValueError, vector_values
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, classify, ood_score, ood_scores
@@ -126,6 +135,49 @@ class ReplaySource:
     data_config: DataConfig
     action_source: str  # 'commands', 'trajectory' (the fallback), 'joint_trajectory', 'controller_state', 'joint_states'
     goal_source: str  # 'topic', 'argument' or 'none'
+    images: dict[str, ImageSeries] = field(default_factory=dict)  # image feature name -> its frames (camera models)
+    image_topics: dict[str, str] = field(default_factory=dict)  # image feature name -> the bag topic read
+
+
+def image_bag_topic(path: Path, feature: FeatureSpec, topics: Mapping[str, Any]) -> str:
+    """The bag topic of image feature ``feature``: its spec topic, else the raw/compressed twin the
+    bag has; BagError naming both and the bag's topics when it has neither."""
+    spec = "/" + feature.topic.lstrip("/")
+    raw = spec.removesuffix("/compressed")
+    for topic in (spec, raw, raw + "/compressed"):
+        if topic in topics:
+            return topic
+    raise BagError(f"{path}: no {feature.name}: the bag has neither {raw} nor {raw}/compressed; it has {sorted(topics)}")
+
+
+def read_images(path: Path, features: Sequence[FeatureSpec]) -> tuple[dict[str, ImageSeries], dict[str, str]]:
+    """Every camera's frames (sorted by stamp) and the topic each came from; BagError (one line) for a
+    missing topic, an undecodable frame or frames of another size than the model takes."""
+    if not features:
+        return {}, {}
+    topics = bagio.list_topics(path)
+    images, sources = {}, {}
+    for feature in features:
+        topic = image_bag_topic(path, feature, topics)
+        stamps, frames = bagio.read_image_topic(path, topic)
+        if frames.shape[1:] != feature.image_shape:
+            h, w, _ = feature.image_shape
+            raise BagError(f"{path}: {topic}: frames are {frames.shape[2]}x{frames.shape[1]}, {feature.name} of the model "
+                           f"takes {w}x{h} (width x height; replay does not resize)")
+        order = np.argsort(stamps, kind="stable")
+        images[feature.name] = ImageSeries(f"{feature.camera}_optical_frame", stamps[order], frames[order])
+        sources[feature.name] = topic
+    return images, sources
+
+
+def frame_indices(series: ImageSeries, ticks_ns: np.ndarray, max_age_s: float,
+                  tolerance_s: float = FUTURE_TOLERANCE_S) -> np.ndarray:
+    """(N,) index of the frame each tick pairs with, -1 for none: the freshest frame stamped in
+    [tick - max_age_s, tick + tolerance_s] (the pairing of runtime.image_inputs)."""
+    idx = np.searchsorted(series.times_ns, ticks_ns + round(tolerance_s * 1e9), side="right") - 1
+    ok = idx >= 0
+    ok[ok] = ticks_ns[ok] - series.times_ns[idx[ok]] <= round(max_age_s * 1e9)
+    return np.where(ok, idx, -1)
 
 
 def _vector_series(path: Path, feature: FeatureSpec, topic: str, msgs: list[tuple[int, Any]],
@@ -225,7 +277,8 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
     cfg = replace(data_cfg, command_joint_names=tuple(action_joints),
                   action_source="joint_trajectory" if source == "trajectory" else source,
                   trajectory_topic=trajectory_topic if source == "trajectory" else data_cfg.trajectory_topic)
-    return ReplaySource(path, rec, cfg, source, goal_source)
+    images, image_topics = read_images(path, meta.observation.image_features)
+    return ReplaySource(path, rec, cfg, source, goal_source, images, image_topics)
 
 
 # --------------------------------------------------------------------------- decisions and inference
@@ -242,6 +295,8 @@ class Decisions:
         valid: (N, H) bool, False where the step runs past the last recorded action (not scored).
         action_ticks_ns: (K,) int64 and actions (K, A) float64: the whole recorded action series.
         measured: (N, A) float64, measured positions of the action joints at the decisions (rad).
+        images: image feature name -> (N, Hc, Wc, 3) uint8, the frame each decision pairs with.
+        without_frame: decision ticks left out because a camera had no frame within its max age.
     """
 
     ticks_ns: np.ndarray
@@ -251,6 +306,8 @@ class Decisions:
     action_ticks_ns: np.ndarray
     actions: np.ndarray
     measured: np.ndarray
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    without_frame: int = 0
 
 
 def build_decisions(src: ReplaySource, meta: PolicyMetadata) -> Decisions:
@@ -272,7 +329,22 @@ def build_decisions(src: ReplaySource, meta: PolicyMetadata) -> Decisions:
     h = meta.horizon
     idx = chunk_indices(int(keep[0]), len(keep), h, len(ticks))
     valid = (keep[:, None] + np.arange(h)[None, :]) < len(ticks)
-    return Decisions(ticks[keep], obs.astype(np.float32), actions[idx], valid, ticks, actions, measured)
+    dec = Decisions(ticks[keep], obs.astype(np.float32), actions[idx], valid, ticks, actions, measured)
+    return _with_frames(dec, src, meta) if meta.observation.image_features else dec
+
+
+def _with_frames(dec: Decisions, src: ReplaySource, meta: PolicyMetadata) -> Decisions:
+    """``dec`` restricted to the decisions every camera has a frame for, with those frames."""
+    index = {f.name: frame_indices(src.images[f.name], dec.ticks_ns, f.max_age_s) for f in meta.observation.image_features}
+    paired = np.all([i >= 0 for i in index.values()], axis=0)
+    if not paired.any():
+        ages = {name: src.images[name].times_ns for name in index}
+        raise BagError(f"{src.path}: no decision has a frame of every camera within its max age "
+                       f"({', '.join(f'{n}: {len(t)} frames' for n, t in ages.items())} over "
+                       f"{(dec.ticks_ns[-1] - dec.ticks_ns[0]) * 1e-9:.2f} s of decisions)")
+    return Decisions(dec.ticks_ns[paired], dec.observations[paired], dec.targets[paired], dec.valid[paired],
+                     dec.action_ticks_ns, dec.actions, dec.measured[paired],
+                     {name: src.images[name].frames[i[paired]] for name, i in index.items()}, int((~paired).sum()))
 
 
 def decision_noise(seed: int, count: int, horizon: int, action_dim: int) -> np.ndarray:
@@ -298,8 +370,9 @@ class Predictions:
 
 
 def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
-                    batch_size: int = DEFAULT_BATCH) -> Predictions:
-    """Run ``policy.predict`` on (N, obs_dim) + (N, H, A) noise in batches.
+                    batch_size: int = DEFAULT_BATCH, images: Mapping[str, np.ndarray] | None = None) -> Predictions:
+    """Run ``policy.predict`` on (N, obs_dim) + (N, H, A) noise (+ ``images``: feature name -> (N, Hc, Wc, 3)
+    uint8 for a camera model) in batches.
 
     A batch whose output fails validation is re-run one decision at a time, so exactly the
     invalid decisions are marked.
@@ -311,28 +384,34 @@ def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, gu
     for lo in range(0, len(observations), batch_size):
         hi = min(lo + batch_size, len(observations))
         try:
-            out[lo:hi] = policy.predict(observations[lo:hi], noise=noise[lo:hi], guidance_scale=guidance)
+            out[lo:hi] = policy.predict(observations[lo:hi], noise=noise[lo:hi], guidance_scale=guidance,
+                                        **_images_kw(images, slice(lo, hi)))
             continue
         except InvalidOutputError:
             pass
         for i in range(lo, hi):
             try:
-                out[i] = policy.predict(observations[i], noise=noise[i], guidance_scale=guidance)
+                out[i] = policy.predict(observations[i], noise=noise[i], guidance_scale=guidance, **_images_kw(images, i))
             except InvalidOutputError as exc:
                 out[i], invalid[i] = np.nan, True
                 first = first or one_line(exc)
     return Predictions(out, invalid, first, time.perf_counter() - start)
 
 
+def _images_kw(images: Mapping[str, np.ndarray] | None, index: int | slice | np.ndarray) -> dict[str, Any]:
+    """``{'images': {name: frames[index]}}`` for a camera model, {} otherwise (state-only predict calls unchanged)."""
+    return {"images": {name: frames[index] for name, frames in images.items()}} if images else {}
+
+
 def single_latency_ms(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
-                      samples: int = 50) -> dict[str, float | None]:
+                      samples: int = 50, images: Mapping[str, np.ndarray] | None = None) -> dict[str, float | None]:
     """Unbatched latency (ms) of up to ``samples`` decisions: what a live node pays per decision
     (calls whose output is invalid are not timed)."""
     times = []
     for i in range(min(samples, len(observations))):
         start = time.perf_counter()
         try:
-            policy.predict(observations[i], noise=noise[i], guidance_scale=guidance)
+            policy.predict(observations[i], noise=noise[i], guidance_scale=guidance, **_images_kw(images, i))
         except InvalidOutputError:
             continue
         times.append((time.perf_counter() - start) * 1e3)
@@ -403,7 +482,8 @@ def prefix_consistency(policy: Any, dec: Decisions, noise: np.ndarray, guidance:
         sl = slice(lo, lo + len(idx))
         try:
             outs.append(policy.predict(dec.observations[idx], noise=noise[idx], guidance_scale=guidance,
-                                       prefix_actions=prefix[sl], prefix_length=np.full(len(idx), d, np.int64)))
+                                       prefix_actions=prefix[sl], prefix_length=np.full(len(idx), d, np.int64),
+                                       **_images_kw(dec.images, idx)))
             keep.append(np.ones(len(idx), bool))
         except InvalidOutputError:  # count the batch as invalid; replay's main metrics find the culprits
             outs.append(np.full((len(idx),) + prefix.shape[1:], np.nan, np.float32))
@@ -571,11 +651,12 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
     dec = build_decisions(src, meta)
     t2 = time.perf_counter()
     noise = decision_noise(seed, len(dec.ticks_ns), meta.horizon, meta.action_dim)
-    pred = predict_batched(policy, dec.observations, noise, guidance, batch_size)
+    pred = predict_batched(policy, dec.observations, noise, guidance, batch_size, dec.images)
     predicted, infer_s, ok = pred.chunks, pred.seconds, ~pred.invalid
     n = len(predicted)
     latency = {"batch_size": batch_size, "batched_per_decision_mean": infer_s * 1e3 / n,
-               **single_latency_ms(policy, dec.observations[ok], noise[ok], guidance, latency_samples)}
+               **single_latency_ms(policy, dec.observations[ok], noise[ok], guidance, latency_samples,
+                                   {name: frames[ok] for name, frames in dec.images.items()})}
     if ok.any():
         metrics = error_metrics(predicted[ok], dec.targets[ok], dec.valid[ok], meta.action_joint_names,
                                 meta.control_period_s)
@@ -587,6 +668,7 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
         "decisions": n, "duration_s": float((dec.ticks_ns[-1] - dec.ticks_ns[0]) * 1e-9),
         "first_decision_ns": int(dec.ticks_ns[0]),
         "skipped_joint_states": int(src.recording.metadata.get("skipped_joint_states", 0)),
+        "image_topics": src.image_topics, "decisions_without_frame": dec.without_frame,
         "invalid_outputs": int(pred.invalid.sum()), "first_invalid_output": pred.first_invalid,
         **metrics,
         "seam_jerk": seam_jerk(predicted, dec.targets[:, 0, :], meta.control_period_s, replan_every) if ok.all() else None,

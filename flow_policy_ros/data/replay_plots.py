@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: Chunks drawn whole in the per-joint plot (evenly spaced), to show what a chunk looks like.
 CHUNKS_DRAWN = 12
+#: Decisions shown with their camera frames in :func:`plot_cameras` (evenly spaced).
+CAMERA_DECISIONS = 4
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -68,4 +70,38 @@ def plot_horizon_error(path: Path, rep: BagReplay) -> Path:
     ax.set_title(f"{rep.source.path.name}: error vs horizon step")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_cameras(path: Path, rep: BagReplay, meta: PolicyMetadata, count: int = CAMERA_DECISIONS) -> Path:
+    """For ``count`` evenly spaced decisions, one row each: the frame of every camera the decision was
+    paired with, then its predicted chunk beside the recorded actions that followed (rad vs time
+    into the chunk, s; one colour per joint, recorded dashed)."""
+    dec = rep.decisions
+    cameras = list(dec.images)
+    rows = np.unique(np.linspace(0, len(dec.ticks_ns) - 1, min(count, len(dec.ticks_ns))).astype(int))
+    fig = Figure(figsize=(3 * len(cameras) + 6, 2.6 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(cameras) + 1, squeeze=False,
+                        gridspec_kw={"width_ratios": [1] * len(cameras) + [2]})
+    step_s = meta.control_period_s * np.arange(1, meta.horizon + 1)
+    colours = [f"C{j % 10}" for j in range(meta.action_dim)]
+    t0 = dec.ticks_ns[0]
+    for r, d in enumerate(rows):
+        for c, name in enumerate(cameras):
+            ax = axes[r, c]
+            ax.imshow(dec.images[name][d], interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(f"{name} @ {(dec.ticks_ns[d] - t0) * 1e-9:.2f} s", fontsize=8)
+        ax = axes[r, -1]
+        valid = dec.valid[d]
+        for j in range(meta.action_dim):
+            ax.plot(step_s, rep.predicted[d, :, j], color=colours[j], lw=1.0,
+                    label=meta.action_joint_names[j] if r == 0 else None)
+            ax.plot(step_s[valid], dec.targets[d, valid, j], color=colours[j], lw=0.8, ls="--")
+        ax.set_ylabel("rad", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, -1].set_title("predicted chunk (solid) vs recorded (dashed)", fontsize=9)
+    axes[0, -1].legend(loc="upper right", fontsize=6, ncol=2)
+    axes[-1, -1].set_xlabel("time into chunk, (i+1)·dt (s)")
+    fig.suptitle(f"{rep.source.path.name}: camera frames and the chunks predicted from them", fontsize=10)
     return _save(fig, path)
