@@ -3,7 +3,9 @@
 A thin rclpy node. Messages are read with ``rosbags`` and published as their raw CDR bytes
 (``Publisher.publish(bytes)``): no decode/encode on the way, any message type whose Python
 class is installed works. The class comes from the bag's type string
-(``sensor_msgs/msg/JointState`` → ``sensor_msgs.msg.JointState``).
+(``sensor_msgs/msg/JointState`` → ``sensor_msgs.msg.JointState``). Camera topics go out as
+recorded: sensor_msgs/Image (any encoding) and CompressedImage bytes are not decoded here, so a
+policy_node subscribed to them applies its own checks (encoding, size, stamp) as it would live.
 
 Timing: message i is released at ``start + (log_time_i − log_time_first) / rate`` on the
 monotonic clock, where ``log_time_first`` is the first message at or after ``--start-offset``.
