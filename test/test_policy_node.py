@@ -153,7 +153,7 @@ def test_parameter_file_loads(model_path, node_process, robot_factory, tmp_path)
     declared = set(shipped[NODE_NAME]["ros__parameters"])
     assert declared <= set(PARAMETERS)
     unset = {name for name, spec in PARAMETERS.items() if isinstance(spec.default, Parameter.Type)}
-    assert unset == {"lower_limits", "upper_limits", "velocity_limits", "guidance_scale"}
+    assert unset == {"lower_limits", "upper_limits", "velocity_limits", "guidance_scale", "camera_topics"}
     assert unset <= set(PARAMETERS) - declared <= unset | {"thread_priority"}  # unset in the file = unset = the model's
 
     params = dict(shipped[NODE_NAME]["ros__parameters"])
