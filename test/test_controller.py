@@ -618,3 +618,26 @@ def test_a_far_but_moving_arm_does_not_move_the_reference():
                 assert np.all(np.abs(d.positions - last) <= STEP + 1e-12)
                 last = d.positions
     assert ctrl.counters.limiter_restarts == 0
+
+
+# --------------------------------------------------------------------------- output range guard
+
+
+@pytest.mark.parametrize("execution", ["stream", "trajectory"])
+def test_a_chunk_beyond_the_training_action_range_is_an_invalid_output(execution):
+    """Issue 22 item 2: with the model's training action range in the config, a finite chunk 3 rad off is an
+    invalid output (counted, hold, reason naming joint, value and range) and nothing of it is sent."""
+    from flow_policy_ros.runtime.ood import ObservationRange
+
+    rng = ObservationRange(np.full(A, -1.0), np.full(A, 1.0), IIWA_JOINT_NAMES, "test")
+    config = ControllerConfig(SPEC, H, PERIOD_NS * 1e-9, execution, action_range=rng, action_joint_names=IIWA_JOINT_NAMES)
+    ctrl = PolicyController(config, LIMITS)
+    assert ctrl.output_guard == "on (margin 0.25 range widths)"
+    out = start_running(ctrl, np.full((H, A), 3.0))
+    assert not any(isinstance(d, (Command, Trajectory)) for d in out) and ctrl.last_command is None
+    assert ctrl.state == "error" and ctrl.counters.invalid_outputs == 1
+    assert ctrl.reason == ("invalid model output: joint lbr_iiwa_joint_1 = 3.000 rad is 1 range widths outside the "
+                           "training action range [-1.000, 1.000] (output_margin 0.25)")
+    assert make().output_guard == "off: no action range in metadata"
+    with pytest.raises(SafetyError, match="output_margin"):
+        ControllerConfig(SPEC, H, 0.02, output_margin=-1.0)
