@@ -28,7 +28,7 @@ from flow_policy_ros.runtime.ood import ObservationRange, ood_excess
 
 #: Default margin of the output range guard (range widths beyond the training action range before
 #: a chunk is an invalid output). Measured (docs/safety.md, "Output range"): the shipped models'
-#: chunks on 50 eval episodes each stay within 0.03 range widths of their training action range;
+#: chunks on 50 eval episodes each stay within 0.0007 range widths of their training action range;
 #: 0.25 (the OOD guard's default) leaves a wide berth and still refuses a model 3 rad off (> 1 width).
 DEFAULT_OUTPUT_MARGIN = 0.25
 
