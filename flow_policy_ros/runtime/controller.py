@@ -235,8 +235,8 @@ class PolicyController:
         stale = self.vectors.stale(self._stamp_ns)
         if stale:
             return self._hold("stale", stale)
-        beyond = (self.guard.measured_beyond_limits(measured) or self.tracking.not_tracking(self.limiter.last_command)
-                  or self._out_of_distribution())
+        beyond = (self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
+                  or self.tracking.not_tracking(self.limiter.last_command))
         if beyond:
             return self._hold("hold", beyond)
         if self.run_state.waiting_for_retry(tick):
