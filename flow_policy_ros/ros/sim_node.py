@@ -35,10 +35,10 @@ until stopped.
 
 Resets are driver restarts. To the policy, a reset teleports the arm away from its last command:
 the policy node holds ("not tracking") and restarts from the arm only when its lifecycle is
-re-activated (``runtime/tracking.py``). With ``reactivate_node`` set (``config/sim.yaml``:
-``/flow_policy_node``, as ``flow-policy demo`` runs it), each reset re-activates that node (its
-``change_state`` service: deactivate, then activate) at the start of the reset pause, when the node
-is active; with the parameter empty, or no such service, nothing is called.
+re-activated (``runtime/tracking.py``). So each reset re-activates ``reactivate_node`` (default
+``/flow_policy_node``, the policy node of ``flow-policy demo`` and the launch files) through its
+``change_state`` service (deactivate, then activate) at the start of the reset pause, when that
+node is there and active; with the parameter empty, or no such service, nothing is called.
 
 Camera. ``camera`` = ``auto`` (default) turns the camera on for camera tasks (``reach_object``)
 only, so the other tasks render nothing; ``enabled``/``disabled`` force it. Its pose, field of
@@ -224,8 +224,8 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "camera_height": ParameterSpec(CameraSpec.height, _T.PARAMETER_INTEGER, "image height (pixels)", low=8, high=1024),
     "camera_rate_hz": ParameterSpec(CameraSpec.rate_hz, _T.PARAMETER_DOUBLE,
                                     "frame rate (Hz); frame k at physics step ceil(k * 240 / rate)", low=0.1, high=240.0),
-    "reactivate_node": ParameterSpec("", _T.PARAMETER_STRING,
-                                     "lifecycle node (e.g. /flow_policy_node) re-activated after each reset: a reset "
+    "reactivate_node": ParameterSpec("/flow_policy_node", _T.PARAMETER_STRING,
+                                     "lifecycle node re-activated after each reset, when it is there and active: a reset "
                                      "is a driver restart to it, and re-activation its explicit restart; empty = none"),
 }
 
