@@ -34,12 +34,21 @@ def wide_observation_range(policy: PolicyConfig) -> dict[str, list[float]]:
     return {"low": low, "high": high}
 
 
+#: The tiny models' default training action range (rad, every joint): their untrained outputs reach
+#: several rad beyond the joint limits, so with this range the output range guard only trips on
+#: outputs no trained model produces (tests of the guard pass a narrow range).
+WIDE_ACTION_RANGE = 50.0
+
+
 def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow",
-                    observation_range: dict[str, list[float]] | None = None, **policy_overrides: Any) -> Path:
+                    observation_range: dict[str, list[float]] | None = None,
+                    action_range: dict[str, list[float]] | None = None, **policy_overrides: Any) -> Path:
     """Save a checkpoint of a seeded random network; small by default (hidden 32, 1 layer, H 8).
 
     ``observation_range`` ({'low', 'high'}, obs_dim each) is the training range the export puts in
-    the metadata; default :func:`wide_observation_range`.
+    the metadata; default :func:`wide_observation_range`. ``action_range`` ({'low', 'high'}, one
+    per action joint, rad) the training action range (data summary); default ±WIDE_ACTION_RANGE;
+    ``{}``: none recorded (the export derives it from the normalization statistics).
     """
     defaults: dict[str, Any] = {"hidden_dim": 32, "num_layers": 1, "horizon": 8, "solver_steps": 4}
     defaults.update(policy_overrides)
@@ -60,28 +69,39 @@ def make_checkpoint(path: Path, seed: int = 0, objective: str = "flow",
         path,
         Checkpoint(config=config, stats=stats, model_state=state, ema_state=state, step=0,
                    data_summary={"source": "synthetic (test/model_factory.py)", "config": to_dict(policy)["horizon"],
-                                 "observation_range": observation_range or wide_observation_range(policy)}),
+                                 "observation_range": observation_range or wide_observation_range(policy),
+                                 **_action_range_entry(action_range, policy.action_dim)}),
     )
     return path
 
 
+def _action_range_entry(action_range: dict[str, list[float]] | None, action_dim: int) -> dict[str, Any]:
+    if action_range is None:
+        return {"action_range": {"low": [-WIDE_ACTION_RANGE] * action_dim, "high": [WIDE_ACTION_RANGE] * action_dim}}
+    return {"action_range": action_range} if action_range else {}
+
+
 def make_tiny_model(path: Path, seed: int = 0, observation_range: dict[str, list[float]] | None = None,
-                    **policy_overrides: Any) -> Path:
-    """Export a small real policy to ``path`` (.onnx) via the package's exporter."""
+                    action_range: dict[str, list[float]] | None = None, **policy_overrides: Any) -> Path:
+    """Export a small real policy to ``path`` (.onnx) via the package's exporter (``action_range``:
+    see :func:`make_checkpoint`)."""
     from flow_policy_ros.export.onnx_export import export_checkpoint
 
     path = Path(path)
-    ckpt = make_checkpoint(path.with_suffix(".pt"), seed=seed, observation_range=observation_range, **policy_overrides)
+    ckpt = make_checkpoint(path.with_suffix(".pt"), seed=seed, observation_range=observation_range,
+                           action_range=action_range, **policy_overrides)
     export_checkpoint(ckpt, path)
     return path
 
 
-def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshold: float = 0.0) -> Path:
+def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshold: float = 0.0, value: float = 3.0) -> Path:
     """Copy the real exported model ``src`` to ``dst`` with its output changed by a few onnx.helper nodes.
 
     kind: 'nan' (every output NaN), 'nan_if_negative' (NaN when observation[index] < threshold, finite otherwise),
     'short' (only the first H/2 rows; the declared shape stays symbolic), 'declared_short' (the output
-    declared as [B, H/2, A] while the metadata says H).
+    declared as [B, H/2, A] while the metadata says H), 'constant' (every action ``value`` rad, finite:
+    e.g. 3 rad off a training range that says otherwise), 'constant_if_below' (``value`` when
+    observation[index] < threshold, else 0 rad).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -117,6 +137,25 @@ def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshol
         if kind == "declared_short":
             out.type.tensor_type.shape.dim[1].ClearField("dim_param")
             out.type.tensor_type.shape.dim[1].dim_value = horizon // 2
+    elif kind in ("constant", "constant_if_below"):
+        graph.initializer.extend([helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+                                  helper.make_tensor("value", TensorProto.FLOAT, [1], [value])])
+        graph.node.append(helper.make_node("Mul", ["actions_raw", "zero"], ["zeros"]))  # (B, H, A) of 0
+        if kind == "constant":
+            graph.node.append(helper.make_node("Add", ["zeros", "value"], ["actions"]))
+        else:
+            graph.initializer.extend([helper.make_tensor("s0", TensorProto.INT64, [1], [index]),
+                                      helper.make_tensor("s1", TensorProto.INT64, [1], [index + 1]),
+                                      helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+                                      helper.make_tensor("threshold", TensorProto.FLOAT, [1], [threshold])])
+            graph.node.extend([
+                helper.make_node("Slice", ["observation", "s0", "s1", "ax"], ["obs_i"]),  # (B, 1)
+                helper.make_node("Less", ["obs_i", "threshold"], ["below"]),
+                helper.make_node("Cast", ["below"], ["below_f"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", ["below_f", "value"], ["offset"]),
+                helper.make_node("Unsqueeze", ["offset", "ax"], ["offset3"]),  # (B, 1, 1)
+                helper.make_node("Add", ["zeros", "offset3"], ["actions"]),
+            ])
     else:
         raise ValueError(f"unknown kind {kind!r}")
     onnx.save(model, str(dst))

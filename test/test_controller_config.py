@@ -40,5 +40,5 @@ def test_counters_as_dict_has_the_integer_counters_only():
 
 def test_names_other_modules_import_from_the_controller_module():
     for name in ("ControllerConfig", "ControllerCounters", "EXECUTION_MODES", "STATES", "MEASURED_LIMIT_TOLERANCE_RAD",
-                 "TRACKING_TOLERANCE_RAD", "STEADY_READINGS", "STEADY_TOLERANCE_RAD", "PolicyController"):
+                 "TRACKING_TOLERANCE_RAD", "PolicyController"):
         assert hasattr(controller, name), name

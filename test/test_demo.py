@@ -145,3 +145,17 @@ def test_bench_sweep_times_every_cell_on_both_engines(tmp_path, capsys):
     print_sweep_table(result)
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith(("euler", "heun")) for line in lines) == 8
+
+
+@pytest.mark.slow
+def test_demo_reactivates_the_policy_node_after_each_reset(tmp_path):
+    """A reset teleports the arm: a driver restart to the policy node, which then holds 'not tracking' until
+    it is re-activated. sim_node re-activates it (reactivate_node) at each reset, so the second episode runs
+    from where the arm is: the policy node's log shows the re-activation and never the tracking hold."""
+    out, logs = tmp_path / "demo.json", tmp_path / "logs"
+    cmd = [sys.executable, "-m", "flow_policy_ros", "demo", "--episodes", "2", "--json", str(out), "--log-dir", str(logs)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=node_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (logs / "policy_node.log").read_text()
+    assert log.count("deactivated: model kept, not commanding") >= 1 and "not tracking" not in log, log[-2000:]
+    assert json.loads(out.read_text())["episodes"] == 2

@@ -274,3 +274,29 @@ def test_metadata_carries_no_absolute_path_of_the_training_machine():
     assert out == {"root": "data/reach", "data_path": "runs/w.npz", "episodes": 3}
     assert portable_path("/opt/somewhere/episodes.npz") == "episodes.npz"
     assert portable_path("data/reach") == "data/reach"
+
+
+def test_export_writes_the_training_action_range(tmp_path):
+    """From the data summary when it has one; else from minmax statistics (absolute frame: the targets'
+    min/max; relative frame: the measured positions' range + the offsets' min/max); meanstd: none."""
+    from flow_policy_ros.export.onnx_export import training_action_range
+
+    recorded = {"low": [-0.5] * 7, "high": [0.25] * 7}
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "a.pt", action_range=recorded))
+    rng = training_action_range(ckpt)
+    assert rng.low.tolist() == recorded["low"] and rng.high.tolist() == recorded["high"]
+    assert rng.labels[0] == "lbr_iiwa_joint_1" and rng.source == "training targets (min/max)"
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "b.pt", action_range={}, action_frame="absolute"))
+    rng = training_action_range(ckpt)
+    np.testing.assert_allclose(rng.low, ckpt.stats.act_shift - ckpt.stats.act_scale)
+    np.testing.assert_allclose(rng.high, ckpt.stats.act_shift + ckpt.stats.act_scale)
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "c.pt", action_range={}, action_frame="relative"))
+    rng, measured = training_action_range(ckpt), ckpt.data_summary["observation_range"]
+    idx = ckpt.config.policy.action_reference_indices()
+    np.testing.assert_allclose(rng.low, np.array(measured["low"])[idx] + ckpt.stats.act_shift - ckpt.stats.act_scale)
+    assert "relative" in rng.source
+    ckpt = load_checkpoint(make_checkpoint(tmp_path / "d.pt", action_range={}, normalization="meanstd"))
+    assert training_action_range(ckpt) is None
+    export_checkpoint(make_checkpoint(tmp_path / "e.pt", action_range=recorded), tmp_path / "e.onnx")
+    meta = json.loads(onnx.load(str(tmp_path / "e.onnx")).metadata_props[0].value)
+    assert meta["action_range"] == {**recorded, "source": "training targets (min/max)"}

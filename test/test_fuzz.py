@@ -534,7 +534,8 @@ def test_fuzz_raw_cdr_onto_the_node(tiny_model: Path, tmp_path: Path) -> None:
     try:
         fuzzer.publishers["goal"].publish(bytes(bagio.TYPESTORE.serialize_cdr(
             bagio.point_stamped_msg(0, np.array([0.5, 0.1, 0.4])), bagio.POINT_STAMPED)))
-        good = bytes(bagio.TYPESTORE.serialize_cdr(bagio.joint_state_msg(0, NAMES, np.zeros(7), np.zeros(7)), bagio.JOINT_STATE))
+        home = np.array([0.0, 0.3, 0.0, -1.2, 0.0, 0.9, 0.0])  # where hostile_messages' good joint states put the arm
+        good = bytes(bagio.TYPESTORE.serialize_cdr(bagio.joint_state_msg(0, NAMES, home, np.zeros(7)), bagio.JOINT_STATE))
         deadline = time.monotonic() + 20.0
         while not fuzzer.commands and time.monotonic() < deadline:
             fuzzer.publishers["joint_states"].publish(good)

@@ -200,3 +200,62 @@ def test_output_invalid_at_run_time_is_an_invalid_output_error(model_path, tmp_p
     batch[1, 0] = -1.0
     with pytest.raises(InvalidOutputError, match="56 NaN/inf value"):
         policy.predict(batch)
+
+
+# --------------------------------------------------------------------------- output range guard (issue 22 item 2)
+
+NARROW_ACTIONS = {"low": [-1.0] * 7, "high": [1.0] * 7}  # a training action range of ±1 rad on every joint
+
+
+def test_a_model_whose_outputs_sit_3_rad_off_its_training_range_is_refused_at_load(tmp_path):
+    from model_factory import with_broken_output
+
+    base = make_tiny_model(tmp_path / "narrow.onnx", seed=1, action_range=NARROW_ACTIONS)
+    off = with_broken_output(base, tmp_path / "off.onnx", "constant", value=3.0)
+    with pytest.raises(ModelFileError) as info:
+        OnnxPolicy(off, providers=[CPU], warmup=0)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(off) in message
+    assert ("output outside the training action range: joint lbr_iiwa_joint_1 = 3.000 rad is 1 range widths outside "
+            "the training action range [-1.000, 1.000] (output_margin 0.25)") in message
+    assert OnnxPolicy(off, providers=[CPU], warmup=0, output_margin=1.5).metadata.action_range is not None  # relaxed
+
+
+def test_a_model_without_an_action_range_loads_with_the_guard_off(model_path, tmp_path):
+    from model_factory import with_broken_output
+
+    from flow_policy_ros.runtime.metadata import output_guard_status
+
+    def drop(props):
+        meta = json.loads(props[METADATA_KEY])
+        meta.pop("action_range")
+        return {**props, METADATA_KEY: json.dumps(meta)}
+
+    bare = _rewrite_metadata(with_broken_output(model_path, tmp_path / "off.onnx", "constant"), tmp_path / "bare.onnx", drop)
+    policy = OnnxPolicy(bare, providers=[CPU], warmup=0)  # the shipped models today: no range, nothing to check
+    assert policy.metadata.action_range is None
+    assert output_guard_status(policy.metadata.action_range, 0.25) == "off: no action range in metadata"
+
+
+def test_malformed_action_range_is_a_one_line_error(model_path, tmp_path):
+    def bad(props):
+        meta = json.loads(props[METADATA_KEY])
+        meta["action_range"] = {"low": [0.0] * 3, "high": [1.0] * 3}
+        return {**props, METADATA_KEY: json.dumps(meta)}
+
+    with pytest.raises(ModelFileError, match="metadata action_range is malformed .*expected one per action joint"):
+        OnnxPolicy(_rewrite_metadata(model_path, tmp_path / "bad.onnx", bad), providers=[CPU], warmup=0)
+
+
+def test_output_range_problem_names_joint_value_and_range():
+    from flow_policy_ros.runtime.metadata import output_range_problem
+    from flow_policy_ros.runtime.ood import ObservationRange
+
+    rng = ObservationRange([-1.0, 0.0], [1.0, 0.5], ("a", "b"))
+    chunk = np.zeros((4, 2))
+    assert output_range_problem(chunk, rng, 0.25) == "" and output_range_problem(chunk + 9, None, 0.25) == ""
+    chunk[2, 1] = 0.625  # 0.25 widths beyond 0.5: on the margin, accepted
+    assert output_range_problem(chunk, rng, 0.25) == ""
+    chunk[3, 1] = 0.7
+    assert output_range_problem(chunk, rng, 0.25) == ("joint b = 0.700 rad is 0.4 range widths outside the training "
+                                                       "action range [0.000, 0.500] (output_margin 0.25)")

@@ -120,6 +120,7 @@ def build_metadata(ckpt: Checkpoint, name: str, steps: int, checkpoint_path: Pat
         training_data={**summarize_training_data(ckpt.data_summary), "train_steps": ckpt.step},
         code_version=ckpt.code_version,
         observation_range=training_range(ckpt),
+        action_range=training_action_range(ckpt),
     )
 
 
@@ -140,6 +141,36 @@ def training_range(ckpt: Checkpoint) -> ObservationRange | None:
         return ObservationRange(ckpt.stats.obs_shift - ckpt.stats.obs_scale, ckpt.stats.obs_shift + ckpt.stats.obs_scale,
                                 labels, "training windows (min/max, from the minmax normalization statistics)")
     return None
+
+
+def training_action_range(ckpt: Checkpoint) -> ObservationRange | None:
+    """Min/max of every action joint's target (rad, absolute) over the training windows, or None.
+
+    For the output range guard (``runtime.metadata.output_range_problem``). From the data summary
+    (``action_range`` {low, high}, absolute targets) when the checkpoint has it; else from minmax
+    normalization statistics, whose action shift ± scale are exactly the min/max of the network's
+    targets over the training split: absolute targets in the 'absolute' frame; in the 'relative'
+    frame targets minus the measured positions, so the range is the training range of the action
+    joints' measured positions (:func:`training_range`) plus that offset range (a sound superset of
+    the targets). Meanstd statistics without a summary range give None (guard off).
+    """
+    policy = ckpt.config.policy
+    joints = tuple(policy.action_joint_names)
+    recorded = ckpt.data_summary.get("action_range")
+    if isinstance(recorded, dict) and "low" in recorded and "high" in recorded:
+        return ObservationRange(recorded["low"], recorded["high"], joints, "training targets (min/max)")
+    if ckpt.stats.mode != "minmax":
+        return None
+    low = np.asarray(ckpt.stats.act_shift - ckpt.stats.act_scale, dtype=np.float64)
+    high = np.asarray(ckpt.stats.act_shift + ckpt.stats.act_scale, dtype=np.float64)
+    indices = policy.action_reference_indices()
+    if not indices:
+        return ObservationRange(low, high, joints, "training targets (min/max, from the minmax normalization statistics)")
+    measured = training_range(ckpt)
+    if measured is None:
+        return None
+    return ObservationRange(measured.low[indices] + low, measured.high[indices] + high, joints,
+                            "measured positions' training range + the relative targets' min/max (normalization statistics)")
 
 
 def summarize_training_data(summary: dict) -> dict:

@@ -147,7 +147,8 @@ class PolicyNode(LifecycleNode):
     def _configure(self) -> None:
         self.params = p = PolicyNodeParams(**self._values)
         self.policy = load_policy(p.model_path or paths.default_model_path(), providers=p.providers,
-                                  intra_op_num_threads=p.intra_op_threads, seed=p.seed, warmup=p.warmup)
+                                  intra_op_num_threads=p.intra_op_threads, seed=p.seed, warmup=p.warmup,
+                                  output_margin=p.output_margin)
         self.meta = meta = self.policy.metadata
         self._cameras = camera_topics(meta.observation, p.camera_topics)  # fails naming a camera not mapped
         if abs(meta.control_period_s - p.period_s) > 1e-3 * meta.control_period_s:
@@ -180,6 +181,8 @@ class PolicyNode(LifecycleNode):
         ]
         if meta.observation_range is None:
             self.get_logger().warning(f"out-of-distribution guard {self.controller.ood_guard}")
+        if meta.action_range is None:
+            self.get_logger().warning(f"output range guard {self.controller.output_guard}")
         self.get_logger().info(f"configured: model {meta.name} ({meta.model_hash[:12]}) on {self.policy.active_provider}; "
                                f"H={meta.horizon} A={meta.action_dim}; {p.control_rate_hz} Hz, {p.execution}, "
                                f"{p.chunking_for(meta)}, replan_every={p.replan_every}")
@@ -187,8 +190,8 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self.params.controller_config(self.meta, self._guidance_scale())
         self.controller = PolicyController(config, self._limits)
-        if self._held is not None:
-            self.controller.limiter.advance(self._held)  # the robot holds the last command sent
+        if self._held is not None:  # the robot holds the last command sent; the first joint state decides
+            self.controller.continue_from(self._held)  # whether to go on from it or restart from the arm
         for name, (values, frame_id) in self._latched.items():
             self.controller.on_feature(name, values, frame_id)
         self._last_reason = ""

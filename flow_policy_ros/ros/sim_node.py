@@ -33,6 +33,13 @@ collision or (``end_on_success``) success, and publish the outcome. Sim time 0 o
 exit status 0, so a launch file or ``flow-policy demo`` ends with it. With neither set it runs
 until stopped.
 
+Resets are driver restarts. To the policy, a reset teleports the arm away from its last command:
+the policy node holds ("not tracking") and restarts from the arm only when its lifecycle is
+re-activated (``runtime/tracking.py``). So each reset re-activates ``reactivate_node`` (default
+``/flow_policy_node``, the policy node of ``flow-policy demo`` and the launch files) through its
+``change_state`` service (deactivate, then activate) at the start of the reset pause, when that
+node is there and active; with the parameter empty, or no such service, nothing is called.
+
 Camera. ``camera`` = ``auto`` (default) turns the camera on for camera tasks (``reach_object``)
 only, so the other tasks render nothing; ``enabled``/``disabled`` force it. Its pose, field of
 view, size and rate are the ``camera_*`` parameters (:class:`~flow_policy_ros.sim.camera.CameraSpec`).
@@ -65,6 +72,8 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from rcl_interfaces.msg import ParameterType
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -98,6 +107,8 @@ MAX_LAG_NS = 50_000_000
 #: After the last episode: wait this long at most for subscribers to acknowledge the outcomes (s),
 #: then hold the arm (publishing joint states) this long (s) before the process ends.
 FINISH_ACK_TIMEOUT_S = 2.0
+#: How long a lifecycle transition of ``reactivate_node`` may take (s) before the reset goes on without it.
+REACTIVATE_TIMEOUT_S = 2.0
 FINISH_HOLD_S = 0.2
 DIAGNOSTIC_STRING = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -128,6 +139,7 @@ class SimNodeParams:
     camera_width: int
     camera_height: int
     camera_rate_hz: float
+    reactivate_node: str
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -212,6 +224,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     "camera_height": ParameterSpec(CameraSpec.height, _T.PARAMETER_INTEGER, "image height (pixels)", low=8, high=1024),
     "camera_rate_hz": ParameterSpec(CameraSpec.rate_hz, _T.PARAMETER_DOUBLE,
                                     "frame rate (Hz); frame k at physics step ceil(k * 240 / rate)", low=0.1, high=240.0),
+    "reactivate_node": ParameterSpec("/flow_policy_node", _T.PARAMETER_STRING,
+                                     "lifecycle node re-activated after each reset, when it is there and active: a reset "
+                                     "is a driver restart to it, and re-activation its explicit restart; empty = none"),
 }
 
 
@@ -281,6 +296,9 @@ class SimNode(Node):
         self.images_sent = 0
         self.camera = p.camera_spec
         self.outcomes: list[dict[str, Any]] = []
+        self.reactivations = 0
+        self._lifecycle = (self.create_client(ChangeState, f"{p.reactivate_node.rstrip('/')}/change_state")
+                           if p.reactivate_node else None)
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -442,6 +460,7 @@ class SimNode(Node):
         goal.point.x, goal.point.y, goal.point.z = (float(v) for v in spec.goal)
         if self._goal_pub is not None:
             self._goal_pub.publish(goal)
+        self._reactivate_commander()
         self._hold_for(round(p.reset_pause_s * 1e9))
         start_ns = time.time_ns()
         if self.recorder is not None:
@@ -474,6 +493,27 @@ class SimNode(Node):
         if self.recorder is not None:
             self.recorder.close({**spec.to_metadata(), **outcome, "physics_hz": PHYSICS_HZ,
                                  "joint_state_rate_hz": PHYSICS_HZ / p.publish_every})
+
+    def _reactivate_commander(self) -> None:
+        """After a reset: deactivate, then activate ``reactivate_node`` if it is active (see the module
+        docstring); a node that is not active, or no answer, leaves it as it is (one warning)."""
+        client = self._lifecycle
+        if client is None or not client.service_is_ready():
+            return
+        for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_ACTIVATE):
+            future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+            deadline = time.monotonic() + REACTIVATE_TIMEOUT_S
+            while not future.done() and time.monotonic() < deadline and not self._stop.is_set():
+                self._stop.wait(0.002)
+            if not future.done():
+                self.get_logger().warning(f"{client.srv_name}: no answer within {REACTIVATE_TIMEOUT_S} s; "
+                                          "the policy node was not re-activated after the reset")
+                return
+            if not future.result().success:  # deactivate refused: the node is not active, nothing to restart
+                if transition == Transition.TRANSITION_ACTIVATE:
+                    self.get_logger().warning(f"{client.srv_name}: activate refused after the reset; the node is inactive")
+                return
+        self.reactivations += 1
 
     def _run_realtime(self, finished: Any, monitor: bool, start_ns: int | None = None) -> None:
         """Step physics at 240 Hz against the wall clock until ``finished()``; publish joint states."""
@@ -514,7 +554,7 @@ class SimNode(Node):
                   "joint_states_sent": str(self.joint_states_sent), "images_sent": str(self.images_sent),
                   "commands_received": str(self.commands_received),
                   "trajectories_received": str(self.trajectories_received), "rejected_messages": str(self.rejected),
-                  "realtime_resyncs": str(self.resyncs)}
+                  "realtime_resyncs": str(self.resyncs), "reactivations": str(self.reactivations)}
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), f"{self.get_name()}: sim",
                                                 "OK" if self.resyncs == 0 else "WARN", self.state, "pybullet_iiwa", values))
 

@@ -33,7 +33,8 @@ The controller is the composition of one part per job, each in its own module:
 * :mod:`~flow_policy_ros.runtime.vector_inputs`: the latest value of each vector feature;
 * :mod:`~flow_policy_ros.runtime.execution` and
   :mod:`~flow_policy_ros.runtime.trajectory_execution`: stream or trajectory output, behind one
-  interface; :mod:`~flow_policy_ros.runtime.tracking`: when the limiter restarts from the arm;
+  interface; :mod:`~flow_policy_ros.runtime.tracking`: an arm not tracking the last command is a
+  hold; the limiter restarts from the arm only on re-activation (:meth:`~PolicyController.continue_from`);
 * :mod:`~flow_policy_ros.runtime.prefix_committer`: real-time chunking's committed prefix.
 
 The decisions live in :mod:`~flow_policy_ros.runtime.decisions`, the settings and counters in
@@ -51,19 +52,19 @@ from flow_policy_ros.runtime.decisions import Command, Decision, InferenceReques
 from flow_policy_ros.runtime.execution import Execution, StreamExecution, plan_from
 from flow_policy_ros.runtime.image_inputs import ImageInputs
 from flow_policy_ros.runtime.input_guard import MEASURED_LIMIT_TOLERANCE_RAD, InputGuard
+from flow_policy_ros.runtime.metadata import output_guard_status, output_range_problem
 from flow_policy_ros.runtime.observation import observation_vector
 from flow_policy_ros.runtime.ood import OodScore
 from flow_policy_ros.runtime.prefix_committer import PrefixCommitter
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 from flow_policy_ros.runtime.tick_clock import STATES, RunState, TickClock
-from flow_policy_ros.runtime.tracking import STEADY_READINGS, STEADY_TOLERANCE_RAD, TRACKING_TOLERANCE_RAD, ArmTracking
+from flow_policy_ros.runtime.tracking import TRACKING_TOLERANCE_RAD, ArmTracking
 from flow_policy_ros.runtime.trajectory_execution import TrajectoryExecution
 from flow_policy_ros.runtime.vector_inputs import VectorInputs
 
 __all__ = [
-    "EXECUTION_MODES", "MEASURED_LIMIT_TOLERANCE_RAD", "STATES", "STEADY_READINGS", "STEADY_TOLERANCE_RAD",
-    "TRACKING_TOLERANCE_RAD", "Command", "ControllerConfig", "ControllerCounters", "Decision", "InferenceRequest",
-    "InferenceResult", "PolicyController", "Stop", "Trajectory",
+    "EXECUTION_MODES", "MEASURED_LIMIT_TOLERANCE_RAD", "STATES", "TRACKING_TOLERANCE_RAD", "Command", "ControllerConfig",
+    "ControllerCounters", "Decision", "InferenceRequest", "InferenceResult", "PolicyController", "Stop", "Trajectory",
 ]
 
 _EXECUTIONS: dict[str, type[Execution]] = {"stream": StreamExecution, "trajectory": TrajectoryExecution}
@@ -87,7 +88,7 @@ class PolicyController:
         self.clock = TickClock(config.period_ns, self.counters.jitter_s)
         self.run_state = RunState()
         self.guard = InputGuard(config, limits, self.counters)
-        self.tracking = ArmTracking()
+        self.tracking = ArmTracking(config.action_joint_names)
         self.execution: Execution = _EXECUTIONS[config.execution](
             config, limits, self.scheduler, self.limiter, self.clock, self.tracking, self.counters)
         self.prefix = PrefixCommitter(config, limits.size, self.counters)
@@ -133,6 +134,14 @@ class PolicyController:
     def ood_guard(self) -> str:
         """'on (margin M range widths)' or 'off: <why>'."""
         return self.guard.status
+
+    @property
+    def output_guard(self) -> str:  # 'on (margin M range widths)' or 'off: no action range in metadata'
+        return output_guard_status(self.config.action_range, self.config.output_margin)
+
+    def continue_from(self, held: np.ndarray) -> None:
+        """Re-activation (the explicit restart event): the robot holds ``held`` (rad); see ArmTracking.continue_from."""
+        self.tracking.continue_from(self.limiter, held)
 
     @property
     def generation(self) -> int:
@@ -228,6 +237,7 @@ class PolicyController:
             return []
         self.counters.deadline_misses += skipped
         self.counters.ticks += 1
+        self.counters.limiter_restarts += self.tracking.restart_if_pending(self.limiter)  # before the tick's setpoint
         self.execution.begin_tick(tick)
         measured = self.tracking.measured
         if measured is None or self.vectors.missing() or self.images.missing():
@@ -237,7 +247,8 @@ class PolicyController:
         stale = self.vectors.stale(self._stamp_ns) or self.images.stale(self._stamp_ns)
         if stale:
             return self._hold("stale", stale)
-        beyond = self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
+        beyond = (self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
+                  or self.tracking.not_tracking(self.limiter.last_command))
         if beyond:
             return self._hold("hold", beyond)
         if self.run_state.waiting_for_retry(tick):
@@ -296,6 +307,10 @@ class PolicyController:
         if not np.all(np.isfinite(actions)):
             self.counters.invalid_outputs += 1
             return f"invalid model output: {int(np.sum(~np.isfinite(actions)))} NaN/inf values"
+        beyond = output_range_problem(actions, self.config.action_range, self.config.output_margin)
+        if beyond:
+            self.counters.invalid_outputs += 1
+            return f"invalid model output: {beyond}"
         d = result.prefix_length
         if d and not self.prefix.reproduces(actions, d):
             self.counters.invalid_outputs += 1

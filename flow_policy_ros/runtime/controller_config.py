@@ -7,12 +7,14 @@ what happened (for ``/diagnostics`` and evaluation reports). Units: s, rad.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from flow_policy_ros.contract import ObservationSpec
 from flow_policy_ros.errors import SafetyError
 from flow_policy_ros.runtime.chunking import make_scheduler
+from flow_policy_ros.runtime.metadata import DEFAULT_OUTPUT_MARGIN
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, ObservationRange, validate_margin
 from flow_policy_ros.runtime.safety import validate_guidance_scale
 
@@ -39,6 +41,10 @@ class ControllerConfig:
         goal_frame: the frame_id a goal must carry (when the caller passes one).
         rtc_max_delay: the model's d_max (metadata ``rtc``); required > 0 for chunking 'rtc'.
         rtc_margin_ticks: ticks added to the measured inference delay to size the prefix.
+        action_joint_names: the action joints (model order; for reasons that name a joint).
+        action_range: the model's training action range (metadata ``action_range``, rad), None = no
+            output range guard.
+        output_margin: range widths beyond ``action_range`` before a chunk is an invalid output.
     """
 
     observation: ObservationSpec
@@ -55,9 +61,14 @@ class ControllerConfig:
     goal_frame: str = "world"
     rtc_max_delay: int = 0
     rtc_margin_ticks: int = 1
+    action_joint_names: tuple[str, ...] = ()
+    action_range: ObservationRange | None = None
+    output_margin: float = DEFAULT_OUTPUT_MARGIN
 
     def __post_init__(self) -> None:
         validate_margin(self.ood_margin)
+        if not (math.isfinite(self.output_margin) and self.output_margin >= 0):
+            raise SafetyError(f"output_margin must be a finite number >= 0 (range widths), got {self.output_margin}")
         if self.observation_range is not None and len(self.observation_range.labels) != self.observation.obs_dim:
             raise SafetyError(f"observation_range covers {len(self.observation_range.labels)} values, "
                               f"the observation has {self.observation.obs_dim}")
@@ -102,7 +113,7 @@ class ControllerCounters:
     stops_sent: int = 0
     late_first_commands: int = 0
     limiter_clipped: int = 0
-    limiter_rebased: int = 0  # the arm was not tracking the last command: ramped from where it is
+    limiter_restarts: int = 0  # re-activated with the arm not tracking the held command: restarted from the arm
     ood_holds: int = 0
     ood_warnings: int = 0
     rejected_goals: int = 0

@@ -11,7 +11,7 @@
 
 Both run every command through the controller's
 :class:`~flow_policy_ros.runtime.safety.CommandLimiter` (see
-:mod:`flow_policy_ros.runtime.tracking` for when it restarts from the arm). The controller
+:mod:`flow_policy_ros.runtime.tracking`: it never restarts while a controller lives). The controller
 calls the same :class:`Execution` methods in the same tick order whatever the mode. Units: rad.
 """
 
@@ -73,14 +73,6 @@ class Execution(ABC):
     def take_pending_stamp(self) -> int | None:
         stamp, self.pending_stamp_ns = self.pending_stamp_ns, None
         return stamp
-
-    def rebase_if_not_tracking(self) -> bool:
-        """Restart the limiter from the arm if it is not tracking the last command (counted)."""
-        if not self.tracking.rebase_if_not_tracking(self.limiter):
-            return False
-        self.drop_committed()
-        self.counters.limiter_rebased += 1
-        return True
 
     def drop_plan(self) -> None:
         """Forget what was planned for the ticks to come (a goal change or a hold)."""
@@ -184,7 +176,6 @@ class StreamExecution(Execution):
         elif action is None:
             return []  # no chunk covers this tick yet: hold
         else:
-            self.rebase_if_not_tracking()
             command = self.limiter.limit(action, self.tracking.measured)
             self.counters.limiter_clipped += int(not unchanged(command, action))
         self.counters.commands_sent += 1

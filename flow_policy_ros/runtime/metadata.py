@@ -7,7 +7,9 @@ Pure Python: the runtime validates it without torch.
 Format version 1, extended compatibly: ``observation_range`` (the training range of every
 observation dimension, for the out-of-distribution guard of :mod:`flow_policy_ros.runtime.ood`)
 is optional. A file without it still loads (its ``observation_range`` is None and the guard is
-off); a runtime that predates it ignores it. The solver's step count is written as
+off); a runtime that predates it ignores it. Likewise ``action_range`` (the training range of
+every action joint, rad: ``{low, high, source}``, for the output range guard, see
+:func:`output_range_problem`): without it the guard is off. The solver's step count is written as
 ``solver_steps``; files written before carry it as ``euler_steps`` (whatever the solver), which
 still reads.
 """
@@ -18,9 +20,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
-from flow_policy_ros.errors import ConfigError, ModelFileError
-from flow_policy_ros.runtime.ood import ObservationRange
+from flow_policy_ros.errors import ConfigError, ModelFileError, SafetyError, one_line
+from flow_policy_ros.runtime.ood import ObservationRange, ood_excess
+
+#: Default margin of the output range guard (range widths beyond the training action range before
+#: a chunk is an invalid output). Measured (docs/safety.md, "Output range"): the shipped models'
+#: chunks on 50 eval episodes each stay within 0.0007 range widths of their training action range;
+#: 0.25 (the OOD guard's default) leaves a wide berth and still refuses a model 3 rad off (> 1 width).
+DEFAULT_OUTPUT_MARGIN = 0.25
 
 METADATA_KEY = "flow_policy"
 #: Solvers a graph may have been unrolled with (kept equal to ``policy.flow.SOLVERS``).
@@ -52,6 +62,8 @@ class PolicyMetadata:
         training_data: summary of the training data (episodes, windows, source).
         code_version: package version + commit at export.
         observation_range: training range of every observation dimension, or None (older export).
+        action_range: training range of every action joint (rad; labels = the action joints), or
+            None (older export: the output range guard is off).
         model_hash: sha256 of the ONNX file (set by the runtime when loading, not stored).
     """
 
@@ -70,6 +82,7 @@ class PolicyMetadata:
     training_data: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     observation_range: ObservationRange | None = None
+    action_range: ObservationRange | None = None
     model_hash: str = ""
 
     @property
@@ -112,6 +125,8 @@ class PolicyMetadata:
 
     def to_json(self) -> str:
         extra = {} if self.observation_range is None else {"observation_range": self.observation_range.to_json()}
+        if self.action_range is not None:
+            extra["action_range"] = self.action_range.to_json()
         return json.dumps(
             {
                 **extra,
@@ -184,6 +199,7 @@ class PolicyMetadata:
                 code_version=str(data.get("code_version", "")),
                 observation_range=(None if data.get("observation_range") is None else
                                    ObservationRange.from_json(data["observation_range"], io.observation, where)),
+                action_range=parse_action_range(data.get("action_range"), io.action_joint_names, where),
                 model_hash=model_hash,
             )
         except (ConfigError, TypeError, ValueError) as exc:
@@ -199,3 +215,39 @@ class PolicyMetadata:
             if not ok:
                 raise ModelFileError(f"{where}: inconsistent metadata: {message}")
         return meta
+
+
+def parse_action_range(data: Any, joints: tuple[str, ...], where: str = "model") -> ObservationRange | None:
+    """The metadata's ``action_range`` ({low, high, source}, one value per action joint, rad) as a
+    range labelled by the joints; None when absent; ModelFileError naming ``where`` when malformed."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or "low" not in data or "high" not in data:
+        raise ModelFileError(f"{where}: metadata action_range must be an object with 'low' and 'high'")
+    try:
+        low, high = np.asarray(data["low"], dtype=np.float64), np.asarray(data["high"], dtype=np.float64)
+        if low.shape != (len(joints),) or high.shape != (len(joints),):
+            raise ValueError(f"{low.size}/{high.size} values, expected one per action joint ({len(joints)})")
+        return ObservationRange(low, high, tuple(joints), str(data.get("source", "")))
+    except (TypeError, ValueError, SafetyError) as exc:
+        raise ModelFileError(f"{where}: metadata action_range is malformed ({one_line(exc)})") from exc
+
+
+def output_range_problem(actions: np.ndarray, action_range: ObservationRange | None, margin: float) -> str:
+    """Why a chunk (..., A) rad lies beyond ``action_range`` by more than ``margin`` range widths
+    (naming the joint, the value and the range), '' when it does not or there is no range."""
+    if action_range is None:
+        return ""
+    values = np.asarray(actions, dtype=np.float64).reshape(-1, action_range.low.size)
+    excess = ood_excess(values, action_range)  # (N, A) range widths beyond the range
+    worst = np.unravel_index(int(np.argmax(excess)), excess.shape)
+    if not excess[worst] > margin:
+        return ""
+    row, j = int(worst[0]), int(worst[1])
+    return (f"joint {action_range.labels[j]} = {values[row, j]:.3f} rad is {excess[worst]:.3g} range widths outside "
+            f"the training action range [{action_range.low[j]:.3f}, {action_range.high[j]:.3f}] (output_margin {margin:g})")
+
+
+def output_guard_status(action_range: ObservationRange | None, margin: float) -> str:
+    """'on (margin M range widths)' or 'off: no action range in metadata'."""
+    return "off: no action range in metadata" if action_range is None else f"on (margin {margin:g} range widths)"

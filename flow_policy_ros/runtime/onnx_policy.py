@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from flow_policy_ros.errors import InvalidOutputError, ModelFileError, ObservationError, one_line
-from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.metadata import DEFAULT_OUTPUT_MARGIN, METADATA_KEY, PolicyMetadata, output_range_problem
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
@@ -100,6 +100,7 @@ class OnnxPolicy:
         intra_op_num_threads: int = 1,
         seed: int = 0,
         warmup: int = 3,
+        output_margin: float = DEFAULT_OUTPUT_MARGIN,
     ) -> None:
         import onnxruntime as ort
 
@@ -141,7 +142,7 @@ class OnnxPolicy:
         self.metadata = PolicyMetadata.from_json(props[METADATA_KEY], where=str(self.path), model_hash=model_hash)
         self._check_io()
         self.rng = np.random.default_rng(seed)
-        self._check_output_at_load(max(1, int(warmup)))
+        self._check_output_at_load(max(1, int(warmup)), output_margin)
 
     def _check_io(self) -> None:
         meta = self.metadata
@@ -168,8 +169,9 @@ class OnnxPolicy:
             raise ModelFileError(f"{self.path}: output 'actions' is declared with shape {list(declared)} but the "
                                  f"metadata says [B, {meta.horizon}, {meta.action_dim}] (H, A)")
 
-    def _check_output_at_load(self, calls: int) -> None:
-        """Warm up with ``calls`` calls on a typical observation; the first result must be a finite (H, A) chunk.
+    def _check_output_at_load(self, calls: int, output_margin: float = DEFAULT_OUTPUT_MARGIN) -> None:
+        """Warm up with ``calls`` calls on a typical observation; the first result must be a finite (H, A) chunk
+        inside the training action range (:meth:`_check_output_range`).
 
         The observation is the middle of the training range when the metadata has one, else zeros.
         """
@@ -180,10 +182,21 @@ class OnnxPolicy:
         feeds = {"observation": obs[None], "noise": noise[None], "guidance_scale": np.array([meta.guidance_scale], np.float32)}
         if meta.rtc:
             feeds.update(self._prefix_feeds(1, False, None, None))
-        for _ in range(calls):
-            _, problem = self._run(feeds)
+        for i in range(calls):
+            actions, problem = self._run(feeds)
             if problem:
                 raise ModelFileError(f"{self.path}: the load-time check call on a typical observation failed: {problem}")
+            if i == 0:
+                self._check_output_range(actions, output_margin)
+
+    def _check_output_range(self, actions: np.ndarray, margin: float) -> None:
+        """The load-time chunk (1, H, A) on a typical observation must lie within the metadata's training
+        action range + ``margin`` range widths (no range: nothing to check); else ModelFileError naming the
+        joint, value and range: a model whose outputs sit rad away from its own training data is refused."""
+        problem = output_range_problem(actions, self.metadata.action_range, margin)
+        if problem:
+            raise ModelFileError(f"{self.path}: the load-time check on a typical observation gives an output outside "
+                                 f"the training action range: {problem}")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
         """One session call on checked inputs (observation (B, obs_dim), ...) → (actions, "") or (None, why not)."""

@@ -76,7 +76,7 @@ class ChunkPolicy(Protocol):
 
 
 def load_policy(path: str | Path, *, providers: Sequence[str] | None = None, intra_op_num_threads: int = 1,
-                seed: int = 0, warmup: int = 3) -> ChunkPolicy:
+                seed: int = 0, warmup: int = 3, output_margin: float | None = None) -> ChunkPolicy:
     """Load the model at ``path`` with the engine for its file type, checked and warmed up.
 
     Args:
@@ -84,7 +84,8 @@ def load_policy(path: str | Path, *, providers: Sequence[str] | None = None, int
         providers: execution-provider preference (default CUDA, then CPU; CPU is always the fallback).
         intra_op_num_threads: engine threads per op (1 gives the steadiest p99 on 2 cores).
         seed: seed of the noise stream.
-        warmup: inference calls at load (at least one is always made: it checks the output).
+        warmup: inference calls at load (at least one is always made: it checks the output, also
+            against the training action range + ``output_margin`` range widths; None = the default).
     Raises ModelFileError naming the file when it is missing, of an unknown type, or inconsistent.
     """
     path = Path(path)
@@ -93,14 +94,17 @@ def load_policy(path: str | Path, *, providers: Sequence[str] | None = None, int
         raise ModelFileError(f"{path}: unknown model file type {path.suffix!r}, expected one of {sorted(ENGINES)}")
     from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
 
-    return OnnxPolicy(path, providers=providers, intra_op_num_threads=intra_op_num_threads, seed=seed, warmup=warmup)
+    margin = {} if output_margin is None else {"output_margin": output_margin}
+    return OnnxPolicy(path, providers=providers, intra_op_num_threads=intra_op_num_threads, seed=seed, warmup=warmup, **margin)
 
 
 def infer(predict: PredictFn, request: InferenceRequest, *, hold_on_error: bool = True) -> InferenceResult:
     """Run ``predict`` (a :meth:`ChunkPolicy.predict`) on ``request``; the result carries its bookkeeping.
 
     An :class:`~flow_policy_ros.errors.InvalidOutputError` (the model ran, its chunk failed
-    validation) becomes a result with ``invalid_output`` set. Any other exception becomes a result
+    validation) becomes a result with ``invalid_output`` set. A finite chunk outside the model's
+    training action range is judged by the controller, where the ``output_margin`` setting is
+    (``PolicyController`` counts it in ``invalid_outputs`` like these, and holds). Any other exception becomes a result
     with a one-line ``error`` when ``hold_on_error`` (the node: a failing model holds the robot,
     it does not kill the node), else it propagates (the in-process evaluation: a failing call is
     a bug to see). ``latency_s`` is the wall time of the call (s); actions are float64 (H, A) rad.

@@ -29,7 +29,7 @@ from typing import Any
 
 from flow_policy_ros.runtime.chunking import CHUNKING_CHOICES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, resolve_chunking
 from flow_policy_ros.runtime.controller import EXECUTION_MODES, ControllerConfig
-from flow_policy_ros.runtime.metadata import PolicyMetadata
+from flow_policy_ros.runtime.metadata import DEFAULT_OUTPUT_MARGIN, PolicyMetadata
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.runtime.safety import GUIDANCE_SCALE_BOUNDS, validate_guidance_scale
 
@@ -88,6 +88,10 @@ class ExecutionSettings:
     ood_margin: float = _setting(DEFAULT_OOD_MARGIN, "out-of-distribution guard: hold when an observation lies more "
                                  "than this many training-range widths outside the model's training range (WARN beyond "
                                  "half of it); goals beyond it are rejected", low=0.0, high=100.0)
+    output_margin: float = _setting(DEFAULT_OUTPUT_MARGIN, "output range guard: a chunk with an action more than this "
+                                    "many training-action-range widths outside the model's action range (metadata "
+                                    "action_range) is an invalid output (hold); off for models without the range",
+                                    low=0.0, high=100.0)
     goal_frame: str = _setting("world", "frame_id a goal must carry; goals in other frames are rejected", in_process=False)
     rtc_margin_ticks: int = _setting(1, "chunking rtc: ticks added to the measured inference delay to size the "
                                      "committed prefix", low=0, high=100)
@@ -189,6 +193,9 @@ def controller_config(settings: ExecutionSettings, metadata: PolicyMetadata, per
         goal_frame=settings.goal_frame,
         rtc_max_delay=metadata.rtc_max_delay,
         rtc_margin_ticks=settings.rtc_margin_ticks,
+        action_joint_names=tuple(getattr(metadata, "action_joint_names", ())),
+        action_range=getattr(metadata, "action_range", None),
+        output_margin=settings.output_margin,
     )
 
 

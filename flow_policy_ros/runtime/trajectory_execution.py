@@ -91,8 +91,6 @@ class TrajectoryExecution(Execution):
         if len(plan) == 0:
             return []
         later = tick > current_tick
-        if not later and self.rebase_if_not_tracking():
-            self._setpoint_before_tick = None  # ramp from the arm (the JTC does not hold the old setpoint)
         last = self.limiter.last_command
         # point 0 replaces what the robot would do at that tick: limit it against the setpoint of the tick before
         points = self.limiter.limit_trajectory(plan, self.tracking.measured,
