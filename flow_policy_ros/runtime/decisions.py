@@ -15,6 +15,7 @@ Units: rad, ns (the caller's clock), s for latencies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,9 @@ class InferenceRequest:
     guidance_scale: float | None
     prefix_actions: np.ndarray | None = None  # (H, A) rad, rows >= prefix_length unused (rtc)
     prefix_length: int = 0
+    #: camera models: image feature name (``image.<camera>``) -> its (Hc, Wc, 3) uint8 RGB frame
+    #: paired with this observation; None for a state-only model.
+    images: Mapping[str, np.ndarray] | None = None
 
 
 Decision = Command | Trajectory | Stop | InferenceRequest
