@@ -24,7 +24,8 @@ MIN_SUCCESSES = 4
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "task"), [("iiwa_reach.onnx", "reach"), ("iiwa_reach_around.onnx", "reach_around"),
                                              ("iiwa_reach_2step.onnx", "reach"),
-                                             ("iiwa_reach_around_2step.onnx", "reach_around")])
+                                             ("iiwa_reach_around_2step.onnx", "reach_around"),
+                                             ("iiwa_reach_object.onnx", "reach_object")])
 def test_shipped_model_succeeds_in_closed_loop(model: str, task: str) -> None:
     path = MODELS_DIR / model
     if not path.is_file():

@@ -304,10 +304,11 @@ def test_eval_sim_exits_2_with_one_line_when_every_output_is_invalid(tiny_model:
 @pytest.fixture(scope="module")
 def camera_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny camera model (joint positions + a 32 x 32 front camera), exported for real."""
+    from model_factory import make_checkpoint
+
     from flow_policy_ros.contract import ObservationSpec, image_feature
     from flow_policy_ros.export.onnx_export import export_checkpoint
     from flow_policy_ros.policy.config import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
-    from model_factory import make_checkpoint
 
     root = tmp_path_factory.mktemp("camera")
     spec = ObservationSpec(IIWA_JOINT_NAMES, ("joint_positions", "image.front"), (image_feature("front", 32, 32),))
