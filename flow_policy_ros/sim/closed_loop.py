@@ -33,7 +33,10 @@ Camera models (image features in the metadata): the env renders the model's came
 (:func:`camera_for_model`: the default :class:`~flow_policy_ros.sim.camera.CameraSpec` pose at the
 feature's name and size, or a given spec, e.g. a jittered pose for the robustness table, whose
 name and size must match), and each inference request carries the frame in force at its tick
-(the latest rendered, at most the feature's max age old), as ``InferenceRequest.images``.
+(the latest rendered, at most the feature's max age old), as ``InferenceRequest.images``. A
+controller with ``on_image`` (the node's frame pairing, issue 19 item 4) gets every new frame,
+stamped on the loop's clock with its true age, and pairs it itself; with a controller without
+it, the loop attaches the frame in force to the request.
 
 Units: rad, rad/s, m, s.
 """
@@ -301,6 +304,23 @@ class ClosedLoop:
             measured = values_by_name(IIWA_JOINT_NAMES, obs.positions, meta.action_joint_names)
             return controller.on_joint_state(now_ns, positions, velocities, measured, now_ns), measured
 
+        on_image = getattr(controller, "on_image", None)
+        offered: dict[str, int] = {}  # image feature -> stamp of the last frame offered
+
+        def offer_frames(now_ns: int) -> list:
+            """New frames to a controller that pairs them (on_image), stamped on the loop's clock."""
+            if on_image is None or not meta.observation.image_features:
+                return []
+            obs, out = env.observe(), []
+            for feature in meta.observation.image_features:
+                stamp_ns, frame = obs.images[feature.camera]
+                if offered.get(feature.name) != stamp_ns:
+                    offered[feature.name] = stamp_ns
+                    age_ns = max(0, round(obs.time_s * 1e9) - (stamp_ns - STAMP_BASE_NS))
+                    out += on_image(feature.name, frame, now_ns - age_ns, now_ns)
+            return out
+
+        offer_frames(0)
         joint_state(0)  # the driver's first joint state arrives before the first tick
         tick = 0
         while not env.done:
@@ -308,13 +328,13 @@ class ClosedLoop:
             decisions = controller.on_tick(now_ns)
             ready = [r for t, r in pending if t <= now_ns]
             pending = [(t, r) for t, r in pending if t > now_ns]
+            decisions += offer_frames(now_ns)
             more, measured = joint_state(now_ns)
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
                 if meta.observation.image_features and request.images is None:
-                    # Until PolicyController pairs frames with joint states itself (issue 19, item 4:
-                    # on_image + max-age pairing, the node side), the loop attaches the frame in force
-                    # at this tick; a controller that already did is left alone.
+                    # A controller without frame pairing (before issue 19 item 4's on_image): the
+                    # loop attaches the frame in force at this tick itself.
                     request = replace(request, images=frames_in_force(meta, env.observe()))
                 # as the node's worker: an invalid output is an invalid result, the arm holds; any
                 # other failure of an in-process call is a bug and ends the evaluation
