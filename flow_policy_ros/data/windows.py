@@ -147,8 +147,10 @@ def observable_mask(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO, so
     for feature in io.observation.vector_features:
         times, _ = rec.vector_series(feature.name)
         start = max(start, times[0]) if len(times) else np.iinfo(np.int64).max
-    for feature in io.observation.image_features:
-        start = max(start, image_series(rec, feature, source).times_ns[0])
+    for feature in io.observation.image_features:  # a recording without the camera's frames leaves it to the
+        series = rec.images.get(feature.camera)     # caller (training: image_series raises; replay pairs frames itself)
+        if series is not None and len(series.times_ns):
+            start = max(start, series.times_ns[0])
     return (ticks_ns >= start) & (ticks_ns <= rec.joint_times_ns[-1])
 
 
