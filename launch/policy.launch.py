@@ -8,7 +8,9 @@ of ``model``, ``execution``, ``control_rate_hz``, ``guidance_scale``, ``autostar
 With ``autostart`` (true in policy.yaml) the node configures and activates itself; with
 ``autostart:=false`` it waits unconfigured for ``ros2 lifecycle set /flow_policy_node configure``
 (then ``activate``). If the node exits with an error (a bad model path, say) the launch ends with
-status 1.
+status 1 and a last line naming the node and its reason (``flow_policy_node exited with status 1:
+configure failed: ...``); the node logs the same reason at FATAL (``/rosout``, the ROS log files).
+Ctrl-C stops the node through its shutdown transition (an empty trajectory in trajectory mode).
 
     ros2 launch flow_policy_ros policy.launch.py execution:=trajectory model:=/path/policy.onnx
 """
@@ -42,7 +44,7 @@ def _policy_node(context):
         parameters=[LaunchConfiguration("params_file").perform(context), *([overrides] if overrides else [])],
         remappings=[(topic, LaunchConfiguration(argument)) for argument, topic in POLICY_REMAPS.items()],
     )
-    return [node, end_launch_with(node)]
+    return [node, *end_launch_with(node, "flow_policy_node")]
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -8,7 +8,7 @@ its parameter only when given.
 
 The launch ends with sim_node: after its configured episodes (``episodes:=N``, or the seeds in
 sim.yaml) it exits 0 and the launch shuts down with status 0; a node that exits with an error
-ends the launch with status 1. With neither episodes nor seeds it runs until Ctrl-C.
+ends the launch with status 1 and a last line naming that node and its reason. With neither episodes nor seeds it runs until Ctrl-C.
 
     ros2 launch flow_policy_ros sim_demo.launch.py execution:=trajectory episodes:=10
 
@@ -48,7 +48,7 @@ def _nodes(context):
             emulate_tty=True,
             parameters=[LaunchConfiguration(params_file).perform(context), *([overrides] if overrides else [])],
         )
-        actions += [node, end_launch_with(node)]
+        actions += [node, *end_launch_with(node, name)]
     return actions
 
 

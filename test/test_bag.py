@@ -416,3 +416,50 @@ def test_jtc_sources_bad_input_is_one_line_naming_bag_and_topic(tmp_path: Path, 
     with pytest.raises(BagError, match=fragment) as info:
         read_episode_bag(bag, cfg, joint_names=NAMES)
     assert str(info.value).startswith(str(bag)) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_zstd_round_trip_is_exact(tmp_path: Path, storage: str) -> None:
+    """compression='zstd' (mcap: compressed chunks; sqlite3: compressed messages) reads back exactly."""
+    rec = make_recording()
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, rec, storage, compression="zstd")
+    if storage == "mcap":
+        assert b"zstd" in data_file(bag).read_bytes()  # the chunk record names its compression
+    assert_same(read_episode_bag(bag), rec)
+
+
+def test_unknown_compression_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BagError, match="unknown compression 'gzip'"):
+        write_episode_bag(tmp_path / "ep", make_recording(), "mcap", compression="gzip")
+
+
+def test_corrupt_zstd_chunk_is_one_bag_error_naming_bag_and_message(tmp_path: Path) -> None:
+    """Flipped bytes inside a zstd chunk: the decompressor's ZstdError (not a rosbags error type) ends
+    as one BagError naming the bag, the topics read and the message index, with the cause chained."""
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording(steps=200), "mcap", compression="zstd")
+    file = data_file(bag)
+    data = bytearray(file.read_bytes())
+    start = data.find(b"zstd") + 4 + 8  # the chunk's compressed records follow its compression and length
+    for j in range(start + 40, start + 48):
+        data[j] ^= 0x5A
+    file.write_bytes(bytes(data))
+    with pytest.raises(BagError) as info:
+        read_episode_bag(bag)
+    message = str(info.value)
+    assert message.startswith(f"{bag}: corrupt or truncated bag: cannot read message 0 of ") and "/joint_states" in message
+    assert len(message.splitlines()) == 1 and "the last one read: none" in message
+    assert info.value.__cause__ is not None and type(info.value.__cause__).__name__ != "BagError"
+
+
+@pytest.mark.parametrize(("content", "fragment"), [(b"{not json", "not valid JSON"), (b"\xff\xfe", "not valid JSON"),
+                                                   (b"[" * 100_000, "not valid JSON"), (b"[1, 2]", "expected a JSON object")])
+def test_bad_episode_json_is_one_bag_error(tmp_path: Path, content: bytes, fragment: str) -> None:
+    """episode.json that is not JSON, not UTF-8, nested beyond the parser's recursion limit, or not an object."""
+    bag = tmp_path / "ep"
+    write_episode_bag(bag, make_recording(), "mcap")
+    (bag / "episode.json").write_bytes(content)
+    with pytest.raises(BagError, match=fragment) as info:
+        read_episode_bag(bag)
+    assert str(info.value).startswith(str(bag / "episode.json")) and len(str(info.value).splitlines()) == 1

@@ -296,3 +296,37 @@ def test_non_finite_trajectory_point_is_a_one_line_error(tmp_path: Path) -> None
     at = jtc_bags.tick_ns(episode.chunks[3].start_tick + 3)  # point 2 applies 3 periods after the stamp
     with pytest.raises(DatasetError, match=rf"ep: target of lbr_iiwa_joint_6 is nan rad \(non-finite\) at {at} ns"):
         dataset.windows_from_directory(tmp_path / "jt", POLICY, JTC_SOURCES["joint_trajectory"], progress=False)
+
+
+def test_a_new_vector_feature_flows_from_its_topic_into_the_windows(tmp_path: Path) -> None:
+    """A model observing a vector other than the goal (here a 2-value Float64MultiArray 'force' on
+    /force, no goal): training windows and replay read it from its topic by the spec, held per tick."""
+    from flow_policy_ros.contract import FeatureSpec, ObservationSpec
+    from flow_policy_ros.data import bag as bagio
+    from flow_policy_ros.data.replay import read_source
+    from flow_policy_ros.data.windows import observations_at
+
+    force = FeatureSpec("force", "vector", "force", "std_msgs/msg/Float64MultiArray", None, 2, ("fx", "fy"))
+    policy = PolicyConfig(horizon=H, control_period_s=0.02, guided_fields=("force",),
+                          observation=ObservationSpec(NAMES, ("joint_positions", "force"), (force,)))
+    rec = ramp_recording(scale=SCALE)
+    path = tmp_path / "ep"
+    with bagio.BagWriter(path, "mcap") as bag:
+        for t, pos, vel in zip(rec.joint_times_ns, rec.positions, rec.velocities):
+            bag.write("/joint_states", bagio.JOINT_STATE, bagio.joint_state_msg(t, NAMES, pos, vel), t)
+        for t, value in ((rec.joint_times_ns[0], [0.5, -0.5]), (rec.joint_times_ns[4], [1.5, 2.5])):
+            bag.write("/force", bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(np.array(value)), t)
+        for t, cmd in zip(rec.command_times_ns, rec.commands):
+            bag.write("/commands", bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(cmd), t)
+    w = load_training_data(path, policy, DataConfig(), cache_dir=tmp_path / "cache", progress=False)
+    assert w.observations.shape == (TICKS, 9)
+    np.testing.assert_array_equal(w.observations[:, 7:], [[0.5, -0.5]] * 4 + [[1.5, 2.5]] * 6)
+    np.testing.assert_allclose(w.observations[:, :7], rec.positions, rtol=1e-6)
+    with pytest.raises(DatasetError, match="no 'force' messages"):  # the goal recording has none
+        observations_at(rec, rec.joint_times_ns, policy.io)
+    from flow_policy_ros.runtime.metadata import PolicyMetadata
+
+    meta = PolicyMetadata(name="m", io=policy.io, solver_steps=1)
+    src = read_source(path, meta)
+    times, values = src.recording.vector_series("force")
+    np.testing.assert_array_equal(values, [[0.5, -0.5], [1.5, 2.5]])

@@ -70,6 +70,17 @@ def test_config_and_checkpoint_failures_are_wrapped_at_their_source(tmp_path: Pa
 # --------------------------------------------------------------------------- nodes
 
 
+def plain_lines(proc: subprocess.CompletedProcess, node: str) -> list[str]:
+    """The node's stderr without its ROS-logger copy of the error: that one line is ``[FATAL] ... [<node>]:
+    exiting: <the same reason>`` (so the reason reaches /rosout and the ROS log files, see node_runner)."""
+    lines = proc.stderr.strip().splitlines()
+    fatal = [line for line in lines if line.startswith("[FATAL]")]
+    plain = [line for line in lines if not line.startswith("[FATAL]")]
+    assert len(fatal) == 1 and f"[{node}]: exiting: " in fatal[0], proc.stderr
+    assert plain and fatal[0].split(": exiting: ", 1)[1] == plain[-1].split(": error: ", 1)[-1], proc.stderr
+    return plain
+
+
 def run_node(module: str, *params: str) -> subprocess.CompletedProcess:
     """A node with bad parameters fails during construction (no peer needed; the session's domain/localhost env)."""
     cmd = [sys.executable, "-m", module, "--ros-args"]
@@ -86,7 +97,7 @@ def run_node(module: str, *params: str) -> subprocess.CompletedProcess:
 ])
 def test_policy_node_bad_parameter_is_one_line_exit_1(param, fragment):
     proc = run_node("flow_policy_ros.ros.policy_node", param)
-    lines = proc.stderr.strip().splitlines()
+    lines = plain_lines(proc, "flow_policy_node")
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout and len(lines) == 1, proc.stderr
     assert lines[0].startswith("flow_policy_node: error: ") and fragment in lines[0], lines
@@ -95,12 +106,13 @@ def test_policy_node_bad_parameter_is_one_line_exit_1(param, fragment):
 def test_policy_node_refuses_a_model_with_invalid_output_in_one_line(tmp_path: Path):
     broken = with_broken_output(make_tiny_model(tmp_path / "m.onnx"), tmp_path / "nan.onnx", "nan")
     proc = run_node("flow_policy_ros.ros.policy_node", f"model_path:={broken}")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(plain_lines(proc, "flow_policy_node")) == 1, proc.stderr
     assert "the load-time check call on a typical observation failed" in proc.stderr and "NaN/inf" in proc.stderr
 
 
 def test_sim_node_bad_parameter_is_one_line_exit_1():
     proc = run_node("flow_policy_ros.ros.sim_node", "control_rate_hz:=50")
-    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("pybullet build time")]
+    lines = [line for line in plain_lines(proc, "sim_node") if not line.startswith("pybullet build time")]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
     assert "sim_node: error: " in lines[0] and "expecting type 'DOUBLE'" in lines[0]

@@ -8,7 +8,11 @@
 2. Mutated bags (byte flips in the mcap bytes of single messages, anywhere in the file, truncation,
    damaged sqlite3 rows) into the bag reader, ``flow-policy replay`` and ``flow-policy train``: a one-line
    BagError/DatasetError (exit 2) or a normal result; never another exception, never a hang; the inputs'
-   bytes are unchanged.
+   bytes are unchanged. The same for compressed bags: zstd- and lz4-compressed mcap chunks (flips in the
+   compressed bytes, anywhere, truncation) and zstd message-compressed sqlite3 (flipped rows, flips
+   anywhere in the database file). rosbags writes zstd chunks itself (``CompressionMode.STORAGE``); it
+   has no lz4 writer, so :class:`Lz4McapWriter` swaps the chunk compressor of its mcap writer for
+   ``lz4.frame.compress`` (the reader decompresses lz4 chunks, as written by the mcap CLI and rosbag2).
 3. Random and mutated CDR bytes published raw (``Publisher.publish(bytes)``) onto a running policy_node's
    ``joint_states`` and ``goal`` topics, mixed with good joint states: the node stays up, every command is
    finite, inside the joint limits and within v·dt of the previous one, and it shuts down cleanly with no
@@ -38,6 +42,8 @@ import pytest
 from conftest import REPO_ROOT, node_env
 from fake_robot import SpinningNode
 from model_factory import make_tiny_model
+from rosbags.rosbag2 import CompressionMode, StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import McapWriter
 
 from flow_policy_ros.cli import main
 from flow_policy_ros.contract import IIWA_JOINT_NAMES, IIWA_POSITION_LOWER, IIWA_POSITION_UPPER, IIWA_VELOCITY_LIMIT
@@ -255,10 +261,103 @@ def mutated_bags(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
     return variants
 
 
-def test_fuzz_bags_into_the_reader(tmp_path: Path) -> None:
-    counts = FUZZ_COUNTS["bags -> reader"] = Counter()
-    failures = []
-    for name, path in mutated_bags(tmp_path):
+class Lz4McapWriter(McapWriter):
+    """rosbags' mcap storage writer with lz4-frame chunks instead of zstd (rosbags writes only zstd)."""
+
+    def __init__(self, path: Path, compression: CompressionMode) -> None:
+        import lz4.frame
+
+        super().__init__(path, CompressionMode.STORAGE)
+        self.compression, self.compressor = "lz4", lz4.frame.compress
+
+
+@contextmanager
+def lz4_mcap_writer() -> Iterator[None]:
+    """While open, rosbags' Writer writes mcap storage with :class:`Lz4McapWriter`."""
+    saved = Writer.STORAGE_PLUGINS
+    Writer.STORAGE_PLUGINS = {**saved, StoragePlugin.MCAP: Lz4McapWriter}
+    try:
+        yield
+    finally:
+        Writer.STORAGE_PLUGINS = saved
+
+
+def chunk_payloads(raw: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of each mcap Chunk record's (compressed) records field."""
+    spans, pos = [], 8  # after the magic
+    while pos + 9 <= len(raw):
+        opcode, length = raw[pos], int.from_bytes(raw[pos + 1:pos + 9], "little")
+        if opcode == 0x06:  # start, end, uncompressed size, crc, compression string, records length, records
+            body = pos + 9
+            name_len = int.from_bytes(raw[body + 28:body + 32], "little")
+            records = body + 32 + name_len + 8
+            spans.append((records, int.from_bytes(raw[records - 8:records], "little")))
+        if opcode == 0x0F:  # footer
+            break
+        pos += 9 + length
+    return spans
+
+
+def flip(rng: np.random.Generator, raw: bytes, span: tuple[int, int], flips: int) -> bytes:
+    """``raw`` with ``flips`` random bytes inside ``span`` (offset, size) XOR-ed with a non-zero value."""
+    data = bytearray(raw)
+    for _ in range(flips):
+        data[span[0] + int(rng.integers(span[1]))] ^= int(rng.integers(1, 256))
+    return bytes(data)
+
+
+def mutated_compressed_bags(root: Path, seed: int = 0) -> list[tuple[str, Path]]:
+    """Damaged copies of compressed episode bags: zstd and lz4 mcap chunks, zstd message-compressed sqlite3."""
+    rng = np.random.default_rng(seed)
+    variants: list[tuple[str, Path]] = []
+
+    def variant(name: str, base: Path, file: Path, data: bytes) -> None:
+        target = root / name
+        shutil.copytree(base, target)
+        (target / file.name).write_bytes(data)
+        variants.append((name, target))
+
+    for codec in ("zstd", "lz4"):
+        base = root / f"base_{codec}_mcap"
+        if codec == "lz4":
+            with lz4_mcap_writer():
+                bagio.write_episode_bag(base, base_recording(seed=2), "mcap")
+        else:
+            bagio.write_episode_bag(base, base_recording(seed=2), "mcap", compression="zstd")
+        file = next(base.glob("*.mcap"))
+        raw = file.read_bytes()
+        chunks = chunk_payloads(raw)
+        assert chunks and all(raw[s - 8 - len(codec):s - 8] == codec.encode() for s, _ in chunks), f"no {codec} chunk"
+        for i in range(20):  # flips inside a compressed chunk
+            variant(f"{codec}_chunkflip{i}", base, file, flip(rng, raw, chunks[int(rng.integers(len(chunks)))],
+                                                              int(rng.integers(1, 5))))
+        for i in range(8):  # flips anywhere
+            variant(f"{codec}_flip{i}", base, file, flip(rng, raw, (0, len(raw)), int(rng.integers(1, 9))))
+        for i in range(6):
+            variant(f"{codec}_truncated{i}", base, file, raw[: int(rng.integers(0, len(raw)))])
+    base = root / "base_zstd_sqlite"
+    bagio.write_episode_bag(base, base_recording(seed=3), "sqlite3", compression="zstd")
+    file = next(base.glob("*.db3"))
+    raw = file.read_bytes()
+    for i in range(8):  # flips anywhere in the database file
+        variant(f"zstd_db_flip{i}", base, file, flip(rng, raw, (0, len(raw)), int(rng.integers(1, 9))))
+    for i in range(8):  # one compressed row with flipped bytes
+        target = root / f"zstd_row{i}"
+        shutil.copytree(base, target)
+        with sqlite3.connect(target / file.name) as con:
+            rows = con.execute("SELECT id, data FROM messages").fetchall()
+            row, data = rows[int(rng.integers(len(rows)))]
+            con.execute("UPDATE messages SET data = ? WHERE id = ?", (flip(rng, data, (0, len(data)), 3), row))
+        con.close()
+        variants.append((f"zstd_row{i}", target))
+    return variants
+
+
+def read_variants(variants: list[tuple[str, Path]], counts: Counter) -> tuple[list[str], set[str]]:
+    """Read each variant with ``read_episode_bag``; count the outcomes; return (what broke the contract,
+    the names of the variants refused with a BagError)."""
+    failures, refused = [], set()
+    for name, path in variants:
         before = file_hash(path)
         try:
             with no_hang(20, f"reading {name}"):
@@ -266,6 +365,7 @@ def test_fuzz_bags_into_the_reader(tmp_path: Path) -> None:
             counts["read (damage not in a decoded field)"] += 1
         except BagError as exc:
             counts["BagError"] += 1
+            refused.add(name)
             if len(str(exc).splitlines()) != 1 or not str(exc).startswith(str(path)):
                 failures.append(f"{name}: not one line naming the bag: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - what the fuzzer looks for
@@ -273,8 +373,25 @@ def test_fuzz_bags_into_the_reader(tmp_path: Path) -> None:
         if file_hash(path) != before:
             failures.append(f"{name}: the bag changed")
     counts["variants"] = sum(v for k, v in counts.items() if k != "variants")
+    return failures, refused
+
+
+def test_fuzz_bags_into_the_reader(tmp_path: Path) -> None:
+    counts = FUZZ_COUNTS["bags -> reader"] = Counter()
+    failures, _ = read_variants(mutated_bags(tmp_path), counts)
     assert not failures, "\n".join(failures)
     assert counts["BagError"] >= 30, counts
+
+
+def test_fuzz_compressed_bags_into_the_reader(tmp_path: Path) -> None:
+    """zstd/lz4 mcap and zstd sqlite3: a damaged compressed chunk is a one-line BagError naming the bag
+    (a ZstdError escaped replay before), whatever the decompressor raises."""
+    counts = FUZZ_COUNTS["compressed bags (zstd/lz4 mcap, zstd sqlite3) -> reader"] = Counter()
+    failures, refused = read_variants(mutated_compressed_bags(tmp_path), counts)
+    assert not failures, "\n".join(failures)
+    for codec in ("zstd", "lz4"):
+        counts[f"{codec} chunk flips refused"] = sum(name.startswith(f"{codec}_chunkflip") for name in refused)
+    assert counts["BagError"] >= 40 and counts["zstd chunk flips refused"] >= 10, counts
 
 
 def _run_cli(capsys: pytest.CaptureFixture, argv: list[str], what: str) -> tuple[int, str]:
@@ -285,12 +402,15 @@ def _run_cli(capsys: pytest.CaptureFixture, argv: list[str], what: str) -> tuple
 
 
 def test_fuzz_bags_into_replay_and_train(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
-    counts = FUZZ_COUNTS["bags -> replay/train CLI"] = Counter()
+    counts = FUZZ_COUNTS["bags (plain, zstd/lz4 chunks) -> replay/train CLI"] = Counter()
     failures = []
     config = tmp_path / "tiny.yaml"
     config.write_text("policy: {hidden_dim: 16, num_layers: 1, horizon: 8, solver_steps: 2}\ntrain: {steps: 2, batch_size: 8}\n")
     variants = mutated_bags(tmp_path / "bags", seed=1)
     picked = [variants[i] for i in np.random.default_rng(2).choice(len(variants), 16, replace=False)]
+    compressed = mutated_compressed_bags(tmp_path / "compressed_bags", seed=1)
+    chunk_flips = [v for v in compressed if "chunkflip" in v[0]]  # the damage that escaped replay as ZstdError
+    picked += [chunk_flips[i] for i in np.random.default_rng(3).choice(len(chunk_flips), 8, replace=False)]
     for k, (name, path) in enumerate(picked):
         before = file_hash(path)
         runs = [("replay", ["replay", str(path), "--model", str(tiny_model), "--out", str(tmp_path / f"replay_{name}"),
@@ -316,7 +436,7 @@ def test_fuzz_bags_into_replay_and_train(tmp_path: Path, tiny_model: Path, capsy
         if file_hash(path) != before:
             failures.append(f"{name}: the bag changed")
     assert not failures, "\n".join(failures)
-    assert counts["replay exit 2, one line"] >= 5, counts
+    assert counts["replay exit 2, one line"] >= 8, counts
 
 
 # --------------------------------------------------------------------------- 3. DDS

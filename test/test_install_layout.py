@@ -32,7 +32,7 @@ IMPORT_KEYS = {
     "lifecycle_msgs": "lifecycle_msgs", "ament_index_python": "ament_index_python", "launch": "launch",
     "launch_ros": "launch_ros", "numpy": "python3-numpy", "yaml": "python3-yaml", "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib", "onnxruntime": "python3-onnxruntime-pip", "rosbags": "python3-rosbags-pip", "apsw": "python3-apsw",
-    "pyarrow": "python3-pyarrow-pip",
+    "pyarrow": "python3-pyarrow-pip", "av": "python3-av-pip",
     "pybullet": "python3-pybullet-pip", "pybullet_data": "python3-pybullet-pip", "pybullet_utils": "python3-pybullet-pip",
 }
 #: Imported only by training and export, which run where torch is installed (README), not on the robot.

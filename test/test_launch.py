@@ -148,6 +148,86 @@ def test_bad_launch_argument_names_itself(argument, text):
         launch_support.typed_value(argument, text)
 
 
+# --------------------------------------------------------------------------- the exit report (no launch needed)
+
+
+def test_exit_report_takes_the_nodes_own_error_line():
+    """The last '<node>: error: <reason>' line of the node's output, across chunk boundaries, bytes or str."""
+    report = launch_support.NodeExitReport("flow_policy_node")
+    report.on_output(b"[INFO] [1.0] [flow_policy_node]: starting\nflow_policy_node: err")
+    report.on_output("or: configure failed: /m/missing.onnx: file not found\n[FATAL] [2.0] [flow_policy_node]: exiting\n")
+    report.on_output("sim_node: error: not mine\n")
+    assert report.describe(1) == "flow_policy_node exited with status 1: configure failed: /m/missing.onnx: file not found"
+    unterminated = launch_support.NodeExitReport("sim_node")
+    unterminated.on_output("sim_node: error: task 'x' unknown")
+    assert unterminated.describe(1) == "sim_node exited with status 1: task 'x' unknown"
+    silent = launch_support.NodeExitReport("sim_node")
+    assert silent.describe(-11) == "sim_node exited with status -11: it printed no error line; see its output above"
+
+
+class _Recorder:
+    """Stands for a launch class: keeps its constructor's arguments."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.args, self.kwargs = args, kwargs
+
+
+@pytest.fixture
+def fake_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Just enough of ``launch`` for end_launch_with (launch is not installed here)."""
+    import types
+
+    modules = {name: types.ModuleType(name) for name in ("launch", "launch.actions", "launch.event_handlers",
+                                                          "launch.events")}
+    for name in ("EmitEvent", "OpaqueFunction", "RegisterEventHandler"):
+        setattr(modules["launch.actions"], name, type(name, (_Recorder,), {}))
+    for name in ("OnProcessExit", "OnProcessIO"):
+        setattr(modules["launch.event_handlers"], name, type(name, (_Recorder,), {}))
+    modules["launch.events"].Shutdown = type("Shutdown", (_Recorder,), {})
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def _handlers(node: object, name: str) -> tuple:
+    io, exit_ = (action.args[0] for action in launch_support.end_launch_with(node, name))
+    assert io.kwargs["target_action"] is node and exit_.kwargs["target_action"] is node
+    return io.kwargs, exit_.kwargs["on_exit"]
+
+
+def test_a_failing_node_ends_the_launch_with_a_line_naming_it_and_its_reason(fake_launch, node_process, tmp_path):
+    """A real policy_node with a missing model (its real output), through end_launch_with's handlers:
+    the launch's last line is the NodeFailed message naming the node and the node's own reason, and the
+    node logged the reason through the ROS logger too ([FATAL], so /rosout and the log files)."""
+    proc = node_process(params={"model_path": str(tmp_path / "missing.onnx")})
+    assert proc.wait(timeout=30) == 1
+    output = (tmp_path / "policy_node_0.log").read_bytes()
+    node = object()
+    io, on_exit = _handlers(node, "flow_policy_node")
+    for k in range(0, len(output), 37):  # chunks as the pipe delivers them
+        io["on_stderr"](types_namespace(text=output[k:k + 37]))
+    actions = on_exit(types_namespace(returncode=1, process_name="policy_node-1"), types_namespace(is_shutdown=False))
+    function, args = actions[0].kwargs["function"], actions[0].kwargs["args"]
+    with pytest.raises(launch_support.NodeFailed) as info:
+        function(None, *args)
+    message = str(info.value)
+    assert message.startswith("flow_policy_node exited with status 1: configure failed: ") and "missing.onnx" in message
+    fatal = [line for line in output.decode().splitlines() if "[FATAL]" in line]
+    assert len(fatal) == 1 and "[flow_policy_node]: exiting: configure failed" in fatal[0] and "missing.onnx" in fatal[0]
+
+
+def test_a_clean_exit_shuts_the_launch_down_and_ctrl_c_is_left_alone(fake_launch):
+    _, on_exit = _handlers(object(), "sim_node")
+    actions = on_exit(types_namespace(returncode=0, process_name="sim_node-1"), types_namespace(is_shutdown=False))
+    assert actions[0].kwargs["event"].kwargs["reason"] == "sim_node finished"
+    assert on_exit(types_namespace(returncode=1, process_name="sim_node-1"), types_namespace(is_shutdown=True)) is None
+
+
+def types_namespace(**values: object) -> object:
+    import types
+
+    return types.SimpleNamespace(**values)
+
+
 # --------------------------------------------------------------------------- for real (needs launch_ros)
 
 RUNNER = """
@@ -198,7 +278,8 @@ def test_sim_demo_ends_with_status_0_after_its_episodes(share, tmp_path):
 def test_failing_node_ends_the_launch_with_status_1(share, tmp_path):
     proc = run_launch(share, "policy.launch.py", [f"model:={tmp_path / 'missing.onnx'}"], tmp_path / "launch.log")
     assert finish(proc, 60) == 1
-    assert "missing.onnx" in (tmp_path / "launch.log").read_text()
+    lines = [line for line in (tmp_path / "launch.log").read_text().splitlines() if "[ERROR]" in line]
+    assert "flow_policy_node exited with status 1: configure failed" in lines[-1] and "missing.onnx" in lines[-1], lines
 
 
 @needs_launch

@@ -30,9 +30,8 @@ from flow_policy_ros.data.lerobot_convert import (
     bags_to_lerobot,
     lerobot_to_bags,
     load_mapping,
-    state_names,
 )
-from flow_policy_ros.data.lerobot_reader import read_dataset
+from flow_policy_ros.data.lerobot_reader import name_aliases, read_dataset, state_joint_names
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.errors import DatasetError
 
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCH = 1_700_000_000_000_000_000
 DT = 20_000_000  # ns, 50 Hz
 NAMES = [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+POS_NAMES = [f"{n}.pos" for n in NAMES]  # ObservationSpec.state_names(): the one naming convention
 JTC_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 OBSERVATION = {"joint_names": NAMES, "fields": ["joint_positions", "goal"]}
 MAPPING = LeRobotMapping(observation=OBSERVATION)
@@ -104,7 +104,7 @@ def test_bag_to_lerobot_to_bag_reproduces_positions_and_grid(tmp_path: Path, map
     summary = bags_to_lerobot(bags, tmp_path / "ds", mapping)
     assert summary["episodes"] == 3 and summary["frames"] == 30 + 35 + 40 and summary["gaps"] == {}
     ds = read_dataset(tmp_path / "ds")
-    assert ds.feature_names("observation.state") == NAMES + ["goal.x", "goal.y", "goal.z"]
+    assert ds.feature_names("observation.state") == POS_NAMES + ["goal.x", "goal.y", "goal.z"]
     assert ds.feature_names("action") == NAMES and ds.tasks == ["reach 0", "reach 1"]
     for ep, rec in zip(ds.iter_episodes(), recs):
         np.testing.assert_array_equal(ep.columns["observation.state"][:, :7], rec.positions.astype(np.float32))
@@ -128,7 +128,7 @@ def test_bag_to_lerobot_to_bag_reproduces_positions_and_grid(tmp_path: Path, map
 def write_dataset(root: Path, episodes: int = 3, seed: int = 0, **kwargs: object) -> None:
     """A dataset written straight from arrays: 7 joints + goal state, 7-joint action, 50 fps."""
     rng = np.random.default_rng(seed)
-    features = {"observation.state": vector_feature(NAMES + ["goal.x", "goal.y", "goal.z"]),
+    features = {"observation.state": vector_feature(POS_NAMES + ["goal.x", "goal.y", "goal.z"]),
                 "action": vector_feature(NAMES)}
     with LeRobotWriter(root, 50, features, **kwargs) as writer:  # type: ignore[arg-type]
         for e in range(episodes):
@@ -186,7 +186,12 @@ def test_dataset_written_by_lerobot_converts_to_bags_and_back(tmp_path: Path, ma
             atol = 1e-3 if key == "std" else 1e-5
             np.testing.assert_allclose(stats[feature][key], value, rtol=0, atol=atol, err_msg=f"{feature}/{key}")
     assert pq.read_table(tmp_path / "ds/meta/tasks.parquet").equals(pq.read_table(LEROBOT_FIXTURE / "meta/tasks.parquet"))
-    assert json.loads((tmp_path / "ds/meta/info.json").read_text()) == ds.info
+    # the fixture names positions bare ('lbr_iiwa_joint_1'); ours are ObservationSpec.state_names()
+    assert ds.feature_names("observation.state")[:7] == NAMES
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["features"]["observation.state"]["names"] == POS_NAMES + ["goal.x", "goal.y", "goal.z"]
+    info["features"]["observation.state"]["names"] = ds.feature_names("observation.state")
+    assert info == ds.info
     assert tree_digest(LEROBOT_FIXTURE) == before
 
 
@@ -199,7 +204,7 @@ def test_info_episodes_tasks_and_stats_follow_lerobot_v3(tmp_path: Path) -> None
     assert info["codebase_version"] == "v3.0" and info["fps"] == 50
     assert list(info["features"]) == ["observation.state", "action", *DEFAULT_FEATURES]
     assert info["features"]["observation.state"] == {"dtype": "float32", "shape": [10],
-                                                     "names": NAMES + ["goal.x", "goal.y", "goal.z"]}
+                                                     "names": POS_NAMES + ["goal.x", "goal.y", "goal.z"]}
     assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
     assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (3, 20 + 27 + 34, 2)
     assert info["splits"] == {"train": "0:3"} and info["video_path"] is None
@@ -317,10 +322,13 @@ def test_stamps_going_back_name_bag_topic_and_message(tmp_path: Path) -> None:
 
 
 def test_state_names_and_mapping_file(tmp_path: Path) -> None:
+    """observation.state names are the spec's state_names(); reading, a bare joint name is its '.pos'."""
     mapping = load_mapping(REPO / "config/lerobot_mapping.yaml")
     assert mapping == LeRobotMapping(observation={"joint_names": NAMES, "fields": ["joint_positions", "goal"]})
     spec = LeRobotMapping(observation={"joint_names": ["a"], "fields": ["joint_velocities", "goal", "joint_positions"]}).spec([])
-    assert state_names(spec) == ["a.vel", "goal.x", "goal.y", "goal.z", "a"]
+    assert spec.state_names() == ("a.vel", "goal.x", "goal.y", "goal.z", "a.pos")
+    assert state_joint_names(["a.pos", "b", "a.vel", "goal.x", "c.pos"]) == ["a", "b", "c"]
+    assert name_aliases("a.pos") == ("a.pos", "a") and name_aliases("a") == ("a", "a.pos")
     (tmp_path / "m.yaml").write_text("fps: 50\nfsp: 30\n")
     with pytest.raises(Exception, match=r"m.yaml: unknown key\(s\) \['fsp'\]"):
         load_mapping(tmp_path / "m.yaml")
@@ -394,7 +402,7 @@ def test_bad_dataset_is_one_line_exit_2_inputs_untouched(tmp_path: Path, capsys:
     ("fps: 30\n", r"ds/meta/info.json: fps is 50 but the mapping says 30"),
     ("observation: {joint_names: [], fields: [joint_positions, joint_velocities]}\n",
      r"ds/meta/info.json: feature 'observation.state' lacks \['lbr_iiwa_joint_1.vel'"),
-    ("action_joint_names: [gripper]\n", r"ds/meta/info.json: feature 'action' lacks joint\(s\) \['gripper'\]"),
+    ("action_joint_names: [gripper]\n", r"ds/meta/info.json: feature 'action' lacks \['gripper'\]"),
 ])
 def test_mapping_that_the_dataset_does_not_match(tmp_path: Path, capsys: pytest.CaptureFixture[str], mapping: str,
                                                  message: str) -> None:
@@ -408,7 +416,7 @@ def test_mapping_that_the_dataset_does_not_match(tmp_path: Path, capsys: pytest.
 
 def test_timestamps_off_the_fps_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(0)
-    with LeRobotWriter(tmp_path / "ds", 50, {"observation.state": vector_feature(NAMES + ["goal.x", "goal.y", "goal.z"]),
+    with LeRobotWriter(tmp_path / "ds", 50, {"observation.state": vector_feature(POS_NAMES + ["goal.x", "goal.y", "goal.z"]),
                                               "action": vector_feature(NAMES)}) as writer:
         writer.add_episode({"observation.state": rng.normal(size=(10, 10)), "action": rng.normal(size=(10, 7))},
                            task="t", timestamps_s=np.arange(10) / 30)  # recorded at 30 fps, declared 50

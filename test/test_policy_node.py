@@ -280,3 +280,77 @@ def test_unset_guidance_runs_the_models_default_and_can_be_set_at_run_time(node_
         time.sleep(0.01)
     assert future.done() and future.result().results[0].successful, future.result()
     robot.wait_for(lambda: robot.diagnostics[-1]["guidance_scale"] == "2", 5.0, "guidance_scale 2 in diagnostics")
+
+class RenamingRobot(FakeRobot):
+    """A driver that names the joints lbr_joint_0..6 (config/example_joint_map.yaml), not as the model does."""
+
+    def _publish_joint_state(self) -> None:
+        from sensor_msgs.msg import JointState
+
+        msg = JointState(name=[f"lbr_joint_{i}" for i in range(7)], position=[float(q) for q in POSITIONS],
+                         velocity=[0.0] * 7)
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.joint_pub.publish(msg)
+
+
+@pytest.mark.parametrize("execution", ["stream", "trajectory"])
+def test_joint_names_that_do_not_match_the_model_are_named_on_diagnostics(model_path, node_process, robot_factory,
+                                                                           execution):
+    """Joint states whose names are not the model's: the diagnostics reason names the missing model
+    joints and what the message had, and points at the joint map, instead of 'no joint states and goal
+    yet'; nothing is commanded."""
+    robot = RenamingRobot()
+    try:
+        node_process(params=base_params(model_path, execution=execution))
+        robot.wait_for(lambda: any(d["state"] == "waiting" and d["joint_state_rejection"] for d in robot.diagnostics),
+                       20.0, "diagnostics naming the rejected joint states")
+        with robot.lock:
+            diag = robot.diagnostics[-1]
+            sent = len(robot.commands) + sum(len(m.points) > 0 for _, m in robot.trajectories)
+        assert diag["reason"].startswith("no usable joint states: joint_states lack the model's joint(s) "), diag["reason"]
+        assert all(name in diag["reason"] for name in IIWA_JOINT_NAMES) and "lbr_joint_0" in diag["reason"]
+        assert "config/example_joint_map.yaml" in diag["reason"]
+        assert int(diag["rejected_messages"]) > 0 and sent == 0
+    finally:
+        robot.close()
+
+
+@pytest.mark.parametrize("execution", ["stream", "trajectory"])
+def test_nan_goal_is_named_in_goal_rejection(model_path, node_process, robot_factory, execution):
+    """A NaN goal after a good one: the node keeps the previous goal (commands go on) and the diagnostics'
+    goal_rejection names the NaN goal (it showed the previous reason, or nothing, before)."""
+    from geometry_msgs.msg import PointStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    robot = robot_factory()
+    node_process(params=base_params(model_path, execution=execution))
+
+    def commanded_after(start: float) -> bool:
+        return any(t > start for t, _ in robot.commands) or any(t > start and m.points for t, m in robot.trajectories)
+
+    robot.wait_for(lambda: commanded_after(0.0), 15.0, "the first command")
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    goal_pub = robot.node.create_publisher(PointStamped, "goal", latched)
+    bad = PointStamped()
+    bad.header.frame_id = "world"
+    bad.point.x, bad.point.y, bad.point.z = float("nan"), 0.1, 0.4
+    goal_pub.publish(bad)
+    sent = time.monotonic()
+    robot.wait_for(lambda: bool(robot.diagnostics) and "NaN" in robot.diagnostics[-1]["goal_rejection"], 5.0,
+                   "goal_rejection naming the NaN goal")
+    robot.wait_for(lambda: commanded_after(sent + 0.5), 5.0, "commands on the previous goal")
+    with robot.lock:
+        assert robot.diagnostics[-1]["state"] == "running" and int(robot.diagnostics[-1]["rejected_messages"]) >= 1
+
+
+def test_refused_joint_states_are_named_while_stale(model_path, node_process, robot_factory):
+    """Good joint states, then ones lacking a model joint: the node holds (stale) and the reason says the
+    joint states still arrive but are refused, naming the missing joint."""
+    robot = robot_factory()
+    node_process(params=base_params(model_path))
+    robot.wait_for(lambda: len(robot.commands) > 0, 15.0, "the first command")
+    robot.mode = "missing"
+    robot.wait_for(lambda: bool(robot.diagnostics) and robot.diagnostics[-1]["state"] == "stale", 5.0, "stale")
+    with robot.lock:
+        reason = robot.diagnostics[-1]["reason"]
+    assert "the joint states arriving are refused" in reason and IIWA_JOINT_NAMES[0] in reason, reason

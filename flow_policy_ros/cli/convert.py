@@ -3,7 +3,8 @@
     flow-policy convert BAGS... --to-lerobot OUT [--mapping config/lerobot_mapping.yaml]
     flow-policy convert DATASET --to-rosbag2 OUT [--mapping ...]
 
-A directory that is not itself a bag stands for the bags under it (sorted), as for ``train``.
+A directory that is not itself a bag stands for the bags under it (sorted), as for ``train``. Camera
+Image topics become ``observation.images.<camera>`` videos (AV1 by default); docs/lerobot.md.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
         for bag, gaps in summary["gaps"].items():
             for topic, gap in gaps.items():
                 if gap["count"]:
-                    say(f"convert: {bag}: {topic}: {gap['count']} gap(s) over 1.5 periods, the longest {gap['longest_s']:.3f} s")
-        say(f"convert: {summary['episodes']} episode(s), {summary['frames']} frames at {summary['fps']} fps "
-            f"→ {args.to_lerobot}")
+                    say(f"convert: {bag}: {topic}: {gap['count']} gap(s) over 1.5 periods (a camera: frame intervals), "
+                        f"the longest {gap['longest_s']:.3f} s")
+        cameras = ", ".join(f"{key} ({topic}, {mapping.video.vcodec})" for key, topic in summary["cameras"].items())
+        say(f"convert: {summary['episodes']} episode(s), {summary['frames']} frames at {summary['fps']} fps"
+            f"{'; videos ' + cameras if cameras else ''} → {args.to_lerobot}")
         write_json(args.json, {"to": "lerobot", "out": str(args.to_lerobot), **summary})
         return 0
     if len(args.inputs) != 1:

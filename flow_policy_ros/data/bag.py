@@ -39,9 +39,13 @@ Conventions fixed here:
   and refuses to overwrite.
 
 Every bad input raises :class:`~flow_policy_ros.errors.BagError` with a one-line message naming
-the bag and the problem: a corrupt file (flipped bytes, truncation) anywhere, in the index, a
-chunk or one message's CDR bytes (rosbags' SerdeError, OverflowError, struct errors, short
-reads, invalid UTF-8, apsw/sqlite corruption), names the bag, the topic and the message index.
+the bag and the problem. A corrupt file (flipped bytes, truncation) anywhere, in the index, a
+chunk (plain, zstd- or lz4-compressed) or one message's CDR bytes, names the bag, the topic and
+the message index. This module is the boundary: whatever the libraries under it raise while
+opening, reading or decoding (rosbags' SerdeError, a decompressor's ZstdError or LZ4 RuntimeError,
+struct errors, short reads, invalid UTF-8, apsw/sqlite corruption, ...) is caught there as
+``Exception`` and re-raised as one BagError, rather than by a list of exception types that the
+next library version or compression format outgrows.
 """
 
 from __future__ import annotations
@@ -49,27 +53,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
-import struct
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-import apsw
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
-from rosbags.serde import SerdeError
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from flow_policy_ros.contract import FeatureSpec, goal_feature
 from flow_policy_ros.data.config import ACTION_TOPIC_KEYS, DEFAULT_DATA_CONFIG, DataConfig
 from flow_policy_ros.data.images import IMAGE, ImageDecodeError, ImageSeries, decode_image, image_fields, image_topic
-from flow_policy_ros.data.recording import EpisodeRecording
+from flow_policy_ros.data.recording import GOAL_FEATURE, EpisodeRecording
 from flow_policy_ros.data.targets import TargetSeries, sampled_targets, spliced_trajectories
 from flow_policy_ros.errors import BagError, TimeSeriesError, TrajectoryError
-from flow_policy_ros.runtime.observation import stamp_to_ns, trajectory_arrays
+from flow_policy_ros.runtime.observation import VECTOR_READERS, stamp_to_ns, trajectory_arrays
 
 #: Message definitions used for writing and as fallback for reading (bags embed their own).
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
@@ -141,11 +142,9 @@ ACTION_TOPIC_TYPES = {"commands": FLOAT64_MULTI_ARRAY, "joint_trajectory": JOINT
                       "controller_state": CONTROLLER_STATE}
 
 _STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-# What rosbags (and the libraries under it: mcap parsing, apsw/sqlite3, the CDR deserializers)
-# raise on a truncated or corrupt file; found by fuzzing (test/test_fuzz.py). ValueError covers
-# UnicodeDecodeError, OSError short reads.
-_READ_ERRORS = (AnyReaderError, ReaderError, SerdeError, apsw.Error, sqlite3.Error, struct.error, EOFError, OSError,
-                OverflowError, MemoryError, KeyError, IndexError, ValueError, TypeError, AssertionError)
+#: Compression of written bags: none, or zstd (mcap: each chunk, as rosbag2's default mcap
+#: writer profile does; sqlite3: each message).
+COMPRESSIONS = ("none", "zstd")
 
 
 class RawMessage(NamedTuple):
@@ -265,11 +264,13 @@ class BagWriter:
             bag.write("/policy/chunk", JOINT_TRAJECTORY, joint_trajectory_msg(t, names, chunk, 0.02), t)
     """
 
-    def __init__(self, path: Path, storage: str = "mcap") -> None:
+    def __init__(self, path: Path, storage: str = "mcap", compression: str = "none") -> None:
         self.path = Path(path)
         if storage not in _STORAGE_PLUGINS:
             raise BagError(f"{self.path}: unknown storage {storage!r}; expected one of {sorted(_STORAGE_PLUGINS)}")
-        self.storage = storage
+        if compression not in COMPRESSIONS:
+            raise BagError(f"{self.path}: unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+        self.storage, self.compression = storage, compression
         self._tmp_dir: Path | None = None
         self._writer: Writer | None = None
         self._connections: dict[str, Any] = {}
@@ -281,6 +282,9 @@ class BagWriter:
         self._tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
         try:
             self._writer = Writer(self.directory, version=9, storage_plugin=_STORAGE_PLUGINS[self.storage])
+            if self.compression == "zstd":
+                mode = CompressionMode.STORAGE if self.storage == "mcap" else CompressionMode.MESSAGE
+                self._writer.set_compression(mode, CompressionFormat.ZSTD)
             self._writer.open()
         except BaseException:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
@@ -325,15 +329,16 @@ class BagWriter:
 
 
 def write_episode_bag(path: Path, recording: EpisodeRecording, storage: str = "mcap",
-                      data_config: DataConfig = DEFAULT_DATA_CONFIG) -> None:
+                      data_config: DataConfig = DEFAULT_DATA_CONFIG, compression: str = "none") -> None:
     """Write one episode as a rosbag2 directory at ``path`` ('mcap' or 'sqlite3'), plus ``episode.json``.
 
+    ``compression`` is one of :data:`COMPRESSIONS`.
     Each message is logged at its stamp. Commands are written in ``recording.command_joint_names``
     order. Refuses to overwrite ``path``; the write is atomic.
     """
     cfg = data_config
     rec = recording
-    with BagWriter(Path(path), storage) as bag:
+    with BagWriter(Path(path), storage, compression) as bag:
         for t, pos, vel in zip(rec.joint_times_ns, rec.positions, rec.velocities):
             bag.write(cfg.joint_states_topic, JOINT_STATE, joint_state_msg(t, rec.joint_names, pos, vel), t)
         for t, goal in zip(rec.goal_times_ns, rec.goals):
@@ -407,7 +412,7 @@ def _open_reader(path: Path) -> AnyReader:
     try:
         reader = AnyReader([path], default_typestore=TYPESTORE)
         reader.open()
-    except _READ_ERRORS as exc:
+    except Exception as exc:  # the boundary: whatever the storage libraries raise (see the module docstring)
         raise BagError(f"{path}: corrupt or truncated bag, cannot open it ({_one_line(exc)})") from exc
     return reader
 
@@ -417,40 +422,53 @@ def list_topics(path: Path) -> dict[str, TopicSummary]:
     path = Path(path)
     reader = _open_reader(path)
     try:
-        return {topic: TopicSummary(str(info.msgtype), int(info.msgcount)) for topic, info in reader.topics.items()}
-    except _READ_ERRORS as exc:
+        topics = {topic: TopicSummary(str(info.msgtype), int(info.msgcount)) for topic, info in reader.topics.items()}
+    except Exception as exc:  # the boundary
+        _close(reader, path, failed=True)
         raise BagError(f"{path}: corrupt bag metadata, cannot list its topics ({_one_line(exc)})") from exc
-    finally:
-        _close(reader)
+    _close(reader, path)
+    return topics
 
 
-def _close(reader: AnyReader) -> None:
+def _close(reader: AnyReader, path: Path, failed: bool = False) -> None:
+    """Close ``reader``; after a read failure (``failed``) a second failure on close is dropped,
+    because the first one is what the caller reports; otherwise it is a BagError."""
     try:
         reader.close()
-    except _READ_ERRORS:  # a corrupt file may fail again on close; the first error is the one reported
-        pass
+    except Exception as exc:  # the boundary
+        if not failed:
+            raise BagError(f"{path}: corrupt bag, cannot close it ({_one_line(exc)})") from exc
 
 
 def _iter_messages(path: Path, topics: Sequence[str] | None) -> Iterator[tuple[RawMessage, Callable[[], Any]]]:
     """(raw message, a function decoding it with the bag's own type definitions) in log-time order."""
     reader = _open_reader(path)
     count, per_topic, last = 0, {}, "none"
+    failed = True  # until the loop ends normally (a consumer may also stop early: GeneratorExit)
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and not conns:
+            failed = False
             return
-        try:
-            for conn, log_time, data in reader.messages(connections=conns):
-                index = per_topic[conn.topic] = per_topic.get(conn.topic, -1) + 1
-                last = f"{conn.topic} #{index}"
-                count += 1
+        messages = reader.messages(connections=conns)
+        while True:
+            try:  # only the read is guarded: the consumer's code runs outside while this generator is suspended
+                item = next(messages, None)
+                if item is None:
+                    break
+                conn, log_time, data = item
                 raw = RawMessage(conn.topic, conn.msgtype, int(log_time), bytes(data))
-                yield raw, lambda raw=raw: reader.deserialize(raw.data, raw.msgtype)
-        except _READ_ERRORS as exc:
-            raise BagError(f"{path}: corrupt or truncated bag: cannot read message {count} (the last one read: "
-                           f"{last}) ({_one_line(exc)})") from exc
+            except Exception as exc:  # the boundary: a corrupt chunk fails in its decompressor, parser, ...
+                which = "" if topics is None else f" of {', '.join(sorted(set(topics)))}"
+                raise BagError(f"{path}: corrupt or truncated bag: cannot read message {count}{which} "
+                               f"(the last one read: {last}) ({_one_line(exc)})") from exc
+            index = per_topic[conn.topic] = per_topic.get(conn.topic, -1) + 1
+            last = f"{conn.topic} #{index}"
+            count += 1
+            yield raw, lambda raw=raw: reader.deserialize(raw.data, raw.msgtype)
+        failed = False
     finally:
-        _close(reader)
+        _close(reader, path, failed)
 
 
 def iter_raw_messages(path: Path, topics: Sequence[str] | None = None) -> Iterator[RawMessage]:
@@ -487,7 +505,7 @@ def read_topics(path: Path, wanted: dict[str, str], optional: Sequence[str] = ()
     for raw, decode in _iter_messages(path, list(wanted)):
         try:
             msg = decode()
-        except _READ_ERRORS as exc:
+        except Exception as exc:  # the boundary: what the CDR deserializer raises on damaged bytes
             msg = _decode_older_layout(raw)
             if msg is None:
                 raise BagError(f"{path}: cannot decode message #{len(out[raw.topic])} on {raw.topic} ({raw.msgtype}): "
@@ -501,7 +519,7 @@ def _decode_older_layout(raw: RawMessage) -> Any | None:
     for _, store in _OLDER_LAYOUTS.get(raw.msgtype, []):
         try:
             return store.deserialize_cdr(raw.data, raw.msgtype)
-        except _READ_ERRORS:
+        except Exception:  # noqa: BLE001 - not this layout; the caller reports the current layout's error
             continue
     return None
 
@@ -513,7 +531,9 @@ def action_topic_roles(cfg: DataConfig) -> dict[str, str]:
 
 
 def stamp_or_log(msg: Any, log_time_ns: int) -> int:
-    stamp = stamp_to_ns(msg.header.stamp)
+    """The message's header stamp (ns), or its log time when it has no header or a zero stamp."""
+    header = getattr(msg, "header", None)
+    stamp = 0 if header is None else stamp_to_ns(header.stamp)
     return stamp if stamp != 0 else log_time_ns
 
 
@@ -623,9 +643,13 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BagError(f"{file}: not valid JSON ({exc})") from exc
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise BagError(f"{file}: cannot read it ({_one_line(exc)})") from exc
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
+        raise BagError(f"{file}: not valid JSON ({_one_line(exc)})") from exc
     if not isinstance(data, dict):
         raise BagError(f"{file}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -633,7 +657,8 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
                      joint_names: Sequence[str] | None = None,
-                     command_joint_names: Sequence[str] | None = None) -> EpisodeRecording:
+                     command_joint_names: Sequence[str] | None = None,
+                     vector_features: Sequence[FeatureSpec] | None = None) -> EpisodeRecording:
     """Read one episode bag (mcap or sqlite3) into an :class:`EpisodeRecording`.
 
     Args:
@@ -643,6 +668,8 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
             the first JointState message). Matched by name in every message.
         command_joint_names: joint order of the command arrays; default
             ``data_config.command_joint_names``, else the joint-state joint order.
+        vector_features: the vector observation features to read, each from
+            ``data_config.feature_topic(feature)`` (None: the goal, as the default spec observes).
 
     Returns:
         The recording; times are int ns (stamp, or log time when the stamp is zero).
@@ -657,14 +684,15 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     path = Path(path)
     cfg = data_config
     action_topic = cfg.action_topic or cfg.command_topic
-    wanted = {cfg.joint_states_topic: JOINT_STATE, cfg.goal_topic: POINT_STAMPED,
+    vectors_wanted = (goal_feature(),) if vector_features is None else tuple(vector_features)
+    vector_topics = {f.name: cfg.feature_topic(f) for f in vectors_wanted}
+    wanted = {cfg.joint_states_topic: JOINT_STATE, **{vector_topics[f.name]: f.msg_type for f in vectors_wanted},
               action_topic: ACTION_TOPIC_TYPES.get(cfg.action_source, FLOAT64_MULTI_ARRAY)}
     msgs = read_topics(path, wanted, optional=[action_topic] if cfg.action_topic is None else [],
                        roles=action_topic_roles(cfg))
     names, times, pos, vel, skipped = joint_arrays(path, msgs[cfg.joint_states_topic], joint_names)
-    goal_msgs = msgs[cfg.goal_topic]
-    goal_times = np.array([stamp_or_log(m, t) for t, m in goal_msgs], np.int64)
-    goals = np.array([[m.point.x, m.point.y, m.point.z] for _, m in goal_msgs], np.float64).reshape(-1, 3)
+    vectors = {f.name: _vector_arrays(path, vector_topics[f.name], f, msgs[vector_topics[f.name]]) for f in vectors_wanted}
+    goal_times, goals = vectors.pop(GOAL_FEATURE, (np.zeros(0, np.int64), np.zeros((0, 3))))
     cmd_names = list(command_joint_names or cfg.command_joint_names or names)
     targets = None
     if cfg.action_source == "joint_trajectory":
@@ -684,8 +712,20 @@ def read_episode_bag(path: Path, data_config: DataConfig = DEFAULT_DATA_CONFIG,
     return EpisodeRecording(
         joint_names=names, joint_times_ns=times, positions=pos, velocities=vel,
         goal_times_ns=goal_times, goals=goals, command_joint_names=cmd_names,
-        command_times_ns=cmd_times, commands=commands, metadata=metadata, targets=targets,
+        command_times_ns=cmd_times, commands=commands, metadata=metadata, targets=targets, vectors=vectors,
     )
+
+
+def _vector_arrays(path: Path, topic: str, feature: FeatureSpec, msgs: list[tuple[int, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(times (V,) ns, values (V, size)) of a vector feature's messages; NaN values are kept (the
+    dataset's checks name them), a wrong size is a BagError."""
+    values_of = VECTOR_READERS[feature.msg_type][0]
+    values = [np.asarray(values_of(m), np.float64).reshape(-1) for _, m in msgs]
+    for i, row in enumerate(values):
+        if row.size != feature.size:
+            raise BagError(f"{path}: {topic} message {i} carries {row.size} values, the model's {feature.name} takes {feature.size}")
+    times = np.array([stamp_or_log(m, t) for t, m in msgs], np.int64)
+    return times, np.array(values, np.float64).reshape(len(msgs), feature.size)
 
 
 def find_episodes(root: Path) -> list[Path]:

@@ -48,6 +48,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flow_policy_ros.data.lerobot_video import (
+    VideoFileWriter,
+    VideoSettings,
+    image_keys,
+    image_stats_pixels,
+    probe_video,
+)
 from flow_policy_ros.errors import DatasetError
 
 CODEBASE_VERSION = "v3.0"
@@ -101,8 +108,9 @@ def _hf_feature(ft: Mapping[str, Any]) -> dict[str, Any]:
 
 def _schema(features: Mapping[str, Mapping[str, Any]], source: str) -> pa.Schema:
     """The data files' schema, with the ``huggingface`` features metadata LeRobot's writer leaves there."""
-    hf = {"info": {"features": {name: _hf_feature(ft) for name, ft in features.items()}}}
-    return pa.schema([pa.field(name, arrow_type(name, ft, source)) for name, ft in features.items()],
+    columns = {name: ft for name, ft in features.items() if ft.get("dtype") != "video"}  # videos live in mp4 files
+    hf = {"info": {"features": {name: _hf_feature(ft) for name, ft in columns.items()}}}
+    return pa.schema([pa.field(name, arrow_type(name, ft, source)) for name, ft in columns.items()],
                      metadata={b"huggingface": json.dumps(hf).encode()})
 
 
@@ -160,6 +168,22 @@ def episode_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
+def image_episode_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel statistics (3,) of one episode's frames (N, H, W, 3) uint8, in [0, 1], as LeRobot's
+    ``compute_episode_stats`` computes them for an image/video feature: over the pixels of the sampled
+    frames (:func:`~flow_policy_ros.data.lerobot_video.sample_indices`), ``count`` = frames sampled.
+    Stored (3, 1, 1) (:func:`stats_for_json`)."""
+    pixels, count = image_stats_pixels(frames)
+    stats = episode_stats(pixels)
+    stats["count"] = np.array([count], np.int64)
+    return stats
+
+
+def stats_for_json(stats: Mapping[str, np.ndarray], is_image: bool) -> dict[str, list[Any]]:
+    """A feature's statistics as lists; an image's per-channel values shaped (3, 1, 1) as LeRobot stores them."""
+    return {k: (v.reshape(-1, 1, 1) if is_image and k != "count" else v).tolist() for k, v in stats.items()}
+
+
 def aggregate_stats(per_episode: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """One feature's statistics over episodes, combined as LeRobot's ``aggregate_feature_stats`` does."""
     counts = np.array([s["count"][0] for s in per_episode], np.float64)
@@ -212,6 +236,10 @@ class LeRobotWriter:
         robot_type: free text stored in info.json (None allowed).
         data_files_size_in_mb: a new data file starts when the current one would reach this.
         chunks_size: files per ``chunk-XXX`` directory.
+        video: how features declared ``{"dtype": "video", "shape": [H, W, 3]}``
+            (:func:`~flow_policy_ros.data.lerobot_video.video_feature`) are encoded; their frames are
+            given to :meth:`add_episode` as (N, H, W, 3) uint8 RGB.
+        video_files_size_in_mb: a new video file starts once the current one has reached this.
 
     Use as a context manager; on an exception nothing is left behind::
 
@@ -220,7 +248,8 @@ class LeRobotWriter:
     """
 
     def __init__(self, root: Path, fps: int, features: Mapping[str, Mapping[str, Any]], robot_type: str | None = None,
-                 data_files_size_in_mb: int = DATA_FILES_SIZE_IN_MB, chunks_size: int = CHUNKS_SIZE) -> None:
+                 data_files_size_in_mb: float = DATA_FILES_SIZE_IN_MB, chunks_size: int = CHUNKS_SIZE,
+                 video: VideoSettings | None = None, video_files_size_in_mb: float = VIDEO_FILES_SIZE_IN_MB) -> None:
         self.root = Path(root)
         if int(fps) != fps or fps <= 0:
             raise DatasetError(f"{self.root}: fps must be a positive integer (Hz), got {fps}")
@@ -233,6 +262,16 @@ class LeRobotWriter:
         self.robot_type = robot_type
         self.data_files_size_in_mb = data_files_size_in_mb
         self.chunks_size = chunks_size
+        self.video_keys = image_keys(self.features)
+        for key in self.video_keys:
+            shape = self.features[key].get("shape")
+            if not isinstance(shape, (list, tuple)) or len(shape) != 3 or shape[2] != 3:
+                raise DatasetError(f"{self.root}: feature {key!r} has shape {shape!r}; a video is [height, width, 3]")
+        self.video = video or VideoSettings()
+        self.video_files_size_in_mb = video_files_size_in_mb
+        self._videos: dict[str, VideoFileWriter] = {}
+        self._video_index: dict[str, tuple[int, int]] = {key: (0, 0) for key in self.video_keys}
+        self._first_video: dict[str, Path] = {}
         self._tmp: Path | None = None
         self._writer: pq.ParquetWriter | None = None
         self._chunk, self._file = 0, 0
@@ -287,6 +326,8 @@ class LeRobotWriter:
         full["task_index"] = np.full(n, task_index, np.int64)
         arrays = []
         for name, ft in self.features.items():
+            if name in self.video_keys:
+                continue
             width = int(ft["shape"][0])
             value = np.asarray(full[name])
             if value.reshape(n, -1).shape[1] != width:
@@ -295,16 +336,22 @@ class LeRobotWriter:
             arrays.append(_column(value, ft, self.schema.field(name).type))
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         self._append(table, n)
-        stats = {name: episode_stats(np.asarray(full[name], ft["dtype"])) for name, ft in self.features.items()}
+        stats = {name: image_episode_stats(full[name]) if name in self.video_keys
+                 else episode_stats(np.asarray(full[name], ft["dtype"])) for name, ft in self.features.items()}
         self._stats.append(stats)
         row: dict[str, Any] = {
             "episode_index": episode_index, "tasks": [str(task)], "length": n,
             "data/chunk_index": self._chunk, "data/file_index": self._file,
             "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + n,
         }
+        for key in self.video_keys:
+            chunk, file, start, end = self._append_video(key, full[key])
+            row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
+                        f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": end})
         for name, feature_stats in stats.items():
+            as_lists = stats_for_json(feature_stats, name in self.video_keys)
             for key in STAT_KEYS:
-                row[f"stats/{name}/{key}"] = feature_stats[key].tolist()
+                row[f"stats/{name}/{key}"] = as_lists[key]
         row["meta/episodes/chunk_index"] = 0
         row["meta/episodes/file_index"] = 0
         self._episodes.append(row)
@@ -329,10 +376,38 @@ class LeRobotWriter:
         self._writer.write_table(table)  # one row group per episode
         self._file_frames += n
 
+    def _append_video(self, key: str, frames: np.ndarray) -> tuple[int, int, float, float]:
+        """Encode an episode's frames into the camera's open video file (a new file once it reached the limit)."""
+        frames = np.asarray(frames)
+        expected = tuple(self.features[key]["shape"])
+        if frames.dtype != np.uint8 or frames.shape[1:] != expected:
+            raise DatasetError(f"{self.root}: episode {len(self._episodes)}: feature {key!r} has frames "
+                               f"{frames.shape[1:]} {frames.dtype}, declared {list(expected)} uint8")
+        chunk, file = self._video_index[key]
+        writer = self._videos.get(key)
+        if writer is not None and writer.size_mb >= self.video_files_size_in_mb:
+            writer.close()
+            writer = None
+            file += 1
+            if file == self.chunks_size:
+                chunk, file = chunk + 1, 0
+            self._video_index[key] = (chunk, file)
+        if writer is None:
+            path = self.directory / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+            writer = self._videos[key] = VideoFileWriter(path, self.fps, expected[0], expected[1], self.video, key)
+            self._first_video.setdefault(key, path)
+        start, end = writer.write(frames)
+        return chunk, file, start, end
+
     def _finish(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        for writer in self._videos.values():
+            writer.close()
+        self._videos = {}
+        for key, path in self._first_video.items():
+            self.features[key]["info"] = probe_video(path, self.video)
         if not self._episodes:
             raise DatasetError(f"{self.root}: no episode was written")
         meta = self.directory
@@ -340,14 +415,15 @@ class LeRobotWriter:
         episodes_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(self._episodes), episodes_path, compression="snappy")
         pq.write_table(_tasks_table(list(self._tasks)), meta / TASKS_PATH)
-        stats = {name: {k: v.tolist() for k, v in aggregate_stats([s[name] for s in self._stats]).items()}
+        stats = {name: stats_for_json(aggregate_stats([s[name] for s in self._stats]), name in self.video_keys)
                  for name in self.features}
         _write_json(meta / STATS_PATH, stats)
         info = {
             "codebase_version": CODEBASE_VERSION, "fps": self.fps, "features": self.features,
             "total_episodes": len(self._episodes), "total_frames": self.total_frames, "total_tasks": len(self._tasks),
             "chunks_size": self.chunks_size, "data_files_size_in_mb": self.data_files_size_in_mb,
-            "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB, "data_path": DATA_PATH, "video_path": None,
+            "video_files_size_in_mb": self.video_files_size_in_mb, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.video_keys else None,
             "robot_type": self.robot_type, "splits": {"train": f"0:{len(self._episodes)}"},
         }
         _write_json(meta / INFO_PATH, info)
@@ -361,8 +437,12 @@ class LeRobotWriter:
                 if self.root.exists():
                     raise DatasetError(f"{self.root}: appeared while writing; refusing to overwrite")
                 os.rename(self.directory, self.root)
-            elif self._writer is not None:
-                self._writer.close()
+            else:
+                if self._writer is not None:
+                    self._writer.close()
+                for writer in self._videos.values():
+                    writer.abort()
         finally:
             self._writer = None
+            self._videos = {}
             shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""rosbag2 episodes ⇄ LeRobotDataset v3.0 (low-dimensional features; images arrive with the camera feature).
+"""rosbag2 episodes ⇄ LeRobotDataset v3.0: joint states, vector features, actions and camera images.
 
 The mapping (:class:`LeRobotMapping`, YAML: ``config/lerobot_mapping.yaml``) says which topics
 become which features. Its ``data`` section is the training configs' :class:`DataConfig` (topics,
@@ -7,10 +7,13 @@ action source, command joint order) and its ``observation`` section the :class:`
 
 Features written:
 
-- ``observation.state`` float32, the observation fields in order; ``names``: each joint's name
-  for ``joint_positions`` (rad), ``<joint>.vel`` for ``joint_velocities`` (rad/s), ``goal.x``,
-  ``goal.y``, ``goal.z`` for ``goal`` (m, world frame).
+- ``observation.state`` float32, the observation fields in order; ``names``: the spec's
+  ``ObservationSpec.state_names()`` (the one convention): ``<joint>.pos`` for ``joint_positions``
+  (rad), ``<joint>.vel`` for ``joint_velocities`` (rad/s), ``goal.x``, ``goal.y``, ``goal.z`` for
+  ``goal`` (m, world frame). Reading, a bare ``<joint>`` is taken for ``<joint>.pos``.
 - ``action`` float32, ``names``: ``action_joint_names`` (rad, position targets).
+- ``observation.images.<camera>`` video (H, W, 3) for each camera of ``images``: sensor_msgs/Image
+  rgb8/bgr8 frames, encoded by :mod:`flow_policy_ros.data.lerobot_video` (LeRobot's AV1 defaults).
 - the default features; ``task`` from the mapping or the bag's ``episode.json`` ``task``.
 
 Resampling rule (bag → dataset): the one of :mod:`flow_policy_ros.data.windows`, with the control
@@ -25,6 +28,9 @@ period 1/fps (rounded to whole ns). Frame k is the control tick t_k = t_0 + k·p
   (a joint state stamped exactly at t_k is taken as is), the goal held from the last one at or
   before t_k. Frames where an observation field is undefined (before the first joint state or
   goal, after the last joint state) are dropped from the start and end.
+- the image of frame k (per camera): the last frame stamped at or before t_k (held, like the goal:
+  a 12.5 Hz camera repeats each frame for 4 frames at 50 fps); frames before a camera's first image
+  are dropped from the start.
 - ``timestamp`` = k·period (s, float32). Joint-state and command stamps must not decrease
   (an error names the bag, topic and message); gaps longer than :data:`GAP_PERIODS` periods are
   reported (count and the longest, in s) but do not stop the conversion.
@@ -34,7 +40,8 @@ Dataset → bags: one bag per episode, frame k stamped ``start_time_ns + round(t
 the state has them, names from the state's ``names``), the goal as a PointStamped when it changes,
 and the action as a Float64MultiArray (``commands``) or a one-point JointTrajectory reaching the
 action one period later (``joint_trajectory``), which the bag reader maps back to the same
-frames. ``episode.json`` carries the task and the source episode index.
+frames, and per camera a sensor_msgs/Image (rgb8, frame_id ``<camera>_optical_frame``) decoded
+from the video. ``episode.json`` carries the task and the source episode index.
 """
 
 from __future__ import annotations
@@ -51,11 +58,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from flow_policy_ros.contract import JointLimits, ModelIO, ObservationSpec
+from flow_policy_ros.contract import FeatureSpec, JointLimits, ModelIO, ObservationSpec
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.images import IMAGE, image_topic
 from flow_policy_ros.data.lerobot import INFO_PATH, LeRobotWriter, vector_feature
-from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset
+from flow_policy_ros.data.lerobot_reader import LeRobotDataset, read_dataset, state_joint_names
+from flow_policy_ros.data.lerobot_video import IMAGES_PREFIX, VideoSettings, video_feature
 from flow_policy_ros.data.timeseries import period_ns
 from flow_policy_ros.data.windows import action_ticks, observable_mask, observations_at
 from flow_policy_ros.errors import ConfigError, DatasetError, FlowPolicyError, TimeSeriesError
@@ -77,13 +86,19 @@ class LeRobotMapping:
         fps: dataset frame rate (Hz, integer as LeRobot requires); period 1/fps.
         task: task text of every episode; None reads each bag's ``episode.json`` ``task``.
         robot_type: stored in info.json.
-        observation: joints and fields of ``observation.state`` (an empty joint list takes the
-            joints of the first bag's first JointState message).
+        observation: ``joint_names``, ``fields`` and ``features`` of ``observation.state``, an
+            :class:`ObservationSpec` (an empty joint list takes the joints of the first bag's first
+            JointState message; ``features`` declares vector features other than the goal, each
+            read from ``data.feature_topic``).
         action_joint_names: joints of ``action`` (empty: the observation joints).
         data: topics and action source, as in the training configs.
         storage: bag format written by --to-rosbag2 ('mcap' or 'sqlite3').
         start_time_ns: stamp (ns) of frame 0 in the bags written (non-zero: a zero header
             stamp means "use the receipt time" in ROS).
+        images: camera name -> sensor_msgs/Image topic, each becoming ``observation.images.<camera>``;
+            None (default) = every ``/camera/<name>/image_raw`` Image topic of the first bag, and
+            every video feature of a dataset; {} = no images.
+        video: encoder settings of the videos (:class:`VideoSettings` fields; LeRobot's defaults).
     """
 
     fps: int = 50
@@ -94,8 +109,20 @@ class LeRobotMapping:
     data: DataConfig = field(default_factory=DataConfig)
     storage: str = "mcap"
     start_time_ns: int = 1_000_000_000
+    images: dict[str, str] | None = None
+    video: VideoSettings = field(default_factory=VideoSettings)
 
     def __post_init__(self) -> None:
+        if isinstance(self.video, dict):
+            known = {f.name for f in fields(VideoSettings)}
+            unknown = sorted(set(self.video) - known)
+            if unknown:
+                raise ConfigError(f"mapping.video: unknown key(s) {unknown}; expected some of {sorted(known)}")
+            object.__setattr__(self, "video", VideoSettings(**self.video))
+        if self.images is not None and (not isinstance(self.images, dict)
+                                        or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                   for k, v in self.images.items())):
+            raise ConfigError(f"mapping.images must map camera names to Image topics (or be null), got {self.images!r}")
         if isinstance(self.data, dict):
             try:
                 object.__setattr__(self, "data", DataConfig(**self.data))
@@ -108,9 +135,10 @@ class LeRobotMapping:
             raise ConfigError(f"mapping.storage must be 'mcap' or 'sqlite3', got {self.storage!r}")
         if int(self.start_time_ns) <= 0:
             raise ConfigError(f"mapping.start_time_ns must be > 0, got {self.start_time_ns}")
-        unknown = sorted(set(self.observation) - {"joint_names", "fields"})
+        unknown = sorted(set(self.observation) - {"joint_names", "fields", "features"})
         if unknown:
-            raise ConfigError(f"mapping.observation: unknown key(s) {unknown}; expected joint_names, fields")
+            raise ConfigError(f"mapping.observation: unknown key(s) {unknown}; expected joint_names, fields, features")
+        self.spec(["joint"])  # the fields and features are valid
 
     @property
     def period_s(self) -> float:
@@ -119,7 +147,8 @@ class LeRobotMapping:
     def spec(self, joint_names: Sequence[str]) -> ObservationSpec:
         """The observation spec with ``joint_names`` when the mapping leaves them empty."""
         names = tuple(self.observation.get("joint_names") or joint_names)
-        return ObservationSpec(joint_names=names, fields=tuple(self.observation.get("fields", ())))
+        return ObservationSpec(joint_names=names, fields=tuple(self.observation.get("fields", ())),
+                               features=tuple(self.observation.get("features") or ()))
 
     def model_io(self, joint_names: Sequence[str]) -> ModelIO:
         """A ModelIO for :mod:`~flow_policy_ros.data.windows` (no limits: conversion clamps nothing)."""
@@ -157,27 +186,13 @@ def load_mapping(path: Path | None) -> LeRobotMapping:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def state_names(spec: ObservationSpec) -> list[str]:
-    """``observation.state`` names: joints (positions), ``<joint>.vel``, ``goal.x/y/z``, in field order."""
-    names: list[str] = []
-    for name in spec.fields:
-        if name == "joint_positions":
-            names += list(spec.joint_names)
-        elif name == "joint_velocities":
-            names += [f"{j}.vel" for j in spec.joint_names]
-        elif name == "goal":
-            names += ["goal.x", "goal.y", "goal.z"]
-        else:
-            raise ConfigError(f"mapping.observation.fields: {name!r} has no LeRobot state layout")
-    return names
-
-
 # --------------------------------------------------------------------------- bags → dataset
 
 
 @dataclass
 class EpisodeFrames:
-    """One bag resampled: its observation joints, ``state`` (K, S) and ``action`` (K, A) float64, the ticks (K,) int64 ns, and its gaps."""
+    """One bag resampled: its observation joints, ``state`` (K, S) and ``action`` (K, A) float64, the
+    ticks (K,) int64 ns, its gaps, and per camera the frame of each tick (K, H, W, 3) uint8."""
 
     bag: Path
     task: str
@@ -186,6 +201,38 @@ class EpisodeFrames:
     state: np.ndarray
     action: np.ndarray
     gaps: dict[str, dict[str, float]]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def camera_topics(bag: Path, mapping: LeRobotMapping) -> dict[str, str]:
+    """Camera name -> Image topic: the mapping's ``images``, or (None) every ``/camera/<name>/image_raw``
+    sensor_msgs/Image topic of ``bag``, sorted by name."""
+    if mapping.images is not None:
+        return dict(mapping.images)
+    try:
+        topics = bagio.list_topics(bag)
+    except FlowPolicyError as exc:
+        raise DatasetError(str(exc)) from exc
+    found = {}
+    for topic, summary in topics.items():
+        parts = topic.split("/")
+        if summary.msgtype == IMAGE and len(parts) == 4 and parts[1] == "camera" and topic == image_topic(parts[2]):
+            found[parts[2]] = topic
+    return dict(sorted(found.items()))
+
+
+def _camera_frames(bag: Path, topic: str, step: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(stamps (F,), frames (F, H, W, 3), gaps) of one Image topic; stamps must increase."""
+    try:
+        stamps, frames = bagio.read_image_topic(bag, topic)
+    except FlowPolicyError as exc:
+        raise DatasetError(str(exc)) from exc
+    spacing = int(np.median(np.diff(stamps))) if len(stamps) > 1 else step
+    gaps = _check_stamps(bag, topic, stamps, max(step, spacing))
+    if np.any(np.diff(stamps) == 0):
+        i = int(np.flatnonzero(np.diff(stamps) == 0)[0]) + 1
+        raise DatasetError(f"{bag}: {topic} message #{i} repeats the stamp of the one before")
+    return stamps, frames, gaps
 
 
 def _check_stamps(bag: Path, topic: str, times_ns: np.ndarray, period: int) -> dict[str, float]:
@@ -199,17 +246,20 @@ def _check_stamps(bag: Path, topic: str, times_ns: np.ndarray, period: int) -> d
     return {"count": int(len(long)), "longest_s": float(long.max() * 1e-9) if len(long) else 0.0}
 
 
-def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | None = None) -> EpisodeFrames:
+def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | None = None,
+               cameras: dict[str, str] | None = None) -> EpisodeFrames:
     """Resample one episode bag onto the dataset's frames (the rule in the module docstring).
 
     ``joint_names``: the observation joints when the mapping leaves them empty (those of the
-    first bag); None takes this bag's first JointState message's.
+    first bag); None takes this bag's first JointState message's. ``cameras``: camera -> Image
+    topic (those of the first bag); None: :func:`camera_topics` of this bag.
     """
     cfg = mapping.data
     obs_joints = mapping.observation.get("joint_names") or joint_names
     try:
         rec = bagio.read_episode_bag(bag, cfg, joint_names=obs_joints or None,
-                                     command_joint_names=cfg.command_joint_names or mapping.action_joint_names or None)
+                                     command_joint_names=cfg.command_joint_names or mapping.action_joint_names or None,
+                                     vector_features=mapping.spec(obs_joints or ["joint"]).vector_features)
     except FlowPolicyError as exc:
         raise DatasetError(str(exc)) from exc
     io = mapping.model_io(rec.joint_names)
@@ -220,22 +270,32 @@ def bag_frames(bag: Path, mapping: LeRobotMapping, joint_names: Sequence[str] | 
         raise DatasetError(f"{bag}: {cfg.joint_states_topic} message #{i} repeats the stamp of the one before")
     if cfg.action_source == "commands":
         gaps[cfg.command_topic] = _check_stamps(bag, cfg.command_topic, rec.command_times_ns, step)
-    _check_stamps(bag, cfg.goal_topic, rec.goal_times_ns, step)
-    if "goal" in io.observation.fields and len(rec.goal_times_ns) == 0:
-        raise DatasetError(f"{bag}: feature {STATE!r} needs the goal but {cfg.goal_topic} holds no message")
+    for feature in io.observation.vector_features:
+        topic = cfg.feature_topic(feature)
+        times, _ = rec.vector_series(feature.name, str(bag))
+        _check_stamps(bag, topic, times, step)
+        if len(times) == 0:
+            raise DatasetError(f"{bag}: feature {STATE!r} needs {feature.name!r} but {topic} holds no message")
+    cameras = camera_topics(bag, mapping) if cameras is None else cameras
+    video = {camera: _camera_frames(bag, topic, step) for camera, topic in cameras.items()}
+    gaps.update({cameras[camera]: g for camera, (_, _, g) in video.items()})
     try:
         ticks, actions = action_ticks(rec, io, cfg, str(bag))
         keep = observable_mask(rec, ticks, io)
+        for stamps, _, _ in video.values():
+            keep &= ticks >= stamps[0]  # an image is held from its stamp on, like a vector feature
         ticks, actions = ticks[keep], actions[keep]
         if len(ticks) == 0:
             raise DatasetError(f"{bag}: no frame has both an observation and an action at {mapping.fps} fps")
         state = observations_at(rec, ticks, io, str(bag))
     except TimeSeriesError as exc:
         raise DatasetError(f"{bag}: {exc}") from exc
+    images = {camera: frames[np.searchsorted(stamps, ticks, side="right") - 1]
+              for camera, (stamps, frames, _) in video.items()}
     task = mapping.task if mapping.task is not None else rec.metadata.get("task")
     if not isinstance(task, str) or not task:
         raise DatasetError(f"{bag}: no task text: set mapping.task or a 'task' string in {bagio.EPISODE_JSON}")
-    return EpisodeFrames(bag, task, list(io.observation.joint_names), ticks, state, actions, gaps)
+    return EpisodeFrames(bag, task, list(io.observation.joint_names), ticks, state, actions, gaps, images)
 
 
 def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
@@ -248,17 +308,22 @@ def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
         raise DatasetError("no episode bags given")
     if Path(out).exists():
         raise DatasetError(f"{out}: already exists; refusing to overwrite")
-    first = bag_frames(bags[0], mapping)
+    cameras = camera_topics(bags[0], mapping)
+    first = bag_frames(bags[0], mapping, cameras=cameras)
     joints = first.joint_names
     io = mapping.model_io(joints)
-    features = {STATE: vector_feature(state_names(io.observation)), ACTION: vector_feature(io.action_joint_names)}
-    summary: dict[str, Any] = {"episodes": 0, "frames": 0, "fps": mapping.fps, "gaps": {}}
-    with LeRobotWriter(out, mapping.fps, features, robot_type=mapping.robot_type) as writer:
+    features = {STATE: vector_feature(io.observation.state_names()), ACTION: vector_feature(io.action_joint_names)}
+    for camera, frames in first.images.items():
+        features[IMAGES_PREFIX + camera] = video_feature(*frames.shape[1:3])
+    summary: dict[str, Any] = {"episodes": 0, "frames": 0, "fps": mapping.fps, "gaps": {},
+                               "cameras": {IMAGES_PREFIX + c: t for c, t in cameras.items()}}
+    with LeRobotWriter(out, mapping.fps, features, robot_type=mapping.robot_type, video=mapping.video) as writer:
         for i, bag in enumerate(bags):
-            frames = first if i == 0 else bag_frames(bag, mapping, joints)
+            frames = first if i == 0 else bag_frames(bag, mapping, joints, cameras)
             k = np.arange(len(frames.ticks_ns))
-            writer.add_episode({STATE: frames.state, ACTION: frames.action}, frames.task,
-                               timestamps_s=k * period_ns(mapping.period_s) * 1e-9)
+            columns = {STATE: frames.state, ACTION: frames.action,
+                       **{IMAGES_PREFIX + c: f for c, f in frames.images.items()}}
+            writer.add_episode(columns, frames.task, timestamps_s=k * period_ns(mapping.period_s) * 1e-9)
             summary["episodes"] += 1
             summary["frames"] += len(k)
             if any(g["count"] for g in frames.gaps.values()):
@@ -271,23 +336,23 @@ def bags_to_lerobot(bags: Sequence[Path], out: Path, mapping: LeRobotMapping,
 # --------------------------------------------------------------------------- dataset → bags
 
 
-def _state_layout(dataset: LeRobotDataset, mapping: LeRobotMapping) -> tuple[ObservationSpec, dict[str, slice]]:
-    """The mapping's observation spec checked against the dataset's ``observation.state`` names."""
+def _state_layout(dataset: LeRobotDataset, mapping: LeRobotMapping) -> tuple[ObservationSpec, dict[str, np.ndarray]]:
+    """The mapping's observation spec, and each of its fields' columns in the dataset's
+    ``observation.state`` (matched by the spec's ``state_names()``; a bare '<joint>' stands for '<joint>.pos')."""
     info = dataset.root / INFO_PATH
     for name in (STATE, ACTION):
         if name not in dataset.features:
             raise DatasetError(f"{info}: the mapping needs feature {name!r}; the dataset has {sorted(dataset.features)}")
-    names = dataset.feature_names(STATE)
-    joints = mapping.observation.get("joint_names") or [n for n in names if not n.endswith(".vel") and not n.startswith("goal.")]
+    joints = mapping.observation.get("joint_names") or state_joint_names(dataset.feature_names(STATE))
     spec = mapping.spec(joints)
-    expected = state_names(spec)
-    missing = [n for n in expected if n not in names]
-    if missing:
-        raise DatasetError(f"{info}: feature {STATE!r} lacks {missing} that the mapping's observation "
-                           f"{list(spec.fields)} needs; its names are {names}")
-    index = {n: i for i, n in enumerate(names)}
-    cols = {f: np.array([index[n] for n in state_names(ObservationSpec(spec.joint_names, (f,)))]) for f in spec.fields}
-    return spec, cols  # type: ignore[return-value]
+    dataset.columns_of(STATE, spec.state_names())  # one error naming every missing value
+    for feature in spec.vector_features:
+        if feature.msg_type not in (bagio.POINT_STAMPED, bagio.FLOAT64_MULTI_ARRAY):
+            raise DatasetError(f"mapping.observation: feature {feature.name!r} ({feature.msg_type}) cannot be written to a "
+                               f"bag; --to-rosbag2 writes {bagio.POINT_STAMPED} and {bagio.FLOAT64_MULTI_ARRAY}")
+    cols = {f.name: dataset.columns_of(STATE, ObservationSpec(spec.joint_names, (f.name,), (f,)).state_names())
+            for f in spec.low_dim_features}
+    return spec, cols
 
 
 def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
@@ -307,12 +372,9 @@ def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
         raise DatasetError(f"mapping.data.action_source {cfg.action_source!r} cannot be written to a bag; "
                            f"use one of {list(WRITABLE_ACTION_SOURCES)}")
     spec, cols = _state_layout(dataset, mapping)
-    action_names = dataset.feature_names(ACTION)
+    cameras = _dataset_cameras(dataset, mapping)
     wanted = list(mapping.action_joint_names or spec.joint_names)
-    missing = [n for n in wanted if n not in action_names]
-    if missing:
-        raise DatasetError(f"{info}: feature {ACTION!r} lacks joint(s) {missing}; its names are {action_names}")
-    action_cols = [action_names.index(n) for n in wanted]
+    action_cols = dataset.columns_of(ACTION, wanted).tolist()
     command_names = list(cfg.command_joint_names or wanted)
     if not set(command_names) <= set(wanted):
         raise DatasetError(f"mapping.data.command_joint_names {command_names} are not all action joints {wanted}")
@@ -322,16 +384,29 @@ def lerobot_to_bags(root: Path, out_dir: Path, mapping: LeRobotMapping,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        names = _write_bags(dataset, tmp, mapping, spec, cols, wanted, action_cols, command_names, progress)
+        names = _write_bags(dataset, tmp, mapping, spec, cols, wanted, action_cols, command_names, cameras, progress)
         os.rename(tmp / "out", out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out_dir / n for n in names]
 
 
+def _dataset_cameras(dataset: LeRobotDataset, mapping: LeRobotMapping) -> dict[str, str]:
+    """Camera -> Image topic to write: the mapping's ``images`` (each must be a video feature of the
+    dataset), or (None) every video feature on ``/camera/<name>/image_raw``."""
+    keys = dataset.video_keys
+    if mapping.images is None:
+        return {key[len(IMAGES_PREFIX):]: image_topic(key[len(IMAGES_PREFIX):]) for key in keys if key.startswith(IMAGES_PREFIX)}
+    missing = [IMAGES_PREFIX + c for c in mapping.images if IMAGES_PREFIX + c not in keys]
+    if missing:
+        raise DatasetError(f"{dataset.root / INFO_PATH}: the mapping's images need video feature(s) {missing}; "
+                           f"the dataset has {keys}")
+    return dict(mapping.images)
+
+
 def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spec: ObservationSpec,
                 cols: dict[str, np.ndarray], wanted: list[str], action_cols: list[int], command_names: list[str],
-                progress: Callable[[int, str], None] | None) -> list[str]:
+                cameras: dict[str, str], progress: Callable[[int, str], None] | None) -> list[str]:
     cfg = mapping.data
     step = period_ns(mapping.period_s)
     names: list[str] = []
@@ -344,27 +419,38 @@ def _write_bags(dataset: LeRobotDataset, tmp: Path, mapping: LeRobotMapping, spe
         # fancy indexing may return a column-major array; CDR serialization needs contiguous rows
         actions = np.ascontiguousarray(ep.columns[ACTION].astype(np.float64)[:, action_cols])
         commands = np.ascontiguousarray(actions[:, [wanted.index(n) for n in command_names]])
+        video = {camera: dataset.episode_frames(ep.episode_index, IMAGES_PREFIX + camera) for camera in cameras}
         with bagio.BagWriter(path, mapping.storage) as bag:
-            last_goal: np.ndarray | None = None
+            last: dict[str, np.ndarray] = {}
             for k, t in enumerate(stamps):
                 t = int(t)
                 pos = state[k, cols["joint_positions"]] if "joint_positions" in cols else np.zeros(0)
                 vel = state[k, cols["joint_velocities"]] if "joint_velocities" in cols else np.zeros(0)
                 bag.write(cfg.joint_states_topic, bagio.JOINT_STATE, bagio.joint_state_msg(t, spec.joint_names, pos, vel), t)
-                if "goal" in cols and (last_goal is None or not np.array_equal(state[k, cols["goal"]], last_goal)):
-                    last_goal = state[k, cols["goal"]]
-                    bag.write(cfg.goal_topic, bagio.POINT_STAMPED, bagio.point_stamped_msg(t, last_goal), t)
+                for feature in spec.vector_features:  # a message when the value changes (latched, like a goal)
+                    value = state[k, cols[feature.name]]
+                    if feature.name not in last or not np.array_equal(value, last[feature.name]):
+                        last[feature.name] = value
+                        bag.write(cfg.feature_topic(feature), feature.msg_type, _vector_msg(feature, t, value), t)
                 if cfg.action_source == "commands":
                     bag.write(cfg.command_topic, bagio.FLOAT64_MULTI_ARRAY, bagio.float64_multi_array_msg(commands[k]), t)
                 else:
                     msg = bagio.joint_trajectory_msg(t, command_names, commands[k:k + 1], mapping.period_s,
                                                      times_from_start_ns=[step])
                     bag.write(cfg.trajectory_topic, bagio.JOINT_TRAJECTORY, msg, t)
+                for camera, frames in video.items():
+                    bag.write(cameras[camera], IMAGE, bagio.image_msg(t, frames[k], f"{camera}_optical_frame"), t)
             (bag.directory / bagio.EPISODE_JSON).write_text(
                 _episode_json(ep.task, ep.episode_index, dataset.root))
         if progress is not None:
             progress(ep.episode_index, names[-1])
     return names
+
+
+def _vector_msg(feature: FeatureSpec, stamp_ns: int, value: np.ndarray) -> Any:
+    if feature.msg_type == bagio.POINT_STAMPED:
+        return bagio.point_stamped_msg(stamp_ns, value, feature.frame_id or "world")
+    return bagio.float64_multi_array_msg(np.ascontiguousarray(value), label=feature.name)
 
 
 def _episode_json(task: str, episode_index: int, root: Path) -> str:

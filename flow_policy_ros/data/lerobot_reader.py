@@ -27,10 +27,28 @@ from flow_policy_ros.data.lerobot import (
     TASKS_PATH,
     arrow_type,
 )
+from flow_policy_ros.data.lerobot_video import decode_frames, image_keys
 from flow_policy_ros.errors import DatasetError
 
 #: How far (s) a timestamp may lie from its frame slot (LeRobotDataset's default tolerance_s).
 TIMESTAMP_TOLERANCE_S = 1e-4
+#: A joint position's value name: '<joint>.pos', as ``ObservationSpec.state_names()`` and LeRobot's own
+#: robots name it. A plain '<joint>' is read as the same value (datasets that name positions bare).
+POSITION_SUFFIX = ".pos"
+
+
+def name_aliases(name: str) -> tuple[str, ...]:
+    """The value names that stand for ``name``: itself, then '<joint>' for '<joint>.pos' and vice versa."""
+    if name.endswith(POSITION_SUFFIX):
+        return name, name[: -len(POSITION_SUFFIX)]
+    return name, name + POSITION_SUFFIX
+
+
+def state_joint_names(names: Sequence[str]) -> list[str]:
+    """The joints of an ``observation.state`` whose positions it holds, in its order: names ending in
+    '.pos' (the suffix removed), or plain names without a dot ('<joint>.vel', 'goal.x' are not positions)."""
+    return [n[: -len(POSITION_SUFFIX)] if n.endswith(POSITION_SUFFIX) else n
+            for n in names if n.endswith(POSITION_SUFFIX) or "." not in n]
 
 
 def _to_numpy(column: pa.ChunkedArray, ft: Mapping[str, Any]) -> np.ndarray:
@@ -104,10 +122,51 @@ class LeRobotDataset:
 
     def feature_names(self, name: str) -> list[str]:
         """The ``names`` of a vector feature (e.g. the joints of ``observation.state``)."""
+        if name not in self.features:
+            raise DatasetError(f"{self.root / INFO_PATH}: no feature {name!r}; it declares {sorted(self.features)}")
         names = self.features[name].get("names")
         if isinstance(names, dict):  # older LeRobot style {"motors": [...]}
             names = next(iter(names.values()))
         return [str(n) for n in names] if names is not None else []
+
+    def columns_of(self, name: str, wanted: Sequence[str]) -> np.ndarray:
+        """Indices (len(wanted),) of the ``wanted`` value names in vector feature ``name``, matched by name
+        (:func:`name_aliases`: '<joint>.pos' and '<joint>' are one value); DatasetError naming the missing ones."""
+        names = self.feature_names(name)
+        index = {n: i for i, n in enumerate(names)}
+        cols: list[int] = []
+        missing: list[str] = []
+        for value in wanted:
+            found = [index[a] for a in name_aliases(value) if a in index]
+            if found:
+                cols.append(found[0])
+            else:
+                missing.append(value)
+        if missing:
+            raise DatasetError(f"{self.root / INFO_PATH}: feature {name!r} lacks {missing}; its names are {names}")
+        return np.array(cols, np.int64)
+
+    @property
+    def video_keys(self) -> list[str]:
+        """The features stored as mp4 video (``observation.images.<camera>``), in declaration order."""
+        return image_keys(self.features)
+
+    def video_file(self, key: str, chunk_index: int, file_index: int) -> Path:
+        return self.root / str(self.info["video_path"]).format(video_key=key, chunk_index=chunk_index, file_index=file_index)
+
+    def episode_frames(self, episode_index: int, key: str) -> np.ndarray:
+        """Frames (N, H, W, 3) uint8 RGB of video feature ``key`` in episode ``episode_index``, frame k
+        decoded from ``from_timestamp + k / fps`` of its file (frame-accurate; lossy codec: docs/lerobot.md)."""
+        if key not in self.video_keys:
+            raise DatasetError(f"{self.root / INFO_PATH}: no video feature {key!r}; it has {self.video_keys}")
+        ep = self.episodes[episode_index]
+        path = self.video_file(key, int(ep[f"videos/{key}/chunk_index"]), int(ep[f"videos/{key}/file_index"]))
+        frames = decode_frames(path, float(ep[f"videos/{key}/from_timestamp"]), int(ep["length"]), self.fps, key)
+        shape = tuple(self.features[key]["shape"])
+        if frames.shape[1:] != shape:
+            raise DatasetError(f"{path}: feature {key!r}: frames are {list(frames.shape[1:])}, "
+                               f"meta/info.json declares shape {list(shape)}")
+        return frames
 
     def data_file(self, chunk_index: int, file_index: int) -> Path:
         return self.root / str(self.info["data_path"]).format(chunk_index=chunk_index, file_index=file_index)
@@ -122,7 +181,8 @@ class LeRobotDataset:
         increasing (a gap is allowed, a repeat or reversal is not).
         """
         features = self.features
-        names = [n for n in (wanted if wanted is not None else features) if n not in DEFAULT_FEATURES]
+        names = [n for n in (wanted if wanted is not None else features)
+                 if n not in DEFAULT_FEATURES and (wanted is not None or features[n].get("dtype") != "video")]
         for name in names:
             if name not in features:
                 raise DatasetError(f"{self.root / INFO_PATH}: no feature {name!r}; it declares {sorted(features)}")
@@ -212,8 +272,15 @@ def read_dataset(root: Path) -> LeRobotDataset:
         if name not in features:
             raise DatasetError(f"{info_path}: missing default feature {name!r}")
     for name, ft in features.items():
-        if ft.get("dtype") in ("video", "image", "string"):
-            continue  # declared; reading them arrives with the camera feature
+        if ft.get("dtype") == "video":
+            shape = ft.get("shape")
+            if not isinstance(shape, list) or len(shape) != 3 or shape[2] != 3:
+                raise DatasetError(f"{info_path}: feature {name!r} has shape {shape!r}; a video is [height, width, 3]")
+            if not info.get("video_path"):
+                raise DatasetError(f"{info_path}: feature {name!r} is a video but field 'video_path' is empty")
+            continue
+        if ft.get("dtype") in ("image", "string"):
+            continue  # declared; image bytes in the parquet (use_videos=False) are not read here
         arrow_type(name, ft, str(info_path))
     tasks_table = _read_parquet(root / TASKS_PATH, "tasks")
     _require(tasks_table, root / TASKS_PATH, ["task_index", "task"], "tasks")
@@ -226,6 +293,8 @@ def read_dataset(root: Path) -> LeRobotDataset:
         raise DatasetError(f"{root / EPISODES_DIR}: missing (no episodes parquet file)")
     needed = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
               "dataset_from_index", "dataset_to_index"]
+    needed += [f"videos/{key}/{column}" for key in image_keys(features)
+               for column in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
     episodes: list[dict[str, Any]] = []
     for path in episode_files:
         schema_names = _read_schema_names(path)

@@ -44,6 +44,7 @@ from flow_policy_ros.data.windows import (
 )
 from flow_policy_ros.errors import DatasetError
 from flow_policy_ros.policy.config import DataConfig, PolicyConfig, to_dict
+from flow_policy_ros.policy.lerobot_windows import is_lerobot_dataset, lerobot_windows
 
 #: Bump when the windowing changes, so stale caches are not reused.
 CACHE_VERSION = 2  # 2: camera frames and per-window frame indices
@@ -292,7 +293,8 @@ def _read_for_windows(episode: Path, policy_cfg: PolicyConfig, data_cfg: DataCon
     if data_cfg.action_source == "joint_states":
         joints += [n for n in policy_cfg.action_joint_names if n not in joints]
     command_joints = data_cfg.command_joint_names or policy_cfg.action_joint_names
-    rec = read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints)
+    rec = read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints,
+                           vector_features=policy_cfg.observation.vector_features)
     for feature in policy_cfg.observation.image_features:  # camera models: the frames of each camera
         times, frames = read_image_topic(episode, "/" + feature.topic.lstrip("/"))
         rec.images[feature.camera] = ImageSeries(f"{feature.camera}_optical_frame", times, frames)
@@ -346,7 +348,8 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
 def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
                        cache_dir: Path | None = None, include_failures: bool = False,
                        progress: bool = True) -> Windows:
-    """Training windows from an npz windows file or a directory of rosbag2 episodes.
+    """Training windows from an npz windows file, a directory of rosbag2 episodes, or a LeRobotDataset
+    v3.0 directory (``meta/info.json``; :mod:`flow_policy_ros.policy.lerobot_windows`, not cached).
 
     A directory is windowed once and cached in ``cache_dir`` (default :func:`default_cache_dir`)
     as ``windows-<key>.npz``, the key hashing file names, sizes, mtimes and the relevant config,
@@ -355,9 +358,9 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such training data (expected an .npz file or a directory of bags)")
-    if path.is_file():
-        windows = Windows.load_npz(path)
+        raise DatasetError(f"{path}: no such training data (expected an .npz file, a directory of bags or a LeRobot dataset)")
+    if path.is_file() or is_lerobot_dataset(path):
+        windows = Windows.load_npz(path) if path.is_file() else Windows(*lerobot_windows(path, policy_cfg, progress))
         windows.check_shapes(policy_cfg, path)
         check_windows_values(windows, path)
         describe_windows(windows)

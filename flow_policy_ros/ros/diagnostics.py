@@ -45,17 +45,24 @@ POLICY_LEVELS = {"running": "OK", "inactive": "OK", "waiting": "WARN", "stale": 
 
 
 def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controller: PolicyController, policy: ChunkPolicy,
-                       extra: Mapping[str, object], obs_to_command_s: Iterable[float]) -> DiagnosticArray:
+                       extra: Mapping[str, object], obs_to_command_s: Iterable[float], goal_rejection: str | None = None,
+                       joint_state_rejection: str = "") -> DiagnosticArray:
     """policy_node's status: ``state``/``reason``, the model (``OnnxPolicy``: provider, name, hash),
-    the ``PolicyController``'s counters and latency percentiles (ms), and ``extra`` key/values."""
+    the ``PolicyController``'s counters and latency percentiles (ms), and ``extra`` key/values.
+
+    ``goal_rejection`` (default: the controller's) is the last goal refused for whatever reason,
+    also one the node refused before the controller saw it (a NaN goal); ``joint_state_rejection``
+    the last joint state the node refused (e.g. joint names that do not match the model)."""
     counters = controller.counters
     meta = policy.metadata
+    goal_rejection = controller.goal_rejection if goal_rejection is None else goal_rejection
     values = {
         "state": state, "reason": reason, "active_provider": policy.active_provider,
         "provider_fallback_reason": policy.fallback_reason, "model_name": meta.name, "model_hash": meta.model_hash,
         **extra, "guidance_scale": f"{controller.guidance_scale:g}", "warning": controller.warning,
         "ood_guard": controller.ood_guard, "ood_score": "nan" if controller.ood is None else f"{controller.ood.value:.3g}",
-        "ood_field": "" if controller.ood is None else controller.ood.label, "goal_rejection": controller.goal_rejection,
+        "ood_field": "" if controller.ood is None else controller.ood.label, "goal_rejection": goal_rejection,
+        "joint_state_rejection": joint_state_rejection,
         **counters.as_dict(),
         **percentiles_ms({"inference_latency": counters.inference_s, "tick_jitter": counters.jitter_s,
                           "obs_to_command_latency": obs_to_command_s}),

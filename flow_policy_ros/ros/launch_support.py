@@ -89,24 +89,73 @@ def given_values(context: Any, arguments: Sequence[ParameterArgument]) -> dict[s
     return {a.name: LaunchConfiguration(a.name).perform(context) for a in arguments}
 
 
-def end_launch_with(node: Any) -> Any:
-    """An OnProcessExit handler for ``node``: a non-zero exit fails the launch (return code 1, the
-    reason logged); an exit with status 0 shuts the launch down (status 0). Exits while the launch
-    is already shutting down (Ctrl-C) are left alone."""
+class NodeExitReport:
+    """Why a launched node ended, for the launch's last line: the node's own one-line error.
+
+    The nodes of this package end a failure with ``<node name>: error: <reason>`` on stderr
+    (:func:`flow_policy_ros.ros.node_runner.report_fatal`); :meth:`on_output` keeps the last such
+    line of the node's output, :meth:`describe` turns an exit into one sentence naming the node,
+    its exit status and that reason. Plain Python: tested without ``launch``.
+    """
+
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self.reason = ""
+        self._marker = f"{node_name}: error: "
+        self._partial = ""
+
+    def on_output(self, text: bytes | str) -> None:
+        """Feed a chunk of the node's stdout/stderr (lines may span chunks)."""
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            start = line.find(self._marker)
+            if start >= 0:
+                self.reason = line[start + len(self._marker):].strip()
+
+    def describe(self, returncode: int) -> str:
+        """``<node> exited with status <n>: <reason>`` (or a pointer to its output when it gave none)."""
+        self.on_output("\n")  # a last line without its newline
+        reason = self.reason or "it printed no error line; see its output above"
+        return f"{self.node_name} exited with status {returncode}: {reason}"
+
+
+class NodeFailed(Exception):
+    """A launched node exited with a non-zero status; the message names the node and its reason."""
+
+
+def end_launch_with(node: Any, node_name: str) -> list:
+    """Event handlers for ``node`` (a launch_ros Node named ``node_name``), to add to the launch
+    description after it: a non-zero exit ends the launch with status 1 and, as its last error
+    line, ``<node_name> exited with status <n>: <the node's own error line>``; an exit with status 0
+    shuts the launch down (status 0). Exits while the launch is already shutting down (Ctrl-C) are
+    left alone.
+
+    launch gives a non-zero status only when an action raises, and then prints "Caught exception in
+    launch (see debug for traceback): <message>"; the message is the sentence that names the node and
+    its reason, and the line before it (the node's own FATAL log line) says the same.
+    """
     from launch.actions import EmitEvent, OpaqueFunction, RegisterEventHandler
-    from launch.event_handlers import OnProcessExit
+    from launch.event_handlers import OnProcessExit, OnProcessIO
     from launch.events import Shutdown
+
+    report = NodeExitReport(node_name)
+
+    def on_io(event: Any) -> None:
+        report.on_output(event.text)
 
     def on_exit(event: Any, context: Any) -> list | None:
         if context.is_shutdown:
             return None
         if event.returncode != 0:
-            # launch returns 1 only when an action raises: a Shutdown event alone would exit 0
-            return [OpaqueFunction(function=_fail, args=[f"{event.process_name} exited with status {event.returncode}"])]
-        return [EmitEvent(event=Shutdown(reason=f"{event.process_name} finished"))]
+            return [OpaqueFunction(function=_fail, args=[report.describe(event.returncode)])]
+        return [EmitEvent(event=Shutdown(reason=f"{node_name} finished"))]
 
-    return RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))
+    return [RegisterEventHandler(OnProcessIO(target_action=node, on_stdout=on_io, on_stderr=on_io)),
+            RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))]
 
 
 def _fail(context: Any, reason: str) -> None:
-    raise RuntimeError(reason)
+    raise NodeFailed(reason)

@@ -10,7 +10,13 @@ services ``/flow_policy_node/change_state``, ``get_state``, ... (``ros2 lifecycl
   limiter starts from the last command sent (the robot holds it).
 * deactivate: stop commanding and keep the model; trajectory mode publishes one empty
   JointTrajectory (a JointTrajectoryController holds), stream mode stops publishing.
-* cleanup / shutdown: release the model, the worker thread, subscriptions and timers.
+* cleanup / shutdown: release the model, the worker thread, subscriptions and timers. Shutdown
+  from active first runs the deactivate path (the empty trajectory goes out at once; the writer
+  then stays up to :data:`STOP_ACK_TIMEOUT_S` for the subscribers' acknowledgement); once
+  ``finalized`` the process exits (status 0), as ``ros2 lifecycle set ... shutdown`` expects.
+* SIGINT / SIGTERM (Ctrl-C, ``launch`` stopping, ``docker stop``): the same shutdown transition
+  before the process exits (:mod:`flow_policy_ros.ros.node_runner` keeps the context valid for
+  it), so a JointTrajectoryController holds instead of running the last chunk to its end.
 
 Nothing goes out on ``commands`` / ``joint_trajectory`` unless active. ``autostart`` (default
 true) configures and activates at start-up (a failure exits with status 1), so ``ros2 run`` and
@@ -34,9 +40,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -51,6 +59,7 @@ from flow_policy_ros.errors import FlowPolicyError, ObservationError, one_line
 from flow_policy_ros.ros.diagnostics import policy_diagnostics
 from flow_policy_ros.ros.messages import (
     JointStateReader,
+    MissingJointError,
     action_to_multiarray_msg,
     chunk_to_trajectory_msg,
     joint_states_topic,
@@ -74,13 +83,19 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 CONFIGURE_ERRORS = (FlowPolicyError, OSError, ValueError, TypeError)
 _RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: How long shutdown waits for the subscribers to acknowledge the empty trajectory (s), keeping the
+#: writer alive for a retransmission. The stop itself reached a subscriber in another process 2-11 ms
+#: after SIGINT/SIGTERM (12 runs, both executors); Fast DDS acknowledges on its writer heartbeat (3 s
+#: by default: acknowledged after 2.7 s here), so a longer wait only delays the exit (0.7 s in all).
+STOP_ACK_TIMEOUT_S = 0.5
 
 
 class PolicyNode(LifecycleNode):
     """The policy at control rate, managed; see the module docstring."""
 
-    def __init__(self) -> None:
-        super().__init__(NODE_NAME)
+    def __init__(self, **node_kwargs: Any) -> None:
+        """``node_kwargs`` go to rclpy's Node (e.g. ``context`` for an in-process test)."""
+        super().__init__(NODE_NAME, **node_kwargs)
         # set before anything can fail: rclpy's shutdown calls destroy_node on a half-built node
         self.params: PolicyNodeParams | None = None  # params, policy, controller, worker: set by configure
         self.policy, self.controller, self.worker = None, None, None
@@ -89,6 +104,12 @@ class PolicyNode(LifecycleNode):
         self.scheduling = "SCHED_OTHER"
         self._active = False
         self._latched: dict[str, tuple[np.ndarray, str | None]] = {}  # task features (goal): last value, frame
+        self.finalized = False  # the shutdown transition ran: the process exits (node_runner's ``finished``)
+        # joint states the node itself refused, for /diagnostics (the controller never sees those messages):
+        # the last reason; whether a joint state was usable this activation
+        self._rejections: dict[str, str] = {}
+        self._joint_state_used = False
+        self._joint_state_refused = False  # the latest joint state was refused
         self._held: np.ndarray | None = None  # the last command sent: what the robot holds while inactive
         self._owned: list[tuple[Callable, object]] = []  # (destroy, entity) of what configure created
         self.latency = StageLatencies()
@@ -157,6 +178,7 @@ class PolicyNode(LifecycleNode):
         for name, (values, frame_id) in self._latched.items():
             self.controller.on_feature(name, values, frame_id)
         self._last_reason = ""
+        self._rejections, self._joint_state_used, self._joint_state_refused = {}, False, False
         self._obs_to_cmd_s.clear()
         self.latency = self.worker.latencies = StageLatencies()
         result = super().on_activate(state)  # enables the command publisher
@@ -184,9 +206,29 @@ class PolicyNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._active:
             self._stop_commanding()
-        return self.on_cleanup(state)
+            acked = self._publisher.wait_for_all_acked(Duration(seconds=STOP_ACK_TIMEOUT_S))
+            self.get_logger().info(f"shutdown: stop sent on {self._publisher.topic_name}" + (
+                "" if acked else f" (not yet acknowledged by every subscriber after {STOP_ACK_TIMEOUT_S} s; "
+                                 "DDS acknowledges on its next heartbeat)"))
+        result = self.on_cleanup(state)
+        self.finalized = True
+        self.get_logger().info("shut down (finalized): exiting")
+        return result
+
+    def stop_for_exit(self, signal_name: str) -> None:
+        """Before the process exits on ``signal_name``: the shutdown transition from the current
+        state (from active: the deactivate path, its stop published), unless it already ran."""
+        if self.finalized:
+            return
+        self.get_logger().info(f"{signal_name}: shutting down")
+        self.trigger_shutdown()
 
     def _stop_commanding(self) -> None:
+        # The EventsExecutor may still run ONE tick of the destroyed timer: a timer event already queued
+        # behind this transition's service call is dispatched before the executor processes the removal
+        # (seen in 2 of 40 deactivations). _on_tick therefore checks _active, and every callback copes
+        # with a released node (after shutdown a stale tick met controller None: AttributeError, the
+        # process died and get_state after ACTIVE_SHUTDOWN had no answer).
         self._active = False
         self.destroy_timer(self._tick_timer)
         deadline = time.monotonic() + 1.0  # a chunk in flight belongs to this activation: wait, drop it
@@ -212,7 +254,14 @@ class PolicyNode(LifecycleNode):
             if param.name == "guidance_scale" and self.controller is not None:
                 self.controller.guidance_scale = validate_guidance_scale(param.value)
 
-    def _reject(self, reason: str, feature: str = "") -> None:
+    def _reject(self, reason: str, topic: str = "joint_states", feature: str = "") -> None:
+        """Count a refused message; ``feature``: the vector feature it was for (the controller keeps its reason)."""
+        if self.controller is None:  # a message queued before cleanup destroyed the subscription
+            return
+        if not feature:
+            self._rejections[topic] = reason
+        if topic == "joint_states" and not feature:
+            self._joint_state_refused = True
         self.controller.reject(reason, feature)
         self.get_logger().warning(f"rejected message ({self.controller.counters.rejected_messages} so far): {reason}",
                                   throttle_duration_sec=1.0)
@@ -227,8 +276,9 @@ class PolicyNode(LifecycleNode):
         try:
             positions, velocities, measured = self._joint_reader.read(msg)
         except ObservationError as exc:
-            self._reject(str(exc))
+            self._reject(joint_state_problem(exc, msg.name, self.meta.observation.joint_names))
             return
+        self._joint_state_used, self._joint_state_refused = True, False
         decisions = self.controller.on_joint_state(now_ns, positions, velocities, measured, stamp_ns)
         if decisions and isinstance(decisions[-1], InferenceRequest):
             self.latency.add_ns("assembly", time.perf_counter_ns() - start_ns)
@@ -245,7 +295,7 @@ class PolicyNode(LifecycleNode):
         try:
             values, frame_id = vector_values(feature, msg)
         except ObservationError as exc:
-            self._reject(str(exc), feature.name)
+            self._reject(str(exc), feature.topic, feature.name)
             return
         stamp = getattr(msg, "header", None)
         stamp_ns = stamp_to_ns(stamp.stamp) if stamp is not None else 0
@@ -259,6 +309,8 @@ class PolicyNode(LifecycleNode):
                                           f"{self.controller.goal_rejection}", throttle_duration_sec=1.0)
 
     def _on_tick(self) -> None:
+        if not self._active:  # a tick queued before deactivate/shutdown destroyed the timer: see _stop_commanding
+            return
         self._on_inference_done()  # normally handled at once via the guard condition
         self._carry_out(self.controller.on_tick(self.get_clock().now().nanoseconds))
         c = self.controller
@@ -302,20 +354,49 @@ class PolicyNode(LifecycleNode):
                 self.latency.add_ns("obs_to_command", obs_to_command_ns)
                 self._obs_to_cmd_s.append(obs_to_command_ns * 1e-9)
 
+    def _diagnosis(self) -> str:
+        """The controller's reason, made specific while it waits or holds on stale data: the node saw the
+        messages it refused (joint states whose names do not match the model, a NaN goal) and names them."""
+        c = self.controller
+        if c.state == "stale" and self._joint_state_refused:  # they still come, but are refused
+            return f"{c.reason}; the joint states arriving are refused: {self._rejections['joint_states']}"
+        if c.state != "waiting":
+            return c.reason
+        if not self._joint_state_used and "joint_states" in self._rejections:
+            return f"no usable joint states: {self._rejections['joint_states']}"
+        return c.reason  # names a missing vector feature (the goal) and why its last value was rejected
+
     def _publish_diagnostics(self) -> None:
-        state, reason = (self.controller.state, self.controller.reason) if self._active else ("inactive", "")
+        if self.controller is None:  # an event queued before cleanup destroyed the timer
+            return
+        state, reason = (self.controller.state, self._diagnosis()) if self._active else ("inactive", "")
         self._diagnostics.publish(policy_diagnostics(
             self.get_clock().now().to_msg(), f"{self.get_name()}: policy", state, reason, self.controller, self.policy,
             {"lifecycle_state": "active" if self._active else "inactive", "scheduling": self.scheduling,
              "execution": self.params.execution, "chunking": self.params.chunking_for(self.meta),
              "control_rate_hz": f"{self.params.control_rate_hz:g}",
              "inference": "thread" if self.params.threaded_inference else "inline", "executor": self.params.executor,
-             **self.latency.diagnostic_values()}, self._obs_to_cmd_s))
+             **self.latency.diagnostic_values()}, self._obs_to_cmd_s,
+            goal_rejection=self.controller.goal_rejection,
+            joint_state_rejection=self._rejections.get("joint_states", "")))
 
     def destroy_node(self) -> None:
         if self.worker is not None:
             self.worker.stop()
         super().destroy_node()
+
+
+def joint_state_problem(exc: ObservationError, received: list[str], model_joints: tuple[str, ...] | list[str]) -> str:
+    """Why a JointState was refused; when the model's joints are missing, which ones, what the message
+    had instead, and the way out (the driver's names mapped to the model's)."""
+    if not isinstance(exc, MissingJointError) or not received:
+        return str(exc)
+    missing = [name for name in model_joints if name not in received]
+    if not missing:
+        return str(exc)
+    return (f"joint_states lack the model's joint(s) {missing}; the message has {list(received)}: publish the "
+            f"model's joint names, e.g. by remapping the driver's names (a joint map such as "
+            f"config/example_joint_map.yaml lists driver name -> model name)")
 
 
 def _start(node: PolicyNode) -> None:
@@ -334,7 +415,9 @@ def _start(node: PolicyNode) -> None:
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run flow_policy_ros policy_node``."""
     return spin_node(NODE_NAME, PolicyNode, (FlowPolicyError, FileNotFoundError, ValueError, TypeError), _start, args,
-                     executor_kind=lambda node: node.get_parameter("executor").value)
+                     executor_kind=lambda node: node.get_parameter("executor").value,
+                     on_stop=lambda node, signal_name: node.stop_for_exit(signal_name),
+                     finished=lambda node: node.finalized)
 
 
 if __name__ == "__main__":
