@@ -14,7 +14,9 @@ held-out episode seeds (eval seed ``--seed``) under each condition:
   instead of (0.6, 0.3, 1.0)): shading and shadows move;
 - ``distractor_colour``: the distractor cube green (0.15, 0.75, 0.2) instead of blue.
 
-Prints a markdown table (success, 95 % Wilson interval, failures) and writes the JSON.
+Prints a markdown table (success, 95 % Wilson interval, failures) and writes the JSON;
+``--frames PNG`` also saves the first frame of the first episode under each condition side by side
+(3x upscaled), to look at what the policy saw.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def scene(condition: str, spec: EpisodeSpec) -> EpisodeSpec:
     return replace(spec, visuals=visuals)
 
 
+def first_frame(policy, condition: str, seed: int) -> np.ndarray:
+    """The (H, W, 3) frame the camera shows at the reset of episode ``seed`` under ``condition``."""
+    from flow_policy_ros.sim.env import SimEnv
+
+    base = camera_for_model(policy.metadata)
+    camera = {"lighting": replace(base, light_direction=LIGHT_DIRECTION),
+              "pose_jitter": jittered_camera(base, seed)}.get(condition, base)
+    with SimEnv(record=False, camera=camera) as env:
+        env.reset_to(scene(condition, sample_episode(TASK, seed)))
+        return env.observe().images[camera.name][1]
+
+
 def run_condition(model: Path, condition: str, seeds: list[int]) -> dict:
     policy = load_policy(model)
     base = camera_for_model(policy.metadata)
@@ -95,6 +109,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (episode seeds as eval-sim's)")
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--frames", type=Path, help="save the first frame under each condition here (PNG)")
     args = parser.parse_args()
     seeds = eval_episode_seeds(args.seed, args.episodes)
     rows = []
@@ -108,6 +123,12 @@ def main() -> int:
         lo, hi = row["success_ci95"]
         print(f"| {row['condition']} | {row['successes']}/{row['episodes']} ({row['success_rate']:.0%}) | "
               f"{lo:.0%}-{hi:.0%} | {row['failures'] or '-'} | {row['final_distance_m_median'] * 100:.1f} cm |")
+    if args.frames:
+        from PIL import Image
+
+        policy = load_policy(args.model)
+        strip = np.concatenate([first_frame(policy, c, seeds[0]) for c in args.conditions], axis=1)
+        Image.fromarray(np.kron(strip, np.ones((3, 3, 1), np.uint8))).save(args.frames)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "seed": args.seed, "episodes": args.episodes,
                                          "eye_jitter_m": EYE_JITTER_M, "angle_jitter_deg": ANGLE_JITTER_DEG,
