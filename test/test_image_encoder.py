@@ -246,3 +246,13 @@ def test_infer_passes_the_request_frames(camera_model):
     assert result.error is None and result.actions.shape == (8, 7)
     result = infer(policy.predict, InferenceRequest(np.zeros(7, np.float32), 0, 0, 0, 0, None))
     assert result.actions is None and "camera 'front'" in result.error
+
+
+def test_bench_feeds_random_frames_to_a_camera_model(camera_model):
+    from flow_policy_ros.cli.bench import bench_model
+
+    path, ckpt, _ = camera_model
+    result = bench_model(path, ckpt, calls=100)
+    assert result["cameras"] == {"front": [SIZE, SIZE, 3]}
+    assert result["onnxruntime"]["p50_ms"] > 0 and result["torch_eager"]["p50_ms"] > 0
+    assert result["max_abs_diff_vs_torch"] <= 1e-4  # the same frames went to both engines
