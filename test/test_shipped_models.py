@@ -35,6 +35,29 @@ def test_shipped_model_succeeds_in_closed_loop(model: str, task: str) -> None:
     assert report["failures"]["self_collision"] == 0, format_summary(report)
 
 
+@pytest.mark.slow
+def test_shipped_camera_model_finds_the_object_in_the_image() -> None:
+    """iiwa_reach_object is under-trained (36 % on 200 held-out episodes, see its model card), so it is
+    not held to the 4-of-5 bar above; what it must show is that the image drives it: with the camera
+    embedding (w = 1) it succeeds more often and ends nearer the cube than with the null embedding
+    (w = 0, arm state only), on the same episodes and noise."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    path = MODELS_DIR / "iiwa_reach_object.onnx"
+    if not path.is_file():
+        pytest.fail(f"shipped model {path} is missing (train and export it, see models/iiwa_reach_object.md)")
+    policy = OnnxPolicy(path, seed=0)
+    outcome = {}
+    for w in (0.0, 1.0):
+        report, results = evaluate(policy, "reach_object", 8, seed=0, config=replace(LoopConfig(), guidance_scale=w),
+                                   progress=False)
+        outcome[w] = (report["successes"], float(np.median([r.final_distance_m for r in results])), format_summary(report))
+    assert outcome[1.0][0] >= 3 and outcome[1.0][0] > outcome[0.0][0], outcome
+    assert outcome[1.0][1] < 0.5 * outcome[0.0][1], outcome
+
+
 @pytest.mark.parametrize(("student", "teacher"), [("iiwa_reach_2step", "iiwa_reach"),
                                                   ("iiwa_reach_around_2step", "iiwa_reach_around")])
 def test_shipped_two_step_students_are_reflow_students_of_the_shipped_teachers(student: str, teacher: str) -> None:

@@ -296,3 +296,66 @@ def test_eval_sim_exits_2_with_one_line_when_every_output_is_invalid(tiny_model:
     data = json.loads(report.read_text())  # the report is still written, with the counts
     assert data["invalid_outputs"] == data["inference_calls"] > 0 and data["failures"]["invalid_output"] == 1
     assert data["failures"]["timeout"] == 0 and "guards:" in captured.out
+
+
+# --------------------------------------------------------------------------- camera models
+
+
+@pytest.fixture(scope="module")
+def camera_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny camera model (joint positions + a 32 x 32 front camera), exported for real."""
+    from model_factory import make_checkpoint
+
+    from flow_policy_ros.contract import ObservationSpec, image_feature
+    from flow_policy_ros.export.onnx_export import export_checkpoint
+    from flow_policy_ros.policy.config import IIWA_POSITION_LOWER, IIWA_POSITION_UPPER
+
+    root = tmp_path_factory.mktemp("camera")
+    spec = ObservationSpec(IIWA_JOINT_NAMES, ("joint_positions", "image.front"), (image_feature("front", 32, 32),))
+    ckpt = make_checkpoint(root / "cam.pt", seed=3, horizon=16, observation=spec, guided_fields=("image.front",),
+                           image_channels=(4, 4, 8), image_keypoints=4, image_embed_dim=8,
+                           observation_range={"low": [v - 0.1 for v in IIWA_POSITION_LOWER],
+                                              "high": [v + 0.1 for v in IIWA_POSITION_UPPER]})
+    export_checkpoint(ckpt, root / "cam.onnx")
+    return root / "cam.onnx"
+
+
+class _Recording:
+    """A ChunkPolicy wrapper that keeps the images of every predict call."""
+
+    def __init__(self, policy: OnnxPolicy) -> None:
+        self.policy, self.metadata, self.images = policy, policy.metadata, []
+        self.active_provider, self.fallback_reason = policy.active_provider, policy.fallback_reason
+
+    def predict(self, observation, noise=None, guidance_scale=None, prefix_actions=None, prefix_length=None, images=None):
+        self.images.append(images)
+        return self.policy.predict(observation, noise, guidance_scale, prefix_actions, prefix_length, images=images)
+
+    def reseed(self, seed: int) -> None:
+        self.policy.reseed(seed)
+
+
+def test_camera_model_sees_the_rendered_frame_in_force(camera_model: Path) -> None:
+    from flow_policy_ros.sim.closed_loop import ClosedLoop
+
+    recorder = _Recording(OnnxPolicy(camera_model, seed=0, warmup=1))
+    with ClosedLoop(recorder) as loop:
+        assert (loop.camera.name, loop.camera.height, loop.camera.width) == ("front", 32, 32)
+        result = loop.run_episode("reach_object", eval_episode_seeds(0, 1)[0])
+    assert len(recorder.images) == len(result.latencies_s) > 10
+    frames = [images["image.front"] for images in recorder.images]
+    assert all(f.shape == (32, 32, 3) and f.dtype == np.uint8 for f in frames)
+    assert len({f.tobytes() for f in frames}) > 1  # a live camera: the arm moves in the picture
+    assert frames[0].std() > 5  # a rendered scene, not a blank frame
+
+
+def test_camera_of_the_wrong_size_or_name_is_refused(camera_model: Path) -> None:
+    from flow_policy_ros.errors import ModelFileError
+    from flow_policy_ros.sim.camera import CameraSpec
+    from flow_policy_ros.sim.closed_loop import ClosedLoop
+
+    policy = OnnxPolicy(camera_model, seed=0, warmup=1)
+    for camera, message in ((CameraSpec(name="front", width=96, height=96), "at 32x32 .*given sim camera is 'front' at 96x96"),
+                            (CameraSpec(name="wrist", width=32, height=32), "given sim camera is 'wrist'")):
+        with pytest.raises(ModelFileError, match=message):
+            ClosedLoop(policy, camera=camera)

@@ -40,6 +40,12 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
     w = np.array([meta.guidance_scale], np.float32)
     feed1 = {"observation": obs1, "noise": noise1, "guidance_scale": w}
     feed8 = {"observation": obs8, "noise": noise8, "guidance_scale": w}
+    # camera models: random uint8 frames of each image feature's shape (graph input image_<camera>)
+    images1 = {f.name: rng.integers(0, 256, (1, *f.image_shape), dtype=np.uint8) for f in meta.observation.image_features}
+    images8 = {f.name: rng.integers(0, 256, (8, *f.image_shape), dtype=np.uint8) for f in meta.observation.image_features}
+    for feed, images in ((feed1, images1), (feed8, images8)):
+        feed.update({"image_" + name.split(".", 1)[1]: frames for name, frames in images.items()})
+    single_images = {name: frames[0] for name, frames in images1.items()} or None
     if meta.rtc:  # a real-time chunking graph also takes a (here empty) prefix
         for feed in (feed1, feed8):
             feed.update(prefix_actions=np.zeros_like(feed["noise"]), prefix_length=np.zeros(len(feed["noise"]), np.int64))
@@ -52,12 +58,14 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         "solver_steps": meta.solver_steps,
         "solver": meta.solver,
         "guidance_scale": meta.guidance_scale,
+        "cameras": {f.camera: list(f.image_shape) for f in meta.observation.image_features},
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
     }
     ort_stats = latency_stats(lambda: session.run(None, feed1), calls)
-    ort_stats["predict_p50_ms"] = latency_stats(lambda: policy.predict(obs1[0]), max(200, calls // 4))["p50_ms"]
+    ort_stats["predict_p50_ms"] = latency_stats(lambda: policy.predict(obs1[0], images=single_images),
+                                                max(200, calls // 4))["p50_ms"]
     if gap_ms > 0:
-        ort_stats["predict_spaced"] = spaced_latency(lambda: policy.predict(obs1[0]), gap_ms * 1e-3)
+        ort_stats["predict_spaced"] = spaced_latency(lambda: policy.predict(obs1[0], images=single_images), gap_ms * 1e-3)
     ort_stats["batch8_chunks_per_s"] = throughput(lambda: session.run(None, feed8), 8)
     ort_stats["provider"] = policy.active_provider
     result["onnxruntime"] = ort_stats
@@ -72,11 +80,13 @@ def bench_model(model_path: Path, checkpoint: Path | None, calls: int, seed: int
         sampler = sampler_from_checkpoint(load_checkpoint(checkpoint), meta.solver_steps, solver=meta.solver)
         t_obs1, t_noise1, t_w = torch.from_numpy(obs1), torch.from_numpy(noise1), torch.from_numpy(w)
         t_obs8, t_noise8 = torch.from_numpy(obs8), torch.from_numpy(noise8)
+        t_img1 = {name.split(".", 1)[1]: torch.from_numpy(f) for name, f in images1.items()} or None
+        t_img8 = {name.split(".", 1)[1]: torch.from_numpy(f) for name, f in images8.items()} or None
 
         with torch.inference_mode():
-            torch_out = sampler(t_obs1, t_noise1, t_w).numpy()
-            torch_stats = latency_stats(lambda: sampler(t_obs1, t_noise1, t_w), calls)
-            torch_stats["batch8_chunks_per_s"] = throughput(lambda: sampler(t_obs8, t_noise8, t_w), 8)
+            torch_out = sampler(t_obs1, t_noise1, t_w, images=t_img1).numpy()
+            torch_stats = latency_stats(lambda: sampler(t_obs1, t_noise1, t_w, images=t_img1), calls)
+            torch_stats["batch8_chunks_per_s"] = throughput(lambda: sampler(t_obs8, t_noise8, t_w, images=t_img8), 8)
         torch_stats["threads"] = 1
         result["torch_eager"] = torch_stats
         result["speedup_p50"] = torch_stats["p50_ms"] / ort_stats["p50_ms"]
@@ -95,7 +105,8 @@ def onnx_session(policy: Any, path: Path) -> Any:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model_name']}: H={result['horizon']} A={result['action_dim']} "
-          f"N={result['solver_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread")
+          f"N={result['solver_steps']} {result['solver']} CFG w={result['guidance_scale']}, batch 1, 1 thread"
+          + "".join(f", camera {c} {s[0]}x{s[1]} (random uint8 frames)" for c, s in result.get("cameras", {}).items()))
     print(f"{'engine':<36} {'p50 ms':>8} {'p99 ms':>8} {'batch-8 chunks/s':>17}")
     rows = [("onnxruntime (" + result["onnxruntime"]["provider"] + ")", result["onnxruntime"])]
     if "torch_eager" in result:

@@ -23,6 +23,10 @@ Conventions (shared with the runtime and offline replay):
   linearly interpolated at t_k in ``observation.joint_names`` order; a vector feature (e.g. the
   goal, m) held from its last message at or before t_k. Ticks where an observation is undefined
   (before the first joint state or vector message, after the last joint state) start no window.
+- Image features (``image.<camera>``): the frame in force at tick k, i.e. the latest frame of
+  ``EpisodeRecording.images[camera]`` stamped at or before t_k (:func:`frame_indices`); a tick
+  before the camera's first frame starts no window. Frames are not copied per window: a window
+  stores the index of its frame in the episode's (F, H, W, 3) uint8 array.
 - Action chunk at tick k: the actions of ticks k, k+1, ..., k+H-1 in
   ``ModelIO.action_joint_names`` order (matched by name to ``DataConfig.command_joint_names``,
   which default to the action joints). The action of tick k is the position target to reach
@@ -42,6 +46,7 @@ import numpy as np
 
 from flow_policy_ros.contract import FeatureSpec, ModelIO
 from flow_policy_ros.data.config import DataConfig
+from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import control_grid, period_ns, resample_linear, sample_hold
 from flow_policy_ros.errors import DatasetError
@@ -118,12 +123,34 @@ def observations_at(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO,
     return out
 
 
-def observable_mask(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO) -> np.ndarray:
+def image_series(rec: EpisodeRecording, feature: FeatureSpec, source: str = "") -> ImageSeries:
+    """The recorded frames of image feature ``feature``, checked against its ``image_shape``."""
+    series = rec.images.get(feature.camera)
+    if series is None or len(series.times_ns) == 0:
+        raise DatasetError(f"{source or 'recording'}: no frames of camera {feature.camera!r} recorded "
+                           f"(the model observes {feature.name!r} from {feature.topic})")
+    if tuple(series.frames.shape[1:]) != tuple(feature.image_shape):
+        raise DatasetError(f"{source or 'recording'}: camera {feature.camera!r} frames are "
+                           f"{tuple(series.frames.shape[1:])}, the model takes {tuple(feature.image_shape)} (H, W, 3)")
+    return series
+
+
+def frame_indices(times_ns: np.ndarray, ticks_ns: np.ndarray) -> np.ndarray:
+    """(K,) int64 index of the frame in force at each tick: the latest frame stamped at or before
+    it (``times_ns`` (F,) sorted), -1 before the first frame."""
+    return np.searchsorted(np.asarray(times_ns, np.int64), np.asarray(ticks_ns, np.int64), side="right") - 1
+
+
+def observable_mask(rec: EpisodeRecording, ticks_ns: np.ndarray, io: ModelIO, source: str = "") -> np.ndarray:
     """Boolean mask (K,) of ticks where every observation feature is defined (a contiguous run)."""
     start = rec.joint_times_ns[0]
     for feature in io.observation.vector_features:
         times, _ = rec.vector_series(feature.name)
         start = max(start, times[0]) if len(times) else np.iinfo(np.int64).max
+    for feature in io.observation.image_features:  # a recording without the camera's frames leaves it to the
+        series = rec.images.get(feature.camera)     # caller (training: image_series raises; replay pairs frames itself)
+        if series is not None and len(series.times_ns):
+            start = max(start, series.times_ns[0])
     return (ticks_ns >= start) & (ticks_ns <= rec.joint_times_ns[-1])
 
 

@@ -9,6 +9,12 @@ EMA weights:
     guidance_scale [1]      (w)           --+
     prefix_actions [B, H, A] (rad)        --+    (real-time chunking models only: the committed
     prefix_length  [B] int64 (d)          --+     prefix; the output's first d rows equal it exactly)
+    image_<camera> [B, Hc, Wc, 3] uint8   --+    (camera models: one input per image feature, RGB)
+
+Camera models: each camera's encoder (``policy.image_encoder``, uint8 -> float inside) runs ONCE,
+before the unrolled solver steps; its embedding is part of the condition input that both CFG
+branches share (the unconditional branch replaces the guided columns by the null vector), so the
+graph's Conv count is the encoder's, whatever N (test_export checks N = 2 against N = 10).
 
 The export then proves itself: ``onnx.checker`` full check, no Loop/If/Scan nodes, the
 metadata parses, and a parity report against the PyTorch sampler (ONNX Runtime vs eager, w in
@@ -45,7 +51,8 @@ class Sampler(nn.Module):
     """The complete sampler in raw robot units: what the ONNX graph computes.
 
     forward(observation (B, obs_dim), noise (B, H, A), guidance_scale (1,)
-            [, prefix_actions (B, H, A), prefix_length (B,) int64]) -> actions (B, H, A)
+            [, prefix_actions (B, H, A), prefix_length (B,) int64], images={camera: (B, Hc, Wc, 3) uint8})
+            -> actions (B, H, A)
     """
 
     def __init__(self, net: VelocityNet, ckpt: Checkpoint, steps: int, solver: str = "euler",
@@ -72,8 +79,10 @@ class Sampler(nn.Module):
         return self
 
     def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
-                prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None) -> torch.Tensor:
-        obs_n = (observation - self.obs_shift) / self.obs_scale
+                prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None,
+                images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        # the condition input once per chunk: normalized observation (+ each camera's embedding)
+        obs_n = self.net.condition_input((observation - self.obs_shift) / self.obs_scale, images)
         x0 = noise * 0.0 if self.regression else (noise if self.noise_scale == 1.0 else noise * self.noise_scale)
         reference = action_reference(observation, self.reference_indices)
         prefix_n = mask = None
@@ -88,6 +97,27 @@ class Sampler(nn.Module):
         if mask is not None:  # the committed rows, exactly as given (no float round trip)
             actions = torch.where(mask[:, :, None] > 0, prefix_actions, actions)
         return actions
+
+
+class GraphSampler(nn.Module):
+    """The :class:`Sampler` with positional graph inputs, in the exported order: observation, noise,
+    guidance_scale, then ``image_<camera>`` per camera, then prefix_actions, prefix_length (rtc)."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.cameras = tuple(sampler.net.cameras)
+
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
+                *rest: torch.Tensor) -> torch.Tensor:
+        n = len(self.cameras)
+        images = dict(zip(self.cameras, rest[:n])) if n else None
+        return self.sampler(observation, noise, guidance_scale, *rest[n:], images=images)
+
+
+def image_input_name(camera: str) -> str:
+    """The graph input of a camera's frames: ``image_<camera>``."""
+    return f"image_{camera}"
 
 
 def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True,
@@ -218,10 +248,12 @@ def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0
         observation = (shift + scale * rng.uniform(-1.2, 1.2, size=(batch, obs_dim))).astype(np.float32)
         noise = rng.standard_normal((batch, horizon, action_dim)).astype(np.float32)
         prefix = (rng.uniform(-1.0, 1.0, size=(batch, horizon, action_dim))).astype(np.float32)
+        images = {c: rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8) for c, shape in _camera_shapes(sampler).items()}
         for d in ((0, 1, d_max) if sampler.rtc else (None,)):
             for w in (0.0, 1.0, 2.0):
                 guidance = np.array([w], dtype=np.float32)
                 feeds = {"observation": observation, "noise": noise, "guidance_scale": guidance}
+                feeds.update({image_input_name(c): frames for c, frames in images.items()})
                 args = [torch.from_numpy(observation), torch.from_numpy(noise), torch.from_numpy(guidance)]
                 if d is not None:
                     lengths = np.full(batch, d, dtype=np.int64)
@@ -230,9 +262,15 @@ def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0
                     args += [torch.from_numpy(prefix), torch.from_numpy(lengths)]
                 (onnx_out,) = session.run(None, feeds)
                 with torch.no_grad():
-                    torch_out = sampler(*args).numpy()
+                    torch_images = {c: torch.from_numpy(f) for c, f in images.items()} or None
+                    torch_out = sampler(*args, images=torch_images).numpy()
                 rows.append(ParityRow(w, batch, float(np.max(np.abs(onnx_out - torch_out))), d))
     return rows
+
+
+def _camera_shapes(sampler: Sampler) -> dict[str, tuple[int, int, int]]:
+    """camera -> (Hc, Wc, 3) of the sampler's image inputs (empty for a state-only model)."""
+    return {name: (enc.height, enc.width, 3) for name, enc in sampler.net.image_encoders.items()}
 
 
 def export_checkpoint(
@@ -276,6 +314,10 @@ def export_checkpoint(
     )
     input_names = ["observation", "noise", "guidance_scale"]
     dynamic_axes = {"observation": {0: "batch"}, "noise": {0: "batch"}, "actions": {0: "batch"}}
+    for camera, shape in _camera_shapes(sampler).items():  # uint8 RGB frames, one input per camera
+        example += (torch.zeros(1, *shape, dtype=torch.uint8),)
+        input_names.append(image_input_name(camera))
+        dynamic_axes[image_input_name(camera)] = {0: "batch"}
     if sampler.rtc:
         example += (torch.zeros(1, policy.horizon, policy.action_dim), torch.ones(1, dtype=torch.int64))
         input_names += ["prefix_actions", "prefix_length"]
@@ -285,7 +327,7 @@ def export_checkpoint(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                sampler,
+                GraphSampler(sampler),
                 example,
                 str(tmp),
                 input_names=input_names,
@@ -305,6 +347,7 @@ def export_checkpoint(
         model.producer_name = "flow_policy_ros"
         model.doc_string = (f"flow-matching policy {metadata.name}: {policy.horizon}x{policy.action_dim} chunk, "
                             f"{metadata.solver_steps} {metadata.solver} steps, CFG"
+                            + (f", cameras {list(sampler.net.cameras)} (encoder once per chunk)" if sampler.net.cameras else "")
                             + (f", real-time chunking (d_max {policy.rtc_max_delay})" if sampler.rtc else ""))
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)

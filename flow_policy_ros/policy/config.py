@@ -52,6 +52,10 @@ class PolicyConfig:
         guidance_scale: default CFG weight w (1 = conditional, 0 = unconditional).
         p_uncond: probability of replacing the guided condition by the null condition in training.
         guided_fields: observation fields replaced by the learned null condition (the CFG condition).
+            A camera model names its image features here (e.g. ``image.front``): the unconditional
+            branch then sees a learned null vector in place of that camera's embedding (and of any
+            guided low-dimensional field, e.g. a task vector) and still sees the proprioception
+            (joint positions): see ``policy.model``.
         normalization: 'minmax' (per-dim to [-1, 1]) or 'meanstd' (zero mean, unit std).
         action_frame: 'relative' (the network predicts targets minus the current measured
             joint positions, which the graph adds back: small, well-scaled numbers and exact
@@ -74,6 +78,13 @@ class PolicyConfig:
             [0, rtc_max_delay]); the others train plain sampling (d = 0).
         rtc_delay_weights: distribution of d: 'uniform' or 'exponential' (short delays, the
             common case, weighted more: P(d) ~ exp(-3 d / d_max)).
+        image_channels: camera models: output channels of the encoder's three convolutions
+            (``policy.image_encoder``); ignored without image features.
+        image_keypoints: spatial-softmax keypoints K of each camera's encoder (2K coordinates).
+        image_embed_dim: size of each camera's embedding (concatenated to the normalized
+            low-dimensional observation before the condition encoder).
+        image_shift_pad: random-shift augmentation in training (pixels of replicate padding
+            before a random crop back to the frame size, as DrQ); 0 = none. Never at sampling.
     """
 
     observation: ObservationSpec = field(default_factory=ObservationSpec)
@@ -96,6 +107,10 @@ class PolicyConfig:
     rtc_max_delay: int = 0
     rtc_probability: float = 0.5
     rtc_delay_weights: str = "exponential"
+    image_channels: tuple[int, int, int] = (8, 16, 32)
+    image_keypoints: int = 16
+    image_embed_dim: int = 64
+    image_shift_pad: int = 4
 
     def __post_init__(self) -> None:
         if isinstance(self.observation, dict):
@@ -104,6 +119,12 @@ class PolicyConfig:
             object.__setattr__(self, "limits", JointLimits(**self.limits))
         object.__setattr__(self, "action_joint_names", tuple(self.action_joint_names))
         object.__setattr__(self, "guided_fields", tuple(self.guided_fields))
+        object.__setattr__(self, "image_channels", tuple(int(c) for c in self.image_channels))
+        require(len(self.image_channels) == 3 and min(self.image_channels) >= 1,
+                f"image_channels must be 3 positive ints, got {list(self.image_channels)}")
+        require(self.image_keypoints >= 1, f"image_keypoints must be >= 1, got {self.image_keypoints}")
+        require(self.image_embed_dim >= 1, f"image_embed_dim must be >= 1, got {self.image_embed_dim}")
+        require(self.image_shift_pad >= 0, f"image_shift_pad must be >= 0, got {self.image_shift_pad}")
         check_model_io(self.observation, self.action_joint_names, self.horizon, self.control_period_s, self.limits)
         require(0 <= self.rtc_max_delay < self.horizon,
                 f"rtc_max_delay must be in [0, horizon={self.horizon}), got {self.rtc_max_delay}")
@@ -170,13 +191,27 @@ class PolicyConfig:
         start = self.observation.field_slices()["joint_positions"].start
         return [start + self.observation.joint_names.index(name) for name in self.action_joint_names]
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """Camera names of the image features, in observation order (one encoder each)."""
+        return tuple(f.camera for f in self.observation.image_features)
+
+    @property
+    def condition_dim(self) -> int:
+        """Size of the condition encoder's input: the normalized observation vector plus one
+        embedding per camera."""
+        return self.obs_dim + len(self.cameras) * self.image_embed_dim
+
     def guided_mask(self) -> list[bool]:
-        """Per observation dimension: True where the null condition replaces it (CFG)."""
+        """Per condition-input dimension (``condition_dim``: the observation vector, then each
+        camera's embedding): True where the null condition replaces it (CFG)."""
         mask = [False] * self.obs_dim
         for name, sl in self.observation.field_slices().items():
             if name in self.guided_fields:
                 for i in range(sl.start, sl.stop):
                     mask[i] = True
+        for feature in self.observation.image_features:
+            mask += [feature.name in self.guided_fields] * self.image_embed_dim
         return mask
 
 

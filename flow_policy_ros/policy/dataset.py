@@ -3,7 +3,11 @@
 The windowing itself (control grid, alignment, padding) is :mod:`flow_policy_ros.data.windows`,
 shared with offline replay.
 
-Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_index (N,) int64.
+Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_index (N,) int64;
+camera models also frames[camera] (F, Hc, Wc, 3) uint8 (every recorded frame of every episode,
+stored ONCE) and frame_index[camera] (N,) int64 (the frame in force at each window's tick, an
+index into frames[camera]): 400 episodes of 6 s at 12.5 Hz and 96 x 96 are 30 k frames, 0.8 GB,
+where a copy per window would be 4x that.
 
 Values are checked before windowing: a recording with a non-finite or physically impossible
 joint position (|q| > 2π rad, or an action joint beyond its limits by more than
@@ -26,16 +30,24 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from flow_policy_ros.data.bag import find_episodes, read_episode_bag
+from flow_policy_ros.data.bag import find_episodes, read_episode_bag, read_image_topic
+from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import TimeSeriesError
-from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable_mask, observations_at
+from flow_policy_ros.data.windows import (
+    action_ticks,
+    chunk_indices,
+    frame_indices,
+    image_series,
+    observable_mask,
+    observations_at,
+)
 from flow_policy_ros.errors import DatasetError
 from flow_policy_ros.policy.config import DataConfig, PolicyConfig, to_dict
 from flow_policy_ros.policy.lerobot_windows import is_lerobot_dataset, lerobot_windows
 
 #: Bump when the windowing changes, so stale caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: camera frames and per-window frame indices
 #: A recorded position this far beyond an action joint's limit (rad) is a broken recording, not motion.
 IMPOSSIBLE_BEYOND_LIMIT_RAD = 0.5
 #: No revolute joint reading beyond one turn (rad) is plausible.
@@ -52,12 +64,16 @@ class Windows:
         actions: (N, H, A) float32, joint position targets (rad).
         episode_index: (N,) int64, index into ``summary['sources']`` of each window's episode.
         summary: JSON-able facts: episodes, windows, sources, per-episode success, skipped failures.
+        frames: camera name -> (F, Hc, Wc, 3) uint8, every frame once (camera models; else empty).
+        frame_index: camera name -> (N,) int64, each window's frame in ``frames[camera]``.
     """
 
     observations: np.ndarray
     actions: np.ndarray
     episode_index: np.ndarray
     summary: dict[str, Any] = field(default_factory=dict)
+    frames: dict[str, np.ndarray] = field(default_factory=dict)
+    frame_index: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.observations = np.asarray(self.observations, dtype=np.float32)
@@ -70,6 +86,18 @@ class Windows:
                 f"inconsistent windows: observations {self.observations.shape}, actions {self.actions.shape}, "
                 f"episode_index {self.episode_index.shape}; expected (N, obs_dim), (N, H, A), (N,)"
             )
+        if sorted(self.frames) != sorted(self.frame_index):
+            raise DatasetError(f"inconsistent windows: frames of cameras {sorted(self.frames)} but frame indices "
+                               f"of {sorted(self.frame_index)}")
+        for camera in self.frames:
+            frames = np.asarray(self.frames[camera])
+            index = np.asarray(self.frame_index[camera], dtype=np.int64)
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or index.shape != (n,):
+                raise DatasetError(f"inconsistent windows: camera {camera!r} frames {frames.shape} {frames.dtype}, "
+                                   f"frame_index {index.shape}; expected (F, H, W, 3) uint8 and ({n},)")
+            if n and (index.min() < 0 or index.max() >= len(frames)):
+                raise DatasetError(f"inconsistent windows: camera {camera!r} frame_index outside [0, {len(frames)})")
+            self.frames[camera], self.frame_index[camera] = frames, index
 
     def __len__(self) -> int:
         return len(self.observations)
@@ -80,8 +108,10 @@ class Windows:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
+            images = {f"frames__{c}": v for c, v in self.frames.items()}
+            images.update({f"frame_index__{c}": v for c, v in self.frame_index.items()})
             np.savez(f, observations=self.observations, actions=self.actions, episode_index=self.episode_index,
-                     summary=np.array(json.dumps(self.summary, sort_keys=True)))
+                     summary=np.array(json.dumps(self.summary, sort_keys=True)), **images)
         os.replace(tmp, path)
 
     @classmethod
@@ -96,10 +126,12 @@ class Windows:
                 obs, act = data["observations"], data["actions"]
                 index = data["episode_index"] if "episode_index" in data.files else np.zeros(len(obs), np.int64)
                 summary = json.loads(str(data["summary"])) if "summary" in data.files else {}
+                frames = {k[len("frames__"):]: data[k] for k in data.files if k.startswith("frames__")}
+                frame_index = {k[len("frame_index__"):]: data[k] for k in data.files if k.startswith("frame_index__")}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise DatasetError(f"{path}: not a readable npz windows file ({exc})") from exc
         try:
-            return cls(obs, act, index, summary)
+            return cls(obs, act, index, summary, frames, frame_index)
         except DatasetError as exc:
             raise DatasetError(f"{path}: {exc}") from exc
 
@@ -112,6 +144,17 @@ class Windows:
         if self.actions.shape[1:] != (h, a):
             raise DatasetError(f"{source}: actions have shape {self.actions.shape}, expected (N, {h}, {a}) "
                                f"(horizon H={h}, action joints A={a})")
+        for feature in policy_cfg.observation.image_features:
+            frames = self.frames.get(feature.camera)
+            if frames is None:
+                raise DatasetError(f"{source}: no frames of camera {feature.camera!r}; the model observes {feature.name!r}")
+            if tuple(frames.shape[1:]) != tuple(feature.image_shape):
+                raise DatasetError(f"{source}: camera {feature.camera!r} frames are {tuple(frames.shape[1:])}, "
+                                   f"expected {tuple(feature.image_shape)} (H, W, 3)")
+
+    def window_frames(self, camera: str, index: np.ndarray) -> np.ndarray:
+        """The frames (len(index), H, W, 3) uint8 in force at windows ``index``."""
+        return self.frames[camera][self.frame_index[camera][index]]
 
 
 def _first_bad(values: np.ndarray, bad: np.ndarray, names: list[str], what: str, unit: str,
@@ -190,18 +233,26 @@ def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data
     empty_summary = {"episodes": 1, "windows": 0, "sources": [source], "success": [rec.metadata.get("success")]}
     if len(rec.joint_times_ns) == 0:
         raise DatasetError(f"{source}: no joint states recorded")
+    cameras = policy_cfg.observation.image_features
     try:
         ticks, actions = action_ticks(rec, policy_cfg.io, data_cfg, source)
-        keep = np.flatnonzero(observable_mask(rec, ticks, policy_cfg.io))
+        keep = np.flatnonzero(observable_mask(rec, ticks, policy_cfg.io, source))
         h, a = policy_cfg.horizon, policy_cfg.action_dim
         if len(keep) == 0:
-            return Windows(np.zeros((0, policy_cfg.obs_dim)), np.zeros((0, h, a)), np.zeros(0), empty_summary)
+            empty_frames = {f.camera: np.zeros((0, *f.image_shape), np.uint8) for f in cameras}
+            return Windows(np.zeros((0, policy_cfg.obs_dim)), np.zeros((0, h, a)), np.zeros(0), empty_summary,
+                           empty_frames, {c: np.zeros(0, np.int64) for c in empty_frames})
         obs = observations_at(rec, ticks[keep], policy_cfg.io, source)
     except TimeSeriesError as exc:
         raise DatasetError(f"{source}: {exc}") from exc
     chunks = actions[chunk_indices(int(keep[0]), len(keep), h, len(ticks))]
     summary = {**empty_summary, "windows": len(keep)}
-    return Windows(obs, chunks, np.full(len(keep), episode_index), summary)
+    frames, frame_index = {}, {}
+    for feature in cameras:  # the frame in force at each kept tick (>= 0: the mask starts at the first frame)
+        series = image_series(rec, feature, source)
+        frames[feature.camera] = series.frames
+        frame_index[feature.camera] = frame_indices(series.times_ns, ticks[keep])
+    return Windows(obs, chunks, np.full(len(keep), episode_index), summary, frames, frame_index)
 
 
 # --------------------------------------------------------------------------- directories and cache
@@ -242,8 +293,12 @@ def _read_for_windows(episode: Path, policy_cfg: PolicyConfig, data_cfg: DataCon
     if data_cfg.action_source == "joint_states":
         joints += [n for n in policy_cfg.action_joint_names if n not in joints]
     command_joints = data_cfg.command_joint_names or policy_cfg.action_joint_names
-    return read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints,
-                            vector_features=policy_cfg.observation.vector_features)
+    rec = read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints,
+                           vector_features=policy_cfg.observation.vector_features)
+    for feature in policy_cfg.observation.image_features:  # camera models: the frames of each camera
+        times, frames = read_image_topic(episode, "/" + feature.topic.lstrip("/"))
+        rec.images[feature.camera] = ImageSeries(f"{feature.camera}_optical_frame", times, frames)
+    return rec
 
 
 def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
@@ -267,6 +322,14 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
         sources.append(name)
         success.append(rec.metadata.get("success"))
     h, a = policy_cfg.horizon, policy_cfg.action_dim
+    frames, frame_index = {}, {}
+    for feature in policy_cfg.observation.image_features:  # one frame array; per-episode indices offset into it
+        camera = feature.camera
+        offsets = np.cumsum([0] + [len(p.frames[camera]) for p in parts])
+        frames[camera] = (np.concatenate([p.frames[camera] for p in parts]) if parts
+                          else np.zeros((0, *feature.image_shape), np.uint8))
+        frame_index[camera] = (np.concatenate([p.frame_index[camera] + offsets[i] for i, p in enumerate(parts)])
+                               if parts else np.zeros(0, np.int64))
     windows = Windows(
         np.concatenate([p.observations for p in parts]) if parts else np.zeros((0, policy_cfg.obs_dim)),
         np.concatenate([p.actions for p in parts]) if parts else np.zeros((0, h, a)),
@@ -274,6 +337,7 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
         {"root": str(root), "episodes": len(sources), "windows": sum(len(p) for p in parts), "sources": sources,
          "success": success, "windows_per_episode": [len(p) for p in parts],
          "skipped_failures": len(skipped), "skipped_sources": skipped, "action_source": data_cfg.action_source},
+        frames, frame_index,
     )
     if len(windows) == 0:
         raise DatasetError(f"{root}: no training windows ({len(episodes)} episodes, {len(skipped)} skipped "

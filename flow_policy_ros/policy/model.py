@@ -13,6 +13,16 @@ Classifier-free guidance: the guided part of the (normalized) observation, by de
 goal, is replaced by a learned null vector for the unconditional branch. The rest of the
 observation (the arm's state) is always seen, so the unconditional model still knows where
 the arm is; guidance sharpens what the goal asks for.
+
+Camera models: each image feature ``image.<camera>`` has its own :class:`ImageEncoder`
+(``policy.image_encoder``: uint8 frames in, normalisation inside). The condition encoder's input
+is ``[normalized observation vector, embedding of camera 1, ...]`` (``PolicyConfig.condition_dim``),
+built by :meth:`VelocityNet.condition_input` ONCE per decision; CFG works on that input exactly as
+on a state-only one: the columns of the guided fields are replaced by the learned null vector.
+For ``guided_fields: [image.front]`` that is the whole front-camera embedding (what the policy
+knows about where the object is); the joint positions are never replaced, so the unconditional
+branch is "move as the demonstrations do from this arm state, object unknown". Both CFG branches
+share the one embedding: the unconditional branch only masks it.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from torch import nn
 
 from flow_policy_ros.policy.basis import chunk_basis_matrix
 from flow_policy_ros.policy.config import PolicyConfig
+from flow_policy_ros.policy.image_encoder import ImageEncoder
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -51,8 +62,16 @@ class VelocityNet(nn.Module):
         # per-row mask are an extra input, projected once per decision (see ``prefix_features``)
         self.rtc = cfg.rtc_max_delay > 0
         self.register_buffer("guided_mask", torch.tensor(cfg.guided_mask(), dtype=torch.bool))
-        self.null_condition = nn.Parameter(torch.zeros(cfg.obs_dim))
-        self.cond_encoder = nn.Sequential(nn.Linear(cfg.obs_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.null_condition = nn.Parameter(torch.zeros(cfg.condition_dim))
+        self.cameras = cfg.cameras
+        # camera models: one encoder per camera (keys: camera names); empty for state-only models,
+        # whose state dicts are therefore unchanged
+        self.image_encoders = nn.ModuleDict({
+            f.camera: ImageEncoder(f.image_shape[0], f.image_shape[1], cfg.image_channels, cfg.image_keypoints,
+                                   cfg.image_embed_dim, cfg.image_shift_pad)
+            for f in cfg.observation.image_features
+        })
+        self.cond_encoder = nn.Sequential(nn.Linear(cfg.condition_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.time_encoder = nn.Sequential(nn.Linear(cfg.time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.input_proj = nn.Linear(chunk, width)
         # no biases (and SiLU(0) = 0): an empty prefix (d = 0, all zeros) adds exactly nothing, so
@@ -75,8 +94,26 @@ class VelocityNet(nn.Module):
         """Flow state (B, K, A) -> chunks (B, H, A): x = M c (identity without a basis)."""
         return c if self.basis is None else torch.matmul(self.basis, c)
 
+    def condition_input(self, obs_n: torch.Tensor, images: dict[str, torch.Tensor] | None = None,
+                        augment: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The condition encoder's input (B, condition_dim): normalized observations (B, obs_dim)
+        followed by each camera's embedding of ``images[camera]`` (B, Hc, Wc, 3) uint8.
+
+        A state-only model returns ``obs_n`` itself. ``augment`` (training only): random-shift the
+        frames (``generator`` draws the shifts). Call it once per decision: every solver step and
+        both CFG branches reuse the result.
+        """
+        if not self.cameras:
+            return obs_n
+        missing = [c for c in self.cameras if images is None or c not in images]
+        if missing:
+            raise ValueError(f"this model observes camera(s) {list(self.cameras)}; no frames given for {missing}")
+        parts = [obs_n] + [self.image_encoders[c](images[c], augment, generator) for c in self.cameras]
+        return torch.cat(parts, dim=-1)
+
     def condition(self, obs_n: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Condition features (B, width) from normalized observations (B, obs_dim).
+        """Condition features (B, width) from the condition input (B, condition_dim): the normalized
+        observations (B, obs_dim) of a state-only model, :meth:`condition_input` of a camera model.
 
         ``drop`` (B,) bool: rows whose guided fields are replaced by the null condition.
         """

@@ -122,15 +122,26 @@ def held_out_names(val_episodes: np.ndarray, summary: dict[str, Any], shown: int
     return "held out: " + ", ".join(names[:shown]) + more
 
 
+#: Windows per forward pass of the validation loss of a camera model (frames are big).
+VAL_BATCH_IMAGES = 512
+
+#: Frames of a batch: camera -> (B, Hc, Wc, 3) uint8 for window indices (B,) of the split.
+FramesFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
 @torch.no_grad()
-def validation_loss(loss: torch.nn.Module, obs_n: torch.Tensor, act_n: torch.Tensor, seed: int) -> float:
+def validation_loss(loss: torch.nn.Module, obs_n: torch.Tensor, act_n: torch.Tensor, seed: int,
+                    frames: FramesFn | None = None) -> float:
     """Mean loss (per window) over all of ``obs_n`` (V, obs_dim) / ``act_n`` (V, H, A), with a
-    fixed noise stream (``seed``) so that values at different steps differ only by the weights."""
+    fixed noise stream (``seed``) so that values at different steps differ only by the weights.
+    ``frames`` (camera models): the frames of windows [start, stop) (no augmentation here)."""
     generator = torch.Generator(device=obs_n.device).manual_seed(seed)
     total = 0.0
-    for start in range(0, len(obs_n), VAL_BATCH):
-        stop = min(start + VAL_BATCH, len(obs_n))
-        total += float(loss(obs_n[start:stop], act_n[start:stop], generator)) * (stop - start)
+    batch = VAL_BATCH if frames is None else VAL_BATCH_IMAGES
+    for start in range(0, len(obs_n), batch):
+        stop = min(start + batch, len(obs_n))
+        images = None if frames is None else frames(torch.arange(start, stop, device=obs_n.device))
+        total += float(loss(obs_n[start:stop], act_n[start:stop], generator, images)) * (stop - start)
     return total / len(obs_n)
 
 
@@ -232,8 +243,11 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.net, self.policy_cfg, self.objective, self.prefix_noise = net, policy_cfg, objective, prefix_noise
 
-    def forward(self, obs_n: torch.Tensor, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, obs_n: torch.Tensor, x1: torch.Tensor, generator: torch.Generator,
+                images: dict[str, torch.Tensor] | None = None, augment: bool = False) -> torch.Tensor:
         cfg = self.policy_cfg
+        if images is not None:  # camera models: condition input = [obs_n, image embeddings], encoder trained too
+            obs_n = self.net.condition_input(obs_n, images, augment, generator)
         prefix_length = None
         if cfg.rtc_max_delay > 0:  # real-time chunking: a committed prefix of random length
             prefix_length = sample_prefix_lengths(x1.shape[0], cfg.rtc_max_delay, cfg.rtc_probability,
@@ -336,6 +350,21 @@ def train(
     val_index = torch.as_tensor(split.val, device=device)
     obs_val, act_val = obs_all[val_index], act_all[val_index]
     del obs_all, act_all
+    # camera models: every frame once (uint8, shared with the numpy arrays), indexed per window
+    cameras = policy_cfg.cameras
+    frames_all = {c: torch.from_numpy(windows.frames[c]).to(device) for c in cameras}
+    index_all = {c: torch.from_numpy(windows.frame_index[c]).to(device) for c in cameras}
+    train_frame_index = {c: index_all[c][train_index] for c in cameras}
+    val_frame_index = {c: index_all[c][val_index] for c in cameras}
+
+    def train_frames(index: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        return {c: frames_all[c][train_frame_index[c][index]] for c in cameras} if cameras else None
+
+    def val_frames(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {c: frames_all[c][val_frame_index[c][index]] for c in cameras}
+    if cameras:
+        say(f"cameras {list(cameras)}: {sum(len(f) for f in frames_all.values())} frames "
+            f"({sum(f.numel() for f in frames_all.values()) / 1e6:.0f} MB uint8, stored once, indexed per window)")
     n_windows = obs_n.shape[0]
     position_noise = PositionNoise(policy_cfg, stats, train_cfg.position_noise_std, device,
                                    train_cfg.position_noise_blend_steps)
@@ -417,7 +446,7 @@ def train(
                 group["lr"] = lr
             index = torch.randint(n_windows, (train_cfg.batch_size,), generator=generator, device=device)
             batch_obs, batch_act = position_noise(obs_n[index], act_n[index], generator)
-            loss = trained(batch_obs, batch_act, generator)
+            loss = trained(batch_obs, batch_act, generator, train_frames(index), True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -431,7 +460,7 @@ def train(
             done = step + 1
             validate = len(obs_val) > 0 and (done % train_cfg.val_every == 0 or done == train_cfg.steps)
             if validate:
-                val_loss = validation_loss(val_loss_of_ema, obs_val, act_val, val_seed)
+                val_loss = validation_loss(val_loss_of_ema, obs_val, act_val, val_seed, val_frames if cameras else None)
                 if not progress:
                     say(f"step {done}/{train_cfg.steps}: train loss {running:.4f}, validation loss {val_loss:.4f}")
             if validate or done % train_cfg.log_every == 0 or done == train_cfg.steps:

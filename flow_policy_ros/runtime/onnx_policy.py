@@ -17,6 +17,12 @@ Two kinds of model load and run here: plain ones (inputs observation, noise, gui
 and real-time chunking ones (metadata ``rtc``; also ``prefix_actions`` and ``prefix_length``:
 the first d actions are given and returned exactly). ``OnnxPolicy.rtc`` says which it is;
 ``predict`` feeds a plain call (d = 0) to an RTC model by itself.
+
+Camera models (image features in the metadata's observation spec) also take one input per
+camera, ``image_<camera>`` uint8 [B, Hc, Wc, 3] RGB; at load each is checked against its feature
+(name, dtype uint8, shape), and ``predict(..., images={"image.<camera>": frame})`` feeds them. A
+missing camera, a frame of the wrong shape or dtype is an ObservationError naming the camera,
+what the model expects and what it received.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ CPU = "CPUExecutionProvider"
 EXPECTED_INPUTS = ("observation", "noise", "guidance_scale")
 #: Extra inputs of a real-time chunking model (metadata ``rtc``): the committed prefix.
 RTC_INPUTS = ("prefix_actions", "prefix_length")
+
+
+def image_input_name(camera: str) -> str:
+    """The graph input of a camera's frames: ``image_<camera>`` (kept equal to the exporter's)."""
+    return f"image_{camera}"
 
 
 def output_problem(actions: np.ndarray, expected: tuple[int, ...]) -> str:
@@ -148,9 +159,12 @@ class OnnxPolicy:
         meta = self.metadata
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        wanted = EXPECTED_INPUTS + (RTC_INPUTS if meta.rtc else ())
+        images = meta.observation.image_features
+        wanted = EXPECTED_INPUTS + tuple(image_input_name(f.camera) for f in images) + (RTC_INPUTS if meta.rtc else ())
         if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs != ["actions"]:
             kind = f"a real-time chunking model (rtc d_max {meta.rtc_max_delay})" if meta.rtc else "a plain model (no rtc)"
+            if images:
+                kind += f" with cameras {[f.camera for f in images]}"
             raise ModelFileError(
                 f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, but the metadata describes {kind} "
                 f"with inputs {list(wanted)} / ['actions']"
@@ -162,6 +176,13 @@ class OnnxPolicy:
             shape = list(inputs[name].shape[1:])
             if shape != tail:
                 raise ModelFileError(f"{self.path}: input '{name}' has shape [B, {shape}] but the metadata says [B, {tail}]")
+        for feature in images:
+            graph_input = inputs[image_input_name(feature.camera)]
+            shape = list(graph_input.shape[1:])
+            if graph_input.type != "tensor(uint8)" or shape != list(feature.image_shape):
+                raise ModelFileError(
+                    f"{self.path}: input '{graph_input.name}' is {graph_input.type} [B, {shape}] but the metadata's "
+                    f"{feature.name} says tensor(uint8) [B, {list(feature.image_shape)}]")
         declared = self.session.get_outputs()[0].shape
         want = [None, meta.horizon, meta.action_dim]
         if declared is not None and (len(declared) != 3 or any(
@@ -180,6 +201,8 @@ class OnnxPolicy:
         obs = np.zeros(meta.obs_dim, np.float32) if rng is None else ((rng.low + rng.high) / 2).astype(np.float32)
         noise = np.zeros((meta.horizon, meta.action_dim), np.float32)
         feeds = {"observation": obs[None], "noise": noise[None], "guidance_scale": np.array([meta.guidance_scale], np.float32)}
+        feeds.update({image_input_name(f.camera): np.full((1, *f.image_shape), 128, np.uint8)  # a mid-grey frame
+                      for f in meta.observation.image_features})
         if meta.rtc:
             feeds.update(self._prefix_feeds(1, False, None, None))
         for i in range(calls):
@@ -241,14 +264,13 @@ class OnnxPolicy:
         prefix_actions: (H, A) / (B, H, A) committed joint targets (rad, absolute), rows >= d
             ignored; prefix_length: d (int or (B,)) in [0, d_max]. RTC models only; the output's
             first d rows equal the prefix exactly.
-        images: camera name -> uint8 frame; these graphs have no image inputs, so it must be empty.
+        images: image feature name (``image.<camera>``) -> (Hc, Wc, 3) / (B, Hc, Wc, 3) uint8 RGB
+            frame(s), one per camera of the model (none for a state-only model).
         Returns (H, A) or (B, H, A) float32, every value finite.
         Raises ObservationError for a bad input, InvalidOutputError (one line) when the graph's
         output has the wrong shape or NaN/inf values (or cannot run on this input).
         """
         meta = self.metadata
-        if images:
-            raise ObservationError(f"{self.path.name} has no image inputs, got images {sorted(images)}")
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == 1
         if single:
@@ -271,6 +293,7 @@ class OnnxPolicy:
         if not np.isfinite(w):
             raise ObservationError(f"guidance_scale {w} is not finite")
         feeds = {"observation": obs, "noise": noise_arr, "guidance_scale": np.array([w], dtype=np.float32)}
+        feeds.update(self._image_feeds(batch, single, images))
         if meta.rtc:
             feeds.update(self._prefix_feeds(batch, single, prefix_actions, prefix_length))
         elif prefix_length is not None and np.any(np.asarray(prefix_length) != 0):
@@ -279,6 +302,35 @@ class OnnxPolicy:
         if problem:
             raise InvalidOutputError(f"{self.path.name}: {problem}")
         return actions[0] if single else actions
+
+    def _image_feeds(self, batch: int, single: bool, images: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """``image_<camera>`` (B, Hc, Wc, 3) uint8 per camera of the model, checked against the metadata."""
+        features = self.metadata.observation.image_features
+        given = dict(images or {})
+        if given and not features:
+            raise ObservationError(f"{self.path.name} has no image inputs, got images {sorted(given)}")
+        unknown = sorted(set(given) - {f.name for f in features})
+        if unknown:
+            raise ObservationError(f"{self.path.name}: unknown image feature(s) {unknown}; the model takes "
+                                   f"{[f.name for f in features]}")
+        feeds = {}
+        for feature in features:
+            shape = tuple(feature.image_shape)
+            expected = (batch, *shape)
+            if feature.name not in given:
+                raise ObservationError(f"camera {feature.camera!r}: no frame given (expected {feature.name} as uint8 {shape} RGB)")
+            frame = given[feature.name]
+            if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+                got = getattr(frame, "dtype", type(frame).__name__)
+                raise ObservationError(f"camera {feature.camera!r}: frame dtype {got}, expected uint8 {shape} RGB")
+            received = tuple(frame.shape)
+            if single and frame.ndim == 3:
+                frame = frame[None]
+            if frame.shape != expected:
+                wanted = f"{shape}" if single else f"{expected}"
+                raise ObservationError(f"camera {feature.camera!r}: frame shape {received}, expected {wanted} (H, W, 3) uint8")
+            feeds[image_input_name(feature.camera)] = np.ascontiguousarray(frame)
+        return feeds
 
     def _prefix_feeds(self, batch: int, single: bool, prefix_actions: np.ndarray | None,
                       prefix_length: int | np.ndarray | None) -> dict[str, np.ndarray]:

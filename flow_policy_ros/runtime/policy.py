@@ -60,7 +60,8 @@ class ChunkPolicy(Protocol):
         noise: x0 (H, A) / (B, H, A); None = the next draw of the policy's own seeded stream.
         guidance_scale: CFG weight w; None = the model's default.
         prefix_actions, prefix_length: the committed prefix (rtc models; rows >= d ignored).
-        images: camera name -> uint8 (Hc, Wc, 3) RGB frame, for models with image inputs (none yet).
+        images: image feature name (``image.<camera>``) -> uint8 (Hc, Wc, 3) / (B, Hc, Wc, 3) RGB frame,
+            one per camera in ``metadata.observation.image_features`` (camera models only).
         Raises ObservationError for a bad input, InvalidOutputError for an invalid chunk.
         """
         ...
@@ -112,6 +113,8 @@ def infer(predict: PredictFn, request: InferenceRequest, *, hold_on_error: bool 
     kwargs: dict[str, object] = {"guidance_scale": request.guidance_scale}
     if request.prefix_length:
         kwargs.update(prefix_actions=request.prefix_actions, prefix_length=request.prefix_length)
+    if request.images is not None:  # camera models: the frames paired with this observation
+        kwargs["images"] = request.images
     invalid = False
     start_ns = time.perf_counter_ns()
     try:

@@ -29,13 +29,22 @@ them; an episode that fails after one is an ``invalid_output`` failure, not a ti
 an episode whose goal the controller rejected (outside the training goal range + margin) is
 ``goal_rejected`` and one that failed after an out-of-distribution hold ``out_of_distribution``.
 
+Camera models (image features in the metadata): the env renders the model's camera
+(:func:`camera_for_model`: the default :class:`~flow_policy_ros.sim.camera.CameraSpec` pose at the
+feature's name and size, or a given spec, e.g. a jittered pose for the robustness table, whose
+name and size must match), and each inference request carries the frame in force at its tick
+(the latest rendered, at most the feature's max age old), as ``InferenceRequest.images``. A
+controller with ``on_image`` (the node's frame pairing, issue 19 item 4) gets every new frame,
+stamped on the loop's clock with its true age, and pairs it itself; with a controller without
+it, the loop attaches the frame in force to the request.
+
 Units: rad, rad/s, m, s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,7 +57,8 @@ from flow_policy_ros.runtime.observation import values_by_name
 from flow_policy_ros.runtime.policy import ChunkPolicy, infer
 from flow_policy_ros.runtime.safety import SafetyLimits, validate_guidance_scale
 from flow_policy_ros.runtime.settings import DEFAULT_SETTINGS, ExecutionSettings, controller_config
-from flow_policy_ros.sim.env import Observation, SimEnv
+from flow_policy_ros.sim.camera import CameraSpec
+from flow_policy_ros.sim.env import STAMP_BASE_NS, Observation, SimEnv
 from flow_policy_ros.sim.tasks import EpisodeSpec, sample_episode
 
 #: First evaluation episode seed; see the module docstring for why it cannot hit training seeds.
@@ -167,6 +177,52 @@ def sim_features(spec: ObservationSpec, obs: Observation) -> dict[str, np.ndarra
     return features
 
 
+def camera_for_model(meta: PolicyMetadata, camera: CameraSpec | None = None) -> CameraSpec | None:
+    """The sim camera a model's image feature needs, or None for a state-only model.
+
+    Without ``camera``: the default camera pose and rate, named and sized as the model's feature.
+    With one: it must have the feature's camera name and frame size (ModelFileError otherwise).
+    The sim has one camera: a model observing several is refused.
+    """
+    features = meta.observation.image_features
+    if not features:
+        if camera is not None:
+            raise ModelFileError(f"model {meta.name} observes no camera, but camera {camera.name!r} was given")
+        return None
+    if len(features) > 1:
+        raise ModelFileError(f"model {meta.name} observes cameras {[f.camera for f in features]}; the sim renders one")
+    feature = features[0]
+    height, width = feature.image_shape[:2]
+    if camera is None:
+        return CameraSpec(name=feature.camera, width=width, height=height)
+    if camera.name != feature.camera or (camera.height, camera.width) != (height, width):
+        raise ModelFileError(f"model {meta.name}: its {feature.name} is camera {feature.camera!r} at {height}x{width} "
+                             f"(H x W), the given sim camera is {camera.name!r} at {camera.height}x{camera.width}")
+    return camera
+
+
+def frames_in_force(meta: PolicyMetadata, obs: Observation) -> dict[str, np.ndarray] | None:
+    """Image feature name -> the latest frame of its camera at ``obs`` (None for a state-only model).
+
+    Raises RuntimeError when a camera has no frame yet or its frame is older than the feature's
+    max age (the sim renders on a fixed schedule, so either is a bug in the loop, not a hold).
+    """
+    features = meta.observation.image_features
+    if not features:
+        return None
+    frames = {}
+    for feature in features:
+        if feature.camera not in obs.images:
+            raise RuntimeError(f"camera {feature.camera!r}: no frame rendered by t = {obs.time_s:.3f} s")
+        stamp_ns, frame = obs.images[feature.camera]
+        age_s = obs.time_s - (stamp_ns - STAMP_BASE_NS) * 1e-9
+        if feature.max_age_s is not None and age_s > feature.max_age_s + 1e-9:
+            raise RuntimeError(f"camera {feature.camera!r}: frame {age_s * 1e3:.1f} ms old at t = {obs.time_s:.3f} s, "
+                               f"max age {feature.max_age_s * 1e3:.0f} ms")
+        frames[feature.name] = frame
+    return frames
+
+
 def _failure(env: SimEnv, invalid_outputs: int = 0, ood_holds: int = 0, goal_rejected: bool = False) -> str | None:
     """Why an episode failed: a collision first (physical), then what the guards saw, else a timeout."""
     status = env.status()
@@ -191,9 +247,11 @@ class ClosedLoop:
     Args:
         policy: the loaded ONNX policy.
         config: execution settings.
+        camera: the sim camera for a camera model (default: :func:`camera_for_model`'s); its name
+            and size must match the model's image feature.
     """
 
-    def __init__(self, policy: ChunkPolicy, config: LoopConfig = DEFAULT_SETTINGS) -> None:
+    def __init__(self, policy: ChunkPolicy, config: LoopConfig = DEFAULT_SETTINGS, camera: CameraSpec | None = None) -> None:
         self.policy = policy
         self.meta = meta = policy.metadata
         check_sim_joints(meta)
@@ -201,7 +259,8 @@ class ClosedLoop:
         self.guidance = validate_config(config, meta)
         self.limits = SafetyLimits.from_joint_limits(meta.limits, config.max_velocity_scale)
         self.controller_config = controller_config(config, meta)
-        self.env = SimEnv(control_period_s=meta.control_period_s, record=False)
+        self.camera = camera_for_model(meta, camera)
+        self.env = SimEnv(control_period_s=meta.control_period_s, record=False, camera=self.camera)
 
     def close(self) -> None:
         self.env.close()
@@ -245,6 +304,23 @@ class ClosedLoop:
             measured = values_by_name(IIWA_JOINT_NAMES, obs.positions, meta.action_joint_names)
             return controller.on_joint_state(now_ns, positions, velocities, measured, now_ns), measured
 
+        on_image = getattr(controller, "on_image", None)
+        offered: dict[str, int] = {}  # image feature -> stamp of the last frame offered
+
+        def offer_frames(now_ns: int) -> list:
+            """New frames to a controller that pairs them (on_image), stamped on the loop's clock."""
+            if on_image is None or not meta.observation.image_features:
+                return []
+            obs, out = env.observe(), []
+            for feature in meta.observation.image_features:
+                stamp_ns, frame = obs.images[feature.camera]
+                if offered.get(feature.name) != stamp_ns:
+                    offered[feature.name] = stamp_ns
+                    age_ns = max(0, round(obs.time_s * 1e9) - (stamp_ns - STAMP_BASE_NS))
+                    out += on_image(feature.name, frame, now_ns - age_ns, now_ns)
+            return out
+
+        offer_frames(0)
         joint_state(0)  # the driver's first joint state arrives before the first tick
         tick = 0
         while not env.done:
@@ -252,9 +328,14 @@ class ClosedLoop:
             decisions = controller.on_tick(now_ns)
             ready = [r for t, r in pending if t <= now_ns]
             pending = [(t, r) for t, r in pending if t > now_ns]
+            decisions += offer_frames(now_ns)
             more, measured = joint_state(now_ns)
             decisions += more
             for request in [d for d in decisions if isinstance(d, InferenceRequest)]:
+                if meta.observation.image_features and request.images is None:
+                    # A controller without frame pairing (before issue 19 item 4's on_image): the
+                    # loop attaches the frame in force at this tick itself.
+                    request = replace(request, images=frames_in_force(meta, env.observe()))
                 # as the node's worker: an invalid output is an invalid result, the arm holds; any
                 # other failure of an in-process call is a bug and ends the evaluation
                 result = infer(self.policy.predict, request, hold_on_error=False)
@@ -303,10 +384,12 @@ def run_episodes(
     seeds: Sequence[int],
     config: LoopConfig = DEFAULT_SETTINGS,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    camera: CameraSpec | None = None,
 ) -> list[EpisodeResult]:
-    """Run ``task`` on every episode seed in ``seeds``; ``on_episode`` is called after each (progress)."""
+    """Run ``task`` on every episode seed in ``seeds``; ``on_episode`` is called after each (progress).
+    ``camera``: the sim camera of a camera model (default :func:`camera_for_model`)."""
     results = []
-    with ClosedLoop(policy, config) as loop:
+    with ClosedLoop(policy, config, camera) as loop:
         for seed in seeds:
             result = loop.run_episode(task, int(seed))
             results.append(result)
