@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 JTC_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 
 
-def flow_policy(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+def flow_policy(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "flow_policy_ros", *args], cwd=REPO_ROOT, env=node_env(),
                           capture_output=True, text=True, timeout=timeout_s)
     assert proc.returncode == 0, f"flow-policy {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         problem = run_loop(nodes, monitor, lambda o: len(o) >= args.episodes,
                            STARTUP_BUDGET_S + EPISODE_BUDGET_S * args.episodes, _print_outcome)
         if problem is None:
-            monitor.wait_for_policy_update(2.0)
+            monitor.wait_for_policy_update(2.5, shadow=shadow_model is not None)
         outcomes, policy, sim = monitor.snapshot()
         with monitor.lock:
             shadow = dict(monitor.shadow)

@@ -148,7 +148,7 @@ class LoopMonitor:
         self.policy: dict[str, str] = {}
         self.shadow: dict[str, str] = {}  # a policy node in shadow mode
         self.sim: dict[str, str] = {}
-        self.policy_updates = 0
+        self.policy_updates = self.shadow_updates = 0
         outcomes = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(String, "episode_outcome", self._on_outcome, outcomes)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -166,7 +166,7 @@ class LoopMonitor:
             values = {kv.key: kv.value for kv in status.values}
             with self.lock:
                 if status.name.endswith(": policy") and values.get("shadow") == "true":
-                    self.shadow = values
+                    self.shadow, self.shadow_updates = values, self.shadow_updates + 1
                 elif status.name.endswith(": policy"):
                     self.policy, self.policy_updates = values, self.policy_updates + 1
                 elif status.name.endswith(": sim"):
@@ -176,14 +176,15 @@ class LoopMonitor:
         with self.lock:
             return list(self.outcomes), dict(self.policy), dict(self.sim)
 
-    def wait_for_policy_update(self, timeout_s: float) -> None:
-        """Wait until a diagnostics message newer than now arrives (or ``timeout_s``)."""
+    def wait_for_policy_update(self, timeout_s: float, shadow: bool = False) -> None:
+        """Wait until a diagnostics message newer than now arrives (or ``timeout_s``); ``shadow``: from
+        the shadow node too."""
         with self.lock:
-            seen = self.policy_updates
+            seen = (self.policy_updates, self.shadow_updates)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.lock:
-                if self.policy_updates > seen:
+                if self.policy_updates > seen[0] and (not shadow or self.shadow_updates > seen[1]):
                     return
             time.sleep(0.05)
 
