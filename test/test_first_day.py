@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, node_env
 
-pytestmark = pytest.mark.slow
-
 JTC_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 
 
@@ -31,6 +29,7 @@ def flow_policy(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedPro
     return proc
 
 
+@pytest.mark.slow
 def test_record_train_export_replay_shadow_live(tmp_path: Path):
     started = time.monotonic()
     data, run, model, out = tmp_path / "data", tmp_path / "run", tmp_path / "jtc_reach.onnx", tmp_path / "out"
@@ -67,3 +66,17 @@ def test_record_train_export_replay_shadow_live(tmp_path: Path):
     live = json.loads((out / "live.json").read_text())
     assert live["episodes"] == 1 and live["model_name"] is not None
     print(f"first-day chain: {time.monotonic() - started:.0f} s")
+
+
+def test_readme_path_has_the_six_steps_in_order_and_the_shadow_and_live_runs_on_the_jtc_topic():
+    """README's path is the chain above: its numbered steps in order, shadow and live over ROS 2 in
+    trajectory mode (the JTC topic), and the JTC recording rehearsal this test runs."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text[text.index("## From demonstrations to your own policy"):text.index("## On a robot")]
+    steps = [section.index(f"# {i}. {name}") for i, name in
+             enumerate(("record", "train", "export", "replay", "shadow", "live"), start=1)]
+    assert steps == sorted(steps)
+    assert "flow-policy demo --shadow --model runs/my_reach.onnx --execution trajectory" in section
+    assert "flow-policy demo --model runs/my_reach.onnx --execution trajectory" in section
+    assert "flow-policy demo --execution trajectory --episodes 50 --record data/jtc_rehearsal" in section
+    assert "--config config/train_reach_jtc.yaml" in section
