@@ -10,9 +10,9 @@ PIP := $(VENV)/bin/pip
 # here (a CPU build); TORCH=cuda is the same version's CUDA 13.0 build from PyTorch's index (CUDA 13
 # is also what the pinned onnxruntime-gpu is built for: docs/gpu.md). Several GB: only on a GPU machine.
 TORCH ?= cpu
-TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu130
+TORCH_CUDA ?= cu130
 TORCH_SPEC_cpu := torch==2.13.0
-TORCH_SPEC_cuda := torch==2.13.0+cu130 --index-url $(TORCH_CUDA_INDEX)
+TORCH_SPEC_cuda := torch==2.13.0+$(TORCH_CUDA) --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
 # A CUDA install has its own stamp, so `make setup TORCH=cuda` also upgrades an existing CPU venv.
 STAMP := $(VENV)/.installed$(if $(filter cuda,$(TORCH)),-cuda)
 PKG_STAMP := $(VENV)/.package-installed

@@ -39,6 +39,9 @@ def test_torch_cuda_installs_the_cuda_13_build_from_pytorchs_index(tmp_path):
     assert pip_lines(proc.stdout)[0] == (f"{venv}/bin/pip install -q torch==2.13.0+cu130 "
                                          "--index-url https://download.pytorch.org/whl/cu130")
     assert f"touch {venv}/.installed-cuda\n" in proc.stdout  # upgrades an existing CPU venv too
+    other = dry_run(tmp_path, "TORCH=cuda", "TORCH_CUDA=cu128")
+    assert pip_lines(other.stdout)[0] == (f"{venv}/bin/pip install -q torch==2.13.0+cu128 "
+                                          "--index-url https://download.pytorch.org/whl/cu128")
 
 
 def test_an_unknown_torch_variant_is_refused_before_anything_runs(tmp_path):
