@@ -49,7 +49,8 @@ def test_record_train_export_replay_shadow_live(tmp_path: Path):
     # 4. replay on the recordings
     replay = flow_policy("replay", str(data), "--model", str(model), "--config", "config/train_reach_jtc.yaml",
                          "--out", str(out / "replay"), "--json", str(out / "replay.json"))
-    assert (out / "replay.json").is_file(), replay.stdout
+    assert json.loads((out / "replay.json").read_text())["overall"]["decisions"] > 0, replay.stdout
+    assert sorted(p.name for p in (out / "replay").glob("*.png")) == ["summary.png"]  # one summary plot by default
     # 5. shadow: the new model previews while the shipped policy drives the arm
     # (2 episodes: a 1-episode run that succeeds within ~2 s can end before the demo's monitor has
     # discovered the sim, and the outcome is lost; seen on main too)
