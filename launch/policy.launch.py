@@ -1,8 +1,8 @@
 """Start policy_node (a managed lifecycle node) with the installed config/policy.yaml.
 
 Parameters come from ``params_file`` (default: ``share/flow_policy_ros/config/policy.yaml``); each
-of ``model``, ``execution``, ``control_rate_hz``, ``guidance_scale``, ``autostart`` and
-``use_sim_time`` overrides its parameter only when given. Remaps: ``joint_states_topic``,
+of ``model``, ``execution``, ``control_rate_hz``, ``guidance_scale``, ``autostart``,
+``use_sim_time`` and ``shadow`` overrides its parameter only when given. Remaps: ``joint_states_topic``,
 ``goal_topic``, ``commands_topic``, ``joint_trajectory_topic``.
 
 With ``autostart`` (true in policy.yaml) the node configures and activates itself; with

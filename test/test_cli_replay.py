@@ -67,3 +67,30 @@ def test_replay_does_not_import_torch():
 
     code = "import sys, flow_policy_ros.cli.replay; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
+
+
+def test_plots_summary_by_default_all_or_none_and_wall_clock_throughput(tmp_path, model, capsys):
+    """Default: one summary.png over all bags (no per-bag PNGs), its path printed; --plots all adds two per
+    bag; --plots none draws nothing. The decisions/s printed and reported is on the wall clock (not the
+    model calls alone, which are faster)."""
+    root = tmp_path / "run"
+    for i in range(3):
+        synthetic_bag(root / f"episode_{i:04d}", seed=i)
+    expected = {"summary": {"summary.png"}, "all": {"summary.png"} | {f"episode_{i:04d}.{kind}.png" for i in range(3)
+                                                                   for kind in ("joints", "horizon")},
+                "none": set()}
+    for choice, pngs in expected.items():
+        out = tmp_path / choice
+        assert main(["replay", str(root), "--model", str(model), "--out", str(out), "--plots", choice]) == 0
+        captured = capsys.readouterr()
+        assert {p.name for p in out.glob("*.png")} == pngs
+        report = json.loads((out / "report.json").read_text())
+        overall = report["overall"]
+        assert overall["decisions_per_s"] == pytest.approx(overall["decisions"] / overall["wall_time_s"])
+        assert overall["decisions_per_s"] < overall["inference_decisions_per_s"]
+        assert f"{overall['decisions_per_s']:.0f} decisions/s on the wall clock" in captured.out
+        for bag in report["bags"]:
+            assert bag["decisions_per_s"]["end_to_end"] == pytest.approx(bag["decisions"] / bag["timing_s"]["wall"])
+        if choice != "none":
+            assert f"plots: {out / 'summary.png'}" in captured.out and report["summary_plot"] == str(out / "summary.png")
+            assert (out / "summary.png").stat().st_size > 10_000

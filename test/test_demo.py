@@ -66,7 +66,7 @@ def test_demo_one_episode_end_to_end(model_path, tmp_path, execution):
     topics = list_topics(bags[0])
     assert topics["/joint_states"].count > 500  # 6 s at 120 Hz
     assert topics["/goal"].count == 1
-    command_topic = "/commands" if execution == "stream" else "/joint_trajectory"
+    command_topic = "/commands" if execution == "stream" else "/joint_trajectory_controller/joint_trajectory"  # a JTC setup's
     assert topics[command_topic].count > 10
     assert "/diagnostics" in topics
     episode = json.loads((bags[0] / "episode.json").read_text())

@@ -111,7 +111,8 @@ def test_round_trip_shuffled_joint_order(tmp_path: Path, model: Path, storage: s
     shuffled = synthetic_bag(tmp_path / "shuffled", storage, shuffle=True)
     ordered = synthetic_bag(tmp_path / "ordered", storage, shuffle=False)
     before = tree_hash(shuffled)
-    code = main(["replay", str(shuffled), "--model", str(model), "--out", str(tmp_path / "out"), "--write-bag", "--seed", "5"])
+    code = main(["replay", str(shuffled), "--model", str(model), "--out", str(tmp_path / "out"), "--write-bag", "--seed", "5",
+                 "--plots", "all"])
     assert code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     reference = run_replay([ordered], model, tmp_path / "ref", "--seed", "5")

@@ -148,6 +148,19 @@ def test_eval_sim_cli_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
     assert report["plots"] == [str(tmp_path / "eval_plots" / n) for n in ("ee_paths_xy.png", "command_traces.png")]
 
 
+def test_eval_sim_without_json_writes_under_out_and_says_where(tiny_model: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --json or --out the plots go to out/eval_<task>/ (git-ignored), never the working directory
+    itself, and the path is printed."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval-sim", "--model", str(tiny_model), "--task", "reach", "--episodes", "1", "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out" / "eval_reach").iterdir()) == ["command_traces.png", "ee_paths_xy.png"]
+    assert "eval-sim: 2 plots in out/eval_reach" in capsys.readouterr().out
+    assert "/out/" in (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--seed", "100"], ["--episodes", "0"], ["--replan-every", "17"], ["--guidance", "9"]],

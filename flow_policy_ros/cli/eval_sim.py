@@ -30,7 +30,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(parser, in_process_settings())  # policy_node's parameters of the same names
     parser.add_argument("--reference", choices=REFERENCES, help="also run this reference on the same episodes through the "
                         "same controller and report policy/reference smoothness ratios (JSON key 'reference')")
-    parser.add_argument("--out", type=Path, help="plot directory (default: <json stem>_plots/ beside --json, else ./eval_<task>)")
+    parser.add_argument("--out", type=Path, help="plot directory (default: <json stem>_plots/ beside --json, else out/eval_<task>/)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or default_plot_dir(args.json, args.task)
         report["plots"] = [str(p) for p in write_plots(out, results, policy.metadata, args.task)]
     print(format_summary(report))
+    if "plots" in report:
+        print(f"eval-sim: {len(report['plots'])} plots in {out}")
     write_json(args.json, report)
     calls, invalid = report["inference_calls"], report["invalid_outputs"]
     if calls and invalid == calls:

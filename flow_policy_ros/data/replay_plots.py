@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 
@@ -104,4 +105,86 @@ def plot_cameras(path: Path, rep: BagReplay, meta: PolicyMetadata, count: int = 
     axes[0, -1].legend(loc="upper right", fontsize=6, ncol=2)
     axes[-1, -1].set_xlabel("time into chunk, (i+1)·dt (s)")
     fig.suptitle(f"{rep.source.path.name}: camera frames and the chunks predicted from them", fontsize=10)
+
+
+def plot_summary(path: Path, report: dict[str, Any]) -> Path:
+    """One plot over all bags of a replay report: first-action MAE per bag (bags the node would have
+    held on, or whose predictions broke a limit, in red), error vs horizon step (each bag thin, all
+    bags thick), MAE per joint, and the safety fractions per bag (%)."""
+    bags = report["bags"]
+    overall = report["overall"]
+    n = len(bags)
+    x = np.arange(n)
+    fig = Figure(figsize=(12, 7.5), layout="constrained")
+    (ax_bag, ax_h), (ax_joint, ax_safe) = fig.subplots(2, 2)
+
+    def first_mae(bag: dict[str, Any]) -> float:
+        return bag["first_action"]["mae_rad"] if bag.get("first_action") else np.nan
+
+    def fraction(bag: dict[str, Any], key: str) -> float:
+        value = bag["safety"].get(key)
+        return np.nan if value is None else 100.0 * value
+
+    alarmed = np.array([bool(bag["invalid_outputs"] or (bag["safety"].get("ood_fraction") or 0)
+                             or bag["safety"]["outside_limits_fraction"] or bag["safety"]["velocity_violation_fraction"])
+                        for bag in bags])
+    mae = np.array([first_mae(bag) for bag in bags])
+    ax_bag.bar(x[~alarmed], mae[~alarmed], width=1.0 if n > 40 else 0.8, color="tab:blue", label="bag")
+    if alarmed.any():
+        ax_bag.bar(x[alarmed], mae[alarmed], width=1.0 if n > 40 else 0.8, color="tab:red",
+                   label="bag with OOD / invalid / limit or velocity violations")
+    ax_bag.axhline(overall["first_action_mae_rad"], color="black", lw=1, ls="--",
+                   label=f"all bags {overall['first_action_mae_rad']:.3g} rad")
+    ax_bag.set_xlabel("bag (in the order given)")
+    ax_bag.set_ylabel("first-action MAE (rad)")
+    ax_bag.set_title(f"first action vs recorded, {n} bag(s)")
+    ax_bag.legend(fontsize=7, loc="best")
+
+    for bag in bags:
+        if bag.get("horizon"):
+            ax_h.plot(bag["horizon"]["step_time_s"], bag["horizon"]["mae_rad"], color="tab:blue", lw=0.5, alpha=0.25)
+    if overall["horizon_mae_rad"] is not None:
+        steps = bags[0]["horizon"]["step_time_s"] if bags[0].get("horizon") else None
+        if steps is not None:
+            ax_h.plot(steps, overall["horizon_mae_rad"], color="black", lw=2, marker="o", ms=3, label="all bags")
+            ax_h.legend(fontsize=7)
+    ax_h.set_xlabel("time into chunk, (i+1)·dt (s)")
+    ax_h.set_ylabel("MAE (rad)")
+    ax_h.set_title("error vs horizon step (thin: one bag)")
+    ax_h.grid(alpha=0.3)
+
+    names = report["model"]["action_joint_names"]
+    per_joint = np.array([[bag["per_joint"][name]["mae_rad"] if bag.get("per_joint") else np.nan for name in names]
+                          for bag in bags])
+    weights = np.array([bag["decisions"] - bag["invalid_outputs"] for bag in bags], dtype=np.float64)
+    finite = np.isfinite(per_joint).all(axis=1) & (weights > 0)
+    joint_mae = (np.average(per_joint[finite], axis=0, weights=weights[finite]) if finite.any()
+                 else np.full(len(names), np.nan))
+    ax_joint.bar(np.arange(len(names)), joint_mae, color="tab:blue")
+    ax_joint.set_xticks(np.arange(len(names)), [name.rsplit("_", 1)[-1] if len(name) > 10 else name for name in names],
+                        fontsize=8)
+    ax_joint.set_xlabel(f"action joint ({names[0]} ...)" if names and len(names[0]) > 10 else "action joint")
+    ax_joint.set_ylabel("MAE over the chunk (rad)")
+    ax_joint.set_title("error per joint (all bags, decision-weighted)")
+
+    highest = 0.0
+    for key, label, color in (("ood_fraction", "out of distribution (decisions)", "tab:purple"),
+                              ("outside_limits_fraction", "outside the limits (commands)", "tab:red"),
+                              ("velocity_violation_fraction", "beyond the velocity limit (steps)", "tab:orange")):
+        values = np.array([fraction(bag, key) for bag in bags])
+        ax_safe.plot(x, values, marker="o" if n <= 40 else None, ms=3, lw=1, color=color, label=label)
+        highest = max(highest, float(np.nanmax(values, initial=0.0)))
+    ax_safe.set_xlabel("bag (in the order given)")
+    ax_safe.set_ylabel("% of the bag")
+    ax_safe.set_ylim(-0.5, max(5.0, 1.3 * highest))  # 0 % sits visibly on the axis; room for the legend
+    for ax in (ax_bag, ax_safe):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    safety = overall["safety"]
+    ood = "guard off" if safety["ood_fraction"] is None else f"{safety['ood_fraction']:.1%} OOD"
+    ax_safe.set_title(f"safety: {ood}, {safety['outside_limits_fraction']:.1%} outside limits, "
+                      f"{safety['velocity_violation_fraction']:.1%} too fast", fontsize=10)
+    ax_safe.legend(fontsize=7, loc="upper left")
+    ax_safe.grid(alpha=0.3)
+    fig.suptitle(f"replay of {report['model']['name']}: {overall['decisions']} decisions in {n} bag(s), "
+                 f"first-action MAE {overall['first_action_mae_rad']:.3g} rad, MAE {overall['mae_rad']:.3g} rad")
     return _save(fig, path)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # annotations only: sim_node imports this module without onnx
     from flow_policy_ros.runtime.controller import PolicyController
     from flow_policy_ros.runtime.latency import StageLatencies
     from flow_policy_ros.runtime.policy import ChunkPolicy
+    from flow_policy_ros.runtime.shadow import ShadowComparison
 
 LEVELS: dict[str, bytes] = {
     "OK": DiagnosticStatus.OK,
@@ -96,3 +97,18 @@ def camera_diagnostics(controller: PolicyController, cameras: Iterable[CameraTop
     values["image_rejections"] = str(sum(images.rejected.values()))
     values["image_rejection"] = images.last_rejection
     return {**values, **image_latency.diagnostic_values()}
+
+
+def shadow_values(comparison: ShadowComparison) -> dict[str, str]:
+    """Shadow mode's figures (rad, 4 decimals; 'nan' before the first comparison): the per-tick max
+    |measured - preview of the tick before| now, p50/p95 over the recent window, the worst tick,
+    the joint and the worst per joint (``shadow_worst_rad.<joint>``)."""
+    c = comparison
+    values = {
+        "shadow": "true", "shadow_ticks_compared": str(c.ticks_compared),
+        "shadow_diff_rad": f"{c.last_max_abs_rad:.4f}", "shadow_diff_p50_rad": f"{c.percentile_rad(50):.4f}",
+        "shadow_diff_p95_rad": f"{c.percentile_rad(95):.4f}", "shadow_diff_max_rad": f"{c.worst_max_abs_rad:.4f}",
+        "shadow_worst_joint": c.worst_joint,
+    }
+    values.update({f"shadow_worst_rad.{name}": f"{worst:.4f}" for name, worst in zip(c.joint_names, c.worst_per_joint_rad)})
+    return values

@@ -15,6 +15,15 @@ do not hear each other, and ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` keeps DD
 machine. A caller's own values always win (on a robot the user's network settings apply);
 the nodes themselves never set either.
 
+Topic names are those of a real ros2_control setup (``config/ros2_control/``): in trajectory mode
+both nodes are remapped to :data:`JTC_TRAJECTORY_TOPIC`, the topic of a JointTrajectoryController
+named ``joint_trajectory_controller`` (so ``--record`` writes what ``config/train_reach_jtc.yaml``
+reads); stream mode keeps ``/commands`` (what ``flow-policy collect`` writes and
+``config/train_reach.yaml`` reads). With a shadow model a third node, ``flow_policy_shadow``, runs
+it in shadow mode on the same joint states and goal (the same remaps; it publishes only to
+``/flow_policy_shadow/preview/...``) while ``flow_policy_node`` drives the arm: the rehearsal of a
+shadow run on a robot that something else moves.
+
 The helpers here (:func:`ros_environment`, :class:`NodeProcesses`, :class:`LoopMonitor`) are
 shared with ``flow-policy bench --ros`` (``ros_bench.py``).
 """
@@ -44,6 +53,10 @@ EPISODE_BUDGET_S = 10.0
 STOP_TIMEOUT_S = 5.0
 #: Seconds for the last messages of a node that exited with status 0 to arrive.
 EXIT_GRACE_S = 2.0
+#: The JointTrajectoryController's command topic (config/ros2_control/joint_trajectory_controller.yaml).
+JTC_TRAJECTORY_TOPIC = "/joint_trajectory_controller/joint_trajectory"
+#: Name of the policy node run in shadow mode next to the one that drives the arm.
+SHADOW_NODE_NAME = "flow_policy_shadow"
 
 
 def ros_environment(environ: Mapping[str, str] | None = None, pid: int | None = None) -> dict[str, str]:
@@ -77,10 +90,13 @@ class NodeProcesses:
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list[Any] = []
 
-    def start(self, name: str, module: str, params_file: Path, overrides: Mapping[str, object]) -> subprocess.Popen:
+    def start(self, name: str, module: str, params_file: Path, overrides: Mapping[str, object],
+              remaps: Mapping[str, str] | None = None) -> subprocess.Popen:
         cmd = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)]
         for key, value in overrides.items():
             cmd += ["-p", ros_param_arg(key, value)]
+        for source, target in (remaps or {}).items():
+            cmd += ["-r", f"{source}:={target}"]
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop_all
         self._logs.append(log)
         proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -130,8 +146,9 @@ class LoopMonitor:
         self.lock = threading.Lock()
         self.outcomes: list[dict[str, Any]] = []
         self.policy: dict[str, str] = {}
+        self.shadow: dict[str, str] = {}  # a policy node in shadow mode
         self.sim: dict[str, str] = {}
-        self.policy_updates = 0
+        self.policy_updates = self.shadow_updates = 0
         outcomes = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(String, "episode_outcome", self._on_outcome, outcomes)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -148,7 +165,9 @@ class LoopMonitor:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
             with self.lock:
-                if status.name.endswith(": policy"):
+                if status.name.endswith(": policy") and values.get("shadow") == "true":
+                    self.shadow, self.shadow_updates = values, self.shadow_updates + 1
+                elif status.name.endswith(": policy"):
                     self.policy, self.policy_updates = values, self.policy_updates + 1
                 elif status.name.endswith(": sim"):
                     self.sim = values
@@ -157,14 +176,15 @@ class LoopMonitor:
         with self.lock:
             return list(self.outcomes), dict(self.policy), dict(self.sim)
 
-    def wait_for_policy_update(self, timeout_s: float) -> None:
-        """Wait until a diagnostics message newer than now arrives (or ``timeout_s``)."""
+    def wait_for_policy_update(self, timeout_s: float, shadow: bool = False) -> None:
+        """Wait until a diagnostics message newer than now arrives (or ``timeout_s``); ``shadow``: from
+        the shadow node too."""
         with self.lock:
-            seen = self.policy_updates
+            seen = (self.policy_updates, self.shadow_updates)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.lock:
-                if self.policy_updates > seen:
+                if self.policy_updates > seen[0] and (not shadow or self.shadow_updates > seen[1]):
                     return
             time.sleep(0.05)
 
@@ -221,24 +241,49 @@ def resolve_model(model: str | None) -> Path:
     return path.resolve()
 
 
+def controller_remaps(execution: str) -> dict[str, str]:
+    """The remaps of a real ros2_control setup for ``execution``: trajectory mode talks to
+    :data:`JTC_TRAJECTORY_TOPIC`; stream mode keeps ``commands``."""
+    return {"joint_trajectory": JTC_TRAJECTORY_TOPIC} if execution == "trajectory" else {}
+
+
+def renamed_params_file(source: Path, node_name: str, target: Path) -> Path:
+    """``source`` (a ``flow_policy_node: ros__parameters:`` file) with its section renamed to ``node_name``."""
+    import yaml
+
+    from flow_policy_ros.ros.policy_parameters import NODE_NAME
+
+    document = yaml.safe_load(source.read_text())
+    target.write_text(yaml.safe_dump({node_name: document[NODE_NAME]}))
+    return target
+
+
 def start_closed_loop(env: Mapping[str, str], log_dir: Path, model: Path, task: str, episodes: int,
                       execution: str, record: Path | None, thread_priority: int = 0,
                       seeds: list[int] | None = None,
-                      policy_overrides: Mapping[str, object] | None = None) -> NodeProcesses:
+                      policy_overrides: Mapping[str, object] | None = None,
+                      shadow_model: Path | None = None) -> NodeProcesses:
     """Start sim_node and policy_node with the installed YAML files and this run's overrides
     (``thread_priority`` > 0: SCHED_FIFO for both nodes' control threads, see ``realtime.py``;
     ``seeds``: the episode seeds, default 0, 1, 2, ...; ``policy_overrides``: more policy_node
-    parameters, e.g. ``inference_thread``)."""
+    parameters, e.g. ``inference_thread``; ``shadow_model``: also run this model in shadow mode
+    as :data:`SHADOW_NODE_NAME`). Topics as on a robot: :func:`controller_remaps`."""
     nodes = NodeProcesses(env, log_dir)
+    remaps = controller_remaps(execution)
     sim_overrides: dict[str, object] = {"task": task, "episodes": episodes, "thread_priority": thread_priority}
     if seeds is not None:
         sim_overrides["seeds"] = list(seeds)
     if record is not None:
         sim_overrides["record_path"] = str(record.resolve())
-    nodes.start("sim_node", "flow_policy_ros.ros.sim_node", paths.config_path("sim.yaml"), sim_overrides)
+    nodes.start("sim_node", "flow_policy_ros.ros.sim_node", paths.config_path("sim.yaml"), sim_overrides, remaps)
     nodes.start("policy_node", "flow_policy_ros.ros.policy_node", paths.config_path("policy.yaml"),
                 {"model_path": str(model), "execution": execution, "thread_priority": thread_priority,
-                 **(policy_overrides or {})})
+                 **(policy_overrides or {})}, remaps)
+    if shadow_model is not None:
+        params = renamed_params_file(paths.config_path("policy.yaml"), SHADOW_NODE_NAME, log_dir / "shadow_policy.yaml")
+        nodes.start("shadow_node", "flow_policy_ros.ros.policy_node", params,
+                    {"model_path": str(shadow_model), "execution": execution, "shadow": True,
+                     **(policy_overrides or {})}, {**remaps, "__node": SHADOW_NODE_NAME})
     return nodes
 
 

@@ -35,6 +35,8 @@ POLICY_ARGUMENTS: tuple[ParameterArgument, ...] = (
     ParameterArgument("autostart", "autostart", bool,
                       "true: configure + activate at start; false: wait for `ros2 lifecycle set /flow_policy_node ...`"),
     ParameterArgument("use_sim_time", "use_sim_time", bool, "run on /clock (e.g. `flow-policy play --clock`)"),
+    ParameterArgument("shadow", "shadow", bool,
+                      "true: publish only to ~/preview/... (no controller listens), the arm vs the previews on /diagnostics"),
 )
 SIM_ARGUMENTS: tuple[ParameterArgument, ...] = (
     ParameterArgument("task", "task", str, "reach | reach_around"),

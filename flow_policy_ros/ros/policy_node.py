@@ -41,6 +41,13 @@ within the camera's max age (else it holds, ``stale``, naming the camera and the
 of the wrong encoding or size, corrupt compressed data, no stamp, or a stamp from the future is
 a counted rejection (``image_rejections``, the last reason in ``image_rejection``), never a
 command. The camera path's stages (receipt, decode) are in ``/diagnostics`` as ``stage_image_*``.
+
+
+Shadow mode (``shadow:=true``): the same node on the live robot, but the commands go to
+``~/preview/commands`` / ``~/preview/joint_trajectory`` (no controller listens) and never to
+``commands`` / ``joint_trajectory``; the limiter follows the measured arm instead of the
+previews, and ``/diagnostics`` adds ``shadow_diff_*`` (the arm vs the preview of the tick
+before; :mod:`flow_policy_ros.runtime.shadow`).
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ from trajectory_msgs.msg import JointTrajectory
 from flow_policy_ros import paths
 from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.errors import FlowPolicyError, ObservationError, one_line
-from flow_policy_ros.ros.diagnostics import camera_diagnostics, policy_diagnostics
+from flow_policy_ros.ros.diagnostics import camera_diagnostics, policy_diagnostics, shadow_values
 from flow_policy_ros.ros.messages import (
     CameraTopic,
     JointStateReader,
@@ -88,6 +95,7 @@ from flow_policy_ros.runtime.latency import IMAGE_STAGES, StageLatencies
 from flow_policy_ros.runtime.observation import stamp_to_ns
 from flow_policy_ros.runtime.policy import load_policy
 from flow_policy_ros.runtime.safety import validate_guidance_scale
+from flow_policy_ros.runtime.shadow import ShadowComparison, follow_robot
 
 __all__ = ["NODE_NAME", "PARAMETERS", "PolicyNode", "PolicyNodeParams", "main"]
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -111,6 +119,7 @@ class PolicyNode(LifecycleNode):
         # set before anything can fail: rclpy's shutdown calls destroy_node on a half-built node
         self.params: PolicyNodeParams | None = None  # params, policy, controller, worker: set by configure
         self.policy, self.controller, self.worker = None, None, None
+        self.shadow: ShadowComparison | None = None  # shadow mode's comparison (set by configure)
         self._values = declare_all(self, PARAMETERS)
         self.configure_error = self._last_reason = ""
         self.scheduling = "SCHED_OTHER"
@@ -159,7 +168,10 @@ class PolicyNode(LifecycleNode):
         self._joint_reader = JointStateReader(meta.observation.joint_names, meta.action_joint_names,
                                               "joint_velocities" in meta.observation.fields)
         msg_type, topic = (Float64MultiArray, "commands") if p.execution == "stream" else (JointTrajectory, "joint_trajectory")
+        if p.shadow:  # previews only: no controller listens to ~/preview/...; never commands/joint_trajectory
+            topic = f"~/preview/{topic}"
         self._publisher = self.create_lifecycle_publisher(msg_type, topic, _RELIABLE)
+        self.shadow = ShadowComparison(meta.action_joint_names) if p.shadow else None
         self._owned = []
         on_done = None
         if p.threaded_inference and p.executor == "events":  # no guard conditions there: a task wakes it
@@ -197,6 +209,8 @@ class PolicyNode(LifecycleNode):
         self._last_reason = ""
         self._rejections, self._joint_state_used, self._joint_state_refused = {}, False, False
         self._obs_to_cmd_s.clear()
+        if self.shadow is not None:
+            self.shadow = ShadowComparison(self.meta.action_joint_names)  # figures of this activation
         self.latency = self.worker.latencies = StageLatencies()
         self.image_latency = StageLatencies(stages=IMAGE_STAGES)
         result = super().on_activate(state)  # enables the command publisher
@@ -253,7 +267,7 @@ class PolicyNode(LifecycleNode):
         while self.worker.busy and time.monotonic() < deadline:
             time.sleep(0.001)
         self.worker.poll()
-        self._held = self.controller.last_command
+        self._held = None if self.shadow is not None else self.controller.last_command  # shadow: the arm held nothing of ours
         if self.params.execution == "trajectory":
             self._publisher.publish(JointTrajectory(joint_names=list(self.meta.action_joint_names)))
 
@@ -358,6 +372,8 @@ class PolicyNode(LifecycleNode):
         self._on_inference_done()  # normally handled at once via the guard condition
         self._carry_out(self.controller.on_tick(self.get_clock().now().nanoseconds))
         c = self.controller
+        if self.shadow is not None:  # the arm now vs the preview of the tick before
+            self.shadow.on_tick(c.current_tick, c.tracking.measured, c.state == "running")
         if c.reason != self._last_reason:  # each state change, once (one call site per severity: rclpy requires it)
             self._last_reason = c.reason
             if c.state == "running":
@@ -397,6 +413,9 @@ class PolicyNode(LifecycleNode):
                 obs_to_command_ns = self.get_clock().now().nanoseconds - decision.obs_stamp_ns
                 self.latency.add_ns("obs_to_command", obs_to_command_ns)
                 self._obs_to_cmd_s.append(obs_to_command_ns * 1e-9)
+            if self.shadow is not None:  # a preview went out: remember it, and limit the next against the arm
+                self.shadow.on_decision(decision, self.controller.current_tick)
+                follow_robot(self.controller)
 
     def _diagnosis(self) -> str:
         """The controller's reason, made specific while it waits or holds on stale data: the node saw the
@@ -414,15 +433,19 @@ class PolicyNode(LifecycleNode):
         if self.controller is None:  # an event queued before cleanup destroyed the timer
             return
         state, reason = (self.controller.state, self._diagnosis()) if self._active else ("inactive", "")
-        self._diagnostics.publish(policy_diagnostics(
+        array = policy_diagnostics(
             self.get_clock().now().to_msg(), f"{self.get_name()}: policy", state, reason, self.controller, self.policy,
             {"lifecycle_state": "active" if self._active else "inactive", "scheduling": self.scheduling,
              "execution": self.params.execution, "chunking": self.params.chunking_for(self.meta),
              "control_rate_hz": f"{self.params.control_rate_hz:g}",
              "inference": "thread" if self.params.threaded_inference else "inline", "executor": self.params.executor,
-             **self.latency.diagnostic_values(), **camera_diagnostics(self.controller, self._cameras, self.image_latency)},
+             **self.latency.diagnostic_values(), **camera_diagnostics(self.controller, self._cameras, self.image_latency),
+             **(shadow_values(self.shadow) if self.shadow is not None else {})},
             self._obs_to_cmd_s, goal_rejection=self.controller.goal_rejection,
-            joint_state_rejection=self._rejections.get("joint_states", "")))
+            joint_state_rejection=self._rejections.get("joint_states", ""))
+        if self.shadow is not None:  # say it where an operator looks first: nothing is commanded
+            array.status[0].message = f"shadow (previews only): {array.status[0].message}"
+        self._diagnostics.publish(array)
 
     def destroy_node(self) -> None:
         if self.worker is not None:

@@ -75,6 +75,11 @@ NODE_PARAMETERS: dict[str, ParameterSpec] = {
     "autostart": ParameterSpec(True, _T.PARAMETER_BOOL,
                                "configure and activate at start-up (true), or stay unconfigured until a lifecycle "
                                "transition is requested (false: the launch file or an operator drives it)"),
+    "shadow": ParameterSpec(False, _T.PARAMETER_BOOL,
+                            "shadow mode: run live on the robot's joint states but publish only to ~/preview/commands "
+                            "or ~/preview/joint_trajectory (no controller listens), never to commands/joint_trajectory; "
+                            "the limiter follows the measured arm, and /diagnostics carries the per-tick difference "
+                            "between the previews and what the arm does (shadow_diff_*). Set at start-up only"),
 }
 
 #: Every parameter of the node: the ROS-specific ones and the execution settings (``ros2 param describe``).
@@ -100,6 +105,7 @@ class PolicyNodeParams(ExecutionSettings):
     autostart: bool = True
     inference_thread: bool = False
     executor: str = "events"
+    shadow: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -5,7 +5,7 @@
 
 runs ``--episodes`` episodes through :mod:`flow_policy_ros.sim.closed_loop` (the node's
 scheduler and safety clamp, synchronous inference), prints a summary, writes PNG plots into
-``--out`` (default: ``<json stem>_plots/`` beside ``--json``, else ``./eval_<task>``) and, with ``--json``, the report
+``--out`` (default: ``<json stem>_plots/`` beside ``--json``, else ``out/eval_<task>/``, which git ignores) and, with ``--json``, the report
 of :func:`summarize`.
 
 Report fields: success rate with a 95 % Wilson interval; ``modes`` = successful episodes per
@@ -247,7 +247,8 @@ def evaluate(policy: ChunkPolicy, task: str, episodes: int, seed: int, config: L
 
 
 def default_plot_dir(json_path: Path | None, task: str) -> Path:
-    """``<json dir>/<json stem>_plots`` beside the report, else ``./eval_<task>``."""
+    """``<json dir>/<json stem>_plots`` beside the report, else ``out/eval_<task>`` (``out/`` is git-ignored:
+    never the repository root)."""
     if json_path is not None:
         return json_path.parent / f"{json_path.stem}_plots"
-    return Path(f"eval_{task}")
+    return Path("out") / f"eval_{task}"
