@@ -105,6 +105,7 @@ def plot_cameras(path: Path, rep: BagReplay, meta: PolicyMetadata, count: int = 
     axes[0, -1].legend(loc="upper right", fontsize=6, ncol=2)
     axes[-1, -1].set_xlabel("time into chunk, (i+1)·dt (s)")
     fig.suptitle(f"{rep.source.path.name}: camera frames and the chunks predicted from them", fontsize=10)
+    return _save(fig, path)
 
 
 def plot_summary(path: Path, report: dict[str, Any]) -> Path:
