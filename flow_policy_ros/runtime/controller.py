@@ -127,6 +127,11 @@ class PolicyController:
         return self.limiter.last_command
 
     @property
+    def timing_warning(self) -> tuple[str, str]:
+        """('', '') or (level, why): the delay exceeds what the rtc model absorbs, or a deadline hold."""
+        return self.prefix.timing_warning(self.config.rtc, self.execution.deadline_hold and self.state == "running")
+
+    @property
     def ood_guard(self) -> str:
         """'on (margin M range widths)' or 'off: <why>'."""
         return self.guard.status
@@ -259,12 +264,21 @@ class PolicyController:
             self.run_state.set("running")
         if self.state != "running":
             return []  # data went stale (or a hold began) while this chunk was computed
-        if not self.scheduler.add_chunk(ActionChunk(actions, result.tick), tick):
+        start, d = result.tick, result.prefix_length
+        if self.config.rtc:  # shifted if late (or dropped), blended from the executing chunk at the seam
+            apply, executed = self.execution.late_apply(tick)
+            fitted = self.prefix.fit(actions, start, d, apply, executed, self.current_plan(max(start + d, apply)),
+                                     self.execution.hold_position())
+            if fitted is None:
+                return []
+            actions, start = fitted
+        if not self.scheduler.add_chunk(ActionChunk(actions, start), tick):
             return []
         self.counters.chunks_received += 1
         self.execution.pending_stamp_ns = result.stamp_ns or result.received_ns
-        self.prefix.count_if_late(tick, result.tick, result.prefix_length)
-        return self.execution.on_chunk(tick, result.tick, result.prefix_length, actions)
+        if self.config.rtc:  # the next request once this chunk has taken over (s >= d)
+            self.scheduler.set_replan_every(self.prefix.execution_horizon())
+        return self.execution.on_chunk(tick, start, d, actions)
 
     # -- internals ------------------------------------------------------------------------
     def _result_problem(self, result: InferenceResult, actions: np.ndarray | None) -> str:
@@ -323,12 +337,9 @@ class PolicyController:
             return self._hold("hold", beyond)
         tick = self.clock.current_tick
         prefix, d = None, 0
-        if self.config.rtc:
-            needed = self.prefix.needed_length()
-            refusal = self.prefix.refusal(needed)
-            if refusal:
-                return self._fail(tick, refusal)
-            prefix, d = self.prefix.commit(tick, needed, self.execution)
+        if self.config.rtc:  # the commands of the next d ticks (the hold position if none executes)
+            d = self.prefix.prefix_length(count=True)
+            prefix, d = self.prefix.commit(tick, d, self.execution, self.execution.hold_position())
         self._in_flight = True
         self.counters.inference_requests += 1
         return [InferenceRequest(observation, tick, self._received_ns, self._stamp_ns, self._generation,
