@@ -35,7 +35,6 @@ from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 from flow_policy_ros.runtime.tick_clock import TickClock
 from flow_policy_ros.runtime.tracking import ArmTracking
 
-
 #: Trajectory mode: the last points of each published trajectory slow down to rest over this many ticks.
 REST_TAIL_TICKS = 6
 
