@@ -75,3 +75,44 @@ def test_node_under_a_delay_beyond_the_model_says_so_on_diagnostics(rtc_model, n
         diag = next(d for d in reversed(robot.diagnostics) if d.get("timing_warning"))
     assert diag["state"] == "running" and "then holds" in diag["timing_warning"]
     assert int(diag["rtc_delay_ticks"]) >= 19
+
+
+def test_diagnostics_level_and_figures_follow_the_timing_warning():
+    """policy_diagnostics (no DDS): the rtc figures are there, a delay beyond d_max is a WARN with the
+    figures in the message, one the chunk cannot cover an ERROR, a deadline hold a WARN in any mode."""
+    from types import SimpleNamespace
+
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from flow_policy_ros.contract import IIWA_JOINT_NAMES, JointLimits, ObservationSpec
+    from flow_policy_ros.ros.diagnostics import policy_diagnostics
+    from flow_policy_ros.runtime.controller import ControllerConfig, PolicyController
+    from flow_policy_ros.runtime.safety import SafetyLimits
+
+    spec = ObservationSpec(joint_names=IIWA_JOINT_NAMES, fields=("joint_positions", "goal"))
+    ctrl = PolicyController(ControllerConfig(spec, 32, DT, chunking="rtc", rtc_max_delay=12, guidance_scale=1.0),
+                            SafetyLimits.from_joint_limits(JointLimits()))
+    ctrl.run_state.set("running")
+    policy = SimpleNamespace(active_provider="CPUExecutionProvider", fallback_reason="",
+                             metadata=SimpleNamespace(name="m", model_hash="h"))
+
+    def status():
+        s = policy_diagnostics(Time(), "policy", ctrl.state, ctrl.reason, ctrl, policy, {}, []).status[0]
+        return s.level, s.message, {kv.key: kv.value for kv in s.values}
+
+    level, message, values = status()
+    assert level == DiagnosticStatus.OK and message == "running" and values["timing_warning"] == ""
+    assert values["rtc_max_delay"] == "12" and values["rtc_prefix_length"] == "4" and values["rtc_execution_horizon"] == "4"
+    ctrl.prefix.record_delay(15)  # 300 ms
+    level, message, values = status()
+    assert level == DiagnosticStatus.WARN and "15 ticks (300 ms)" in message and "d_max 12" in message
+    assert values["rtc_delay_ticks"] == "15" and values["rtc_prefix_length"] == "12"
+    ctrl.prefix.record_delay(25)  # 500 ms: the chunk ends before the next arrives
+    level, message, _ = status()
+    assert level == DiagnosticStatus.ERROR and "then holds" in message
+    plain = PolicyController(ControllerConfig(spec, 32, DT, guidance_scale=1.0), SafetyLimits.from_joint_limits(JointLimits()))
+    plain.run_state.set("running")
+    plain.execution.deadline_hold = True
+    s = policy_diagnostics(Time(), "policy", "running", "", plain, policy, {}, []).status[0]
+    assert s.level == DiagnosticStatus.WARN and "deadline" in s.message
