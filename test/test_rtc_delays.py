@@ -154,3 +154,15 @@ def test_any_delay_sequence_keeps_the_velocity_limit_and_never_stalls_silently(d
         assert level in ("WARN", "ERROR") and text, f"tick {tick}: running, no command, no warning"
     if max(delays) <= 10:  # within what the model absorbs: nothing dropped, never held
         assert r["counters"].rtc_late_discarded == 0 and r["silent"] == []
+
+
+def test_published_trajectories_end_at_rest_along_their_own_path():
+    from flow_policy_ros.runtime.execution import REST_TAIL_TICKS
+    from flow_policy_ros.runtime.trajectory_execution import end_at_rest
+
+    points = np.outer(np.arange(H) * 0.02, np.linspace(-1, 1, A))  # full speed to the last point
+    rested = end_at_rest(points)
+    np.testing.assert_array_equal(rested[: H - REST_TAIL_TICKS], points[: H - REST_TAIL_TICKS])
+    steps = np.abs(np.diff(rested, axis=0))
+    assert np.all(steps[-1] == 0) and np.all(np.diff(steps[-REST_TAIL_TICKS - 1:], axis=0) <= 1e-12)
+    assert np.all(steps <= np.abs(np.diff(points, axis=0)) + 1e-12)  # never faster than the plan
