@@ -130,14 +130,16 @@ def test_a_late_chunk_while_moving_is_offset_onto_what_was_executed_or_dropped_b
 def test_blend_moves_from_the_old_plan_into_the_new_chunk_without_a_kink():
     c = committer(d_max=3, blend=4)
     new = ramp(0.0, 0.02)
-    old = ramp(0.0, 0.01)[2:]  # the executing chunk from the takeover row on, slower
+    old = ramp(0.0, 0.01)  # the executing chunk from 2 rows before the takeover (row 2) on, slower
     out = c.blend(new, 2, old, np.zeros(A))
     np.testing.assert_array_equal(out[:2], new[:2])  # the prefix is untouched
     np.testing.assert_array_equal(out[6:], new[6:])
-    w_new = (out[2:6, 0] - old[:4, 0]) / (new[2:6, 0] - old[:4, 0])
+    w_new = (out[2:6, 0] - old[2:6, 0]) / (new[2:6, 0] - old[2:6, 0])
     assert np.all(np.diff(w_new) > 0) and 0 < w_new[0] < 0.2 and 0.8 < w_new[-1] < 1
     held = c.blend(new, 2, np.empty((0, 0)), np.full(A, -0.1))  # nothing executing: from the hold position
     assert held[2, 0] < new[2, 0] and held[2, 0] > -0.1
+    ending = c.blend(new, 2, old[:3], np.zeros(A))  # the old chunk ends at the takeover: continued, not stopped
+    np.testing.assert_allclose(ending, out)
 
 
 def test_committed_commands_are_limited_one_step_apart_fixed_and_taken_once():

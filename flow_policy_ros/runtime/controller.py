@@ -267,7 +267,7 @@ class PolicyController:
         start, d = result.tick, result.prefix_length
         if self.config.rtc:  # shifted if late (or dropped), blended from the executing chunk at the seam
             apply, executed = self.execution.late_apply(tick)
-            fitted = self.prefix.fit(actions, start, d, apply, executed, self.current_plan(max(start + d, apply)),
+            fitted = self.prefix.fit(actions, start, d, apply, executed, self.current_plan(max(start + d, apply) - 2),
                                      self.execution.hold_position())
             if fitted is None:
                 return []

@@ -144,9 +144,9 @@ class PrefixCommitter:
         none), as it is scheduled: (actions, start tick), or None if too late (counted).
 
         A late chunk is shifted (module docstring); then the first ``rtc_blend_ticks`` rows after the
-        takeover are blended from ``old_plan`` ((K, A), what the executing chunk says from the takeover
-        tick on, held at its last row; K = 0: ``hold``) into the new chunk, weights linear in time:
-        the soft-masked region of RTC, so the seam continues velocity as well as position.
+        takeover are blended from ``old_plan`` ((K, A), what the executing chunk says from 2 ticks
+        before the takeover on, :meth:`blend`) into the new chunk: the soft-masked region of RTC,
+        so the seam continues velocity as well as position.
         """
         late = apply_tick - (request_tick + d)
         start = request_tick
@@ -166,13 +166,22 @@ class PrefixCommitter:
         return self.blend(actions, apply_tick - start if late > 0 else d, old_plan, hold), start
 
     def blend(self, actions: np.ndarray, row: int, old_plan: np.ndarray, hold: np.ndarray) -> np.ndarray:
-        """``actions`` (H, A) with rows ``row`` .. ``row + B - 1`` mixed from ``old_plan`` (held at its
-        last row; empty: ``hold``) into the chunk: weight of the old plan 1 - smoothstep((i + 1) / (B + 1)) at row + i."""
+        """``actions`` (H, A) with rows ``row`` .. ``row + B - 1`` mixed from the old plan into the chunk:
+        weight of the old plan 1 - smoothstep((i + 1) / (B + 1)) at row + i.
+
+        ``old_plan`` (K, A): what the executing chunk says from 2 ticks before the takeover on; where it
+        ends it is continued at its last velocity (the arm was moving: no stop inside the blend); with
+        fewer than 2 rows the arm holds ``hold``.
+        """
         n = min(self.config.rtc_blend_ticks, len(actions) - row)
         if n <= 0 or row <= 0:
             return actions
-        old = old_plan if len(old_plan) else np.asarray(hold, dtype=np.float64)[None, :]
-        old = old[np.minimum(np.arange(n), len(old) - 1)]
+        if len(old_plan) >= 2:
+            last, velocity = old_plan[-1], old_plan[-1] - old_plan[-2]
+            beyond = last + np.arange(1, n + 3)[:, None] * velocity  # continued at its last velocity
+            old = np.concatenate([old_plan, beyond])[2:2 + n]
+        else:
+            old = np.tile(np.asarray(hold, dtype=np.float64), (n, 1))
         x = (np.arange(n) + 1.0) / (n + 1)
         w = (1.0 - x * x * (3.0 - 2.0 * x))[:, None]  # smoothstep: no kink in velocity where it starts and ends
         out = actions.copy()
