@@ -113,7 +113,7 @@ class PrefixCommitter:
         ms = delay * cfg.period_s * 1e3
         figures = (f"rtc: inference delay {delay} ticks ({ms:.0f} ms) + margin {cfg.rtc_margin_ticks} exceeds the "
                    f"model's d_max {cfg.rtc_max_delay} ticks ({cfg.rtc_max_delay * cfg.period_s * 1e3:.0f} ms)")
-        if self.execution_horizon() + delay >= cfg.horizon:
+        if max(self.execution_horizon(), delay + 1) + delay + 1 > cfg.horizon:  # next request, then its delay
             return "ERROR", (f"{figures} and the chunk ({cfg.horizon} ticks) ends before the next arrives: the arm "
                              "finishes each chunk, then holds until the next")
         return "WARN", f"{figures}: prefix clipped to {cfg.rtc_max_delay}, chunks arrive late and are shifted"
