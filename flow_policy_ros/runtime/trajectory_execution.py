@@ -86,13 +86,12 @@ class TrajectoryExecution(Execution):
         return [Stop(reason)]
 
     def commit_prefix(self, tick: int, d: int, hold: np.ndarray | None = None) -> np.ndarray:
-        executing = self.executing()
-        if d and executing is None and hold is not None:  # nothing executing: the JTC holds, so does the prefix
-            return np.tile(np.asarray(hold, dtype=np.float64), (d, 1))
-        if d == 0 or executing is None:
+        if d == 0 or (self.executing() is None and hold is None):
             return np.empty((0, self.limits.size))
-        # what the JTC will execute at each tick (a trajectory spliced in on the way included)
-        return np.stack([self.jtc.setpoint(t) for t in range(tick, tick + d)])
+        # what the JTC will execute at each tick (a trajectory queued or spliced in on the way included;
+        # after a stop its hold; before the first trajectory ``hold``)
+        setpoints = [self.jtc.setpoint(t) for t in range(tick, tick + d)]
+        return np.stack([np.asarray(hold, dtype=np.float64) if p is None else p for p in setpoints])
 
     def late_apply(self, tick: int) -> tuple[int, np.ndarray | None]:
         return tick, self._setpoint_before_tick  # published at this tick, its point 0 replaces this tick's
