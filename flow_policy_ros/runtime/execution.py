@@ -33,7 +33,7 @@ from flow_policy_ros.runtime.decisions import Command, Decision
 from flow_policy_ros.runtime.prefix_committer import CommittedCommands
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 from flow_policy_ros.runtime.tick_clock import TickClock
-from flow_policy_ros.runtime.tracking import ArmTracking
+from flow_policy_ros.runtime.tracking import TRACKING_TOLERANCE_RAD, ArmTracking
 
 #: Trajectory mode: the last points of each published trajectory slow down to rest over this many ticks.
 REST_TAIL_TICKS = 6
@@ -81,12 +81,16 @@ class Execution(ABC):
         #: the executing chunk ended with no usable new one (deadline fallback in progress)
         self.deadline_hold = False
 
-    def hold_position(self) -> np.ndarray:
-        """(A,) rad where the arm is held: the last command sent, else the measured position (in limits)."""
+    def hold_position(self) -> np.ndarray | None:
+        """(A,) rad where the arm is held: the last command sent, else the measured position (in limits);
+        None when the arm is not tracking the last command (a simulator reset or a driver restart moved
+        it): no hold prefix then, the first command ramps from the arm as without real-time chunking."""
         last = self.limiter.last_command
-        if last is not None:
-            return last
-        return np.clip(self.tracking.measured, self.limits.lower, self.limits.upper)
+        if last is None:
+            return np.clip(self.tracking.measured, self.limits.lower, self.limits.upper)
+        if np.max(np.abs(self.tracking.measured - last)) > TRACKING_TOLERANCE_RAD:
+            return None
+        return last
 
     def take_pending_stamp(self) -> int | None:
         stamp, self.pending_stamp_ns = self.pending_stamp_ns, None

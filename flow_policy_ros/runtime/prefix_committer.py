@@ -17,6 +17,9 @@ prefix; the model returns them exactly and continues them. The new chunk takes o
   Without a chunk to continue (activation, an episode start, after a hold) the prefix is the hold
   position (the last command, else the measured position) repeated: the first chunk starts at
   rest where the arm is, no step.
+  If the arm is not where the last command is (a simulator reset, a driver restart: see
+  ``runtime.tracking``) there is no prefix (d = 0, plain sampling) and the first command ramps
+  from the arm.
 * A late chunk (it can only apply L > 0 ticks after k + d): if the arm still stands where the
   prefix ended (it was holding), the chunk is shifted in time by L (its prefix becomes the hold
   actually executed); if the arm moved on and L <= d_max, the chunk is offset onto the command
@@ -118,17 +121,19 @@ class PrefixCommitter:
                              "finishes each chunk, then holds until the next")
         return "WARN", f"{figures}: prefix clipped to {cfg.rtc_max_delay}, chunks arrive late and are shifted"
 
-    def commit(self, tick: int, d: int, source: PrefixSource, hold: np.ndarray) -> tuple[np.ndarray, int]:
+    def commit(self, tick: int, d: int, source: PrefixSource, hold: np.ndarray | None) -> tuple[np.ndarray | None, int]:
         """Commit ``d`` (<= d_max) commands from tick ``tick`` on; ``hold`` (A,) rad: the position held
-        when no chunk is executing (the prefix is then ``hold`` repeated).
+        when no chunk is executing (the prefix is then ``hold`` repeated; None: no prefix then).
 
-        Returns (prefix (H, A) rad with rows >= d zero; d, the prefix length).
+        Returns (prefix (H, A) rad with rows >= d zero, None for d = 0; d, the prefix length).
         """
         rows = source.commit_prefix(tick, d, hold)
         d = len(rows)
         prefix = np.zeros((self.config.horizon, self.action_dim))
         prefix[:d] = rows
         self._requested = prefix[:d].copy()
+        if d == 0:
+            return None, 0
         self.counters.rtc_prefix_ticks += d
         return prefix, d
 
