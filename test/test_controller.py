@@ -461,6 +461,31 @@ def test_rtc_first_prefix_is_the_hold_position_and_the_first_chunk_continues_it(
         assert ctrl.counters.limiter_clipped == 0
 
 
+def test_rtc_after_a_reset_that_moved_the_arm_there_is_no_hold_prefix_and_the_arm_is_not_pulled_back():
+    """A new episode over DDS: sim_node resets the arm elsewhere and sends a new goal. The last command
+    (the previous episode's end) is no hold position any more: no prefix, the first command ramps from
+    the arm (a hold prefix there would command the arm back to where the last episode ended)."""
+    ctrl = rtc_running(min_prefix=3)
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    old_end = ctrl.last_command
+    far = np.full(A, 0.8)
+    for i in range(6):  # the reset arm stands still (sim_node holds it there before the new goal)
+        ctrl.on_joint_state(4 * PERIOD_NS - 10_000 + i, far, None, far, 4 * PERIOD_NS - 10_000 + i)
+    ctrl.on_goal(GOAL + 0.05)
+    for k in range(4, 10):
+        ctrl.on_tick(k * PERIOD_NS)
+        req = requests(ctrl.on_joint_state(k * PERIOD_NS + 1000, far, None, far, k * PERIOD_NS + 1000))
+        if req:
+            break
+    assert req[0].prefix_length == 0 and req[0].prefix_actions is None
+    ctrl.on_inference_result(result(req[0], np.tile(far, (H, 1))))
+    ctrl.on_joint_state((k + 1) * PERIOD_NS - 1000, far, None, far, (k + 1) * PERIOD_NS - 1000)
+    out = ctrl.on_tick((k + 1) * PERIOD_NS)
+    assert np.all(np.abs(out[0].positions - far) <= STEP + 1e-9)  # from the arm, not from old_end
+    assert np.max(np.abs(old_end - far)) > 0.5
+
+
 def test_rtc_prefix_is_the_commands_actually_sent_and_they_are_sent_exactly():
     ctrl = rtc_running()
     sent = {}
