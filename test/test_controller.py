@@ -416,15 +416,79 @@ def test_the_event_sequences_really_command_the_robot():
 # --------------------------------------------------------------------------- real-time chunking
 
 
-def rtc_running(execution: str = "stream", replan_every: int = 4, rtc_max_delay: int = 3) -> PolicyController:
-    ctrl = make(execution, "rtc", replan_every, rtc_max_delay=rtc_max_delay)
-    start_running(ctrl, chunk(0.01))
+def rtc_make(execution: str = "stream", replan_every: int = 4, rtc_max_delay: int = 3, min_prefix: int = 1,
+             blend: int = 0) -> PolicyController:
+    config = ControllerConfig(SPEC, H, PERIOD_NS * 1e-9, execution, "rtc", replan_every, rtc_max_delay=rtc_max_delay,
+                              rtc_min_prefix=min_prefix, rtc_blend_ticks=blend)
+    return PolicyController(config, LIMITS)
+
+
+def with_prefix(req: InferenceRequest, actions: np.ndarray) -> np.ndarray:
+    """``actions`` with the request's committed prefix written into its first rows (as an RTC model does)."""
+    out = np.array(actions, dtype=float)
+    out[: req.prefix_length] = req.prefix_actions[: req.prefix_length]
+    return out
+
+
+def rtc_running(execution: str = "stream", replan_every: int = 4, rtc_max_delay: int = 3, **kwargs) -> PolicyController:
+    ctrl = rtc_make(execution, replan_every, rtc_max_delay, **kwargs)
+    ctrl.on_goal(GOAL)
+    joint_state(ctrl, 0)
+    ctrl.on_tick(0)
+    req = requests(joint_state(ctrl, 1_000_000))[0]
+    ctrl.on_inference_result(result(req, with_prefix(req, chunk(0.01))))
     return ctrl
+
+
+def test_rtc_first_prefix_is_the_hold_position_and_the_first_chunk_continues_it():
+    """Activation / episode start: no chunk to continue, so the prefix is where the arm is, held; the
+    first chunk starts from rest there (no step), for stream and trajectory alike."""
+    for execution in ("stream", "trajectory"):
+        ctrl = rtc_make(execution, min_prefix=3)
+        ctrl.on_goal(GOAL)
+        q = np.full(A, 0.2)
+        ctrl.on_joint_state(0, q, None, q, 0)
+        ctrl.on_tick(0)
+        req = requests(ctrl.on_joint_state(1000, q, None, q, 1000))[0]
+        assert req.prefix_length == 3
+        np.testing.assert_array_equal(req.prefix_actions[:3], np.tile(q, (3, 1)))
+        new = with_prefix(req, q + np.outer(np.maximum(np.arange(H) - 2, 0) * 0.01, np.ones(A)))
+        out = ctrl.on_inference_result(result(req, new))
+        if execution == "trajectory":  # spliced in at the end of the hold prefix, from its last row
+            assert out[0].tick == 3 and np.all(np.abs(out[0].points[0] - q) <= STEP + 1e-12)
+            continue
+        sent = [ctrl.on_tick(k * PERIOD_NS)[0].positions for k in range(1, 6)]
+        np.testing.assert_array_equal(sent[:2], np.tile(q, (2, 1)))  # the hold rows, sent exactly
+        np.testing.assert_allclose(sent[2:], new[3:6])
+        assert ctrl.counters.limiter_clipped == 0
+
+
+def test_rtc_after_a_reset_that_moved_the_arm_the_arm_is_not_pulled_back():
+    """A new episode over DDS: sim_node resets the arm elsewhere and sends a new goal. The last command
+    (the previous episode's end) is no hold position any more, and nothing from the joint states may
+    restart the limiter: the controller holds ('not tracking', no request, no command) until the
+    explicit restart (re-activation, which sim_node requests after its reset), never commanding the
+    arm back to where the last episode ended."""
+    ctrl = rtc_running(min_prefix=3)
+    for k in range(1, 4):
+        ctrl.on_tick(k * PERIOD_NS)
+    old_end = ctrl.last_command
+    far = np.full(A, 0.8)
+    for i in range(6):  # the reset arm stands still (sim_node holds it there before the new goal)
+        ctrl.on_joint_state(4 * PERIOD_NS - 10_000 + i, far, None, far, 4 * PERIOD_NS - 10_000 + i)
+    ctrl.on_goal(GOAL + 0.05)
+    sent = []
+    for k in range(4, 10):
+        sent += ctrl.on_tick(k * PERIOD_NS)
+        sent += ctrl.on_joint_state(k * PERIOD_NS + 1000, far, None, far, k * PERIOD_NS + 1000)
+    assert sent == [] and ctrl.state == "hold" and "not tracking" in ctrl.reason
+    np.testing.assert_array_equal(ctrl.last_command, old_end)
+    assert np.max(np.abs(old_end - far)) > 0.5
 
 
 def test_rtc_prefix_is_the_commands_actually_sent_and_they_are_sent_exactly():
     ctrl = rtc_running()
-    sent = {0: ctrl.last_command}
+    sent = {}
     for k in range(1, 4):
         sent[k] = ctrl.on_tick(k * PERIOD_NS)[0].positions
     out = ctrl.on_tick(4 * PERIOD_NS)  # due: the command of tick 4 goes out now (it is prefix row 0)
@@ -433,13 +497,11 @@ def test_rtc_prefix_is_the_commands_actually_sent_and_they_are_sent_exactly():
     req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, np.full(A, -0.15)))[0]  # the arm is elsewhere now (within the tracking tolerance)
     assert req.prefix_length == 1  # no delay measured yet (results came in the same tick) + margin 1
     np.testing.assert_array_equal(req.prefix_actions[0], sent[4])
-    # a slow result next time: the controller measures it and commits more
+    # a slow result next time: late, shifted onto what was executed, counted; the controller measures it
     ctrl.on_tick(5 * PERIOD_NS)
     ctrl.on_tick(6 * PERIOD_NS)
-    new = chunk(0.02)
-    new[:1] = req.prefix_actions[:1]
-    ctrl.on_inference_result(result(req, new))
-    assert ctrl.counters.rtc_late_chunks == 1
+    ctrl.on_inference_result(result(req, with_prefix(req, chunk(0.02))))
+    assert ctrl.counters.rtc_late_chunks == ctrl.counters.rtc_late_used == 1 and ctrl.counters.rtc_late_discarded == 0
     for k in range(7, 8):
         ctrl.on_tick(k * PERIOD_NS)
     ctrl.on_tick(8 * PERIOD_NS)  # due
@@ -459,13 +521,26 @@ def test_rtc_chunk_takes_over_at_the_end_of_its_prefix():
         ctrl.on_tick(k * PERIOD_NS)
     ctrl.on_tick(4 * PERIOD_NS)
     req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, ctrl.last_command))[0]
-    new = np.tile(ctrl.last_command, (H, 1))
-    new[: req.prefix_length] = req.prefix_actions[: req.prefix_length]
-    new[req.prefix_length:] += 0.005  # the continuation differs from the old chunk
+    new = with_prefix(req, np.tile(ctrl.last_command, (H, 1)) + 0.005)  # the continuation differs from the old chunk
     assert ctrl.on_inference_result(result(req, new)) == []  # stream: nothing extra to send
     joint_state(ctrl, 5 * PERIOD_NS - 1, ctrl.last_command)
     out = ctrl.on_tick(5 * PERIOD_NS)
     np.testing.assert_allclose(out[0].positions, new[1])
+
+
+def test_rtc_seam_is_blended_from_the_executing_chunk():
+    ctrl = rtc_running(blend=3)
+    for k in range(1, 5):
+        ctrl.on_tick(k * PERIOD_NS)
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, ctrl.last_command))[0]
+    old = ctrl.current_plan(5)
+    new = with_prefix(req, np.tile(ctrl.last_command, (H, 1)) + 0.02)
+    ctrl.on_inference_result(result(req, new))
+    sent = np.array([ctrl.on_tick(k * PERIOD_NS)[0].positions for k in range(5, 9)])
+    assert len(old) == 3  # the old chunk's ticks 5..7
+    w = (sent[:3, 0] - old[:, 0]) / (new[1:4, 0] - old[:, 0])  # the new chunk's weight, tick by tick
+    assert np.all(np.diff(w) > 0) and 0 < w[0] < 0.3 and w[2] < 1
+    np.testing.assert_allclose(sent[3], new[4])  # after the blend: the new chunk
 
 
 def test_rtc_rejects_a_chunk_that_does_not_reproduce_its_prefix():
@@ -478,31 +553,33 @@ def test_rtc_rejects_a_chunk_that_does_not_reproduce_its_prefix():
     assert ctrl.counters.invalid_outputs == 1
 
 
-def test_rtc_refuses_a_prefix_longer_than_replan_every():
-    ctrl = rtc_running(replan_every=2)
-    ctrl.on_tick(PERIOD_NS)
-    ctrl.on_tick(2 * PERIOD_NS)
-    req = requests(joint_state(ctrl, 2 * PERIOD_NS + 1))[0]
-    for k in range(3, 6):  # the result takes 3 ticks
-        ctrl.on_tick(k * PERIOD_NS)
-    fixed = chunk(0.01)
-    fixed[: req.prefix_length] = req.prefix_actions[: req.prefix_length]
-    ctrl.on_inference_result(result(req, fixed))
-    ctrl.on_tick(6 * PERIOD_NS)
-    assert requests(joint_state(ctrl, 6 * PERIOD_NS + 1)) == []
-    assert ctrl.state == "error" and "set replan_every >= 4" in ctrl.reason
+def test_rtc_a_delay_longer_than_replan_every_stretches_the_execution_horizon():
+    """What main refused (state error, retried forever, the arm standing still): the prefix needs 4 ticks,
+    replan_every is 2; now the next request waits until the chunk has taken over, and nothing is late."""
+    ctrl = rtc_running(replan_every=2, rtc_max_delay=5)
+    pending, commanded = [], []
+    for k in range(1, 60):
+        out = ctrl.on_tick(k * PERIOD_NS)
+        commanded += [d.tick for d in out if isinstance(d, Command)]
+        if pending and k - pending[0].tick >= 3:  # every result takes 3 ticks
+            ctrl.on_inference_result(result(pending[0], with_prefix(pending[0], chunk(0.001) + ctrl.last_command)))
+            pending = []
+        pending += requests(joint_state(ctrl, k * PERIOD_NS + 1, ctrl.last_command))
+    assert ctrl.state == "running" and commanded == list(range(1, 60))
+    # only the first slow result is late (no delay measured yet: prefix 1); shifted and used
+    assert ctrl.scheduler.replan_every == 4 and ctrl.counters.rtc_late_chunks == ctrl.counters.rtc_late_used == 1
+    assert ctrl.counters.chunks_received >= 10 and ctrl.timing_warning == ("", "")
 
 
 def test_rtc_trajectory_is_stamped_at_the_prefix_boundary_and_spliced_there():
     ctrl = rtc_running("trajectory")
-    first = ctrl.execution.executing().values
+    jtc = ctrl.execution.jtc
     for k in range(1, 5):
         ctrl.on_tick(k * PERIOD_NS)
-    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, first[3]))[0]
+    req = requests(joint_state(ctrl, 4 * PERIOD_NS + 1, jtc.setpoint(3)))[0]
     d = req.prefix_length
-    np.testing.assert_array_equal(req.prefix_actions[:d], first[4:4 + d])  # what the JTC executes
-    new = np.tile(first[4], (H, 1)) + 0.004
-    new[:d] = req.prefix_actions[:d]
+    np.testing.assert_array_equal(req.prefix_actions[:d], [jtc.setpoint(t) for t in range(4, 4 + d)])  # what the JTC executes
+    new = with_prefix(req, np.tile(jtc.setpoint(4), (H, 1)) + 0.004)
     out = ctrl.on_inference_result(result(req, new))
     assert len(out) == 1 and isinstance(out[0], Trajectory)
     assert out[0].tick == 4 + d and out[0].stamp_ns == (4 + d) * PERIOD_NS

@@ -108,8 +108,10 @@ def test_shipped_rtc_model_reproduces_a_prefix() -> None:
 
 @pytest.mark.slow
 def test_shipped_rtc_model_succeeds_in_rtc_mode_under_200_ms_delay() -> None:
-    """Closed loop, rtc mode, +200 ms: success, every chunk returned its committed prefix exactly,
-    and the step from it into the new rows is small (measured: median 0.0034 rad, 0.03 allowed)."""
+    """Closed loop, rtc mode, +200 ms, default settings (the execution horizon follows the delay):
+    success, every chunk returned its committed prefix exactly, only each episode's first chunk is late
+    (its delay is not measured yet; shifted, not dropped), the step from the prefix into the new rows
+    is small, and no step into the first chunk (its prefix is the hold position)."""
     import numpy as np
 
     policy = _rtc_policy()
@@ -124,16 +126,18 @@ def test_shipped_rtc_model_succeeds_in_rtc_mode_under_200_ms_delay() -> None:
         return out
 
     policy.predict = recording_predict
-    config = LoopConfig(chunking="rtc", replan_every=11, inject_delay_ms=200.0)
-    report, _ = evaluate(policy, "reach_around", EPISODES, seed=0, config=config, progress=False)
+    config = LoopConfig(chunking="rtc", inject_delay_ms=200.0)
+    report, results = evaluate(policy, "reach_around", EPISODES, seed=0, config=config, progress=False)
     assert report["successes"] >= MIN_SUCCESSES, format_summary(report)
-    assert report["controller"]["rtc_late_chunks"] == 0
+    counters = report["controller"]
+    assert counters["rtc_late_chunks"] == counters["rtc_late_used"] <= EPISODES and counters["rtc_late_discarded"] == 0
+    for r in results:  # the arm starts from rest: no command step near the velocity limit into the first chunk
+        first = np.abs(np.diff(r.commands[: r.chunk_ticks[0] + 4], axis=0)).max()
+        assert first <= 0.5 * policy.metadata.control_period_s * np.min(policy.metadata.limits.velocity), first
     step_limit = np.asarray(policy.metadata.limits.velocity) * policy.metadata.control_period_s
     largest = np.max(seams, axis=1)
     assert len(seams) > 50 and np.median(largest) <= 0.25 * step_limit.min(), np.median(largest)
-    # beyond the velocity limit (then clamped by the limiter) only at an episode's start: the first
-    # prefixes there are the limiter's ramp out of the hold while the first chunk was in flight
-    assert np.sum(largest > step_limit.min()) <= 2 * EPISODES, largest
+    assert np.sum(largest > step_limit.min()) <= EPISODES, largest
 
 
 def test_node_default_chunking_is_rtc_for_the_rtc_model_only() -> None:

@@ -264,7 +264,8 @@ def test_rtc_chunking_in_the_closed_loop_commits_prefixes_under_delay(rtc_model:
     c = result.counters
     assert c["invalid_outputs"] == 0 and c["inference_requests"] > 5
     assert c["rtc_prefix_ticks"] >= 6 * (c["inference_requests"] - 2)  # 5 ticks of delay + margin 1, after the first two
-    assert c["rtc_late_chunks"] == 0 and c["rtc_prefix_broken"] == 0
+    # only the first chunk is late (no delay measured yet): the arm held, the chunk is shifted in time and used
+    assert c["rtc_late_chunks"] == c["rtc_late_used"] == 1 and c["rtc_prefix_broken"] == 0
     step = np.abs(np.diff(result.commands, axis=0))
     assert np.all(step <= np.asarray(policy.metadata.limits.velocity) * policy.metadata.control_period_s + 1e-9)
 

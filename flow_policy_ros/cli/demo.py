@@ -43,7 +43,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="episodes to run (default 8: about 16 s warm, 76 s on a first run after install)")
     parser.add_argument("--task", default="reach", choices=("reach", "reach_around"), help="sim task (default reach)")
     parser.add_argument("--model", help="ONNX policy (default: the shipped models/iiwa_reach.onnx)")
-    add_setting_flags(parser, ["execution"])  # policy_node's parameter of the same name
+    add_setting_flags(parser, ["execution", "inject_delay_ms"])  # policy_node's parameters of the same names
     parser.add_argument("--record", type=Path, metavar="BAG", help="record each episode as a rosbag2 under this directory "
                         "(trajectory mode: on /joint_trajectory_controller/joint_trajectory, as a JTC setup records)")
     parser.add_argument("--shadow", action="store_true",
@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     monitor = LoopMonitor()
     nodes = start_closed_loop(env, log_dir, model, args.task, args.episodes, args.execution, args.record,
-                              args.thread_priority, seeds, shadow_model=shadow_model)
+                              args.thread_priority, seeds,
+                              {"inject_delay_ms": args.inject_delay_ms} if args.inject_delay_ms else None,
+                              shadow_model=shadow_model)
     try:
         problem = run_loop(nodes, monitor, lambda o: len(o) >= args.episodes,
                            STARTUP_BUDGET_S + EPISODE_BUDGET_S * args.episodes, _print_outcome)
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         "successes": successes,
         "success_rate": successes / len(outcomes) if outcomes else None,
         **latency_summary(policy),
-        "task": args.task, "execution": args.execution, "model": str(model),
+        "task": args.task, "execution": args.execution, "model": str(model), "inject_delay_ms": args.inject_delay_ms,
         "ros_domain_id": int(env["ROS_DOMAIN_ID"]), "wall_time_s": round(time.monotonic() - start, 1),
         "sim_realtime_resyncs": int(sim.get("realtime_resyncs", "0")), "outcomes": outcomes,
         "node_exit_status": {name: proc.returncode for name, proc in nodes.procs.items()},

@@ -72,9 +72,18 @@ def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controll
         **percentiles_ms({"inference_latency": counters.inference_s, "tick_jitter": counters.jitter_s,
                           "obs_to_command_latency": obs_to_command_s}),
     }
+    timing_level, timing = controller.timing_warning
+    values["timing_warning"] = timing
+    if controller.config.rtc:  # real-time chunking: the figures the prefix and the execution horizon come from
+        prefix = controller.prefix
+        values.update(rtc_delay_ticks=prefix.delay_ticks, rtc_prefix_length=prefix.prefix_length(),
+                      rtc_execution_horizon=prefix.execution_horizon(), rtc_max_delay=controller.config.rtc_max_delay)
     level, message = POLICY_LEVELS[state], f"{state}: {reason}" if reason else state
     if state == "running" and controller.warning:  # running, but near the edge of the training range
         level, message = "WARN", f"{state}: {controller.warning}"
+    if state == "running" and timing_level:  # a delay beyond the model's d_max, or a deadline hold
+        level = "ERROR" if timing_level == "ERROR" else "WARN"
+        message = f"{message}; {timing}" if message != state else f"{state}: {timing}"
     return diagnostic_array(stamp, name, level, message, meta.name, values)
 
 

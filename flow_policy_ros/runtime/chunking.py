@@ -6,8 +6,9 @@ from an observation taken at tick ``k`` is an :class:`ActionChunk` with ``start_
 may arrive several ticks after its observation; its actions for ticks that have passed are
 dropped (never replayed) simply because the scheduler only ever looks up the current tick.
 
-Strategies (``rtc``, real-time chunking, schedules as receding horizon; the committed prefix
-that makes the new chunk continue the executing one is kept by ``runtime.controller``):
+Strategies (``rtc``, real-time chunking, schedules as receding horizon with an execution horizon
+that follows the measured inference delay, :meth:`ChunkScheduler.set_replan_every`; the committed
+prefix that makes the new chunk continue the executing one is kept by ``runtime.prefix_committer``):
 
 * :class:`RecedingHorizon` (default): open-loop execution of the newest chunk. A new chunk
   is due once ``replan_every`` actions of the current one have been executed; when it
@@ -114,6 +115,12 @@ class ChunkScheduler:
         self.horizon = int(horizon)
         self.replan_every = int(replan_every)
         self._last_tick: int | None = None
+
+    def set_replan_every(self, replan_every: int) -> None:
+        """Change the execution horizon (rtc: it follows the measured inference delay), 1..H."""
+        if not 1 <= replan_every <= self.horizon:
+            raise ValueError(f"replan_every must be in [1, horizon={self.horizon}], got {replan_every}")
+        self.replan_every = int(replan_every)
 
     def _check_tick(self, tick: int) -> None:
         if self._last_tick is not None and tick < self._last_tick:

@@ -52,9 +52,10 @@ from flow_policy_ros.runtime.decisions import Command, Decision, InferenceReques
 from flow_policy_ros.runtime.execution import Execution, StreamExecution, plan_from
 from flow_policy_ros.runtime.image_inputs import ImageInputs
 from flow_policy_ros.runtime.input_guard import MEASURED_LIMIT_TOLERANCE_RAD, InputGuard
-from flow_policy_ros.runtime.metadata import output_guard_status, output_range_problem
+from flow_policy_ros.runtime.metadata import output_guard_status
 from flow_policy_ros.runtime.observation import observation_vector
 from flow_policy_ros.runtime.ood import OodScore
+from flow_policy_ros.runtime.output_check import result_problem
 from flow_policy_ros.runtime.prefix_committer import PrefixCommitter
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 from flow_policy_ros.runtime.tick_clock import STATES, RunState, TickClock
@@ -129,6 +130,11 @@ class PolicyController:
     def last_command(self) -> np.ndarray | None:
         """The last command the robot was sent (rad), or None before the first."""
         return self.limiter.last_command
+
+    @property
+    def timing_warning(self) -> tuple[str, str]:
+        """('', '') or (level, why): the delay exceeds what the rtc model absorbs, or a deadline hold."""
+        return self.prefix.timing_warning(self.config.rtc, self.execution.deadline_hold and self.state == "running")
 
     @property
     def ood_guard(self) -> str:
@@ -275,48 +281,30 @@ class PolicyController:
             return []
         self.counters.inference_s.append(result.latency_s)
         actions = None if result.actions is None else np.asarray(result.actions, dtype=np.float64)
-        problem = self._result_problem(result, actions)
+        problem = result_problem(result, actions, self.config, self.limits.size, self.prefix, self.counters)
         if problem:
             return self._fail(tick, problem)
         if self.state == "error":
             self.run_state.set("running")
         if self.state != "running":
             return []  # data went stale (or a hold began) while this chunk was computed
-        if not self.scheduler.add_chunk(ActionChunk(actions, result.tick), tick):
+        start, d = result.tick, result.prefix_length
+        if self.config.rtc:  # shifted if late (or dropped), blended from the executing chunk at the seam
+            apply, executed = self.execution.late_apply(tick)
+            fitted = self.prefix.fit(actions, start, d, apply, executed, self.current_plan(max(start + d, apply) - 2),
+                                     self.execution.hold_position())
+            if fitted is None:
+                return []
+            actions, start = fitted
+        if not self.scheduler.add_chunk(ActionChunk(actions, start), tick):
             return []
         self.counters.chunks_received += 1
         self.execution.pending_stamp_ns = result.stamp_ns or result.received_ns
-        self.prefix.count_if_late(tick, result.tick, result.prefix_length)
-        return self.execution.on_chunk(tick, result.tick, result.prefix_length, actions)
+        if self.config.rtc:  # the next request once this chunk has taken over (s >= d)
+            self.scheduler.set_replan_every(self.prefix.execution_horizon())
+        return self.execution.on_chunk(tick, start, d, actions)
 
     # -- internals ------------------------------------------------------------------------
-    def _result_problem(self, result: InferenceResult, actions: np.ndarray | None) -> str:
-        """Why ``result`` (its ``actions`` as float64) cannot be executed ('' if it can); counts the
-        error or invalid output."""
-        if result.error is not None and result.invalid_output:
-            self.counters.invalid_outputs += 1
-            return f"invalid model output: {result.error}"
-        if result.error is not None:
-            self.counters.inference_errors += 1
-            return f"inference failed: {result.error}"
-        expected = (self.config.horizon, self.limits.size)
-        if actions is None or actions.shape != expected:
-            self.counters.invalid_outputs += 1
-            shape = None if actions is None else actions.shape
-            return f"invalid model output: shape {shape}, expected {expected}"
-        if not np.all(np.isfinite(actions)):
-            self.counters.invalid_outputs += 1
-            return f"invalid model output: {int(np.sum(~np.isfinite(actions)))} NaN/inf values"
-        beyond = output_range_problem(actions, self.config.action_range, self.config.output_margin)
-        if beyond:
-            self.counters.invalid_outputs += 1
-            return f"invalid model output: {beyond}"
-        d = result.prefix_length
-        if d and not self.prefix.reproduces(actions, d):
-            self.counters.invalid_outputs += 1
-            return f"invalid model output: the chunk does not reproduce its {d}-action committed prefix"
-        return ""
-
     def _observation(self) -> np.ndarray:
         features = {"joint_positions": self._positions, "joint_velocities": self._velocities, **self.vectors.values}
         return observation_vector(self.config.observation, {k: v for k, v in features.items() if v is not None})
@@ -353,12 +341,9 @@ class PolicyController:
             return self._hold("hold", beyond)
         tick = self.clock.current_tick
         prefix, d = None, 0
-        if self.config.rtc:
-            needed = self.prefix.needed_length()
-            refusal = self.prefix.refusal(needed)
-            if refusal:
-                return self._fail(tick, refusal)
-            prefix, d = self.prefix.commit(tick, needed, self.execution)
+        if self.config.rtc:  # the commands of the next d ticks (the hold position if none executes)
+            d = self.prefix.prefix_length(count=True)
+            prefix, d = self.prefix.commit(tick, d, self.execution, self.execution.hold_position())
         self._in_flight = True
         self.counters.inference_requests += 1
         return [InferenceRequest(observation, tick, self._received_ns, self._stamp_ns, self._generation,

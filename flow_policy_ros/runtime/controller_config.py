@@ -19,6 +19,10 @@ from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN, ObservationRange, va
 from flow_policy_ros.runtime.safety import validate_guidance_scale
 
 EXECUTION_MODES: tuple[str, ...] = ("stream", "trajectory")
+#: chunking rtc: the shortest committed prefix (ticks), whatever the delay (see ``runtime.prefix_committer``).
+DEFAULT_RTC_MIN_PREFIX = 4
+#: chunking rtc: rows after the takeover blended from the executing chunk into the new one.
+DEFAULT_RTC_BLEND_TICKS = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class ControllerConfig:
         action_range: the model's training action range (metadata ``action_range``, rad), None = no
             output range guard.
         output_margin: range widths beyond ``action_range`` before a chunk is an invalid output.
+        rtc_min_prefix: the shortest committed prefix (ticks, clipped to d_max): the new chunk sees the
+            executing one's velocity, not only its position.
+        rtc_blend_ticks: rows after the takeover blended from the executing chunk into the new one
+            (0 = none).
     """
 
     observation: ObservationSpec
@@ -64,6 +72,8 @@ class ControllerConfig:
     action_joint_names: tuple[str, ...] = ()
     action_range: ObservationRange | None = None
     output_margin: float = DEFAULT_OUTPUT_MARGIN
+    rtc_min_prefix: int = DEFAULT_RTC_MIN_PREFIX
+    rtc_blend_ticks: int = DEFAULT_RTC_BLEND_TICKS
 
     def __post_init__(self) -> None:
         validate_margin(self.ood_margin)
@@ -86,6 +96,10 @@ class ControllerConfig:
                               "use receding_horizon or export a model trained with rtc_max_delay > 0")
         if self.rtc_margin_ticks < 0:
             raise SafetyError(f"rtc_margin_ticks must be >= 0, got {self.rtc_margin_ticks}")
+        if self.rtc_blend_ticks < 0:
+            raise SafetyError(f"rtc_blend_ticks must be >= 0, got {self.rtc_blend_ticks}")
+        if self.rtc_min_prefix < 1:
+            raise SafetyError(f"rtc_min_prefix must be >= 1, got {self.rtc_min_prefix}")
 
     @property
     def rtc(self) -> bool:
@@ -118,9 +132,12 @@ class ControllerCounters:
     ood_warnings: int = 0
     rejected_goals: int = 0
     rtc_prefix_ticks: int = 0  # sum of the prefix lengths requested
-    rtc_late_chunks: int = 0  # chunks that arrived after their prefix ran out
+    rtc_late_chunks: int = 0  # chunks that arrived after their prefix ran out (used + discarded)
+    rtc_late_used: int = 0  # ... used, shifted onto the commands executed meanwhile
+    rtc_late_discarded: int = 0  # ... too late to shift (beyond d_max while the arm moved): dropped
     rtc_prefix_clipped: int = 0  # requests whose needed prefix exceeded the model's d_max
     rtc_prefix_broken: int = 0  # committed commands re-limited after a missed tick (sent != prefix)
+    deadline_fallbacks: int = 0  # the executing chunk ended with no usable new one: held (stream) / ended at rest
     inference_s: deque = field(default_factory=lambda: deque(maxlen=1000))
     jitter_s: deque = field(default_factory=lambda: deque(maxlen=3000))
 

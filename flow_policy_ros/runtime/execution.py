@@ -9,6 +9,12 @@
   JointTrajectoryController; a :class:`~flow_policy_ros.runtime.decisions.Stop` on leaving
   ``running``.
 
+Deadline fallback: when the executing chunk ends and no new chunk is usable, stream mode holds
+the last command (a forward position controller keeps it) and trajectory mode's trajectories end
+at rest (their last :data:`REST_TAIL_TICKS` points slow down to a standstill, so a JTC that runs
+out of points stops smoothly); each such end is counted in ``deadline_fallbacks`` and
+:attr:`Execution.deadline_hold` says one is in progress (a WARN on ``/diagnostics``).
+
 Both run every command through the controller's
 :class:`~flow_policy_ros.runtime.safety.CommandLimiter` (see
 :mod:`flow_policy_ros.runtime.tracking`: it never restarts while a controller lives). The controller
@@ -27,7 +33,10 @@ from flow_policy_ros.runtime.decisions import Command, Decision
 from flow_policy_ros.runtime.prefix_committer import CommittedCommands
 from flow_policy_ros.runtime.safety import CommandLimiter, SafetyLimits
 from flow_policy_ros.runtime.tick_clock import TickClock
-from flow_policy_ros.runtime.tracking import ArmTracking
+from flow_policy_ros.runtime.tracking import TRACKING_TOLERANCE_RAD, ArmTracking
+
+#: Trajectory mode: the last points of each published trajectory slow down to rest over this many ticks.
+REST_TAIL_TICKS = 6
 
 
 def unchanged(limited: np.ndarray, target: np.ndarray) -> bool:
@@ -69,6 +78,19 @@ class Execution(ABC):
         self.counters = counters
         #: the stamp (ns) of the observation of a chunk whose first command has not gone out yet
         self.pending_stamp_ns: int | None = None
+        #: the executing chunk ended with no usable new one (deadline fallback in progress)
+        self.deadline_hold = False
+
+    def hold_position(self) -> np.ndarray | None:
+        """(A,) rad where the arm is held: the last command sent, else the measured position (in limits);
+        None when the arm is not tracking the last command (a simulator reset or a driver restart moved
+        it): no hold prefix then, the first command ramps from the arm as without real-time chunking."""
+        last = self.limiter.last_command
+        if last is None:
+            return np.clip(self.tracking.measured, self.limits.lower, self.limits.upper)
+        if np.max(np.abs(self.tracking.measured - last)) > TRACKING_TOLERANCE_RAD:
+            return None
+        return last
 
     def take_pending_stamp(self) -> int | None:
         stamp, self.pending_stamp_ns = self.pending_stamp_ns, None
@@ -78,6 +100,7 @@ class Execution(ABC):
         """Forget what was planned for the ticks to come (a goal change or a hold)."""
         self.drop_committed()
         self.pending_stamp_ns = None
+        self.deadline_hold = False
 
     @abstractmethod
     def drop_committed(self) -> None:
@@ -104,8 +127,14 @@ class Execution(ABC):
         """The controller leaves running for a hold: what the robot must be told."""
 
     @abstractmethod
-    def commit_prefix(self, tick: int, d: int) -> np.ndarray:
-        """(d', A) the commands of ticks tick .. tick+d'-1, fixed now (d' <= d; 0 without a chunk to continue)."""
+    def commit_prefix(self, tick: int, d: int, hold: np.ndarray | None = None) -> np.ndarray:
+        """(d', A) the commands of ticks tick .. tick+d'-1, fixed now (d' <= d). Without a chunk to
+        continue: ``hold`` (A,) repeated d times (the arm holds there), or none (d' = 0) without it."""
+
+    @abstractmethod
+    def late_apply(self, tick: int) -> tuple[int, np.ndarray | None]:
+        """A chunk arriving at tick ``tick`` applies from (the tick returned) on; the command executed at
+        the tick before that (A,) rad, or None if none."""
 
 
 class StreamExecution(Execution):
@@ -116,6 +145,7 @@ class StreamExecution(Execution):
         self.committed = CommittedCommands(self.limits, self.config.period_s)  # rtc: tick -> command fixed for it
         self._owed_tick: int | None = None  # this tick's command waits for the chunk in flight
         self._last_sent: tuple[int, np.ndarray] | None = None  # (tick, command)
+        self._executing = False  # the last command came from a chunk (its end without a new one: deadline)
 
     def drop_committed(self) -> None:
         self.committed.clear()
@@ -123,6 +153,7 @@ class StreamExecution(Execution):
     def drop_plan(self) -> None:
         super().drop_plan()
         self._owed_tick = None
+        self._executing = False
 
     def begin_tick(self, tick: int) -> None:
         if self._owed_tick is not None:  # the previous tick's command never came: counted, not replayed
@@ -130,11 +161,10 @@ class StreamExecution(Execution):
             self._owed_tick = None
 
     def on_running_tick(self, tick: int, due: bool) -> list[Decision]:
-        covered = tick in self.committed or (self.config.rtc and self.scheduler.action_at(tick) is not None)
-        if due and not covered:
+        if due and not self.config.rtc and tick not in self.committed:
             self._owed_tick = tick  # sent when the new chunk arrives (or late, from the old chunk)
             return []
-        return self.command(tick)  # rtc: this tick's command is sent now and becomes the first row of the prefix
+        return self.command(tick)  # rtc: this tick's command is sent now (none: held) and is the prefix's first row
 
     def late_command(self, now_ns: int, running: bool) -> list[Decision]:
         owed = self._owed_tick
@@ -156,10 +186,17 @@ class StreamExecution(Execution):
     def stop(self, reason: str) -> list[Decision]:
         return []  # a forward position controller holds the last command by itself
 
-    def commit_prefix(self, tick: int, d: int) -> np.ndarray:
-        if d == 0 or self._last_sent is None or self._last_sent[0] != tick:
-            return np.empty((0, self.limits.size))  # nothing was commanded at this tick: no prefix
+    def commit_prefix(self, tick: int, d: int, hold: np.ndarray | None = None) -> np.ndarray:
+        sent = self._last_sent is not None and self._last_sent[0] == tick
+        if d == 0 or (not sent and hold is None):
+            return np.empty((0, self.limits.size))
+        if not sent:  # nothing was commanded at this tick: the arm holds; so does the prefix
+            return self.committed.commit(tick, d, np.asarray(hold, dtype=np.float64), np.empty((0, 0)),
+                                         self.tracking.measured)
         return self.committed.commit(tick, d, self._last_sent[1], self.scheduler.plan(tick), self.tracking.measured)
+
+    def late_apply(self, tick: int) -> tuple[int, np.ndarray | None]:
+        return tick + 1, self.limiter.last_command  # this tick's command went out before the chunk came
 
     def command(self, tick: int) -> list[Decision]:
         """The command of ``tick``: committed (rtc) or the scheduler's action, limited; none without one."""
@@ -173,9 +210,13 @@ class StreamExecution(Execution):
                 command = np.clip(committed, last - step, last + step)
                 self.counters.rtc_prefix_broken += int(not np.array_equal(command, committed))
             self.limiter.advance(command)
-        elif action is None:
-            return []  # no chunk covers this tick yet: hold
+        elif action is None:  # no chunk covers this tick: hold (deadline fallback if one was executing)
+            self.counters.deadline_fallbacks += int(self._executing)
+            self.deadline_hold = self.deadline_hold or self._executing
+            self._executing = False
+            return []
         else:
+            self._executing, self.deadline_hold = True, False
             command = self.limiter.limit(action, self.tracking.measured)
             self.counters.limiter_clipped += int(not unchanged(command, action))
         self.counters.commands_sent += 1

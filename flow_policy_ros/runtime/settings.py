@@ -29,6 +29,7 @@ from typing import Any
 
 from flow_policy_ros.runtime.chunking import CHUNKING_CHOICES, DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY, resolve_chunking
 from flow_policy_ros.runtime.controller import EXECUTION_MODES, ControllerConfig
+from flow_policy_ros.runtime.controller_config import DEFAULT_RTC_BLEND_TICKS, DEFAULT_RTC_MIN_PREFIX
 from flow_policy_ros.runtime.metadata import DEFAULT_OUTPUT_MARGIN, PolicyMetadata
 from flow_policy_ros.runtime.ood import DEFAULT_OOD_MARGIN
 from flow_policy_ros.runtime.safety import GUIDANCE_SCALE_BOUNDS, validate_guidance_scale
@@ -95,6 +96,12 @@ class ExecutionSettings:
     goal_frame: str = _setting("world", "frame_id a goal must carry; goals in other frames are rejected", in_process=False)
     rtc_margin_ticks: int = _setting(1, "chunking rtc: ticks added to the measured inference delay to size the "
                                      "committed prefix", low=0, high=100)
+    rtc_min_prefix: int = _setting(DEFAULT_RTC_MIN_PREFIX, "chunking rtc: the shortest committed prefix (ticks, "
+                                   "clipped to the model's d_max) whatever the delay, so that each new chunk continues "
+                                   "the executing one's velocity", low=1, high=100)
+    rtc_blend_ticks: int = _setting(DEFAULT_RTC_BLEND_TICKS, "chunking rtc: actions after the committed prefix "
+                                    "blended linearly from the executing chunk into the new one (ticks; 0 = none)",
+                                    low=0, high=100)
     inject_delay_ms: float = _setting(0.0, "FOR EXPERIMENTS ONLY: each chunk becomes available this long (ms) after its "
                                       "request, to emulate a slow model (the real-time chunking delay protocol); "
                                       "0 on a robot", low=0.0, high=2000.0)
@@ -196,6 +203,8 @@ def controller_config(settings: ExecutionSettings, metadata: PolicyMetadata, per
         action_joint_names=tuple(getattr(metadata, "action_joint_names", ())),
         action_range=getattr(metadata, "action_range", None),
         output_margin=settings.output_margin,
+        rtc_min_prefix=settings.rtc_min_prefix,
+        rtc_blend_ticks=settings.rtc_blend_ticks,
     )
 
 

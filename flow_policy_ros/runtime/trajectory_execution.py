@@ -10,7 +10,9 @@ the end of the committed prefix (a tick ahead): the robot keeps executing the cu
 then, and the JTC splices the new one in there. Leaving ``running`` for ``stale``, ``error`` or
 ``hold`` publishes one empty JointTrajectory (:class:`~flow_policy_ros.runtime.decisions.Stop`):
 a JTC then holds its current setpoint instead of finishing a chunk computed from data no longer
-trusted. Units: rad, ticks.
+trusted. Each published trajectory ends at rest (its last ``REST_TAIL_TICKS`` steps shrink to zero,
+:func:`end_at_rest`): when no new trajectory replaces it in time (the deadline fallback, counted in
+``deadline_fallbacks``) the JTC comes to a smooth stop instead of halting at full speed. Units: rad, ticks.
 """
 
 from __future__ import annotations
@@ -18,8 +20,20 @@ from __future__ import annotations
 import numpy as np
 
 from flow_policy_ros.runtime.decisions import Decision, Stop, Trajectory
-from flow_policy_ros.runtime.execution import Execution, plan_from, unchanged
+from flow_policy_ros.runtime.execution import REST_TAIL_TICKS, Execution, plan_from, unchanged
 from flow_policy_ros.runtime.jtc_trajectory import JtcTrajectory, Segment
+
+
+def end_at_rest(points: np.ndarray, tail: int = REST_TAIL_TICKS) -> np.ndarray:
+    """(K, A) ``points`` whose last ``tail`` steps are scaled down linearly to zero: the trajectory
+    slows along its own path and ends at rest (each step no longer than before: limits kept)."""
+    k = min(tail, len(points) - 1)
+    if k <= 0:
+        return points
+    out = points.copy()
+    steps = np.diff(points[-k - 1:], axis=0) * (np.arange(k, 0, -1) - 1)[:, None] / k
+    out[-k:] = points[-k - 1] + np.cumsum(steps, axis=0)
+    return out
 
 
 class TrajectoryExecution(Execution):
@@ -31,6 +45,7 @@ class TrajectoryExecution(Execution):
         #: setpoint of tick k + i (no hold: nothing is executed before the first trajectory)
         self.jtc = JtcTrajectory(self.limits.size)
         self._setpoint_before_tick: np.ndarray | None = None  # the setpoint of the previous tick
+        self._ended: int | None = None  # start of the last trajectory whose end was counted as a deadline
 
     def begin_tick(self, tick: int) -> None:
         """The robot moves along the published trajectory (a spliced one takes over at its tick; past
@@ -44,6 +59,9 @@ class TrajectoryExecution(Execution):
         if tick > segment.start:  # where the robot was one tick ago (skipped ticks too)
             self._setpoint_before_tick = segment.at(tick - 1)
         self.limiter.advance(segment.at(tick))
+        if not segment.is_stop and tick > segment.end and self._ended != segment.start:
+            self._ended, self.deadline_hold = segment.start, True  # ran out of points: ended at rest
+            self.counters.deadline_fallbacks += 1
 
     def drop_committed(self) -> None:
         """Nothing to drop: the published trajectory is what is committed, the JTC executes it."""
@@ -67,12 +85,16 @@ class TrajectoryExecution(Execution):
             self.jtc.stop(self.clock.current_tick, hold=last)
         return [Stop(reason)]
 
-    def commit_prefix(self, tick: int, d: int) -> np.ndarray:
-        executing = self.executing()
-        if d == 0 or executing is None:
+    def commit_prefix(self, tick: int, d: int, hold: np.ndarray | None = None) -> np.ndarray:
+        if d == 0 or (self.executing() is None and hold is None):
             return np.empty((0, self.limits.size))
-        # what the JTC will execute at each tick (a trajectory spliced in on the way included)
-        return np.stack([self.jtc.setpoint(t) for t in range(tick, tick + d)])
+        # what the JTC will execute at each tick (a trajectory queued or spliced in on the way included;
+        # after a stop its hold; before the first trajectory ``hold``)
+        setpoints = [self.jtc.setpoint(t) for t in range(tick, tick + d)]
+        return np.stack([np.asarray(hold, dtype=np.float64) if p is None else p for p in setpoints])
+
+    def late_apply(self, tick: int) -> tuple[int, np.ndarray | None]:
+        return tick, self._setpoint_before_tick  # published at this tick, its point 0 replaces this tick's
 
     def executing(self) -> Segment | None:
         """The trajectory the robot executes now (its ``values`` are the points (K, A) rad from tick
@@ -93,6 +115,7 @@ class TrajectoryExecution(Execution):
         later = tick > current_tick
         last = self.limiter.last_command
         # point 0 replaces what the robot would do at that tick: limit it against the setpoint of the tick before
+        plan = end_at_rest(plan)
         points = self.limiter.limit_trajectory(plan, self.tracking.measured,
                                                previous=previous if later else self._setpoint_before_tick)
         self.counters.limiter_clipped += int(not unchanged(points, plan))
@@ -100,4 +123,5 @@ class TrajectoryExecution(Execution):
         if later and last is not None:
             self.limiter.advance(last)  # the robot is still on the current trajectory
         self.counters.trajectories_sent += 1
+        self.deadline_hold = False
         return [Trajectory(tick, self.clock.tick_ns(tick), points, self.take_pending_stamp())]
