@@ -14,13 +14,17 @@ The export then proves itself: ``onnx.checker`` full check, no Loop/If/Scan node
 metadata parses, and a parity report against the PyTorch sampler (ONNX Runtime vs eager, w in
 {0, 1, 2}, batch 1 and 8) whose worst error must stay below ``PARITY_TOLERANCE``. The file is
 written atomically: on any failure nothing is left at the output path.
+
+With a density (``density=DensityExport(...)``, :mod:`flow_policy_ros.export.density_export`) the
+graph has a second output ``observation_log_likelihood`` [B] from the same observation input; its
+threshold is calibrated on the exported graph itself and its parity is checked separately.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,20 @@ import torch
 from torch import nn
 
 from flow_policy_ros.errors import ModelFileError, UsageError
+from flow_policy_ros.export.density_export import (
+    DensityExport,
+    SamplerWithDensity,
+    calibrate_graph,
+    density_metadata,
+    density_parity,
+    log_likelihood_module,
+)
 from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from flow_policy_ros.policy.flow import check_solver, prefix_mask, sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
 from flow_policy_ros.reports import portable_path
-from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.metadata import LOG_LIKELIHOOD_OUTPUT, METADATA_KEY, DensityInfo, PolicyMetadata
 from flow_policy_ros.runtime.ood import ObservationRange, observation_labels
 
 DEFAULT_OPSET = 17
@@ -197,11 +209,22 @@ def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0
                     lengths[::2] = min(d, 1)  # a batch mixes prefix lengths
                     feeds.update(prefix_actions=prefix, prefix_length=lengths)
                     args += [torch.from_numpy(prefix), torch.from_numpy(lengths)]
-                (onnx_out,) = session.run(None, feeds)
+                (onnx_out,) = session.run(["actions"], feeds)
                 with torch.no_grad():
                     torch_out = sampler(*args).numpy()
                 rows.append(ParityRow(w, batch, float(np.max(np.abs(onnx_out - torch_out))), d))
     return rows
+
+
+def export_density(graph_path: Path, ckpt: Checkpoint, request: DensityExport, score: nn.Module) -> DensityInfo:
+    """Parity of the graph's ``observation_log_likelihood`` (relative, <= PARITY_TOLERANCE) and its
+    calibration on the held-out episodes: the metadata's ``density`` entry."""
+    relative = density_parity(score, graph_path)
+    if relative > PARITY_TOLERANCE:
+        raise ModelFileError(f"density parity check failed: relative |onnx - torch| = {relative:.3g} > {PARITY_TOLERANCE:g}")
+    calibration = calibrate_graph(graph_path, ckpt, request)
+    calibration["parity_relative"] = relative
+    return density_metadata(ckpt, request, calibration)
 
 
 def export_checkpoint(
@@ -212,8 +235,12 @@ def export_checkpoint(
     name: str | None = None,
     solver: str = "euler",
     noise_scale: float | None = None,
+    density: DensityExport | None = None,
 ) -> tuple[PolicyMetadata, list[ParityRow]]:
-    """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows."""
+    """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows.
+
+    ``density``: also output the checkpoint's observation log-likelihood, calibrated on held-out
+    episodes (the checkpoint must have a density)."""
     import onnx
 
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
@@ -237,6 +264,8 @@ def export_checkpoint(
     sampler = sampler_from_checkpoint(ckpt, steps, solver=solver, noise_scale=noise_scale).freeze_time_features()
     metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver, noise_scale)
     policy = ckpt.config.policy
+    score = None if density is None else log_likelihood_module(ckpt, density, str(checkpoint_path))
+    graph = sampler if score is None else SamplerWithDensity(sampler, score)
 
     example: tuple[torch.Tensor, ...] = (
         torch.zeros(1, policy.obs_dim),
@@ -245,6 +274,8 @@ def export_checkpoint(
     )
     input_names = ["observation", "noise", "guidance_scale"]
     dynamic_axes = {"observation": {0: "batch"}, "noise": {0: "batch"}, "actions": {0: "batch"}}
+    if score is not None:
+        dynamic_axes[LOG_LIKELIHOOD_OUTPUT] = {0: "batch"}
     if sampler.rtc:
         example += (torch.zeros(1, policy.horizon, policy.action_dim), torch.ones(1, dtype=torch.int64))
         input_names += ["prefix_actions", "prefix_length"]
@@ -254,11 +285,11 @@ def export_checkpoint(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                sampler,
+                graph,
                 example,
                 str(tmp),
                 input_names=input_names,
-                output_names=["actions"],
+                output_names=["actions"] + ([] if score is None else [LOG_LIKELIHOOD_OUTPUT]),
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -268,6 +299,8 @@ def export_checkpoint(
         forbidden = sorted({node.op_type for node in model.graph.node if node.op_type in FORBIDDEN_OPS})
         if forbidden:
             raise ModelFileError(f"exported graph contains control flow {forbidden}; the sampler must be unrolled")
+        if density is not None:
+            metadata = replace(metadata, density=export_density(tmp, ckpt, density, score))
         del model.metadata_props[:]
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()

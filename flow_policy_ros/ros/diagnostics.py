@@ -44,6 +44,16 @@ def percentiles_ms(series: Mapping[str, Iterable[float]], quantiles: tuple[int, 
 POLICY_LEVELS = {"running": "OK", "inactive": "OK", "waiting": "WARN", "stale": "WARN", "error": "ERROR", "hold": "ERROR"}
 
 
+def density_values(controller: PolicyController) -> dict[str, str]:
+    """The observation density guard on /diagnostics: state (off/ok/low/hold/recovering), the latest
+    score and the threshold (nats), holds so far."""
+    density = controller.guard.density
+    status = density.status
+    return {"density_state": status.state, "density_score": "nan" if status.score is None else f"{status.score:.3f}",
+            "density_threshold": "nan" if status.threshold is None else f"{status.threshold:.3f}",
+            "density_holds": str(density.holds), "density_hold_after": str(density.hold_after)}
+
+
 def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controller: PolicyController, policy: ChunkPolicy,
                        extra: Mapping[str, object], obs_to_command_s: Iterable[float]) -> DiagnosticArray:
     """policy_node's status: ``state``/``reason``, the model (``OnnxPolicy``: provider, name, hash),
@@ -56,6 +66,7 @@ def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controll
         **extra, "guidance_scale": f"{controller.guidance_scale:g}", "warning": controller.warning,
         "ood_guard": controller.ood_guard, "ood_score": "nan" if controller.ood is None else f"{controller.ood.value:.3g}",
         "ood_field": "" if controller.ood is None else controller.ood.label, "goal_rejection": controller.goal_rejection,
+        **density_values(controller),
         **counters.as_dict(),
         **percentiles_ms({"inference_latency": counters.inference_s, "tick_jitter": counters.jitter_s,
                           "obs_to_command_latency": obs_to_command_s}),

@@ -225,9 +225,12 @@ class PolicyController:
         stale = self.vectors.stale(self._stamp_ns)
         if stale:
             return self._hold("stale", stale)
-        beyond = self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
+        beyond = self.guard.measured_beyond_limits(measured) or self._out_of_distribution() or self.guard.density.reason
         if beyond:
-            return self._hold("hold", beyond)
+            decisions = self._hold("hold", beyond)
+            if beyond == self.guard.density.reason and not self._in_flight:
+                self._await_obs_after_ns = now_ns  # density hold: keep scoring the live observation (input_guard)
+            return decisions
         if self.run_state.waiting_for_retry(tick):
             return []
         if self.state in ("waiting", "stale", "hold"):
@@ -255,6 +258,9 @@ class PolicyController:
         problem = self._result_problem(result, actions)
         if problem:
             return self._fail(tick, problem)
+        density = self.guard.density.observe(result.log_likelihood)
+        if density:
+            return self._hold("hold", density)
         if self.state == "error":
             self.run_state.set("running")
         if self.state != "running":
@@ -315,7 +321,7 @@ class PolicyController:
     def _request(self) -> list[Decision]:
         """An inference request on the latest joint state, for the current tick."""
         self._await_obs_after_ns = None
-        if self.state not in ("running", "error") or self.vectors.missing():
+        if (self.state not in ("running", "error") and not self.guard.density.holding) or self.vectors.missing():
             return []
         observation = self._observation()
         beyond = self.guard.out_of_distribution(observation, holding=self.state == "hold")
@@ -323,7 +329,7 @@ class PolicyController:
             return self._hold("hold", beyond)
         tick = self.clock.current_tick
         prefix, d = None, 0
-        if self.config.rtc:
+        if self.config.rtc and not self.guard.density.holding:  # a density probe is a plain call
             needed = self.prefix.needed_length()
             refusal = self.prefix.refusal(needed)
             if refusal:

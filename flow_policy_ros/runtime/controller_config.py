@@ -39,6 +39,9 @@ class ControllerConfig:
         goal_frame: the frame_id a goal must carry (when the caller passes one).
         rtc_max_delay: the model's d_max (metadata ``rtc``); required > 0 for chunking 'rtc'.
         rtc_margin_ticks: ticks added to the measured inference delay to size the prefix.
+        density_threshold: the model's calibrated log-likelihood threshold (metadata ``density``),
+            None = no density guard.
+        density_hold_after: k, low density scores in a row before a hold (and good ones before it ends).
     """
 
     observation: ObservationSpec
@@ -55,6 +58,8 @@ class ControllerConfig:
     goal_frame: str = "world"
     rtc_max_delay: int = 0
     rtc_margin_ticks: int = 1
+    density_threshold: float | None = None
+    density_hold_after: int = 2
 
     def __post_init__(self) -> None:
         validate_margin(self.ood_margin)

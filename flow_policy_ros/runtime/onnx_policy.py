@@ -17,6 +17,14 @@ Two kinds of model load and run here: plain ones (inputs observation, noise, gui
 and real-time chunking ones (metadata ``rtc``; also ``prefix_actions`` and ``prefix_length``:
 the first d actions are given and returned exactly). ``OnnxPolicy.rtc`` says which it is;
 ``predict`` feeds a plain call (d = 0) to an RTC model by itself.
+
+A model with an observation density (metadata ``density``) has a second output,
+``observation_log_likelihood`` [B]: every call stores it in :attr:`OnnxPolicy.last_log_likelihood`
+(float for one observation, (B,) for a batch; None for a model without it), so the caller gets the
+score of the observation the chunk was computed from without a second inference call;
+:meth:`OnnxPolicy.predict_with_score` returns both. A model whose score is NaN/inf on a typical
+observation is refused at load. Observations with NaN/inf never reach the graph (``predict``
+rejects them first).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from flow_policy_ros.errors import InvalidOutputError, ModelFileError, ObservationError, one_line
-from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.metadata import LOG_LIKELIHOOD_OUTPUT, METADATA_KEY, PolicyMetadata
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
@@ -139,16 +147,20 @@ class OnnxPolicy:
         if METADATA_KEY not in props:
             raise ModelFileError(f"{self.path}: metadata key '{METADATA_KEY}' missing; export it with `flow-policy export`")
         self.metadata = PolicyMetadata.from_json(props[METADATA_KEY], where=str(self.path), model_hash=model_hash)
+        #: observation_log_likelihood of the last call (models with a density), else None
+        self.last_log_likelihood: float | np.ndarray | None = None
         self._check_io()
         self.rng = np.random.default_rng(seed)
         self._check_output_at_load(max(1, int(warmup)))
+        self._check_density_at_load()
 
     def _check_io(self) -> None:
         meta = self.metadata
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         wanted = EXPECTED_INPUTS + (RTC_INPUTS if meta.rtc else ())
-        if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs != ["actions"]:
+        self._check_density_io(outputs)
+        if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs[:1] != ["actions"]:
             kind = f"a real-time chunking model (rtc d_max {meta.rtc_max_delay})" if meta.rtc else "a plain model (no rtc)"
             raise ModelFileError(
                 f"{self.path}: graph inputs {sorted(inputs)} / outputs {outputs}, but the metadata describes {kind} "
@@ -188,10 +200,13 @@ class OnnxPolicy:
     def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
         """One session call on checked inputs (observation (B, obs_dim), ...) → (actions, "") or (None, why not)."""
         meta = self.metadata
+        self.last_log_likelihood = None
         try:
-            (actions,) = self.session.run(None, feeds)
+            actions, *score = self.session.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types when a graph cannot run on an input
             return None, f"ONNX Runtime could not run the graph ({type(exc).__name__}: {one_line(exc)})"
+        if score:
+            self.last_log_likelihood = score[0]
         problem = output_problem(actions, (feeds["observation"].shape[0], meta.horizon, meta.action_dim))
         return (None, problem) if problem else (actions, "")
 
@@ -265,7 +280,40 @@ class OnnxPolicy:
         actions, problem = self._run(feeds)
         if problem:
             raise InvalidOutputError(f"{self.path.name}: {problem}")
+        if single and self.last_log_likelihood is not None:
+            self.last_log_likelihood = float(np.asarray(self.last_log_likelihood).reshape(-1)[0])
         return actions[0] if single else actions
+
+    # -- observation density (metadata ``density``, issue 24) ----------------------------------
+    @property
+    def density_threshold(self) -> float | None:
+        """The calibrated log-likelihood threshold (nats), or None for a model without a density."""
+        return None if self.metadata.density is None else self.metadata.density.threshold
+
+    def predict_with_score(self, observation: np.ndarray, **kwargs) -> tuple[np.ndarray, float | np.ndarray | None]:
+        """(:meth:`predict`'s chunk(s), the observation log-likelihood of the same call: float / (B,), or
+        None for a model without a density)."""
+        actions = self.predict(observation, **kwargs)
+        return actions, self.last_log_likelihood
+
+    def _check_density_io(self, outputs: list[str]) -> None:
+        """A model with metadata ``density`` has exactly the outputs [actions, observation_log_likelihood]."""
+        want = ["actions", LOG_LIKELIHOOD_OUTPUT] if self.metadata.density is not None else ["actions"]
+        if outputs != want:
+            kind = "a density (metadata 'density')" if self.metadata.density is not None else "no density"
+            raise ModelFileError(f"{self.path}: graph outputs {outputs}, but the metadata describes a model with {kind}: "
+                                 f"outputs {want}")
+
+    def _check_density_at_load(self) -> None:
+        """The load-time call's score (a typical observation) must be one finite value per observation."""
+        if self.metadata.density is None:
+            return
+        score = self.last_log_likelihood
+        values = None if score is None else np.asarray(score)
+        if values is None or values.shape != (1,) or not np.all(np.isfinite(values)):
+            shown = None if values is None else values.tolist()
+            raise ModelFileError(f"{self.path}: output '{LOG_LIKELIHOOD_OUTPUT}' is {shown} on a typical observation "
+                                 "(expected one finite value): the density is broken, re-export it")
 
     def _prefix_feeds(self, batch: int, single: bool, prefix_actions: np.ndarray | None,
                       prefix_length: int | np.ndarray | None) -> dict[str, np.ndarray]:

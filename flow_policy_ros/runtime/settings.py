@@ -91,6 +91,9 @@ class ExecutionSettings:
     goal_frame: str = _setting("world", "frame_id a goal must carry; goals in other frames are rejected", in_process=False)
     rtc_margin_ticks: int = _setting(1, "chunking rtc: ticks added to the measured inference delay to size the "
                                      "committed prefix", low=0, high=100)
+    density_hold_after: int = _setting(2, "observation density guard (models with metadata density): hold after this "
+                                       "many decisions in a row score below the calibrated log-likelihood threshold; "
+                                       "resume after as many in a row at or above it", low=1, high=100)
     inject_delay_ms: float = _setting(0.0, "FOR EXPERIMENTS ONLY: each chunk becomes available this long (ms) after its "
                                       "request, to emulate a slow model (the real-time chunking delay protocol); "
                                       "0 on a robot", low=0.0, high=2000.0)
@@ -189,6 +192,8 @@ def controller_config(settings: ExecutionSettings, metadata: PolicyMetadata, per
         goal_frame=settings.goal_frame,
         rtc_max_delay=metadata.rtc_max_delay,
         rtc_margin_ticks=settings.rtc_margin_ticks,
+        density_threshold=None if getattr(metadata, "density", None) is None else metadata.density.threshold,
+        density_hold_after=settings.density_hold_after,
     )
 
 
