@@ -17,7 +17,7 @@ from flow_policy_ros.policy.config import DensityTrainConfig, ExperimentConfig
 from flow_policy_ros.policy.dataset import Windows
 from flow_policy_ros.policy.density_training import conformal_threshold, episode_minima, fit_density
 
-TINY = DensityTrainConfig(enabled=True, steps=150, batch_size=64, hidden_dim=16, num_layers=1, data_noise=0.05)
+TINY = DensityTrainConfig(enabled=True, steps=500, batch_size=128, hidden_dim=64, num_layers=0, data_noise=0.05)
 
 
 def windows_file(path: Path, obs_dim: int, horizon: int, episodes: int, per_episode: int = 5, seed: int = 0,
@@ -87,7 +87,7 @@ def density_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     obs_dim = load_checkpoint(ckpt_path).config.policy.obs_dim
     train = windows_file(tmp / "train.npz", obs_dim, 8, 40, seed=1)
     held_out = windows_file(tmp / "held_out.npz", obs_dim, 8, 120, seed=2)
-    flags = ["--steps", "150", "--batch-size", "64", "--hidden-dim", "16", "--num-layers", "1"]
+    flags = ["--steps", "150", "--batch-size", "64", "--hidden-dim", "16", "--num-layers", "1", "--activation", "silu"]
     assert main(["train-density", str(ckpt_path), str(train), "--out", str(tmp / "d.pt"), *flags]) == 0
     assert main(["export", str(tmp / "d.pt"), "--out", str(tmp / "d.onnx"), "--density-calibration", str(held_out),
                  "--density-alpha", "0.02", "--json", str(tmp / "export.json")]) == 0

@@ -74,6 +74,8 @@ class SamplerWithDensity(nn.Module):
 def log_likelihood_module(ckpt: Checkpoint, request: DensityExport, where: str) -> ObservationLogLikelihood:
     """The checkpoint's density as the exported score (eval mode, no grad)."""
     density = density_from_checkpoint(ckpt, where)
+    # every stage time of a backward fixed-step solver with N steps lies on the grid 1 - j / (2N)
+    density.net.freeze_time_features([1.0 - j / (2 * request.steps) for j in range(2 * request.steps + 1)])
     return ObservationLogLikelihood(density, request.steps, request.solver).eval().requires_grad_(False)
 
 

@@ -273,7 +273,9 @@ class DensityTrainConfig:
         data_noise: std (normalized units) of the Gaussian smoothing of the data: real joint
             observations are near-degenerate (coupled joints), docs/density_solvers.md.
         hidden_dim: width of the density's residual MLP.
-        num_layers: its residual layers.
+        num_layers: its residual layers (0: one hidden layer, whose exact divergence is one product
+            per evaluation: the cheap graph the shipped models use, docs/density_shield.md).
+        activation: 'silu' or 'softplus' (derivative = one sigmoid: fewer graph nodes).
         seed: seed of weights, batches and noise.
     """
 
@@ -282,11 +284,13 @@ class DensityTrainConfig:
     batch_size: int = 256
     lr: float = 2e-3
     data_noise: float = 0.05
-    hidden_dim: int = 64
-    num_layers: int = 2
+    hidden_dim: int = 128
+    num_layers: int = 0
+    activation: str = "softplus"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require(self.activation in ("silu", "softplus"), f"density.activation must be 'silu' or 'softplus', got {self.activation!r}")
         require(isinstance(self.enabled, bool), f"density.enabled must be true or false, got {self.enabled!r}")
         require(self.steps >= 1, f"density.steps must be >= 1, got {self.steps}")
         require(self.batch_size >= 1, f"density.batch_size must be >= 1, got {self.batch_size}")

@@ -39,7 +39,8 @@ def fit_density(observations: np.ndarray, ckpt: Checkpoint, cfg: DensityTrainCon
                 episodes: int | None = None) -> dict[str, Any]:
     """Train a density on ``observations`` (N, obs_dim, raw units) with ``ckpt``'s normalization;
     returns the checkpoint's ``density`` entry (:func:`density_entry`)."""
-    net_cfg = DensityConfig(obs_dim=ckpt.config.policy.obs_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers)
+    net_cfg = DensityConfig(obs_dim=ckpt.config.policy.obs_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
+                            activation=cfg.activation)
     trained = train_density(observations, net_cfg, stats=ckpt.stats, steps=cfg.steps, batch_size=cfg.batch_size,
                             lr=cfg.lr, data_noise=cfg.data_noise, seed=cfg.seed)
     tail = trained.losses[-min(50, len(trained.losses)):]
