@@ -28,6 +28,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
             continue
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(getattr(defaults, f.name)),
                             default=getattr(defaults, f.name), help=f"density.{f.name} (default {getattr(defaults, f.name)})")
+    parser.add_argument("--copy-from", type=Path, default=None, metavar="CKPT",
+                        help="instead of training, copy the density of CKPT, whose observation normalization must be "
+                             "identical (a distilled student of the same teacher and data)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write the training summary here")
 
@@ -47,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     started = time.perf_counter()
+    if args.copy_from is not None:
+        from flow_policy_ros.policy.density_training import copy_density
+
+        copy_density(args.copy_from, args.checkpoint, args.out)
+        print(f"density copied from {args.copy_from} (identical observation normalization); wrote {args.out}")
+        return 0
     ckpt = add_density(args.checkpoint, args.data, args.out, cfg)
     training = ckpt.density["training"]
     seconds = time.perf_counter() - started

@@ -99,6 +99,22 @@ def add_density(checkpoint_path: Path, data_path: Path, out_path: Path, cfg: Den
     return ckpt
 
 
+def copy_density(source: Path, checkpoint_path: Path, out_path: Path) -> Checkpoint:
+    """``checkpoint_path`` with the density of ``source``; UsageError unless both normalize the
+    observation identically (the density carries that normalization)."""
+    donor, ckpt = load_checkpoint(source), load_checkpoint(checkpoint_path)
+    if donor.density is None:
+        raise UsageError(f"--copy-from {source}: the checkpoint has no density")
+    same = (np.array_equal(donor.stats.obs_shift, ckpt.stats.obs_shift)
+            and np.array_equal(donor.stats.obs_scale, ckpt.stats.obs_scale)
+            and donor.config.policy.observation == ckpt.config.policy.observation)
+    if not same:
+        raise UsageError(f"--copy-from {source}: its observation spec or normalization differs from {checkpoint_path}'s")
+    ckpt.density = {**donor.density, "training": {**donor.density.get("training", {}), "copied_from": Path(source).name}}
+    save_checkpoint(out_path, ckpt)
+    return ckpt
+
+
 def episode_minima(scores: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
     """(n_episodes,) the minimum of ``scores`` (N,) over each episode's windows (``episode_index`` (N,))."""
     episodes = np.unique(episode_index)
