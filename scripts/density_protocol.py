@@ -171,7 +171,7 @@ def solver_table(rows_id, shift_rows, checkpoint: Path, calibration: Path, alpha
     windows = load_training_data(calibration, ckpt.config.policy, ckpt.config.data, progress=False)
     table = {}
     for solver, steps in SOLVER_GRID:
-        def score(obs: np.ndarray) -> np.ndarray:
+        def score(obs: np.ndarray, steps: int = steps, solver: str = solver) -> np.ndarray:
             with torch.no_grad():
                 return density.log_prob(torch.tensor(np.asarray(obs, np.float32)), steps, solver).double().numpy()
 

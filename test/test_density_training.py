@@ -178,3 +178,64 @@ def test_metadata_density_entry_is_in_the_file(density_model) -> None:
     assert entry["output"] == "observation_log_likelihood"
     assert set(entry["calibration"]) >= {"rule", "alpha", "n", "k", "episodes", "windows", "data"}
     assert not entry["calibration"]["data"].startswith("/")
+
+
+def test_train_with_density_enabled_fits_it_on_the_training_episodes_only(tmp_path: Path) -> None:
+    """`flow-policy train` with `density: {enabled: true}` stores a density fitted on the training
+    windows (the validation episodes left out), with the policy's normalization."""
+    import yaml
+    from test_train import bimodal_windows, toy_config
+
+    from flow_policy_ros.cli import main
+
+    data = bimodal_windows(tmp_path / "toy.npz", n=400)
+    windows = Windows.load_npz(data)
+    Windows(windows.observations, windows.actions, np.arange(400) // 10, {}).save_npz(data)  # 40 episodes
+    config = toy_config(5).to_dict()
+    config["density"] = {"enabled": True, "steps": 20, "hidden_dim": 8}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
+                 "--val-fraction", "0.1", "--no-progress"]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.density["training"]["episodes"] == 36 and ckpt.density["training"]["windows"] == 360
+    assert ckpt.density["model"]["obs_shift"] == ckpt.stats.obs_shift.tolist()
+    config["density"]["enabled"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(data), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run2"),
+                 "--no-progress"]) == 0
+    assert load_checkpoint(tmp_path / "run2" / "last.pt").density is None
+
+
+def test_copy_from_gives_a_student_its_teachers_density_only_with_the_same_normalization(density_model, tmp_path) -> None:
+    from flow_policy_ros.cli import main
+    from flow_policy_ros.policy.checkpoint import save_checkpoint
+
+    _, teacher = density_model
+    student = load_checkpoint(teacher)
+    student.density = None
+    save_checkpoint(tmp_path / "s.pt", student)
+    assert main(["train-density", str(tmp_path / "s.pt"), "unused", "--copy-from", str(teacher),
+                 "--out", str(tmp_path / "s2.pt")]) == 0
+    copied = load_checkpoint(tmp_path / "s2.pt").density
+    assert copied["model"]["obs_shift"] == load_checkpoint(teacher).density["model"]["obs_shift"]
+    assert copied["training"]["copied_from"] == teacher.name
+    other = make_checkpoint(tmp_path / "o.pt", seed=5)
+    assert main(["train-density", str(other), "unused", "--copy-from", str(teacher), "--out", str(tmp_path / "o2.pt")]) == 2
+
+
+def test_eval_sim_density_summary_counts_holds_before_failures() -> None:
+    from flow_policy_ros.sim.closed_loop import EpisodeResult
+    from flow_policy_ros.sim.evaluate import density_summary
+
+    def episode(success: bool, holds: int, scores: list[float]) -> EpisodeResult:
+        return EpisodeResult(seed=0, success=success, failure=None if success else "timeout", route=None,
+                             reached_time_s=None, final_distance_m=0.0, goal=np.zeros(3), obstacle=None,
+                             ee_path=np.zeros((1, 3)), commands=np.zeros((1, 7)), density_holds=holds,
+                             first_density_hold_tick=5 if holds else None, density_scores=scores)
+
+    assert density_summary([episode(True, 0, [])], 2) is None
+    summary = density_summary([episode(True, 0, [1.0, 2.0]), episode(False, 1, [-9.0]), episode(False, 0, [0.5]),
+                               episode(True, 1, [-3.0])], 2)
+    assert summary["holds"] == 2 and summary["episodes_held"] == 2 and summary["failing_episodes"] == 2
+    assert summary["failing_held_before_failure"] == 1 and summary["successful_episodes_held"] == 1
+    assert summary["score_min"] == -9.0

@@ -54,7 +54,8 @@ def test_fail_on_density_exits_1_in_one_line(setup, tmp_path, capsys) -> None:
     set_threshold(model, 1e6)  # every decision below
     code, _ = _replay(tmp_path, model, bag, "--no-plots", "--fail-on", "density=0.5,limits=1000000")
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err[-1] == "flow-policy replay: --fail-on exceeded: density: 100.00% of decisions below the density threshold > 0.5"
+    assert code == 1 and err[-1] == ("flow-policy replay: --fail-on exceeded: density: 100.00% of decisions below the "
+                                     "density threshold > 0.5")
     set_threshold(model, -1e6)
     assert _replay(tmp_path / "2", model, bag, "--no-plots", "--fail-on", "density=0,ood=1")[0] == 0
     code, _ = _replay(tmp_path / "3", plain, bag, "--no-plots", "--fail-on", "density=0.1")
