@@ -239,3 +239,16 @@ def test_eval_sim_density_summary_counts_holds_before_failures() -> None:
     assert summary["holds"] == 2 and summary["episodes_held"] == 2 and summary["failing_episodes"] == 2
     assert summary["failing_held_before_failure"] == 1 and summary["successful_episodes_held"] == 1
     assert summary["score_min"] == -9.0
+
+
+def test_nan_observations_never_reach_the_density(density_model) -> None:
+    from flow_policy_ros.errors import ObservationError
+    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+
+    policy = OnnxPolicy(density_model[0])
+    obs = np.zeros(policy.metadata.obs_dim, np.float32)
+    assert np.isfinite(policy.predict_with_score(obs)[1])
+    obs[3] = np.nan
+    with pytest.raises(ObservationError, match="NaN/inf at index"):
+        policy.predict_with_score(obs)
+    assert policy.last_log_likelihood is None, "a rejected observation leaves no score behind"

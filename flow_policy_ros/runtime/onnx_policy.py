@@ -249,6 +249,7 @@ class OnnxPolicy:
         output has the wrong shape or NaN/inf values (or cannot run on this input).
         """
         meta = self.metadata
+        self.last_log_likelihood = None  # no stale score survives a refused call
         if images:
             raise ObservationError(f"{self.path.name} has no image inputs, got images {sorted(images)}")
         obs = np.asarray(observation, dtype=np.float32)
