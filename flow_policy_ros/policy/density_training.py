@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from flow_policy_ros.errors import UsageError
-from flow_policy_ros.policy.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from flow_policy_ros.policy.config import DensityTrainConfig
 from flow_policy_ros.policy.density import DensityConfig, ObservationDensity, train_density
 
@@ -88,13 +88,15 @@ def add_density(checkpoint_path: Path, data_path: Path, out_path: Path, cfg: Den
                 progress: bool = False) -> Checkpoint:
     """A copy of the checkpoint at ``checkpoint_path`` with a density fitted on the windows of
     ``data_path`` (the policy's training data); the policy's weights, statistics and config are
-    copied unchanged, so its exported actions are too."""
+    copied unchanged, so its exported actions are too. ``density.training.base_checkpoint_sha256``
+    keeps the hash of the checkpoint it was made from (what a distilled student names as teacher)."""
     from flow_policy_ros.policy.dataset import load_training_data
 
     ckpt = load_checkpoint(checkpoint_path)
     windows = load_training_data(Path(data_path), ckpt.config.policy, ckpt.config.data, progress=progress)
     ckpt.density = fit_density(windows.observations, ckpt, cfg, int(len(np.unique(windows.episode_index))))
     ckpt.density["training"]["data"] = Path(data_path).name
+    ckpt.density["training"]["base_checkpoint_sha256"] = file_sha256(checkpoint_path)  # provenance of the policy part
     save_checkpoint(out_path, ckpt)
     return ckpt
 
@@ -110,7 +112,8 @@ def copy_density(source: Path, checkpoint_path: Path, out_path: Path) -> Checkpo
             and donor.config.policy.observation == ckpt.config.policy.observation)
     if not same:
         raise UsageError(f"--copy-from {source}: its observation spec or normalization differs from {checkpoint_path}'s")
-    ckpt.density = {**donor.density, "training": {**donor.density.get("training", {}), "copied_from": Path(source).name}}
+    ckpt.density = {**donor.density, "training": {**donor.density.get("training", {}), "copied_from": Path(source).name,
+                                                  "base_checkpoint_sha256": file_sha256(checkpoint_path)}}
     save_checkpoint(out_path, ckpt)
     return ckpt
 
