@@ -53,7 +53,7 @@ def density_model(tmp: Path) -> tuple[Path, float, float]:
     assert ckpt.config.policy.observation.fields == ("joint_positions", "joint_velocities", "goal")
     base = np.concatenate([START, np.zeros(7), GOAL_A])
     obs = base + np.concatenate([rng.normal(0, 0.1, (n, 7)), rng.normal(0, 0.01, (n, 10))], axis=1)
-    ckpt.density = fit_density(obs, ckpt, DensityTrainConfig(enabled=True, steps=300, hidden_dim=32, num_layers=1))
+    ckpt.density = fit_density(obs, ckpt, DensityTrainConfig(enabled=True, steps=1000, hidden_dim=64))
     save_checkpoint(ckpt_path, ckpt)
     Windows(obs[:400], np.zeros((400, H, 7)), np.repeat(np.arange(40), 10)).save_npz(tmp / "held.npz")
     export_checkpoint(ckpt_path, tmp / "d.onnx", density=DensityExport(tmp / "held.npz", alpha=0.05))
