@@ -13,7 +13,11 @@
    * ``start``: start pose drawn uniformly inside every joint's training range (5% inside its edges),
      outside the demonstrations' start set (home +- 0.05 rad per joint; redrawn if inside it);
    * ``offset``: one joint's reading (uniform joint) off by a constant +-U(0.1, 0.4) rad all episode;
-   * ``stuck``: one joint's reading frozen at its value at 0.3 s while the arm moves on.
+   * ``stuck``: one joint's reading frozen at its value at 0.3 s while the arm moves on;
+   * ``goal`` (with ``--goal-hole``): goals inside a box-shaped hole of the goal region that the
+     DENSITY was trained without (``--goal-hole`` also restricts the in-distribution episodes to
+     goals outside it; scripts/density_goal_hole.py builds that density). The shipped policy itself
+     was trained on the whole box, so this measures detection (AUROC) only.
    The shield's hold in a shifted episode is the first decision that completes k = ``--hold-after``
    scores in a row below the threshold: up to that decision the shielded run is the same run (the
    density changes no action), so this is where the shipped node would hold.
@@ -43,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SHIFTS = ("start", "offset", "stuck")
+SHIFTS = ("start", "offset", "stuck", "goal")
 OBSERVE_ONLY = 100  # density_hold_after: the guard records, never holds within an episode
 STUCK_AT_S = 0.3
 OFFSET_RANGE_RAD = (0.1, 0.4)
@@ -136,6 +140,27 @@ def shifted_start(spec, joint_range: tuple[np.ndarray, np.ndarray], rng: np.rand
             return dataclasses.replace(spec, start_q=q), {"start_q": q.round(4).tolist()}
 
 
+def in_hole(goal: np.ndarray, hole) -> bool:
+    box = np.asarray(hole).reshape(3, 2)
+    return bool(np.all((goal >= box[:, 0]) & (goal <= box[:, 1])))
+
+
+def episode_specs(task: str, seed: int, count: int, hole, inside: bool) -> list:
+    """``count`` episodes of ``eval_episode_seeds(seed, ...)`` in order; with a ``hole``, only those
+    whose goal is inside it (``inside``) or outside it."""
+    from flow_policy_ros.sim.closed_loop import eval_episode_seeds
+    from flow_policy_ros.sim.tasks import sample_episode
+
+    specs = []
+    for s in eval_episode_seeds(seed, 10_000):
+        spec = sample_episode(task, s)
+        if hole is None or in_hole(spec.goal, hole) == inside:
+            specs.append(spec)
+        if len(specs) == count:
+            return specs
+    raise SystemExit(f"fewer than {count} episodes with goals {'inside' if inside else 'outside'} the hole")
+
+
 def run(loop, recorder: RecordingPolicy, specs, changes) -> list[dict]:
     """Run the episodes; each entry: result fields + decisions' observations and scores."""
     rows = []
@@ -203,6 +228,9 @@ def main() -> int:
     parser.add_argument("--shifts", nargs="*", default=list(SHIFTS), choices=SHIFTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hold-after", type=int, default=2)
+    parser.add_argument("--goal-hole", type=float, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
+                        help="goal box (m) the density was trained without: in-distribution episodes have goals outside "
+                             "it, shift 'goal' inside it")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -224,7 +252,7 @@ def main() -> int:
     chunking = resolve_chunking("auto", meta.rtc)
     started = time.perf_counter()
     with ClosedLoop(recorder, LoopConfig(chunking=chunking, density_hold_after=k)) as loop:
-        specs = [sample_episode(args.task, s) for s in eval_episode_seeds(args.seed, args.id_episodes)]
+        specs = episode_specs(args.task, args.seed, args.id_episodes, args.goal_hole, inside=False)
         rows_id = run(loop, recorder, specs, [(None, {})] * len(specs))
     print(f"in distribution: {sum(r['success'] for r in rows_id)}/{len(rows_id)} success, "
           f"{sum(bool(r['density_holds']) for r in rows_id)} episodes with a density hold "
@@ -238,11 +266,18 @@ def main() -> int:
     with ClosedLoop(recorder, LoopConfig(chunking=chunking, density_hold_after=OBSERVE_ONLY)) as loop:
         for i, shift in enumerate(args.shifts):
             rng = np.random.default_rng([args.seed, 24, i])
-            seeds = eval_episode_seeds(args.seed + 1 + i, args.shift_episodes)
+            if shift == "goal":
+                if args.goal_hole is None:
+                    raise SystemExit("shift 'goal' needs --goal-hole")
+                seeds = [s.seed for s in episode_specs(args.task, args.seed + 1 + i, args.shift_episodes, args.goal_hole, True)]
+            else:
+                seeds = eval_episode_seeds(args.seed + 1 + i, args.shift_episodes)
             specs, changes = [], []
             for s in seeds:
                 spec = sample_episode(args.task, s)
-                if shift == "start":
+                if shift == "goal":
+                    changes.append((None, {"goal": spec.goal.round(4).tolist()}))
+                elif shift == "start":
                     spec, info = shifted_start(spec, joint_range, rng)
                     changes.append((None, info))
                 else:
