@@ -92,7 +92,8 @@ class DensityGuard:
                 f"{self.threshold:.2f})")
 
     def reset(self) -> None:
-        """Forget the streaks and any hold (a new model, a lifecycle reactivation)."""
+        """Forget the streaks and any hold (the node builds a new controller, hence a new guard, on every
+        lifecycle activation: a hold never outlives a deactivation)."""
         self.holding, self.low_streak, self.good_streak, self.reason = False, 0, 0, ""
 
     @property
