@@ -310,6 +310,12 @@ def main() -> int:
         "shifts": report,
         "seconds": time.perf_counter() - started,
     }
+    # k sweep on the recorded graph scores (in distribution: the shielded run, exact up to its first hold)
+    out["hold_after_sweep"] = {
+        str(kk): {"id_episodes_held": sum(first_hold(np.array(r["scores"]), threshold, kk) is not None for r in rows_id),
+                  **{s: sum(first_hold(np.array(r["scores"]), threshold, kk) is not None for r in rows if not r["success"])
+                     for s, rows in shift_rows.items()}}
+        for kk in (1, 2, 3, 4)}
     if args.checkpoint is not None and args.calibration is not None:
         out["solvers"] = solver_table(rows_id, shift_rows, args.checkpoint, args.calibration,
                                       meta.density.calibration["alpha"], k)
