@@ -178,9 +178,17 @@ def run(loop, recorder: RecordingPolicy, specs, changes) -> list[dict]:
 
 
 def range_scores(rows: list[dict], obs_range) -> np.ndarray:
+    """Max ood_score over an episode's decisions; +inf for an episode the range guard held before any
+    decision (no inference was ever made on it)."""
     from flow_policy_ros.runtime.ood import ood_score
 
-    return np.array([max((ood_score(o, obs_range).value for o in r["observations"]), default=0.0) for r in rows])
+    return np.array([max((ood_score(o, obs_range).value for o in r["observations"]), default=np.inf if r["ood_holds"] else 0.0)
+                     for r in rows])
+
+
+def episode_min(scores: list[float]) -> float:
+    """An episode's density score; NaN when it had no scored decision (the range guard held first)."""
+    return min(scores) if scores else float("nan")
 
 
 def solver_table(rows_id, shift_rows, checkpoint: Path, calibration: Path, alpha: float, k: int) -> dict:
@@ -201,15 +209,16 @@ def solver_table(rows_id, shift_rows, checkpoint: Path, calibration: Path, alpha
                 return density.log_prob(torch.tensor(np.asarray(obs, np.float32)), steps, solver).double().numpy()
 
         threshold, _ = conformal_threshold(episode_minima(score(windows.observations), windows.episode_index), alpha)
-        id_scores = [score(r["observations"]) for r in rows_id]
-        id_min = np.array([s.min() for s in id_scores])
+        id_scores = [score(r["observations"]) if len(r["observations"]) else np.zeros(0) for r in rows_id]
+        id_min = np.array([s.min() if len(s) else np.nan for s in id_scores])
+        id_min = id_min[np.isfinite(id_min)]
         entry = {"threshold": threshold,
                  "id_episodes_held": int(sum(first_hold(s, threshold, k) is not None for s in id_scores))}
         for shift, rows in shift_rows.items():
-            scores = [score(r["observations"]) for r in rows]
+            scores = [score(r["observations"]) if len(r["observations"]) else np.zeros(0) for r in rows]
             failing = [i for i, r in enumerate(rows) if not r["success"]]
             entry[shift] = {
-                "auroc": auroc(-np.array([s.min() for s in scores]), -id_min),
+                "auroc": auroc(-np.array([s.min() for s in scores if len(s)]), -id_min),
                 "failing_held": int(sum(first_hold(scores[i], threshold, k) is not None for i in failing)),
                 "failing": len(failing),
             }
@@ -260,7 +269,7 @@ def main() -> int:
     obs_range = meta.observation_range
     spec_range = obs_range.field(meta.observation, "joint_positions")
     joint_range = (np.asarray(spec_range.low), np.asarray(spec_range.high))
-    id_density = np.array([min(r["scores"]) for r in rows_id])
+    id_density = np.array([episode_min(r["scores"]) for r in rows_id])
     id_range = range_scores(rows_id, obs_range)
     shift_rows, report = {}, {}
     with ClosedLoop(recorder, LoopConfig(chunking=chunking, density_hold_after=OBSERVE_ONLY)) as loop:
@@ -285,13 +294,15 @@ def main() -> int:
                 specs.append(spec)
             rows = run(loop, recorder, specs, changes)
             shift_rows[shift] = rows
-            density = np.array([min(r["scores"]) for r in rows])
+            density = np.array([episode_min(r["scores"]) for r in rows])
+            scored = np.isfinite(density)  # the density AUROC covers episodes with at least one decision
             holds = [first_hold(np.array(r["scores"]), threshold, k) for r in rows]
             failing = [j for j, r in enumerate(rows) if not r["success"]]
             range_held = [bool(rows[j]["ood_holds"]) for j in failing]
             report[shift] = {
                 "episodes": len(rows), "successes": len(rows) - len(failing), "failing": len(failing),
-                "auroc_density": auroc(-density, -id_density),
+                "auroc_density": auroc(-density[scored], -id_density[np.isfinite(id_density)]),
+                "episodes_without_decision": int((~scored).sum()),
                 "auroc_range": auroc(range_scores(rows, obs_range), id_range),
                 "density_held_episodes": int(sum(h is not None for h in holds)),
                 "failing_density_held": int(sum(holds[j] is not None for j in failing)),
@@ -305,8 +316,8 @@ def main() -> int:
         "in_distribution": {"episodes": len(rows_id), "successes": sum(r["success"] for r in rows_id),
                             "episodes_with_density_hold": sum(bool(r["density_holds"]) for r in rows_id),
                             "successes_of_held_episodes": sum(r["success"] for r in rows_id if r["density_holds"]),
-                            "score_min_p1_p50": [float(id_density.min()), float(np.percentile(id_density, 1)),
-                                                 float(np.median(id_density))]},
+                            "score_min_p1_p50": [float(np.nanmin(id_density)), float(np.nanpercentile(id_density, 1)),
+                                                 float(np.nanmedian(id_density))]},
         "shifts": report,
         "seconds": time.perf_counter() - started,
     }
