@@ -234,7 +234,8 @@ def main() -> int:
     parser.add_argument("--calibration", type=Path, help="the held-out calibration episodes (for the solver table)")
     parser.add_argument("--id-episodes", type=int, default=200)
     parser.add_argument("--shift-episodes", type=int, default=50)
-    parser.add_argument("--shifts", nargs="*", default=list(SHIFTS), choices=SHIFTS)
+    parser.add_argument("--shifts", nargs="*", default=["start", "offset", "stuck"], choices=SHIFTS,
+                        help="default start offset stuck ('goal' needs --goal-hole)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hold-after", type=int, default=2)
     parser.add_argument("--goal-hole", type=float, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
