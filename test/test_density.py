@@ -47,8 +47,10 @@ def _gaussian(dim: int, low: float, high: float, seed: int = 0) -> tuple[torch.T
 # --------------------------------------------------------------------------- divergence
 
 
-def test_exact_divergence_is_the_autograd_jacobian_trace():
-    cfg = DensityConfig(obs_dim=6, hidden_dim=24, num_layers=3)
+@pytest.mark.parametrize("num_layers,activation", [(3, "silu"), (0, "silu"), (2, "softplus"), (0, "softplus")])
+def test_exact_divergence_is_the_autograd_jacobian_trace(num_layers, activation):
+    """0 layers: the one-hidden-layer trace s . c fast path."""
+    cfg = DensityConfig(obs_dim=6, hidden_dim=24, num_layers=num_layers, activation=activation)
     net = _random_net(cfg, seed=1)
     gen = torch.Generator().manual_seed(2)
     y = torch.randn(5, 6, generator=gen, dtype=torch.float64) * 1.5
@@ -59,7 +61,7 @@ def test_exact_divergence_is_the_autograd_jacobian_trace():
     reference = torch.diagonal(jacobians, dim1=1, dim2=2).sum(dim=1)
     assert float((divergence - reference).abs().max()) < 1e-10
     assert float((velocity - net(y, t).detach()).abs().max()) < 1e-12
-    assert float(reference.abs().min()) > 1e-3  # a non-trivial field: the trace is not ~0
+    assert float(reference.abs().max()) > 0.1  # a non-trivial field: the trace is not ~0
     assert float(jacobians.abs().mean()) > 1e-2
 
 
@@ -202,6 +204,18 @@ def test_trained_density_of_a_gaussian_is_close_to_the_exact_log_density(gaussia
     assert np.all(np.abs(samples.mean(axis=0) - MU) < 0.1 * STD)
 
 
+def test_frozen_time_features_give_the_same_log_likelihood(gaussian_density):
+    """The export freezes the time MLP's output per stage time: same scores as computing it."""
+    density = copy.deepcopy(gaussian_density[0].model)
+    y = torch.randn(4, density.net.cfg.obs_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = density.log_prob_normalized(y, 4, "rk4")
+        density.net.freeze_time_features([1.0 - j / 8 for j in range(9)])
+        after = density.log_prob_normalized(y, 4, "rk4")
+    assert len(density.net._frozen_time) == 9
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
 def test_trained_field_is_smooth_enough_for_rk4_with_8_steps(gaussian_density):
     """The shipped default (RK4 x 8, docs/density_solvers.md) is within 1e-2 nat of RK4 x 64 on the
     trained model; the density's low-frequency time features are what makes this hold."""
@@ -294,3 +308,25 @@ def test_log_likelihood_exports_to_onnx_without_control_flow(tmp_path, divergenc
             torch_out = graph(torch.from_numpy(x)).numpy()
         assert onnx_out.shape == (batch,) and onnx_out.dtype == np.float32
         assert np.max(np.abs(onnx_out - torch_out) / np.maximum(np.abs(torch_out), 1.0)) <= 1e-4
+
+
+@pytest.mark.parametrize("solver,steps,activation", [("rk4", 2, "silu"), ("midpoint", 3, "silu"), ("euler", 4, "softplus"),
+                                                     ("heun", 2, "silu"), ("rk4", 3, "softplus")])
+def test_one_layer_path_equals_the_augmented_integration(solver, steps, activation):
+    """The one-hidden-layer fast path (y integrated alone, the divergence integral as one product with the
+    solver's quadrature weights) gives the augmented integration's value, in float64."""
+    from flow_policy_ros.policy.density import quadrature_weights
+
+    torch.manual_seed(0)
+    density = ObservationDensity(DensityConfig(obs_dim=5, hidden_dim=32, num_layers=0, activation=activation),
+                                 np.zeros(5), np.ones(5)).double()
+    with torch.no_grad():
+        for p in density.net.parameters():
+            p.normal_(0.0, 0.5)
+    y = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        fast = density.log_prob_normalized(y, steps, solver)
+        reference = log_likelihood(density.field, y, steps, solver)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-10)
+    assert float((fast - reference).abs().max()) < 1e-10 and float(reference.std()) > 0.1
+    assert quadrature_weights(1, "rk4").tolist() == pytest.approx([-1 / 6, -1 / 3, -1 / 3, -1 / 6])

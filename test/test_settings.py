@@ -67,7 +67,7 @@ def test_node_and_eval_sim_expose_the_same_settings_with_the_same_defaults():
     assert {k: args[k] for k in in_process} == {k: node[k] for k in in_process}
     assert set(in_process) == {"chunking", "replan_every", "ensemble_decay", "guidance_scale", "max_velocity_scale",
                                "ood_margin", "output_margin", "rtc_margin_ticks", "rtc_min_prefix", "rtc_blend_ticks",
-                               "inject_delay_ms"}
+                               "inject_delay_ms", "density_hold_after"}
     assert not (set(table) - set(in_process)) & set(args), "eval-sim offers a flag the in-process loop ignores"
 
 

@@ -69,7 +69,12 @@ def test_shipped_two_step_students_are_reflow_students_of_the_shipped_teachers(s
     assert (fast.metadata.solver_steps, fast.metadata.solver) == (2, "euler")
     assert slow.metadata.solver_steps == 10
     assert fast.metadata.training_data["distillation_method"] == "reflow"
-    assert fast.metadata.training_data["teacher_sha256"] == file_sha256(MODELS_DIR / f"{teacher}.pt")
+    # a teacher given an observation density since (train-density) names the checkpoint it was made from
+    from flow_policy_ros.policy.checkpoint import load_checkpoint
+
+    density = load_checkpoint(MODELS_DIR / f"{teacher}.pt").density
+    teacher_sha = file_sha256(MODELS_DIR / f"{teacher}.pt") if density is None else density["training"]["base_checkpoint_sha256"]
+    assert fast.metadata.training_data["teacher_sha256"] == teacher_sha
     assert fast.metadata.io == slow.metadata.io
     assert (fast.metadata.guidance_scale, fast.metadata.noise_scale) == (slow.metadata.guidance_scale, slow.metadata.noise_scale)
 
@@ -161,20 +166,25 @@ def test_node_default_chunking_is_rtc_for_the_rtc_model_only() -> None:
 @pytest.mark.parametrize("name", ["iiwa_reach", "iiwa_reach_2step", "iiwa_reach_around", "iiwa_reach_around_2step",
                                   "iiwa_reach_around_rtc"])
 def test_shipped_files_written_with_the_old_step_key_still_load(name: str) -> None:
-    """The shipped ONNX metadata and checkpoints carry ``euler_steps`` (the name before ``solver_steps``)."""
+    """Files written before ``solver_steps`` carry ``euler_steps``: the shipped metadata and checkpoint,
+    with the key renamed back (they were re-exported with the density, issue 24), still load."""
     import json
 
     import onnx
     import torch
 
     from flow_policy_ros.policy.checkpoint import load_checkpoint
+    from flow_policy_ros.policy.config import ExperimentConfig
     from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
 
     model = onnx.load(str(MODELS_DIR / f"{name}.onnx"), load_external_data=False)
     raw = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
     payload = torch.load(MODELS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
-    assert "solver_steps" not in raw and "solver_steps" not in payload["config"]["policy"], "re-exported: update this test"
+    raw["euler_steps"] = raw.pop("solver_steps")
+    old_config = json.loads(json.dumps(payload["config"]))
+    old_config["policy"]["euler_steps"] = old_config["policy"].pop("solver_steps")
     meta = PolicyMetadata.from_json(json.dumps(raw), where=name)
     ckpt = load_checkpoint(MODELS_DIR / f"{name}.pt")
-    assert meta.solver_steps == raw["euler_steps"] == ckpt.config.policy.solver_steps == payload["config"]["policy"]["euler_steps"]
+    assert meta.solver_steps == raw["euler_steps"] == ckpt.config.policy.solver_steps
+    assert ExperimentConfig.from_dict(old_config).policy.solver_steps == meta.solver_steps
     assert json.loads(meta.to_json())["solver_steps"] == meta.solver_steps and "euler_steps" not in json.loads(meta.to_json())

@@ -21,6 +21,7 @@ from flow_policy_ros.reports import write_json  # noqa: F401 - the verbs' JSON w
 VERBS: dict[str, tuple[str, str]] = {
     "collect": ("flow_policy_ros.cli.collect", "record scripted-expert episodes in PyBullet as rosbag2"),
     "train": ("flow_policy_ros.cli.train", "train a flow-matching policy on windows or rosbag2 episodes"),
+    "train-density": ("flow_policy_ros.cli.train_density", "add an observation density (OOD score) to a trained checkpoint"),
     "distill": ("flow_policy_ros.cli.distill", "distill a flow checkpoint into a few-step student (reflow)"),
     "export": ("flow_policy_ros.cli.export", "export a checkpoint's whole sampler to one ONNX file"),
     "eval-sim": ("flow_policy_ros.cli.eval_sim", "closed-loop evaluation of an ONNX policy in PyBullet"),

@@ -75,11 +75,55 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "(OUT/<bag>.joints.png, OUT/<bag>.horizon.png); none")
     parser.add_argument("--no-plots", action="store_const", const="none", dest="plots", help="same as --plots none")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--fail-on", type=parse_fail_on, default={}, metavar="ood=F,limits=N,velocity=N,density=F",
+                        help="exit 1 with one line when a limit is exceeded over all bags: ood = fraction of decisions out of "
+                             "distribution, limits = commands outside the joint limits, velocity = steps beyond the velocity "
+                             "limit, density = fraction of decisions below the density threshold (models with a density)")
     parser.add_argument("--json", type=Path, help="also write the report here")
 
 
 #: What --plots may draw.
 PLOT_CHOICES = ("summary", "all", "none")
+
+
+FAIL_ON_KEYS = {"ood": float, "limits": int, "velocity": int, "density": float}
+
+
+def parse_fail_on(text: str) -> dict[str, float]:
+    """'ood=0.05,limits=0,density=0.01' -> {'ood': 0.05, 'limits': 0, 'density': 0.01} (argparse type)."""
+    limits: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in FAIL_ON_KEYS:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE with KEY one of {sorted(FAIL_ON_KEYS)}")
+        try:
+            number = FAIL_ON_KEYS[key](value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item!r}: {value!r} is not a {FAIL_ON_KEYS[key].__name__}") from exc
+        if number < 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: must be >= 0")
+        limits[key] = number
+    return limits
+
+
+def fail_on_violations(limits: dict[str, float], overall: dict[str, Any]) -> list[str]:
+    """The exceeded ``--fail-on`` limits of a report's overall section, one phrase each."""
+    safety, density = overall["safety"], overall.get("density")
+    measured: dict[str, tuple[float | None, str]] = {
+        "ood": (safety["ood_fraction"], "of decisions out of distribution"),
+        "limits": (safety["outside_limits_commands"], "commands outside the joint limits"),
+        "velocity": (safety["velocity_violation_steps"], "steps beyond the velocity limit"),
+        "density": (None if density is None else density["flagged_fraction"], "of decisions below the density threshold"),
+    }
+    out = []
+    for key, limit in limits.items():
+        value, what = measured[key]
+        if value is None:
+            out.append(f"{key}: not measured ({'no density in the model' if key == 'density' else 'guard off'})")
+        elif value > limit:
+            shown = f"{value:.2%}" if FAIL_ON_KEYS[key] is float else f"{int(value)}"
+            out.append(f"{key}: {shown} {what} > {limit:g}")
+    return out
 
 
 def _output_names(bags: Sequence[Path]) -> list[str]:
@@ -180,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
             from flow_policy_ros.data.replay_plots import plot_cameras
 
             rep.report.setdefault("plots", []).append(str(plot_cameras(args.out / f"{name}.cameras.png", rep, meta)))
+        if args.plots != "none" and rep.report.get("density") is not None:  # the score over time, the threshold
+            from flow_policy_ros.data.replay_plots import plot_density
+
+            rep.report.setdefault("plots", []).append(str(plot_density(args.out / f"{name}.density.png", rep)))
         if args.write_bag:
             out_bag = args.out / f"{name}.replay"
             chunks = write_replay_bag(out_bag, rep, meta, args.policy_topic)
@@ -205,6 +253,14 @@ def run(args: argparse.Namespace) -> int:
     if args.plots != "none":
         per_bag = f" and {2 * len(replays)} per-bag plots" if args.plots == "all" else ""
         print(f"replay: plots: {report['summary_plot']}{per_bag}")
+    if summary.get("density") is not None:
+        d = summary["density"]
+        print(f"replay: observation density: {d['flagged_fraction']:.1%} of decisions below the threshold "
+              f"{d['threshold']:.2f} nat, {d['held_fraction']:.1%} held (k = {d['hold_after']}), min score {d['min']:.2f}")
+    violations = fail_on_violations(args.fail_on, summary)
+    if violations:
+        print(f"flow-policy replay: --fail-on exceeded: {'; '.join(violations)}", file=sys.stderr)
+        return 1
     rtc = summary.get("rtc_prefix")
     if rtc and rtc["seam_step_mean_abs_rad"] is not None:
         print(f"replay: rtc prefix d={rtc['prefix_length']} on {rtc['decisions']} decisions: prefix "
@@ -249,9 +305,24 @@ def _report(args: argparse.Namespace, policy: Any, replays: Sequence[BagReplay],
                                                                    "commands"),
                                "velocity_violation_fraction": fraction("velocity_violation_fraction",
                                                                        "velocity_violation_steps", "commands"),
-                               "held_decisions": sum(r.report["safety"]["held_decisions"] for r in replays)},
+                               "held_decisions": sum(r.report["safety"]["held_decisions"] for r in replays),
+                               "outside_limits_commands": sum(r.report["safety"]["outside_limits_commands"] for r in replays),
+                               "velocity_violation_steps": sum(r.report["safety"]["velocity_violation_steps"] for r in replays)},
+                    "density": _overall_density([r.report.get("density") for r in replays]),
                     "rtc_prefix": _overall_prefix([r.report["rtc_prefix"] for r in replays])},
     }
+
+
+def _overall_density(per_bag: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Flagged and held fractions over all bags (None for a model without a density)."""
+    if not per_bag or per_bag[0] is None:
+        return None
+    decisions = sum(d["decisions"] for d in per_bag)
+    mins = [d["min"] for d in per_bag if d["min"] is not None]
+    return {"threshold": per_bag[0]["threshold"], "hold_after": per_bag[0]["hold_after"], "decisions": decisions,
+            "flagged_fraction": sum(d["flagged"] for d in per_bag) / max(1, decisions),
+            "held_fraction": sum(d["held_decisions"] for d in per_bag) / max(1, decisions),
+            "min": min(mins) if mins else None}
 
 
 def _overall_prefix(per_bag: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import torch
 
 from flow_policy_ros.cli import EXIT_INTERRUPTED, CliError, say, write_json
 from flow_policy_ros.policy.config import ExperimentConfig
+from flow_policy_ros.policy.density_training import attach_to_run
 from flow_policy_ros.policy.train import train
 
 
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"trained {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4f}{val} "
                   f"-> {result.checkpoint_path}")
+        if not result.interrupted:
+            attach_to_run(result.checkpoint_path, Path(args.data), log=say)  # density.enabled: the observation density
         write_json(
             args.json,
             {"checkpoint": str(result.checkpoint_path), "final_loss": result.final_loss, "val_loss": result.val_loss,

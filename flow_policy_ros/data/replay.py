@@ -52,6 +52,13 @@ Conventions:
   committed action to the first new one (row d - row d-1) against the recorded step at the same
   place and the velocity limit. None for a plain model.
 
+- Observation density (models with metadata ``density``, :func:`density_report`): per bag the
+  score (``observation_log_likelihood``, nats) of every decision, its distribution, the fraction
+  below the calibrated threshold (flagged) and the fraction the node's guard would spend in the
+  density hold (:class:`~flow_policy_ros.runtime.density_guard.DensityGuard`, k =
+  ``density_hold_after``, over the decisions in time order, each decision scored); None for a
+  model without it.
+
 Imports neither torch nor pybullet. Inputs are only read; every output is written atomically.
 """
 
@@ -76,6 +83,7 @@ from flow_policy_ros.data.windows import action_ticks, chunk_indices, observable
 from flow_policy_ros.errors import BagError, InvalidOutputError, UsageError, one_line
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
 from flow_policy_ros.runtime.controller import MEASURED_LIMIT_TOLERANCE_RAD
+from flow_policy_ros.runtime.density_guard import DEFAULT_HOLD_AFTER, DensityGuard
 from flow_policy_ros.runtime.image_inputs import FUTURE_TOLERANCE_S
 from flow_policy_ros.runtime.metadata import PolicyMetadata
 from flow_policy_ros.runtime.observation import VECTOR_READERS, MalformedMessageError, NonFiniteValueError, vector_values
@@ -361,12 +369,15 @@ class Predictions:
         invalid: (N,) bool, the decision's output failed validation (InvalidOutputError).
         first_invalid: the first invalid output's one-line reason ("" = none).
         seconds: wall time of the batched inference.
+        scores: (N,) observation log-likelihood per decision (models with a density; NaN where the
+            output was invalid), else None.
     """
 
     chunks: np.ndarray
     invalid: np.ndarray
     first_invalid: str
     seconds: float
+    scores: np.ndarray | None = None
 
 
 def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, guidance: float | None,
@@ -379,6 +390,7 @@ def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, gu
     """
     out = np.empty(noise.shape, np.float32)
     invalid = np.zeros(len(observations), bool)
+    scores = np.full(len(observations), np.nan)
     first = ""
     start = time.perf_counter()
     for lo in range(0, len(observations), batch_size):
@@ -386,16 +398,41 @@ def predict_batched(policy: Any, observations: np.ndarray, noise: np.ndarray, gu
         try:
             out[lo:hi] = policy.predict(observations[lo:hi], noise=noise[lo:hi], guidance_scale=guidance,
                                         **_images_kw(images, slice(lo, hi)))
+            scores[lo:hi] = _scores(policy, hi - lo)
             continue
         except InvalidOutputError:
             pass
         for i in range(lo, hi):
             try:
                 out[i] = policy.predict(observations[i], noise=noise[i], guidance_scale=guidance, **_images_kw(images, i))
+                scores[i] = _scores(policy, 1)[0]
             except InvalidOutputError as exc:
                 out[i], invalid[i] = np.nan, True
                 first = first or one_line(exc)
-    return Predictions(out, invalid, first, time.perf_counter() - start)
+    has_density = getattr(policy.metadata, "density", None) is not None
+    return Predictions(out, invalid, first, time.perf_counter() - start, scores if has_density else None)
+
+
+def _scores(policy: Any, count: int) -> np.ndarray:
+    """The last call's observation log-likelihood(s) (count,), NaN for a model without a density."""
+    score = getattr(policy, "last_log_likelihood", None)
+    return np.full(count, np.nan) if score is None else np.asarray(score, np.float64).reshape(-1)
+
+
+def density_report(scores: np.ndarray | None, meta: PolicyMetadata, hold_after: int = DEFAULT_HOLD_AFTER) -> dict[str, Any] | None:
+    """Score distribution, flagged fraction (score < threshold) and the fraction of decisions the
+    density guard would hold (k = ``hold_after`` in a row; every decision scored in time order)."""
+    density = getattr(meta, "density", None)
+    if scores is None or density is None:
+        return None
+    finite = scores[np.isfinite(scores)]
+    guard = DensityGuard(density.threshold, hold_after)
+    held = sum(bool(guard.observe(float(s))) for s in scores)
+    quantiles = {f"p{q}": float(np.percentile(finite, q)) for q in (1, 5, 50)} if finite.size else {}
+    return {"threshold": density.threshold, "hold_after": hold_after, "decisions": int(len(scores)),
+            "min": float(finite.min()) if finite.size else None, **quantiles,
+            "flagged": int(np.sum(~(scores >= density.threshold))), "flagged_fraction": float(np.mean(~(scores >= density.threshold))),
+            "held_decisions": held, "held_fraction": held / max(1, len(scores)), "holds": guard.holds}
 
 
 def _images_kw(images: Mapping[str, np.ndarray] | None, index: int | slice | np.ndarray) -> dict[str, Any]:
@@ -631,6 +668,7 @@ class BagReplay:
     report: dict[str, Any] = field(default_factory=dict)
     invalid: np.ndarray | None = None  # (N,) bool
     safety: SafetyReview | None = None
+    scores: np.ndarray | None = None  # (N,) observation log-likelihood (models with a density)
 
 
 def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DATA_CONFIG,
@@ -676,11 +714,12 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
         "rtc_prefix": prefix_consistency(policy, dec, noise, guidance, rtc_prefix or meta.rtc_max_delay, batch_size)
         if meta.rtc else None,
         "safety": review.report,
+        "density": density_report(pred.scores, meta),
         "latency_ms": latency,
         "timing_s": {"read": t1 - t0, "observations": t2 - t1, "inference": infer_s, "wall": wall_s},
         "decisions_per_s": {"inference": n / infer_s, "end_to_end": n / wall_s},  # end to end: on the wall clock
     }
-    return BagReplay(src, dec, predicted, report, pred.invalid, review)
+    return BagReplay(src, dec, predicted, report, pred.invalid, review, pred.scores)
 
 
 #: What --write-bag puts on the policy topic (repeated in the report).

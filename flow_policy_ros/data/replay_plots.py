@@ -59,6 +59,26 @@ def plot_joints(path: Path, rep: BagReplay, meta: PolicyMetadata) -> Path:
     return _save(fig, path)
 
 
+def plot_density(path: Path, rep: BagReplay) -> Path:
+    """Observation log-likelihood per decision over time (nats vs s) with the calibrated threshold;
+    the decisions below it marked."""
+    dec, report = rep.decisions, rep.report["density"]
+    t = (dec.ticks_ns - dec.ticks_ns[0]) * 1e-9
+    scores = np.asarray(rep.scores, float)
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(t, scores, lw=1.0, label="log-likelihood")
+    low = scores < report["threshold"]
+    ax.plot(t[low], scores[low], "r.", ms=3, label=f"below threshold ({report['flagged_fraction']:.1%})")
+    ax.axhline(report["threshold"], color="k", ls="--", lw=1.0, label=f"threshold {report['threshold']:.2f}")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("log p(observation) (nats)")
+    ax.set_title(f"observation density, {Path(rep.report['bag']).name}")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_horizon_error(path: Path, rep: BagReplay) -> Path:
     """MAE and RMSE (rad, mean over joints) vs time into the chunk (s)."""
     horizon = rep.report["horizon"]

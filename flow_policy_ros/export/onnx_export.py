@@ -20,13 +20,17 @@ The export then proves itself: ``onnx.checker`` full check, no Loop/If/Scan node
 metadata parses, and a parity report against the PyTorch sampler (ONNX Runtime vs eager, w in
 {0, 1, 2}, batch 1 and 8) whose worst error must stay below ``PARITY_TOLERANCE``. The file is
 written atomically: on any failure nothing is left at the output path.
+
+With a density (``density=DensityExport(...)``, :mod:`flow_policy_ros.export.density_export`) the
+graph has a second output ``observation_log_likelihood`` [B] from the same observation input; its
+threshold is calibrated on the exported graph itself and its parity is checked separately.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +38,21 @@ import torch
 from torch import nn
 
 from flow_policy_ros.errors import ModelFileError, UsageError
+from flow_policy_ros.export.density_export import (
+    DensityExport,
+    SamplerWithDensity,
+    calibrate_graph,
+    density_metadata,
+    density_parity,
+    log_likelihood_module,
+)
 from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from flow_policy_ros.policy.flow import check_solver, prefix_mask, sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import action_reference
 from flow_policy_ros.reports import portable_path
-from flow_policy_ros.runtime.metadata import METADATA_KEY, PolicyMetadata
+from flow_policy_ros.runtime.image_inputs import image_input_name  # noqa: F401 - re-exported
+from flow_policy_ros.runtime.metadata import LOG_LIKELIHOOD_OUTPUT, METADATA_KEY, DensityInfo, PolicyMetadata
 from flow_policy_ros.runtime.ood import ObservationRange, observation_labels
 
 DEFAULT_OPSET = 17
@@ -115,9 +128,6 @@ class GraphSampler(nn.Module):
         return self.sampler(observation, noise, guidance_scale, *rest[n:], images=images)
 
 
-def image_input_name(camera: str) -> str:
-    """The graph input of a camera's frames: ``image_<camera>``."""
-    return f"image_{camera}"
 
 
 def sampler_from_checkpoint(ckpt: Checkpoint, steps: int | None = None, use_ema: bool = True,
@@ -260,7 +270,7 @@ def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0
                     lengths[::2] = min(d, 1)  # a batch mixes prefix lengths
                     feeds.update(prefix_actions=prefix, prefix_length=lengths)
                     args += [torch.from_numpy(prefix), torch.from_numpy(lengths)]
-                (onnx_out,) = session.run(None, feeds)
+                (onnx_out,) = session.run(["actions"], feeds)
                 with torch.no_grad():
                     torch_images = {c: torch.from_numpy(f) for c, f in images.items()} or None
                     torch_out = sampler(*args, images=torch_images).numpy()
@@ -271,6 +281,15 @@ def parity_report(sampler: Sampler, onnx_path: Path, obs_dim: int, seed: int = 0
 def _camera_shapes(sampler: Sampler) -> dict[str, tuple[int, int, int]]:
     """camera -> (Hc, Wc, 3) of the sampler's image inputs (empty for a state-only model)."""
     return {name: (enc.height, enc.width, 3) for name, enc in sampler.net.image_encoders.items()}
+def export_density(graph_path: Path, ckpt: Checkpoint, request: DensityExport, score: nn.Module) -> DensityInfo:
+    """Parity of the graph's ``observation_log_likelihood`` (relative, <= PARITY_TOLERANCE) and its
+    calibration on the held-out episodes: the metadata's ``density`` entry."""
+    relative = density_parity(score, graph_path)
+    if relative > PARITY_TOLERANCE:
+        raise ModelFileError(f"density parity check failed: relative |onnx - torch| = {relative:.3g} > {PARITY_TOLERANCE:g}")
+    calibration = calibrate_graph(graph_path, ckpt, request)
+    calibration["parity_relative"] = relative
+    return density_metadata(ckpt, request, calibration)
 
 
 def export_checkpoint(
@@ -281,8 +300,12 @@ def export_checkpoint(
     name: str | None = None,
     solver: str = "euler",
     noise_scale: float | None = None,
+    density: DensityExport | None = None,
 ) -> tuple[PolicyMetadata, list[ParityRow]]:
-    """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows."""
+    """Export, verify and atomically write the ONNX policy; returns its metadata and parity rows.
+
+    ``density``: also output the checkpoint's observation log-likelihood, calibrated on held-out
+    episodes (the checkpoint must have a density)."""
     import onnx
 
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
@@ -306,6 +329,8 @@ def export_checkpoint(
     sampler = sampler_from_checkpoint(ckpt, steps, solver=solver, noise_scale=noise_scale).freeze_time_features()
     metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver, noise_scale)
     policy = ckpt.config.policy
+    score = None if density is None else log_likelihood_module(ckpt, density, str(checkpoint_path))
+    graph = GraphSampler(sampler) if score is None else SamplerWithDensity(GraphSampler(sampler), score)
 
     example: tuple[torch.Tensor, ...] = (
         torch.zeros(1, policy.obs_dim),
@@ -318,6 +343,8 @@ def export_checkpoint(
         example += (torch.zeros(1, *shape, dtype=torch.uint8),)
         input_names.append(image_input_name(camera))
         dynamic_axes[image_input_name(camera)] = {0: "batch"}
+    if score is not None:
+        dynamic_axes[LOG_LIKELIHOOD_OUTPUT] = {0: "batch"}
     if sampler.rtc:
         example += (torch.zeros(1, policy.horizon, policy.action_dim), torch.ones(1, dtype=torch.int64))
         input_names += ["prefix_actions", "prefix_length"]
@@ -327,11 +354,11 @@ def export_checkpoint(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                GraphSampler(sampler),
+                graph,
                 example,
                 str(tmp),
                 input_names=input_names,
-                output_names=["actions"],
+                output_names=["actions"] + ([] if score is None else [LOG_LIKELIHOOD_OUTPUT]),
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -341,6 +368,8 @@ def export_checkpoint(
         forbidden = sorted({node.op_type for node in model.graph.node if node.op_type in FORBIDDEN_OPS})
         if forbidden:
             raise ModelFileError(f"exported graph contains control flow {forbidden}; the sampler must be unrolled")
+        if density is not None:
+            metadata = replace(metadata, density=export_density(tmp, ckpt, density, score))
         del model.metadata_props[:]
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()

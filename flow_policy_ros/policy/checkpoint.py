@@ -2,6 +2,9 @@
 
 A checkpoint is a ``torch.save`` dict loaded with ``weights_only=True`` (no pickled code).
 ``format`` identifies it; anything else is rejected with a message naming the file.
+``density`` (optional): the observation density of issue 24
+(:func:`flow_policy_ros.policy.density_training.density_entry`); a checkpoint without it loads
+with ``density`` None.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Checkpoint:
     data_summary: dict[str, Any] = field(default_factory=dict)
     loss_history: list[list[float]] = field(default_factory=list)
     code_version: str = ""
+    density: dict[str, Any] | None = None
 
 
 def code_version() -> str:
@@ -74,6 +78,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
         "loss_history": ckpt.loss_history,
         "code_version": ckpt.code_version,
     }
+    if ckpt.density is not None:
+        payload["density"] = ckpt.density
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(payload, tmp)
@@ -111,6 +117,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     for key in ("model", "ema"):
         check_weights(payload[key], config, f"{path}: {key!r} weights")
+    density = payload.get("density")
+    if density is not None:
+        check_density(density, config, f"{path}: density")
     return Checkpoint(
         config=config,
         stats=stats,
@@ -122,7 +131,19 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         data_summary=payload.get("data_summary") or {},
         loss_history=payload.get("loss_history") or [],
         code_version=payload.get("code_version", ""),
+        density=density,
     )
+
+
+def check_density(entry: Any, config: ExperimentConfig, where: str) -> None:
+    """Raise CheckpointError naming ``where`` unless ``entry`` has the shape of a density over the
+    config's observation (the weights are loaded strictly by ``density_training.density_from_checkpoint``)."""
+    model = entry.get("model") if isinstance(entry, dict) else None
+    if not isinstance(model, dict) or not all(k in model for k in ("config", "obs_shift", "obs_scale", "state")):
+        raise CheckpointError(f"{where}: expected {{'model': {{config, obs_shift, obs_scale, state}}, 'training': ...}}")
+    obs_dim = model["config"].get("obs_dim") if isinstance(model["config"], dict) else None
+    if obs_dim != config.policy.obs_dim:
+        raise CheckpointError(f"{where}: models {obs_dim} observation values, the policy has {config.policy.obs_dim}")
 
 
 def check_weights(state: Any, config: ExperimentConfig, where: str) -> None:

@@ -296,15 +296,58 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DensityTrainConfig:
+    """The observation density trained beside the policy (issue 24; ``policy/density.py``).
+
+    Attributes:
+        enabled: train it at the end of ``flow-policy train`` on the training windows'
+            observations, with the policy's normalization, and store it in the checkpoint.
+        steps: optimizer steps of the density network.
+        batch_size: observations per step.
+        lr: Adam learning rate (the policy's warm-up/cosine schedule).
+        data_noise: std (normalized units) of the Gaussian smoothing of the data: real joint
+            observations are near-degenerate (coupled joints), docs/density_solvers.md.
+        hidden_dim: width of the density's residual MLP.
+        num_layers: its residual layers (0: one hidden layer, whose exact divergence is one product
+            per evaluation: the cheap graph the shipped models use, docs/density_shield.md).
+        activation: 'silu' or 'softplus' (derivative = one sigmoid: fewer graph nodes).
+        seed: seed of weights, batches and noise.
+    """
+
+    enabled: bool = False
+    steps: int = 4000
+    batch_size: int = 256
+    lr: float = 2e-3
+    data_noise: float = 0.05
+    hidden_dim: int = 128
+    num_layers: int = 0
+    activation: str = "softplus"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.activation in ("silu", "softplus"), f"density.activation must be 'silu' or 'softplus', got {self.activation!r}")
+        require(isinstance(self.enabled, bool), f"density.enabled must be true or false, got {self.enabled!r}")
+        require(self.steps >= 1, f"density.steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"density.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"density.lr must be > 0, got {self.lr}")
+        require(self.data_noise >= 0, f"density.data_noise must be >= 0, got {self.data_noise}")
+        require(self.hidden_dim >= 1, f"density.hidden_dim must be >= 1, got {self.hidden_dim}")
+        require(self.num_layers >= 0, f"density.num_layers must be >= 0, got {self.num_layers}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything ``flow-policy train`` needs: policy, data and training settings."""
+    """Everything ``flow-policy train`` needs: policy, data and training settings (and the
+    optional observation density, section ``density``; off by default)."""
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    density: DensityTrainConfig = field(default_factory=DensityTrainConfig)
 
     def __post_init__(self) -> None:
-        for name, cls in (("policy", PolicyConfig), ("data", DataConfig), ("train", TrainConfig)):
+        for name, cls in (("policy", PolicyConfig), ("data", DataConfig), ("train", TrainConfig),
+                          ("density", DensityTrainConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, _build(cls, value, name))

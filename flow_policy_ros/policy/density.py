@@ -60,6 +60,7 @@ dimensions make the field stiff near t = 1. ``train_density(data_noise=...)`` sm
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -69,13 +70,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from flow_policy_ros.policy.flow import check_solver, integrate, interpolate, target_velocity
+from flow_policy_ros.policy.flow import check_solver, integrate, interpolate, network_evaluations, target_velocity
 from flow_policy_ros.policy.normalization import NormalizationStats
 
 #: (y (B, D), t float) -> (velocity (B, D), divergence (B,)); what :func:`log_likelihood` integrates.
 FieldFn = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 DIVERGENCES = ("exact", "hutchinson")
+ACTIVATIONS = ("silu", "softplus")
 #: Default solver and step count of the log-likelihood (docs/density_solvers.md: RK4 x 8 is within
 #: ~1e-3 nat of RK4 x 256 on a trained 17-D density; 32 network evaluations).
 DEFAULT_SOLVER, DEFAULT_STEPS = "rk4", 8
@@ -95,6 +97,7 @@ class DensityConfig:
         divergence: 'exact' (Jacobian trace, D tangents) or 'hutchinson' (``probes`` fixed probes).
         probes: P, Rademacher probes of the Hutchinson estimator (ignored for 'exact').
         probe_seed: seed of the probe draw (the probes are a buffer: fixed once constructed).
+        activation: 'silu' or 'softplus' (whose derivative is one sigmoid: fewer graph nodes).
     """
 
     obs_dim: int
@@ -105,6 +108,7 @@ class DensityConfig:
     divergence: str = "exact"
     probes: int = 8
     probe_seed: int = 0
+    activation: str = "silu"
 
     def __post_init__(self) -> None:
         checks = [
@@ -116,6 +120,7 @@ class DensityConfig:
             (self.max_frequency > 0, f"max_frequency must be > 0, got {self.max_frequency}"),
             (self.divergence in DIVERGENCES, f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}"),
             (self.probes >= 1, f"probes must be >= 1, got {self.probes}"),
+            (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,10 +146,20 @@ def time_embedding(t: torch.Tensor, dim: int, max_frequency: float) -> torch.Ten
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+def _activation_and_slope(pre: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """act(pre) and act'(pre) for ``kind`` 'silu' (5 graph nodes) or 'softplus' (2 nodes: softplus' =
+    sigmoid, which is why the shipped densities use it: the exported score's cost is its node count)."""
+    if kind == "softplus":
+        return torch.nn.functional.softplus(pre), torch.sigmoid(pre)
+    return _silu_and_slope(pre)
+
+
 def _silu_and_slope(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SiLU(pre) and its derivative s (1 + pre (1 - s)), s = sigmoid(pre)."""
+    """SiLU(pre) = pre s and its derivative s (1 + pre (1 - s)) = s + SiLU(pre) (1 - s), s = sigmoid(pre)
+    (the second form reuses the activation: one node fewer per layer in the exported graph)."""
     s = torch.sigmoid(pre)
-    return pre * s, s * (1.0 + pre * (1.0 - s))
+    act = pre * s
+    return act, s + act * (1.0 - s)
 
 
 class DensityVelocityNet(nn.Module):
@@ -170,6 +185,21 @@ class DensityVelocityNet(nn.Module):
             weight = 1.0 / cfg.probes
         self.register_buffer("probes", probes)  # (P, D)
         self.probe_weight = weight
+        #: flow time -> (1, width) time features, filled by :meth:`freeze_time_features` (export)
+        self._frozen_time: dict[float, torch.Tensor] = {}
+
+    def freeze_time_features(self, times: list[float]) -> None:
+        """Precompute the time features of the given flow times (weights must be final): a traced
+        graph then holds them as constants instead of running the time MLP at every stage."""
+        with torch.no_grad():
+            self._frozen_time = {float(t): self.time_features(torch.full((1,), float(t))).detach() for t in times}
+
+    def time_features_at(self, t: float, like: torch.Tensor) -> torch.Tensor:
+        """(1, width) features of the constant flow time t (frozen when available)."""
+        frozen = self._frozen_time.get(float(t))
+        if frozen is not None:
+            return frozen.to(like.dtype)
+        return self.time_features(torch.full((1,), t, dtype=like.dtype, device=like.device))
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
         """(B or 1, width) features of flow time t (B,) or (1,)."""
@@ -180,22 +210,33 @@ class DensityVelocityNet(nn.Module):
         """Velocity (B, D) at y (B, D), flow time t (B,) or (1,)."""
         h = self.input_proj(y) + self.time_features(t)
         for layer in self.hidden:
-            h = h + layer(torch.nn.functional.silu(h))
-        return self.output_proj(torch.nn.functional.silu(h))
+            h = h + layer(self._act(h))
+        return self.output_proj(self._act(h))
 
-    def velocity_and_divergence(self, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.softplus(h) if self.cfg.activation == "softplus" else torch.nn.functional.silu(h)
+
+    def velocity_and_divergence(self, y: torch.Tensor, t: torch.Tensor,
+                                time_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity (B, D) and divergence (B,) at y (B, D), t (B,) or (1,), by forward tangents.
 
         tangent (B, P, width) = J_h(y) p for every probe p (rows of ``probes`` (P, D)); at the
         output J_v(y) p (B, P, D), and div ~ w sum_p p . J_v p (exact trace for the basis probes).
+        With no residual layer and the exact divergence, J_v = W_out diag(s) W_in, so
+        tr J_v = s . c with c_k = sum_i W_out[i, k] W_in[k, i]: one MatMul (c is a constant of the
+        weights). ``time_features``: precomputed features of t (:meth:`time_features_at`).
         """
-        h = self.input_proj(y) + self.time_features(t)
+        h = self.input_proj(y) + (self.time_features(t) if time_features is None else time_features)
+        if not self.hidden and self.probe_weight == 1.0 and self.cfg.divergence == "exact":
+            act, slope = _activation_and_slope(h, self.cfg.activation)
+            trace_weights = (self.output_proj.weight.t() * self.input_proj.weight).sum(dim=1)  # (width,)
+            return self.output_proj(act), torch.matmul(slope, trace_weights)
         tangent = torch.matmul(self.probes, self.input_proj.weight.t()).unsqueeze(0)  # (1, P, width)
         for layer in self.hidden:
-            act, slope = _silu_and_slope(h)
+            act, slope = _activation_and_slope(h, self.cfg.activation)
             tangent = tangent + torch.matmul(slope.unsqueeze(1) * tangent, layer.weight.t())
             h = h + layer(act)
-        act, slope = _silu_and_slope(h)
+        act, slope = _activation_and_slope(h, self.cfg.activation)
         velocity = self.output_proj(act)
         jvp = torch.matmul(slope.unsqueeze(1) * tangent, self.output_proj.weight.t())  # (B, P, D)
         divergence = (jvp * self.probes).sum(dim=(1, 2))
@@ -224,6 +265,31 @@ def log_likelihood(field_fn: FieldFn, y: torch.Tensor, steps: int = DEFAULT_STEP
     state = torch.cat([y, torch.zeros_like(y[:, :1])], dim=1)
     end = integrate(augmented, state, steps, solver, t_start=1.0, t_end=0.0)
     return standard_normal_log_prob(end[:, :dim]) + end[:, dim]
+
+
+def quadrature_weights(steps: int, solver: str) -> torch.Tensor:
+    """(E,) float64, the weight of each of the E network evaluations of ``flow.integrate`` from t = 1 to
+    t = 0 in the integral of a quantity that does not feed back into the state (dl/dt = f(y(t), t)):
+    l(0) - l(1) = sum_j w_j f_j, in the order the evaluations are made. Measured from ``integrate``
+    itself (one-hot rates, E dimensions), so it is the solver's own rule (RK4: dt (1, 2, 2, 1) / 6 per
+    step), not a copy; cached as floats, so a traced graph holds them as one constant."""
+    return torch.tensor(_quadrature_weights(steps, solver), dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _quadrature_weights(steps: int, solver: str) -> tuple[float, ...]:
+    count = network_evaluations(solver, steps)
+    calls: list[int] = []
+
+    def one_hot(state: torch.Tensor, t: float) -> torch.Tensor:
+        rate = torch.zeros_like(state)
+        rate[:, len(calls)] = 1.0
+        calls.append(1)
+        return rate
+
+    with torch.no_grad():
+        weights = integrate(one_hot, torch.zeros(1, count, dtype=torch.float64), steps, solver, 1.0, 0.0)[0]
+    return tuple(float(w) for w in weights)
 
 
 def observation_normalization(observations: np.ndarray, mode: str = "minmax") -> tuple[np.ndarray, np.ndarray]:
@@ -280,11 +346,41 @@ class ObservationDensity(nn.Module):
 
     def field(self, y: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """:data:`FieldFn` of the network at a constant flow time t."""
-        return self.net.velocity_and_divergence(y, torch.full((1,), t, dtype=y.dtype, device=y.device))
+        return self.net.velocity_and_divergence(y, torch.full((1,), t, dtype=y.dtype, device=y.device),
+                                                self.net.time_features_at(t, y))
 
     def log_prob_normalized(self, y: torch.Tensor, steps: int = DEFAULT_STEPS, solver: str = DEFAULT_SOLVER) -> torch.Tensor:
-        """log p_1(y) (B,) of normalized observations y (B, D), nats per unit of normalized space."""
+        """log p_1(y) (B,) of normalized observations y (B, D), nats per unit of normalized space.
+
+        A network with one hidden layer and the exact divergence takes :meth:`_log_prob_one_layer`
+        (the same value, fewer graph nodes); any other the augmented integration of :func:`log_likelihood`."""
+        net = self.net
+        if not net.hidden and net.cfg.divergence == "exact":
+            return self._log_prob_one_layer(y, steps, solver)
         return log_likelihood(self.field, y, steps, solver)
+
+    def _log_prob_one_layer(self, y: torch.Tensor, steps: int, solver: str) -> torch.Tensor:
+        """:func:`log_likelihood` for v = W_out SiLU(W_in y + T(t)): div v = s . c (s the SiLU slopes,
+        c constant, see ``velocity_and_divergence``) does not feed back into y, so only y is integrated
+        (``flow.integrate``) and the divergence integral is ONE product of the E evaluations' slopes,
+        concatenated (B, E * width), with kron(w, c), w the solver's :func:`quadrature_weights`."""
+        check_solver(solver, steps)
+        net = self.net
+        slopes: list[torch.Tensor] = []
+
+        def velocity(state: torch.Tensor, t: float) -> torch.Tensor:
+            # the time features join the bias: one Gemm, no Add, in the graph
+            h = torch.nn.functional.linear(state, net.input_proj.weight, net.input_proj.bias + net.time_features_at(t, state)[0])
+            act, slope = _activation_and_slope(h, net.cfg.activation)
+            slopes.append(slope)
+            return net.output_proj(act)
+
+        z = integrate(velocity, y, steps, solver, t_start=1.0, t_end=0.0)
+        trace_weights = (net.output_proj.weight.t() * net.input_proj.weight).sum(dim=1)  # c (width,)
+        weights = quadrature_weights(steps, solver).to(y.dtype).to(y.device)
+        combined = (weights[:, None] * trace_weights[None, :]).reshape(-1)  # (E * width,)
+        divergence_integral = torch.matmul(torch.cat(slopes, dim=1), combined)
+        return standard_normal_log_prob(z) + divergence_integral
 
     def log_prob(self, observation: torch.Tensor, steps: int = DEFAULT_STEPS, solver: str = DEFAULT_SOLVER) -> torch.Tensor:
         """log p(x) (B,) of raw observations x (B, D), nats per unit of raw state (rad, rad/s, m)."""
@@ -306,6 +402,7 @@ class ObservationLogLikelihood(nn.Module):
         super().__init__()
         check_solver(solver, steps)
         self.density, self.steps, self.solver = density, steps, solver
+        _quadrature_weights(steps, solver)  # computed now, not while the graph is traced
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         return self.density.log_prob(observation, self.steps, self.solver)

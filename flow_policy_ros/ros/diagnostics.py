@@ -47,6 +47,16 @@ def percentiles_ms(series: Mapping[str, Iterable[float]], quantiles: tuple[int, 
 POLICY_LEVELS = {"running": "OK", "inactive": "OK", "waiting": "WARN", "stale": "WARN", "error": "ERROR", "hold": "ERROR"}
 
 
+def density_values(controller: PolicyController) -> dict[str, str]:
+    """The observation density guard on /diagnostics: state (off/ok/low/hold/recovering), the latest
+    score and the threshold (nats), holds so far."""
+    density = controller.guard.density
+    status = density.status
+    return {"density_state": status.state, "density_score": "nan" if status.score is None else f"{status.score:.3f}",
+            "density_threshold": "nan" if status.threshold is None else f"{status.threshold:.3f}",
+            "density_holds": str(density.holds), "density_hold_after": str(density.hold_after)}
+
+
 def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controller: PolicyController, policy: ChunkPolicy,
                        extra: Mapping[str, object], obs_to_command_s: Iterable[float], goal_rejection: str | None = None,
                        joint_state_rejection: str = "") -> DiagnosticArray:
@@ -68,6 +78,7 @@ def policy_diagnostics(stamp: Time, name: str, state: str, reason: str, controll
         "output_range_guard": controller.output_guard, "limiter_restart": controller.tracking.restart_note,
         "goal_rejection": goal_rejection,
         "joint_state_rejection": joint_state_rejection,
+        **density_values(controller),
         **counters.as_dict(),
         **percentiles_ms({"inference_latency": counters.inference_s, "tick_jitter": counters.jitter_s,
                           "obs_to_command_latency": obs_to_command_s}),

@@ -26,20 +26,13 @@ Events and what they may return:
 
 The controller is the composition of one part per job, each in its own module:
 
-* :mod:`~flow_policy_ros.runtime.tick_clock`: tick numbering, deadline misses, jitter, and the
-  states (waiting, running, stale, error, hold) with their reasons;
-* :mod:`~flow_policy_ros.runtime.input_guard`: measured positions beyond the limits, the
-  out-of-distribution guard, vector feature checks;
-* :mod:`~flow_policy_ros.runtime.vector_inputs`: the latest value of each vector feature;
-* :mod:`~flow_policy_ros.runtime.execution` and
-  :mod:`~flow_policy_ros.runtime.trajectory_execution`: stream or trajectory output, behind one
-  interface; :mod:`~flow_policy_ros.runtime.tracking`: an arm not tracking the last command is a
-  hold; the limiter restarts from the arm only on re-activation (:meth:`~PolicyController.continue_from`);
-* :mod:`~flow_policy_ros.runtime.prefix_committer`: real-time chunking's committed prefix.
-
-The decisions live in :mod:`~flow_policy_ros.runtime.decisions`, the settings and counters in
-:mod:`~flow_policy_ros.runtime.controller_config`; all are importable from here. Units: rad,
-rad/s, ns.
+``tick_clock`` (ticks, deadline misses, jitter, states and reasons); ``input_guard`` (limits,
+range and density guards, vector checks); ``vector_inputs`` / ``image_inputs`` (latest features);
+``execution`` / ``trajectory_execution`` (stream or trajectory output behind one interface);
+``tracking`` (an arm not tracking the last command is a hold; the limiter restarts from the arm
+only on re-activation, :meth:`~PolicyController.continue_from`); ``prefix_committer`` (real-time
+chunking); ``output_check`` (results). Decisions, settings and counters (``decisions``,
+``controller_config``) are importable from here. Units: rad, rad/s, ns.
 """
 
 from __future__ import annotations
@@ -254,9 +247,12 @@ class PolicyController:
         if stale:
             return self._hold("stale", stale)
         beyond = (self.guard.measured_beyond_limits(measured) or self._out_of_distribution()
-                  or self.tracking.not_tracking(self.limiter.last_command))
+                  or self.tracking.not_tracking(self.limiter.last_command) or self.guard.density.reason)
         if beyond:
-            return self._hold("hold", beyond)
+            decisions = self._hold("hold", beyond)
+            if beyond == self.guard.density.reason and not self._in_flight:
+                self._await_obs_after_ns = now_ns  # density hold: keep scoring the live observation (input_guard)
+            return decisions
         if self.run_state.waiting_for_retry(tick):
             return []
         if self.state in ("waiting", "stale", "hold"):
@@ -284,6 +280,9 @@ class PolicyController:
         problem = result_problem(result, actions, self.config, self.limits.size, self.prefix, self.counters)
         if problem:
             return self._fail(tick, problem)
+        density = self.guard.density.observe(result.log_likelihood)
+        if density:
+            return self._hold("hold", density)
         if self.state == "error":
             self.run_state.set("running")
         if self.state != "running":
@@ -330,7 +329,7 @@ class PolicyController:
     def _request(self) -> list[Decision]:
         """An inference request on the latest joint state, for the current tick."""
         self._await_obs_after_ns = None
-        if self.state not in ("running", "error") or self.vectors.missing():
+        if (self.state not in ("running", "error") and not self.guard.density.holding) or self.vectors.missing():
             return []
         images, stale = self.images.pair(self._stamp_ns)
         if stale:  # this joint state has no frame within a camera's max age: no chunk from it
@@ -341,7 +340,7 @@ class PolicyController:
             return self._hold("hold", beyond)
         tick = self.clock.current_tick
         prefix, d = None, 0
-        if self.config.rtc:  # the commands of the next d ticks (the hold position if none executes)
+        if self.config.rtc and not self.guard.density.holding:  # a density probe is a plain call
             d = self.prefix.prefix_length(count=True)
             prefix, d = self.prefix.commit(tick, d, self.execution, self.execution.hold_position())
         self._in_flight = True

@@ -53,6 +53,9 @@ class ControllerConfig:
             executing one's velocity, not only its position.
         rtc_blend_ticks: rows after the takeover blended from the executing chunk into the new one
             (0 = none).
+        density_threshold: the model's calibrated log-likelihood threshold (metadata ``density``),
+            None = no density guard.
+        density_hold_after: k, low density scores in a row before a hold (and good ones before it ends).
     """
 
     observation: ObservationSpec
@@ -74,6 +77,8 @@ class ControllerConfig:
     output_margin: float = DEFAULT_OUTPUT_MARGIN
     rtc_min_prefix: int = DEFAULT_RTC_MIN_PREFIX
     rtc_blend_ticks: int = DEFAULT_RTC_BLEND_TICKS
+    density_threshold: float | None = None
+    density_hold_after: int = 2
 
     def __post_init__(self) -> None:
         validate_margin(self.ood_margin)

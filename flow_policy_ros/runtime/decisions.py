@@ -92,6 +92,8 @@ class InferenceResult:
         generation: the request's goal generation.
         invalid_output: ``error`` is the model's output failing validation (counted as an
             invalid output, not an inference error).
+        log_likelihood: the observation's score from the same call (output
+            ``observation_log_likelihood`` of a model with a density, nats), else None.
     """
 
     tick: int
@@ -103,9 +105,11 @@ class InferenceResult:
     generation: int = 0
     prefix_length: int = 0
     invalid_output: bool = False
+    log_likelihood: float | None = None
 
     @classmethod
     def for_request(cls, request: InferenceRequest, latency_s: float, actions: np.ndarray | None = None,
-                    error: str | None = None, invalid_output: bool = False) -> InferenceResult:
+                    error: str | None = None, invalid_output: bool = False,
+                    log_likelihood: float | None = None) -> InferenceResult:
         return cls(request.tick, request.received_ns, latency_s, actions, error, request.stamp_ns, request.generation,
-                   request.prefix_length, invalid_output)
+                   request.prefix_length, invalid_output, log_likelihood)

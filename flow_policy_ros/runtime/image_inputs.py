@@ -20,12 +20,12 @@ already decoded and size-checked by the caller (the node converts the ROS messag
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from flow_policy_ros.contract import FeatureSpec, ObservationSpec
-from flow_policy_ros.errors import SafetyError
+from flow_policy_ros.errors import ObservationError, SafetyError
 
 #: How much later than the joint state a frame may be stamped and still count as "now" (s): clock
 #: rounding between two publishers on one machine, far below a frame period (33 ms at 30 Hz).
@@ -157,3 +157,38 @@ class ImageInputs:
         ref = self.paired_stamp_ns
         return {name: None if ref is None or (s := self.newest_stamp(name)) is None else (ref - s) * 1e-9
                 for name in self.features}
+
+
+def image_input_name(camera: str) -> str:
+    """The graph input of a camera's frames: ``image_<camera>`` (kept equal to the exporter's)."""
+    return f"image_{camera}"
+
+
+def graph_image_feeds(model: str, features: Sequence[FeatureSpec], batch: int, single: bool,
+                      images: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The graph feeds ``image_<camera>`` (B, Hc, Wc, 3) uint8 per camera of the model, checked against the metadata."""
+    given = dict(images or {})
+    if given and not features:
+        raise ObservationError(f"{model} has no image inputs, got images {sorted(given)}")
+    unknown = sorted(set(given) - {f.name for f in features})
+    if unknown:
+        raise ObservationError(f"{model}: unknown image feature(s) {unknown}; the model takes "
+                               f"{[f.name for f in features]}")
+    feeds = {}
+    for feature in features:
+        shape = tuple(feature.image_shape)
+        expected = (batch, *shape)
+        if feature.name not in given:
+            raise ObservationError(f"camera {feature.camera!r}: no frame given (expected {feature.name} as uint8 {shape} RGB)")
+        frame = given[feature.name]
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+            got = getattr(frame, "dtype", type(frame).__name__)
+            raise ObservationError(f"camera {feature.camera!r}: frame dtype {got}, expected uint8 {shape} RGB")
+        received = tuple(frame.shape)
+        if single and frame.ndim == 3:
+            frame = frame[None]
+        if frame.shape != expected:
+            wanted = f"{shape}" if single else f"{expected}"
+            raise ObservationError(f"camera {feature.camera!r}: frame shape {received}, expected {wanted} (H, W, 3) uint8")
+        feeds[image_input_name(feature.camera)] = np.ascontiguousarray(frame)
+    return feeds

@@ -13,6 +13,9 @@ with that reason.
 * A vector feature (e.g. the goal) in another frame than its spec's ``frame_id`` (a task
   feature: ``goal_frame``), of the wrong size, non-finite, or outside its training range plus
   ``ood_margin`` is rejected: the previous value stays, or the controller keeps waiting.
+* Observation density (:mod:`flow_policy_ros.runtime.density_guard`, models with metadata
+  ``density``): :attr:`InputGuard.density` sees each decision's log-likelihood; k low scores in a
+  row hold, k good ones (probes scored while holding) resume (``density_hold_after`` = k).
 
 Units: rad, m.
 """
@@ -23,6 +26,7 @@ import numpy as np
 
 from flow_policy_ros.contract import FeatureSpec
 from flow_policy_ros.runtime.controller_config import ControllerConfig, ControllerCounters
+from flow_policy_ros.runtime.density_guard import DensityGuard
 from flow_policy_ros.runtime.ood import OodScore, classify, ood_score
 from flow_policy_ros.runtime.safety import SafetyLimits
 
@@ -50,6 +54,8 @@ class InputGuard:
         rng = config.observation_range
         spec = config.observation
         self._ranges = {} if rng is None else {f.name: rng.field(spec, f.name) for f in spec.vector_features}
+        #: the density score's hold (off without a model density)
+        self.density = DensityGuard(config.density_threshold, config.density_hold_after)
 
     @property
     def status(self) -> str:

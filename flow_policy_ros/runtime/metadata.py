@@ -12,11 +12,17 @@ every action joint, rad: ``{low, high, source}``, for the output range guard, se
 :func:`output_range_problem`): without it the guard is off. The solver's step count is written as
 ``solver_steps``; files written before carry it as ``euler_steps`` (whatever the solver), which
 still reads.
+
+``density`` (optional, issue 24): the graph also outputs ``observation_log_likelihood`` [B]
+(log p of the raw observation under a flow density model, nats) and the entry records the
+density model, its solver and steps, and the calibrated threshold with how it was computed
+(:class:`DensityInfo`). A file without it has one output and runs with the range guard alone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,47 @@ SOLVERS = ("euler", "midpoint", "heun", "rk4")
 FORMAT_VERSION = 1
 #: The key of ``solver_steps`` in files written before it was renamed (still read).
 OLD_STEPS_KEY = "euler_steps"
+#: The extra output of a model with a density (metadata ``density``).
+LOG_LIKELIHOOD_OUTPUT = "observation_log_likelihood"
+
+
+@dataclass(frozen=True)
+class DensityInfo:
+    """The observation density inside a graph (metadata ``density``).
+
+    Attributes:
+        threshold: calibrated log-likelihood threshold (nats, raw units): a decision whose score is
+            below it is out of distribution.
+        solver, steps: the fixed-step integration of the log-likelihood unrolled in the graph.
+        model: the density network's shape and training (dict: config, data_noise, steps, ...).
+        calibration: how ``threshold`` was computed (rule, alpha, n, episodes, data).
+    """
+
+    threshold: float
+    solver: str
+    steps: int
+    model: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"output": LOG_LIKELIHOOD_OUTPUT, "threshold": self.threshold, "solver": self.solver,
+                "steps": self.steps, "model": self.model, "calibration": self.calibration}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> DensityInfo:
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{where}: metadata 'density' must be an object, got {type(data).__name__}")
+        missing = [k for k in ("threshold", "solver", "steps", "calibration") if k not in data]
+        if missing:
+            raise ModelFileError(f"{where}: metadata 'density' lacks {missing}")
+        info = cls(float(data["threshold"]), str(data["solver"]), int(data["steps"]), dict(data.get("model") or {}),
+                   dict(data["calibration"]))
+        if not math.isfinite(info.threshold):
+            raise ModelFileError(f"{where}: metadata density.threshold must be finite, got {data['threshold']!r}")
+        if info.solver not in SOLVERS or info.steps < 1:
+            raise ModelFileError(f"{where}: metadata density solver {info.solver!r} x {info.steps}: "
+                                 f"expected one of {SOLVERS} and steps >= 1")
+        return info
 
 
 @dataclass(frozen=True)
@@ -64,6 +111,7 @@ class PolicyMetadata:
         observation_range: training range of every observation dimension, or None (older export).
         action_range: training range of every action joint (rad; labels = the action joints), or
             None (older export: the output range guard is off).
+        density: the observation density (output ``observation_log_likelihood``), or None.
         model_hash: sha256 of the ONNX file (set by the runtime when loading, not stored).
     """
 
@@ -83,6 +131,7 @@ class PolicyMetadata:
     code_version: str = ""
     observation_range: ObservationRange | None = None
     action_range: ObservationRange | None = None
+    density: DensityInfo | None = None
     model_hash: str = ""
 
     @property
@@ -124,9 +173,11 @@ class PolicyMetadata:
         return self.io.obs_dim
 
     def to_json(self) -> str:
-        extra = {} if self.observation_range is None else {"observation_range": self.observation_range.to_json()}
+        extra: dict[str, Any] = {} if self.observation_range is None else {"observation_range": self.observation_range.to_json()}
         if self.action_range is not None:
             extra["action_range"] = self.action_range.to_json()
+        if self.density is not None:
+            extra["density"] = self.density.to_json()
         return json.dumps(
             {
                 **extra,
@@ -200,6 +251,7 @@ class PolicyMetadata:
                 observation_range=(None if data.get("observation_range") is None else
                                    ObservationRange.from_json(data["observation_range"], io.observation, where)),
                 action_range=parse_action_range(data.get("action_range"), io.action_joint_names, where),
+                density=None if data.get("density") is None else DensityInfo.from_json(data["density"], where),
                 model_hash=model_hash,
             )
         except (ConfigError, TypeError, ValueError) as exc:

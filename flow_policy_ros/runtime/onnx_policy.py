@@ -23,6 +23,13 @@ camera, ``image_<camera>`` uint8 [B, Hc, Wc, 3] RGB; at load each is checked aga
 (name, dtype uint8, shape), and ``predict(..., images={"image.<camera>": frame})`` feeds them. A
 missing camera, a frame of the wrong shape or dtype is an ObservationError naming the camera,
 what the model expects and what it received.
+A model with an observation density (metadata ``density``) has a second output,
+``observation_log_likelihood`` [B]: every call stores it in :attr:`OnnxPolicy.last_log_likelihood`
+(float for one observation, (B,) for a batch; None for a model without it), so the caller gets the
+score of the observation the chunk was computed from without a second inference call;
+:meth:`OnnxPolicy.predict_with_score` returns both. A model whose score is NaN/inf on a typical
+observation is refused at load. Observations with NaN/inf never reach the graph (``predict``
+rejects them first).
 """
 
 from __future__ import annotations
@@ -34,7 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from flow_policy_ros.errors import InvalidOutputError, ModelFileError, ObservationError, one_line
-from flow_policy_ros.runtime.metadata import DEFAULT_OUTPUT_MARGIN, METADATA_KEY, PolicyMetadata, output_range_problem
+from flow_policy_ros.runtime.image_inputs import graph_image_feeds, image_input_name  # noqa: F401 - re-exported
+from flow_policy_ros.runtime.metadata import (
+    DEFAULT_OUTPUT_MARGIN,
+    LOG_LIKELIHOOD_OUTPUT,
+    METADATA_KEY,
+    PolicyMetadata,
+    output_range_problem,
+)
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
@@ -43,9 +57,6 @@ EXPECTED_INPUTS = ("observation", "noise", "guidance_scale")
 RTC_INPUTS = ("prefix_actions", "prefix_length")
 
 
-def image_input_name(camera: str) -> str:
-    """The graph input of a camera's frames: ``image_<camera>`` (kept equal to the exporter's)."""
-    return f"image_{camera}"
 
 
 def output_problem(actions: np.ndarray, expected: tuple[int, ...]) -> str:
@@ -151,9 +162,12 @@ class OnnxPolicy:
         if METADATA_KEY not in props:
             raise ModelFileError(f"{self.path}: metadata key '{METADATA_KEY}' missing; export it with `flow-policy export`")
         self.metadata = PolicyMetadata.from_json(props[METADATA_KEY], where=str(self.path), model_hash=model_hash)
+        #: observation_log_likelihood of the last call (models with a density), else None
+        self.last_log_likelihood: float | np.ndarray | None = None
         self._check_io()
         self.rng = np.random.default_rng(seed)
         self._check_output_at_load(max(1, int(warmup)), output_margin)
+        self._check_density_at_load()
 
     def _check_io(self) -> None:
         meta = self.metadata
@@ -161,7 +175,8 @@ class OnnxPolicy:
         outputs = [o.name for o in self.session.get_outputs()]
         images = meta.observation.image_features
         wanted = EXPECTED_INPUTS + tuple(image_input_name(f.camera) for f in images) + (RTC_INPUTS if meta.rtc else ())
-        if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs != ["actions"]:
+        self._check_density_io(outputs)
+        if tuple(sorted(inputs)) != tuple(sorted(wanted)) or outputs[:1] != ["actions"]:
             kind = f"a real-time chunking model (rtc d_max {meta.rtc_max_delay})" if meta.rtc else "a plain model (no rtc)"
             if images:
                 kind += f" with cameras {[f.camera for f in images]}"
@@ -224,10 +239,13 @@ class OnnxPolicy:
     def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
         """One session call on checked inputs (observation (B, obs_dim), ...) → (actions, "") or (None, why not)."""
         meta = self.metadata
+        self.last_log_likelihood = None
         try:
-            (actions,) = self.session.run(None, feeds)
+            actions, *score = self.session.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types when a graph cannot run on an input
             return None, f"ONNX Runtime could not run the graph ({type(exc).__name__}: {one_line(exc)})"
+        if score:
+            self.last_log_likelihood = score[0]
         problem = output_problem(actions, (feeds["observation"].shape[0], meta.horizon, meta.action_dim))
         return (None, problem) if problem else (actions, "")
 
@@ -271,6 +289,7 @@ class OnnxPolicy:
         output has the wrong shape or NaN/inf values (or cannot run on this input).
         """
         meta = self.metadata
+        self.last_log_likelihood = None  # no stale score survives a refused call
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == 1
         if single:
@@ -293,7 +312,7 @@ class OnnxPolicy:
         if not np.isfinite(w):
             raise ObservationError(f"guidance_scale {w} is not finite")
         feeds = {"observation": obs, "noise": noise_arr, "guidance_scale": np.array([w], dtype=np.float32)}
-        feeds.update(self._image_feeds(batch, single, images))
+        feeds.update(graph_image_feeds(self.path.name, self.metadata.observation.image_features, batch, single, images))
         if meta.rtc:
             feeds.update(self._prefix_feeds(batch, single, prefix_actions, prefix_length))
         elif prefix_length is not None and np.any(np.asarray(prefix_length) != 0):
@@ -301,36 +320,40 @@ class OnnxPolicy:
         actions, problem = self._run(feeds)
         if problem:
             raise InvalidOutputError(f"{self.path.name}: {problem}")
+        if single and self.last_log_likelihood is not None:
+            self.last_log_likelihood = float(np.asarray(self.last_log_likelihood).reshape(-1)[0])
         return actions[0] if single else actions
 
-    def _image_feeds(self, batch: int, single: bool, images: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-        """``image_<camera>`` (B, Hc, Wc, 3) uint8 per camera of the model, checked against the metadata."""
-        features = self.metadata.observation.image_features
-        given = dict(images or {})
-        if given and not features:
-            raise ObservationError(f"{self.path.name} has no image inputs, got images {sorted(given)}")
-        unknown = sorted(set(given) - {f.name for f in features})
-        if unknown:
-            raise ObservationError(f"{self.path.name}: unknown image feature(s) {unknown}; the model takes "
-                                   f"{[f.name for f in features]}")
-        feeds = {}
-        for feature in features:
-            shape = tuple(feature.image_shape)
-            expected = (batch, *shape)
-            if feature.name not in given:
-                raise ObservationError(f"camera {feature.camera!r}: no frame given (expected {feature.name} as uint8 {shape} RGB)")
-            frame = given[feature.name]
-            if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
-                got = getattr(frame, "dtype", type(frame).__name__)
-                raise ObservationError(f"camera {feature.camera!r}: frame dtype {got}, expected uint8 {shape} RGB")
-            received = tuple(frame.shape)
-            if single and frame.ndim == 3:
-                frame = frame[None]
-            if frame.shape != expected:
-                wanted = f"{shape}" if single else f"{expected}"
-                raise ObservationError(f"camera {feature.camera!r}: frame shape {received}, expected {wanted} (H, W, 3) uint8")
-            feeds[image_input_name(feature.camera)] = np.ascontiguousarray(frame)
-        return feeds
+    # -- observation density (metadata ``density``, issue 24) ----------------------------------
+    @property
+    def density_threshold(self) -> float | None:
+        """The calibrated log-likelihood threshold (nats), or None for a model without a density."""
+        return None if self.metadata.density is None else self.metadata.density.threshold
+
+    def predict_with_score(self, observation: np.ndarray, **kwargs) -> tuple[np.ndarray, float | np.ndarray | None]:
+        """(:meth:`predict`'s chunk(s), the observation log-likelihood of the same call: float / (B,), or
+        None for a model without a density)."""
+        actions = self.predict(observation, **kwargs)
+        return actions, self.last_log_likelihood
+
+    def _check_density_io(self, outputs: list[str]) -> None:
+        """A model with metadata ``density`` has exactly the outputs [actions, observation_log_likelihood]."""
+        want = ["actions", LOG_LIKELIHOOD_OUTPUT] if self.metadata.density is not None else ["actions"]
+        if outputs != want:
+            kind = "a density (metadata 'density')" if self.metadata.density is not None else "no density"
+            raise ModelFileError(f"{self.path}: graph outputs {outputs}, but the metadata describes a model with {kind}: "
+                                 f"outputs {want}")
+
+    def _check_density_at_load(self) -> None:
+        """The load-time call's score (a typical observation) must be one finite value per observation."""
+        if self.metadata.density is None:
+            return
+        score = self.last_log_likelihood
+        values = None if score is None else np.asarray(score)
+        if values is None or values.shape != (1,) or not np.all(np.isfinite(values)):
+            shown = None if values is None else values.tolist()
+            raise ModelFileError(f"{self.path}: output '{LOG_LIKELIHOOD_OUTPUT}' is {shown} on a typical observation "
+                                 "(expected one finite value): the density is broken, re-export it")
 
     def _prefix_feeds(self, batch: int, single: bool, prefix_actions: np.ndarray | None,
                       prefix_length: int | np.ndarray | None) -> dict[str, np.ndarray]:

@@ -126,4 +126,11 @@ def infer(predict: PredictFn, request: InferenceRequest, *, hold_on_error: bool 
             raise
         actions, error = None, f"{type(exc).__name__}: {one_line(exc)}"
     latency_s = (time.perf_counter_ns() - start_ns) * 1e-9
-    return InferenceResult.for_request(request, latency_s, actions, error, invalid)
+    return InferenceResult.for_request(request, latency_s, actions, error, invalid, scored(predict, error))
+
+
+def scored(predict: PredictFn, error: str | None) -> float | None:
+    """The observation log-likelihood of the call ``predict`` just made (its policy's
+    ``last_log_likelihood``, models with a density), or None (no density, or the call failed)."""
+    score = getattr(getattr(predict, "__self__", None), "last_log_likelihood", None)
+    return None if error is not None or score is None else float(np.asarray(score).reshape(-1)[0])

@@ -102,6 +102,9 @@ class ExecutionSettings:
     rtc_blend_ticks: int = _setting(DEFAULT_RTC_BLEND_TICKS, "chunking rtc: actions after the committed prefix "
                                     "blended linearly from the executing chunk into the new one (ticks; 0 = none)",
                                     low=0, high=100)
+    density_hold_after: int = _setting(2, "observation density guard (models with metadata density): hold after this "
+                                       "many decisions in a row score below the calibrated log-likelihood threshold; "
+                                       "resume after as many in a row at or above it", low=1, high=100)
     inject_delay_ms: float = _setting(0.0, "FOR EXPERIMENTS ONLY: each chunk becomes available this long (ms) after its "
                                       "request, to emulate a slow model (the real-time chunking delay protocol); "
                                       "0 on a robot", low=0.0, high=2000.0)
@@ -205,6 +208,8 @@ def controller_config(settings: ExecutionSettings, metadata: PolicyMetadata, per
         output_margin=settings.output_margin,
         rtc_min_prefix=settings.rtc_min_prefix,
         rtc_blend_ticks=settings.rtc_blend_ticks,
+        density_threshold=None if getattr(metadata, "density", None) is None else metadata.density.threshold,
+        density_hold_after=settings.density_hold_after,
     )
 
 

@@ -120,6 +120,11 @@ class EpisodeResult:
         invalid_outputs: ``predict`` calls whose output failed validation.
         ood_holds: times the controller held because the observation left the training range.
         goal_rejection: why the controller rejected the goal ("" = accepted).
+        density_holds: holds by the observation density guard (models with a density).
+        first_density_hold_tick: the tick of the first of them (None = none); the episode ends at a
+            collision or the time limit, so a hold is always before the failure it may prevent.
+        density_scores: the observation log-likelihood of every inference call (nats; empty
+            without a density).
     """
 
     seed: int
@@ -140,6 +145,9 @@ class EpisodeResult:
     first_invalid_output: str = ""
     ood_holds: int = 0
     goal_rejection: str = ""
+    density_holds: int = 0
+    first_density_hold_tick: int | None = None
+    density_scores: list[float] = field(default_factory=list)
 
 
 def check_sim_joints(meta: PolicyMetadata) -> None:
@@ -296,6 +304,8 @@ class ClosedLoop:
         chunk_ticks: list[int] = []
         latencies: list[float] = []
         first_invalid = ""
+        first_density_hold: int | None = None
+        scores: list[float] = []
 
         def joint_state(now_ns: int) -> tuple[list, np.ndarray]:
             obs = env.observe()
@@ -340,6 +350,8 @@ class ClosedLoop:
                 # other failure of an in-process call is a bug and ends the evaluation
                 result = infer(self.policy.predict, request, hold_on_error=False)
                 latencies.append(result.latency_s)
+                if result.log_likelihood is not None:
+                    scores.append(result.log_likelihood)
                 if result.invalid_output:
                     first_invalid = first_invalid or result.error
                 if delay_ns > 0:
@@ -349,6 +361,8 @@ class ClosedLoop:
             for result in ready:
                 received = controller.counters.chunks_received
                 decisions += controller.on_inference_result(result)
+                if first_density_hold is None and controller.guard.density.holds:
+                    first_density_hold = tick
                 if controller.counters.chunks_received > received:
                     chunk_ticks.append(tick + max(0, result.prefix_length - (tick - result.tick)))
             sent = [d for d in decisions if isinstance(d, Command)]
@@ -374,7 +388,8 @@ class ClosedLoop:
             commands=np.asarray(commands).reshape(-1, meta.action_dim), chunk_ticks=chunk_ticks,
             latencies_s=latencies, clipped_by_limiter=clipped, counters=controller.counters.as_dict(),
             invalid_outputs=counters.invalid_outputs, first_invalid_output=first_invalid, ood_holds=counters.ood_holds,
-            goal_rejection=controller.goal_rejection,
+            goal_rejection=controller.goal_rejection, density_holds=controller.guard.density.holds,
+            first_density_hold_tick=first_density_hold, density_scores=scores,
         )
 
 

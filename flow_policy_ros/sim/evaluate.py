@@ -16,7 +16,9 @@ windows inside one chunk, averaged over episodes, and their ratio (≈ 1: seams 
 ``latency_ms`` p50/p99 of ``predict``; ``time_to_goal_s`` mean over successful episodes;
 ``invalid_outputs`` = model outputs that failed validation (wrong shape, NaN/inf) of
 ``inference_calls``, with the first reason; ``ood_holds`` = out-of-distribution holds and
-``goals_rejected`` = episodes whose goal the guard refused, at ``ood_margin``.
+``goals_rejected`` = episodes whose goal the guard refused, at ``ood_margin``; ``density`` (models
+with an observation density, :func:`density_summary`) = density holds per episode, episodes held,
+failing episodes held before their failure, successful episodes with a hold, and the score's range.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def summarize(results: Sequence[EpisodeResult], task: str, seed: int, config: Lo
         "ood_margin": config.ood_margin,
         "ood_holds": sum(r.ood_holds for r in results),
         "goals_rejected": sum(bool(r.goal_rejection) for r in results),
+        "density": density_summary(results, config.density_hold_after),
         "controller": {key: sum(r.counters.get(key, 0) for r in results)
                        for key in sorted({k for r in results for k in r.counters})},
         "model": model,
@@ -127,6 +130,30 @@ def _episode_json(r: EpisodeResult) -> dict[str, Any]:
         "seed": r.seed, "success": r.success, "failure": r.failure, "route": r.route,
         "reached_time_s": r.reached_time_s, "final_distance_m": r.final_distance_m, "goal_m": r.goal.tolist(),
         "invalid_outputs": r.invalid_outputs, "ood_holds": r.ood_holds, "goal_rejection": r.goal_rejection,
+        "density_holds": r.density_holds, "first_density_hold_tick": r.first_density_hold_tick,
+        "density_min_score": min(r.density_scores) if r.density_scores else None,
+    }
+
+
+def density_summary(results: Sequence[EpisodeResult], hold_after: int) -> dict[str, Any] | None:
+    """Density holds of an evaluation (None when the model has no density): per episode, how many
+    episodes had one, how many failing episodes were held before their failure (an episode ends at
+    its collision or time limit, so any hold in it came first), how many successes saw one."""
+    if not any(r.density_scores for r in results):
+        return None
+    held = [r for r in results if r.density_holds]
+    failing = [r for r in results if not r.success]
+    scores = np.array([s for r in results for s in r.density_scores])
+    return {
+        "hold_after": hold_after,
+        "holds": sum(r.density_holds for r in results),
+        "episodes_held": len(held),
+        "episodes_held_fraction": len(held) / max(1, len(results)),
+        "failing_episodes": len(failing),
+        "failing_held_before_failure": sum(bool(r.density_holds) for r in failing),
+        "successful_episodes_held": sum(r.success for r in held),
+        "score_p1_p50": [float(np.percentile(scores, 1)), float(np.median(scores))],
+        "score_min": float(scores.min()),
     }
 
 
@@ -219,6 +246,12 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{ref['peaks']['accel_peak_rad_s2']:.1f}, jerk {ref['peaks']['jerk_peak_rad_s3']:.0f}): policy/expert accel "
             f"{_ratio(r['accel_peak'])} (seam {_ratio(r['accel_seam'])}, inside {_ratio(r['accel_inside'])}), jerk "
             f"{_ratio(r['jerk_peak'])} (seam {_ratio(r['jerk_seam'])}, inside {_ratio(r['jerk_inside'])})")
+    density = report.get("density")
+    if density:
+        lines.append(f"  observation density: {density['holds']} holds (k = {density['hold_after']}) in "
+                     f"{density['episodes_held']} episodes; failing episodes held before the failure "
+                     f"{density['failing_held_before_failure']}/{density['failing_episodes']}; successful episodes "
+                     f"with a hold {density['successful_episodes_held']}")
     return "\n".join(lines)
 
 
