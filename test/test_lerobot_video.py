@@ -191,7 +191,7 @@ def test_mapping_camera_missing_from_bag_or_dataset(tmp_path: Path, capsys: pyte
     code = main(["convert", str(tmp_path / "bags"), "--to-lerobot", str(tmp_path / "ds"), "--mapping", str(tmp_path / "m.yaml"),
                  "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "bags/ep0: missing topic /camera/wrist/image_raw" in err, err
+    assert code == 2 and "bags/ep0: missing image topic /camera/wrist/image_raw" in err, err
     bags_to_lerobot([tmp_path / "bags" / "ep0"], tmp_path / "ds", MAPPING)
     code = main(["convert", str(tmp_path / "ds"), "--to-rosbag2", str(tmp_path / "out"), "--mapping", str(tmp_path / "m.yaml"),
                  "--no-progress"])
@@ -249,5 +249,5 @@ def test_a_later_bag_without_the_camera_leaves_nothing(tmp_path: Path, capsys: p
     episode_bag(tmp_path / "bags" / "ep1", seed=1)
     code = main(["convert", str(tmp_path / "bags"), "--to-lerobot", str(tmp_path / "out" / "ds"), "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and f"bags/ep1: missing topic {TOPIC}" in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and f"bags/ep1: missing image topic {TOPIC}" in err, err
     assert list((tmp_path / "out").iterdir()) == []
