@@ -94,14 +94,15 @@ def make_tiny_model(path: Path, seed: int = 0, observation_range: dict[str, list
     return path
 
 
-def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshold: float = 0.0, value: float = 3.0) -> Path:
+def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshold: float = 0.0, value: float = 3.0,
+                       otherwise: list[float] | None = None) -> Path:
     """Copy the real exported model ``src`` to ``dst`` with its output changed by a few onnx.helper nodes.
 
     kind: 'nan' (every output NaN), 'nan_if_negative' (NaN when observation[index] < threshold, finite otherwise),
     'short' (only the first H/2 rows; the declared shape stays symbolic), 'declared_short' (the output
     declared as [B, H/2, A] while the metadata says H), 'constant' (every action ``value`` rad, finite:
     e.g. 3 rad off a training range that says otherwise), 'constant_if_below' (``value`` when
-    observation[index] < threshold, else 0 rad).
+    observation[index] < threshold, else ``otherwise``: one value per action joint (rad), default 0).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -152,14 +153,24 @@ def with_broken_output(src: Path, dst: Path, kind: str, index: int = 0, threshol
                 helper.make_node("Slice", ["observation", "s0", "s1", "ax"], ["obs_i"]),  # (B, 1)
                 helper.make_node("Less", ["obs_i", "threshold"], ["below"]),
                 helper.make_node("Cast", ["below"], ["below_f"], to=TensorProto.FLOAT),
-                helper.make_node("Mul", ["below_f", "value"], ["offset"]),
-                helper.make_node("Unsqueeze", ["offset", "ax"], ["offset3"]),  # (B, 1, 1)
-                helper.make_node("Add", ["zeros", "offset3"], ["actions"]),
+                helper.make_node("Unsqueeze", ["below_f", "ax"], ["below3"]),  # (B, 1, 1)
+                helper.make_node("Mul", ["below3", "jump"], ["offset3"]),  # (B, 1, A): value - otherwise if below
+                helper.make_node("Add", ["zeros", "otherwise"], ["level"]),
+                helper.make_node("Add", ["level", "offset3"], ["actions"]),
             ])
+            base = np.zeros(out_dim(out)) if otherwise is None else np.asarray(otherwise, dtype=np.float64)
+            graph.initializer.extend([helper.make_tensor("otherwise", TensorProto.FLOAT, [base.size], base.tolist()),
+                                      helper.make_tensor("jump", TensorProto.FLOAT, [base.size],
+                                                         (value - base).tolist())])
     else:
         raise ValueError(f"unknown kind {kind!r}")
     onnx.save(model, str(dst))
     return Path(dst)
+
+
+def out_dim(output: Any) -> int:
+    """The action dimension (last axis) an ONNX graph output declares."""
+    return int(output.type.tensor_type.shape.dim[-1].dim_value)
 
 
 def json_metadata(model: Any) -> dict[str, Any]:

@@ -328,11 +328,14 @@ def test_outputs_3_rad_off_the_training_action_range_hold_the_node(tmp_path, nod
     """Issue 22 item 2 over DDS: a model trained on actions in [-1, 1] rad whose outputs jump to 3 rad once
     joint 1 reads below -0.65 rad: the node holds (error), /diagnostics names joint, value and range,
     invalid_outputs counts, and no command goes beyond the range."""
-    from fake_robot import FakeRobot
+    from fake_robot import POSITIONS, FakeRobot
     from model_factory import make_tiny_model, with_broken_output
 
     base = make_tiny_model(tmp_path / "narrow.onnx", horizon=H, action_range={"low": [-1.0] * 7, "high": [1.0] * 7})
-    model = with_broken_output(base, tmp_path / "off.onnx", "constant_if_below", index=0, threshold=-0.65, value=3.0)
+    # Otherwise the outputs sit on the fake arm (which does not move): commands never drift from it, so a
+    # late replan cannot make the arm look 'not tracking' (that hold would come before the output check).
+    model = with_broken_output(base, tmp_path / "off.onnx", "constant_if_below", index=0, threshold=-0.65, value=3.0,
+                               otherwise=POSITIONS.tolist())
     robot = FakeRobot()
     try:
         node_process(params=params(model, execution=execution))
