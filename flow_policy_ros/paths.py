@@ -13,6 +13,8 @@ from pathlib import Path
 
 PACKAGE = "flow_policy_ros"
 DEFAULT_MODEL = "iiwa_reach"
+#: The shipped model a sim task runs when no model is named (tasks not listed run DEFAULT_MODEL).
+TASK_MODELS: dict[str, str] = {"reach_object": "iiwa_reach_object"}
 
 
 def share_dir() -> Path:

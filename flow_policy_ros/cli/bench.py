@@ -21,6 +21,7 @@ import numpy as np
 
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.cli.timing import latency_stats, spaced_latency, throughput
+from flow_policy_ros.sim.tasks import TASKS
 
 CALLS_DEFAULT = 2000
 
@@ -132,6 +133,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "50 Hz); 100 calls")
     parser.add_argument("--ros", action="store_true", help="closed-loop ROS 2 benchmark (sim_node + policy_node)")
     parser.add_argument("--duration", type=float, default=60.0, help="--ros: seconds of closed loop (default 60)")
+    parser.add_argument("--task", choices=TASKS, help="--ros: sim task (default reach; reach_object: the camera "
+                        "model, sim_node publishing the camera)")
     parser.add_argument("--inference", choices=["inline", "thread"],
                         help="--ros: policy_node's inference_thread (default: config/policy.yaml's)")
     parser.add_argument("--executor", choices=["single_threaded", "events"],

@@ -36,13 +36,16 @@ from flow_policy_ros.ros.launch_harness import (
     start_closed_loop,
 )
 from flow_policy_ros.runtime.settings import add_setting_flags
+from flow_policy_ros.sim.tasks import TASKS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=8,
                         help="episodes to run (default 8: about 16 s warm, 76 s on a first run after install)")
-    parser.add_argument("--task", default="reach", choices=("reach", "reach_around"), help="sim task (default reach)")
-    parser.add_argument("--model", help="ONNX policy (default: the shipped models/iiwa_reach.onnx)")
+    parser.add_argument("--task", default="reach", choices=TASKS,
+                        help="sim task (default reach; reach_object: sim_node publishes the camera, no goal)")
+    parser.add_argument("--model", help="ONNX policy (default: the task's shipped model: models/iiwa_reach.onnx, "
+                        "models/iiwa_reach_object.onnx for reach_object)")
     add_setting_flags(parser, ["execution", "inject_delay_ms"])  # policy_node's parameters of the same names
     parser.add_argument("--record", type=Path, metavar="BAG", help="record each episode as a rosbag2 under this directory "
                         "(trajectory mode: on /joint_trajectory_controller/joint_trajectory, as a JTC setup records)")
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--record {args.record}: exists and is not empty")
     if args.driver_model and not args.shadow:
         raise CliError("--driver-model: only with --shadow")
-    model = resolve_model(args.model)
+    model = resolve_model(args.model, args.task)
     shadow_model = None
     if args.shadow:
         shadow_model, model = model, resolve_model(args.driver_model)

@@ -50,11 +50,12 @@ def run(args: argparse.Namespace) -> int:
     duration = float(args.duration)
     if duration < 5.0:
         raise CliError(f"--duration {duration}: use at least 5 s")
-    model = resolve_model(args.model)
+    task = getattr(args, "task", None) or "reach"
+    model = resolve_model(args.model, task)
     env = ros_environment()
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     log_dir = Path(tempfile.mkdtemp(prefix="flow-policy-bench-ros-"))
-    print(f"bench --ros: {duration:g} s closed loop, model {model.name}; ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}; "
+    print(f"bench --ros: {duration:g} s closed loop of {task}, model {model.name}; ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}; "
           f"logs in {log_dir}", flush=True)
     monitor = LoopMonitor()
     overrides: dict[str, object] = {}
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["inference_thread"] = args.inference == "thread"
     if getattr(args, "executor", None):
         overrides["executor"] = args.executor
-    nodes = start_closed_loop(env, log_dir, model, "reach", 0, "stream", None, getattr(args, "thread_priority", 0),
+    nodes = start_closed_loop(env, log_dir, model, task, 0, "stream", None, getattr(args, "thread_priority", 0),
                               policy_overrides=overrides)
     try:
         problem = run_loop(nodes, monitor, lambda _: monitor.snapshot()[1].get("state") == "running", 60.0)
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "executor": policy.get("executor"),
         "targets": TARGETS,
         "model": str(model),
+        "task": task,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "log_dir": str(log_dir),

@@ -229,11 +229,12 @@ def stage_summary(policy: Mapping[str, str]) -> dict[str, dict[str, float | None
     return {stage: {f"p{q}_ms": _ms(policy, f"stage_{stage}_p{q}_ms") for q in (50, 99)} for stage in STAGES}
 
 
-def resolve_model(model: str | None) -> Path:
+def resolve_model(model: str | None, task: str = "reach") -> Path:
+    """``model`` as an existing absolute path; None: the shipped model for ``task`` (:data:`paths.TASK_MODELS`)."""
     path = Path(model) if model else None
     if path is None:
         try:
-            path = paths.default_model_path()
+            path = paths.default_model_path(paths.TASK_MODELS.get(task, paths.DEFAULT_MODEL))
         except FileNotFoundError as exc:
             raise UsageError(f"{exc}; pass --model PATH") from exc
     if not path.is_file():
