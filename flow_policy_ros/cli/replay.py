@@ -276,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['decisions_per_s']:.0f} decisions/s on the wall clock ({summary['wall_time_s']:.1f} s; "
           f"model calls alone {summary['inference_decisions_per_s']:.0f}/s); report {args.out / 'report.json'}")
     if args.plots != "none":
-        per_bag = f" and {2 * len(replays)} per-bag plots" if args.plots == "all" else ""
+        count = sum(len(rep.report.get("plots", [])) for rep in replays)  # joints, horizon, cameras, density
+        per_bag = f" and {count} per-bag plots" if count else ""
         print(f"replay: plots: {report['summary_plot']}{per_bag}")
     if summary.get("density") is not None:
         d = summary["density"]
