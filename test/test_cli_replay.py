@@ -94,3 +94,47 @@ def test_plots_summary_by_default_all_or_none_and_wall_clock_throughput(tmp_path
         if choice != "none":
             assert f"plots: {out / 'summary.png'}" in captured.out and report["summary_plot"] == str(out / "summary.png")
             assert (out / "summary.png").stat().st_size > 10_000
+
+
+def test_fallback_from_recorded_commands_is_said_in_one_line_and_reported(tmp_path, model, capsys):
+    """A bag without /commands is scored against /joint_states: the per-bag report names the topic
+    wanted and the one used, the console says it in one line naming the bag; a bag with commands
+    has no fallback (field None, no line)."""
+    with_cmd = synthetic_bag(tmp_path / "run" / "with_commands", seed=1)
+    without = synthetic_bag(tmp_path / "run" / "no_commands", seed=2, commands=False)
+    out = tmp_path / "out"
+    assert main(["replay", str(with_cmd), str(without), "--model", str(model), "--out", str(out), "--no-plots",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    by_name = {Path(b["bag"]).name: b for b in report["bags"]}
+    assert by_name["with_commands"]["action_source"] == "commands" and by_name["with_commands"]["action_fallback"] is None
+    fallback = by_name["no_commands"]["action_fallback"]
+    assert by_name["no_commands"]["action_source"] == "joint_states"
+    assert fallback == {"wanted_source": "commands", "wanted_topic": "/commands", "used_source": "joint_states",
+                        "used_topic": "/joint_states", "reason": "the bag has no /commands messages"}
+    assert report["overall"]["action_fallback_bags"] == 1
+    lines = [line for line in err.splitlines() if "fell back" in line]
+    assert lines == ["replay: warning: action source fell back in 1 of 2 bag(s): no /commands in no_commands: scored "
+                     "against the executed joint positions on /joint_states instead of the recorded commands"]
+
+    assert main(["replay", str(with_cmd), "--model", str(model), "--out", str(tmp_path / "ok"), "--no-plots"]) == 0
+    assert "fell back" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "ok" / "report.json").read_text())["overall"]["action_fallback_bags"] == 0
+
+
+def test_fallback_to_the_recorded_trajectory_names_that_topic(tmp_path, model):
+    """A policy's own recording with chunks on /joint_trajectory but no /commands falls back to the chunks."""
+    from test_replay import policy_recorded_bag
+
+    from flow_policy_ros.cli.replay import fallback_line
+    from flow_policy_ros.data.replay import replay_bag
+    from flow_policy_ros.runtime.onnx_policy import OnnxPolicy
+
+    bag = policy_recorded_bag(tmp_path / "traj_only", model, noise_seed=2, ticks=20, commands=False)
+    report = replay_bag(bag, OnnxPolicy(model, warmup=0)).report
+    assert report["action_source"] == "trajectory"
+    assert report["action_fallback"]["used_topic"] == "/joint_trajectory"
+    assert fallback_line([report]) == ("action source fell back in 1 of 1 bag(s): no /commands in traj_only: scored "
+                                       "against the recorded trajectory chunks on /joint_trajectory instead of the "
+                                       "recorded commands")

@@ -188,3 +188,28 @@ def test_shipped_files_written_with_the_old_step_key_still_load(name: str) -> No
     assert meta.solver_steps == raw["euler_steps"] == ckpt.config.policy.solver_steps
     assert ExperimentConfig.from_dict(old_config).policy.solver_steps == meta.solver_steps
     assert json.loads(meta.to_json())["solver_steps"] == meta.solver_steps and "euler_steps" not in json.loads(meta.to_json())
+
+
+@pytest.mark.parametrize("name", ["iiwa_reach", "iiwa_reach_2step", "iiwa_reach_around", "iiwa_reach_around_2step",
+                                  "iiwa_reach_around_rtc"])
+def test_shipped_state_models_carry_their_training_action_range_and_density(name: str) -> None:
+    """The output range guard is on for the shipped state models: their metadata's action_range is the
+    one export derives from the shipped checkpoint, the graph keeps its density output, and the model
+    card lists the file's sha256."""
+    import hashlib
+
+    from flow_policy_ros.export.onnx_export import training_action_range
+    from flow_policy_ros.policy.checkpoint import load_checkpoint
+    from flow_policy_ros.runtime.metadata import LOG_LIKELIHOOD_OUTPUT, output_guard_status
+
+    policy = OnnxPolicy(MODELS_DIR / f"{name}.onnx", warmup=1)  # the load-time check call: inside the range
+    meta = policy.metadata
+    derived = training_action_range(load_checkpoint(MODELS_DIR / f"{name}.pt"))
+    assert meta.action_range is not None and derived is not None
+    assert output_guard_status(meta.action_range, 0.25) == "on (margin 0.25 range widths)"
+    assert meta.action_range.labels == tuple(meta.action_joint_names)
+    assert meta.action_range.low.tolist() == derived.low.tolist() and meta.action_range.high.tolist() == derived.high.tolist()
+    assert meta.action_range.source == derived.source
+    assert meta.density is not None and LOG_LIKELIHOOD_OUTPUT in [o.name for o in policy.session.get_outputs()]
+    sha = hashlib.sha256((MODELS_DIR / f"{name}.onnx").read_bytes()).hexdigest()
+    assert f"sha256 `{sha}`" in (MODELS_DIR / f"{name}.md").read_text()

@@ -126,6 +126,28 @@ def fail_on_violations(limits: dict[str, float], overall: dict[str, Any]) -> lis
     return out
 
 
+#: What replay scored against when a bag had no recorded commands (report ``action_fallback.used_source``).
+FALLBACK_TARGETS = {"joint_states": "the executed joint positions", "trajectory": "the recorded trajectory chunks"}
+
+
+def fallback_line(bag_reports: Sequence[dict[str, Any]]) -> str:
+    """One console line naming the bags whose action source fell back from the recorded commands
+    (the topic wanted, the topic used), or '' when every bag had what was asked."""
+    fell = [r for r in bag_reports if r.get("action_fallback")]
+    if not fell:
+        return ""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for r in fell:
+        fb = r["action_fallback"]
+        groups.setdefault((fb["wanted_topic"], fb["used_source"], fb["used_topic"]), []).append(Path(r["bag"]).name)
+    parts = []
+    for (wanted, used, topic), names in groups.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        parts.append(f"no {wanted} in {shown}: scored against {FALLBACK_TARGETS[used]} on {topic} instead of the "
+                     "recorded commands")
+    return f"action source fell back in {len(fell)} of {len(bag_reports)} bag(s): " + "; ".join(parts)
+
+
 def _output_names(bags: Sequence[Path]) -> list[str]:
     names: list[str] = []
     for bag_path in bags:
@@ -209,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
                                  f"were invalid (first: {first})")
     if meta.observation_range is None:
         print("replay: warning: out-of-distribution guard off: no training range in metadata", file=sys.stderr)
+    fallback = fallback_line([rep.report for rep in replays])
+    if fallback:
+        print(f"replay: warning: {fallback}", file=sys.stderr)
     for rep in replays:
         warning = safety_warning(rep.report)
         if warning:
@@ -251,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['decisions_per_s']:.0f} decisions/s on the wall clock ({summary['wall_time_s']:.1f} s; "
           f"model calls alone {summary['inference_decisions_per_s']:.0f}/s); report {args.out / 'report.json'}")
     if args.plots != "none":
-        per_bag = f" and {2 * len(replays)} per-bag plots" if args.plots == "all" else ""
+        count = sum(len(rep.report.get("plots", [])) for rep in replays)  # joints, horizon, cameras, density
+        per_bag = f" and {count} per-bag plots" if count else ""
         print(f"replay: plots: {report['summary_plot']}{per_bag}")
     if summary.get("density") is not None:
         d = summary["density"]
@@ -295,6 +321,7 @@ def _report(args: argparse.Namespace, policy: Any, replays: Sequence[BagReplay],
         "bags": [r.report for r in replays],
         "ood_margin": args.ood_margin,
         "overall": {"decisions": decisions, "invalid_outputs": decisions - len(pred),
+                    "action_fallback_bags": sum(r.report["action_fallback"] is not None for r in replays),
                     "first_action_mae_rad": overall["first_action"]["mae_rad"],
                     "mae_rad": overall["overall"]["mae_rad"], "rmse_rad": overall["overall"]["rmse_rad"],
                     "horizon_mae_rad": overall["horizon"]["mae_rad"],

@@ -15,7 +15,8 @@ Conventions:
   action joints); the ``trajectory_topic`` argument's trajectory_msgs/JointTrajectory chunks
   (a policy_node's own output, read as the 'joint_trajectory' source; reported as
   'trajectory'); else the executed joint positions (the position at t_{k+1} is the action of
-  tick k). 'joint_trajectory' and 'controller_state' read ``data.trajectory_topic`` /
+  tick k). A fallback is reported per bag (``action_fallback``: the topic wanted and the one
+  used; the CLI says it in one console line). 'joint_trajectory' and 'controller_state' read ``data.trajectory_topic`` /
   ``data.controller_state_topic`` (:func:`flow_policy_ros.data.bag.trajectory_targets`,
   :func:`~flow_policy_ros.data.bag.controller_state_targets`). Steps of a chunk that run past
   the last recorded tick are not scored.
@@ -145,6 +146,21 @@ class ReplaySource:
     goal_source: str  # 'topic', 'argument' or 'none'
     images: dict[str, ImageSeries] = field(default_factory=dict)  # image feature name -> its frames (camera models)
     image_topics: dict[str, str] = field(default_factory=dict)  # image feature name -> the bag topic read
+    action_fallback: dict[str, str] | None = None  # see :func:`action_fallback`; None: the source asked for
+
+
+def action_fallback(data_cfg: DataConfig, source: str, trajectory_topic: str) -> dict[str, str] | None:
+    """What replay scored against instead of the recorded commands, or None when it used what was asked.
+
+    Only action_source 'commands' falls back (to ``trajectory_topic``'s chunks, reported as source
+    'trajectory', else to the executed joint positions); the other sources are an error when missing.
+    Keys: wanted_source, wanted_topic, used_source, used_topic, reason (one phrase).
+    """
+    if data_cfg.action_source != "commands" or source == "commands":
+        return None
+    used_topic = trajectory_topic if source == "trajectory" else data_cfg.joint_states_topic
+    return {"wanted_source": "commands", "wanted_topic": data_cfg.command_topic, "used_source": source,
+            "used_topic": used_topic, "reason": f"the bag has no {data_cfg.command_topic} messages"}
 
 
 def image_bag_topic(path: Path, feature: FeatureSpec, topics: Mapping[str, Any]) -> str:
@@ -286,7 +302,8 @@ def read_source(path: Path, meta: PolicyMetadata, data_cfg: DataConfig = bagio.D
                   action_source="joint_trajectory" if source == "trajectory" else source,
                   trajectory_topic=trajectory_topic if source == "trajectory" else data_cfg.trajectory_topic)
     images, image_topics = read_images(path, meta.observation.image_features)
-    return ReplaySource(path, rec, cfg, source, goal_source, images, image_topics)
+    return ReplaySource(path, rec, cfg, source, goal_source, images, image_topics,
+                        action_fallback(data_cfg, source, trajectory_topic))
 
 
 # --------------------------------------------------------------------------- decisions and inference
@@ -419,20 +436,31 @@ def _scores(policy: Any, count: int) -> np.ndarray:
     return np.full(count, np.nan) if score is None else np.asarray(score, np.float64).reshape(-1)
 
 
+def density_held(scores: np.ndarray | None, meta: PolicyMetadata, hold_after: int = DEFAULT_HOLD_AFTER) -> np.ndarray | None:
+    """(N,) bool: the decisions the node's density guard would hold (k = ``hold_after`` below the
+    threshold in a row; every decision scored in time order); None for a model without a density."""
+    density = getattr(meta, "density", None)
+    if scores is None or density is None:
+        return None
+    guard = DensityGuard(density.threshold, hold_after)
+    return np.array([bool(guard.observe(float(s))) for s in scores], dtype=bool)
+
+
 def density_report(scores: np.ndarray | None, meta: PolicyMetadata, hold_after: int = DEFAULT_HOLD_AFTER) -> dict[str, Any] | None:
     """Score distribution, flagged fraction (score < threshold) and the fraction of decisions the
-    density guard would hold (k = ``hold_after`` in a row; every decision scored in time order)."""
+    density guard would hold (:func:`density_held`)."""
     density = getattr(meta, "density", None)
     if scores is None or density is None:
         return None
     finite = scores[np.isfinite(scores)]
-    guard = DensityGuard(density.threshold, hold_after)
-    held = sum(bool(guard.observe(float(s))) for s in scores)
+    mask = density_held(scores, meta, hold_after)
+    held = int(mask.sum())
+    holds = int(np.count_nonzero(np.diff(mask.astype(np.int8), prepend=0) == 1))  # hold spans entered
     quantiles = {f"p{q}": float(np.percentile(finite, q)) for q in (1, 5, 50)} if finite.size else {}
     return {"threshold": density.threshold, "hold_after": hold_after, "decisions": int(len(scores)),
             "min": float(finite.min()) if finite.size else None, **quantiles,
             "flagged": int(np.sum(~(scores >= density.threshold))), "flagged_fraction": float(np.mean(~(scores >= density.threshold))),
-            "held_decisions": held, "held_fraction": held / max(1, len(scores)), "holds": guard.holds}
+            "held_decisions": held, "held_fraction": held / max(1, len(scores)), "holds": holds}
 
 
 def _images_kw(images: Mapping[str, np.ndarray] | None, index: int | slice | np.ndarray) -> dict[str, Any]:
@@ -579,11 +607,13 @@ class SafetyReview:
         published: (N, H, A) float64, each chunk clamped as the node sends it (rad); NaN rows where held.
         held: (N,) bool, the node would hold instead (out of distribution, invalid, measured beyond limits).
         report: the JSON summary (fractions and counts; see :func:`safety_review`).
+        ood: (N,) bool, the held decisions that are out of distribution (all False with the guard off).
     """
 
     published: np.ndarray
     held: np.ndarray
     report: dict[str, Any]
+    ood: np.ndarray | None = None
 
 
 def safety_review(predicted: np.ndarray, invalid: np.ndarray, dec: Decisions, meta: PolicyMetadata,
@@ -634,7 +664,7 @@ def safety_review(predicted: np.ndarray, invalid: np.ndarray, dec: Decisions, me
         "held_decisions": int(held.sum()),
         "clamped_decisions": clamped,
     })
-    return SafetyReview(published, held, report)
+    return SafetyReview(published, held, report, ood)
 
 
 def safety_warning(report: dict[str, Any]) -> str:
@@ -703,7 +733,8 @@ def replay_bag(path: Path, policy: Any, data_cfg: DataConfig = bagio.DEFAULT_DAT
     review = safety_review(predicted, pred.invalid, dec, meta, ood_margin)
     wall_s = time.perf_counter() - t0  # all of this bag's work (the prefix check below excepted)
     report = {
-        "bag": str(src.path), "action_source": src.action_source, "goal_source": src.goal_source,
+        "bag": str(src.path), "action_source": src.action_source, "action_fallback": src.action_fallback,
+        "goal_source": src.goal_source,
         "decisions": n, "duration_s": float((dec.ticks_ns[-1] - dec.ticks_ns[0]) * 1e-9),
         "first_decision_ns": int(dec.ticks_ns[0]),
         "skipped_joint_states": int(src.recording.metadata.get("skipped_joint_states", 0)),

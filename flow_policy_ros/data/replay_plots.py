@@ -35,28 +35,114 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_joints(path: Path, rep: BagReplay, meta: PolicyMetadata) -> Path:
-    """Per joint: recorded action per tick, predicted first action per decision, a few whole chunks (rad vs s)."""
+#: Colour of each kind of held decision in :func:`plot_joints` (shaded spans; legend label -> colour).
+HOLD_COLOURS = {"held: out of distribution": "tab:purple",
+                "held: invalid output or measured beyond the limits": "tab:red",
+                "held: observation density": "tab:brown"}
+#: A joint limit further than this many data spans beyond the plotted data is drawn off scale (its
+#: line outside the view, its value with an arrow right of the axis) so the trajectories stay readable.
+LIMIT_VIEW_SPANS = 0.5
+
+
+def hold_masks(rep: BagReplay, meta: PolicyMetadata) -> dict[str, np.ndarray]:
+    """Legend label -> (N,) bool: the decisions policy_node would hold, by reason (disjoint).
+
+    Out of distribution (observation range guard), else invalid output or measured position
+    beyond the limits (the rest of the safety review's holds), else the density guard's hold.
+    """
+    from flow_policy_ros.data.replay import density_held
+
+    n = len(rep.decisions.ticks_ns)
+    held = rep.safety.held if rep.safety is not None else np.zeros(n, bool)
+    ood = rep.safety.ood if rep.safety is not None and rep.safety.ood is not None else np.zeros(n, bool)
+    density = density_held(rep.scores, meta)
+    labels = list(HOLD_COLOURS)
+    return {labels[0]: ood & held, labels[1]: held & ~ood,
+            labels[2]: np.zeros(n, bool) if density is None else density & ~held}
+
+
+def mask_spans(times_s: np.ndarray, mask: np.ndarray, period_s: float) -> list[tuple[float, float]]:
+    """(start, end) s of each run of consecutive True decisions, each decision covering
+    ± period/2 around its time; a gap of more than 1.5 periods between decisions ends a run."""
+    spans: list[tuple[float, float]] = []
+    start = prev = None
+    for t, on in zip(times_s, mask):
+        if on and start is not None and t - prev > 1.5 * period_s:
+            spans.append((start - period_s / 2, prev + period_s / 2))
+            start = None
+        if on:
+            start = t if start is None else start
+            prev = t
+        elif start is not None:
+            spans.append((start - period_s / 2, prev + period_s / 2))
+            start = None
+    if start is not None:
+        spans.append((start - period_s / 2, prev + period_s / 2))
+    return spans
+
+
+def _limit_view(ax: Any, data: np.ndarray, lower: float, upper: float, legend: bool) -> None:
+    """Draw the joint's limits (dashed red) and set the y view: the data, plus each limit that lies
+    within LIMIT_VIEW_SPANS data spans of it; a limit further away gets its value (rad) with an
+    arrow right of the axis.
+    ``legend``: label the lines 'joint limit' (one axis does)."""
+    finite = data[np.isfinite(data)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (lower, upper)
+    span = max(hi - lo, 0.05)
+    near = span * LIMIT_VIEW_SPANS
+    view_lo = min(lo, lower) if lower >= lo - near else lo
+    view_hi = max(hi, upper) if upper <= hi + near else hi
+    pad = 0.08 * (view_hi - view_lo or span)
+    ax.set_ylim(view_lo - pad, view_hi + pad)
+    for value, side in ((lower, "lower"), (upper, "upper")):
+        ax.axhline(value, color="tab:red", ls="--", lw=0.9, gid=f"joint_limit_{side}",
+                   label="joint limit (\u2191/\u2193 value at the right: off scale)" if legend and side == "lower" else None)
+    for value, side, y, va, arrow in ((lower, "lower", 0.0, "bottom", "\u2193"), (upper, "upper", 1.0, "top", "\u2191")):
+        if not view_lo - pad <= value <= view_hi + pad:
+            ax.text(1.005, y, f"{arrow} {value:.3f}", transform=ax.transAxes, ha="left", va=va, fontsize=7,
+                    color="tab:red", gid=f"joint_limit_{side}_off_scale")
+
+
+def joints_figure(rep: BagReplay, meta: PolicyMetadata) -> Figure:
+    """The per-joint figure of :func:`plot_joints` (one axis per action joint, top to bottom)."""
     dec = rep.decisions
     t0 = dec.ticks_ns[0]
     t_rec = (dec.action_ticks_ns - t0) * 1e-9
     t_dec = (dec.ticks_ns - t0) * 1e-9
     a = meta.action_dim
-    fig = Figure(figsize=(10, 1.8 * a), layout="constrained")
+    fig = Figure(figsize=(10, 1.8 * a + 0.6), layout="constrained")
     axes = fig.subplots(a, 1, sharex=True, squeeze=False)[:, 0]
     step_s = meta.control_period_s * np.arange(meta.horizon)
     drawn = np.unique(np.linspace(0, len(t_dec) - 1, min(CHUNKS_DRAWN, len(t_dec))).astype(int))
+    masks = hold_masks(rep, meta)
+    spans = {label: mask_spans(t_dec, mask, meta.control_period_s) for label, mask in masks.items()}
     for j, ax in enumerate(axes):
+        for label, runs in spans.items():
+            for k, (start, end) in enumerate(runs):
+                ax.axvspan(start, end, color=HOLD_COLOURS[label], alpha=0.18, lw=0, gid=label,
+                           label=f"{label} ({int(masks[label].sum())} decisions)" if j == 0 and k == 0 else None)
         ax.plot(t_rec, dec.actions[:, j], color="black", lw=1.0, label="recorded")
         ax.plot(t_dec, rep.predicted[:, 0, j], color="tab:blue", lw=0.8, label="predicted (first action)")
         for k, d in enumerate(drawn):
             ax.plot(t_dec[d] + step_s, rep.predicted[d, :, j], color="tab:orange", lw=0.8,
                     label="predicted chunk" if k == 0 else None)
+        shown = np.concatenate([dec.actions[:, j], rep.predicted[:, 0, j], rep.predicted[drawn, :, j].ravel()])
+        _limit_view(ax, shown.astype(np.float64), meta.limits.lower[j], meta.limits.upper[j], j == 0)
         ax.set_ylabel(f"{meta.action_joint_names[j]}\n(rad)", fontsize=8)
-    axes[0].legend(loc="upper right", fontsize=7)
-    axes[0].set_title(f"{rep.source.path.name}: predicted vs recorded ({rep.source.action_source})")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=7)
+    fallback = rep.source.action_fallback
+    recorded = (f"{fallback['used_topic']}: no {fallback['wanted_topic']} in the bag" if fallback
+                else rep.source.action_source)
+    fig.suptitle(f"{rep.source.path.name}: predicted vs recorded ({recorded})", fontsize=10)
     axes[-1].set_xlabel("time since first decision (s)")
-    return _save(fig, path)
+    return fig
+
+
+def plot_joints(path: Path, rep: BagReplay, meta: PolicyMetadata) -> Path:
+    """Per joint: recorded action per tick, predicted first action per decision, a few whole chunks
+    (rad vs s), the joint limits (dashed red; off scale when far from the data) and the decisions
+    the node would hold, shaded by reason (:func:`hold_masks`)."""
+    return _save(joints_figure(rep, meta), path)
 
 
 def plot_density(path: Path, rep: BagReplay) -> Path:
