@@ -230,3 +230,18 @@ def test_bad_camera_dataset_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("flow-policy train: error: ") and re.search(message, err), err
     assert tree_digest(tmp_path / "ds") == before and not any((tmp_path / "run").glob("*"))  # no checkpoint
+
+
+def test_frames_that_cannot_fit_in_memory_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reserving the frames fails (MemoryError: a dataset far larger than RAM): a DatasetError naming the
+    feature and the size, before anything is decoded."""
+    from flow_policy_ros.policy import lerobot_windows
+
+    def no_memory(capacity: int, shape: tuple[int, int, int]) -> None:
+        raise MemoryError(f"Unable to allocate {capacity} frames")
+
+    monkeypatch.setattr(lerobot_windows, "FrameStore", no_memory)
+    fixture = REPO / "test/fixtures/lerobot_v30_video_by_lerobot_0.6.1"
+    with pytest.raises(DatasetError, match=r"meta/info.json: feature 'observation.images.front': 55 frames of \[64, 64, 3\] "
+                                           r"\(0.0 GB as uint8\) cannot be reserved in memory"):
+        lerobot_windows.lerobot_windows(fixture, camera_policy(), progress=False)

@@ -170,7 +170,7 @@ class FrameStore:
         shape: (H, W, 3) of every frame.
     """
 
-    def __init__(self, capacity: int, shape: tuple[int, int, int]) -> None:
+    def __init__(self, capacity: int, shape: tuple[int, ...]) -> None:
         self.shape = tuple(int(s) for s in shape)
         self._frames = np.empty((max(int(capacity), 1), *self.shape), np.uint8)
         self._count = 0

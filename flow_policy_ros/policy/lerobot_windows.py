@@ -26,7 +26,7 @@ windows of those bags:
 
 Arrays: observations (N, obs_dim) float32, actions (N, H, A) float32, episode_index (N,) int64,
 frames[camera] (F, H, W, 3) uint8 and frame_index[camera] (N,) int64 (no npz cache: reading the parquet
-is as fast as reading a cache; decoding 96 x 96 AV1 runs at about 700 frames/s, docs/lerobot.md),
+is as fast as reading a cache; 96 x 96 AV1 decodes at about 4,000 frames/s here, docs/lerobot.md),
 checked there like an npz file's (shapes, finite values). Every episode trains (a LeRobot
 dataset has no success flag). Bad input is a one-line :class:`~flow_policy_ros.errors.DatasetError` naming the file and the feature.
 """
@@ -80,6 +80,18 @@ def video_keys_of(ds: LeRobotDataset, policy_cfg: PolicyConfig) -> dict[str, str
     return keys
 
 
+def frame_store(ds: LeRobotDataset, key: str, total: int) -> FrameStore:
+    """A FrameStore for up to ``total`` frames of video feature ``key``; DatasetError when even reserving
+    them fails (they would not fit in memory once decoded, were they all distinct)."""
+    shape = tuple(int(v) for v in ds.features[key]["shape"])
+    try:
+        return FrameStore(total, shape)
+    except MemoryError as exc:
+        raise DatasetError(f"{ds.root / INFO_PATH}: feature {key!r}: {total} frames of {list(shape)} "
+                           f"({total * int(np.prod(shape)) / 1e9:.1f} GB as uint8) cannot be reserved in memory; "
+                           "train on fewer episodes or smaller frames") from exc
+
+
 def lerobot_windows(root: Path, policy_cfg: PolicyConfig, progress: bool = True) -> tuple[
         np.ndarray, np.ndarray, np.ndarray, dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The training windows of the dataset at ``root`` (rule in the module docstring): observations
@@ -100,7 +112,7 @@ def lerobot_windows(root: Path, policy_cfg: PolicyConfig, progress: bool = True)
     state_cols = ds.columns_of(STATE, policy_cfg.observation.state_names())
     action_cols = ds.columns_of(ACTION, policy_cfg.action_joint_names)
     total = sum(int(ep["length"]) for ep in ds.episodes)
-    stores = {camera: FrameStore(total, tuple(ds.features[key]["shape"])) for camera, key in keys.items()}
+    stores = {camera: frame_store(ds, key, total) for camera, key in keys.items()}
     h = policy_cfg.horizon
     obs_parts: list[np.ndarray] = []
     act_parts: list[np.ndarray] = []
