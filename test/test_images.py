@@ -18,6 +18,7 @@ from flow_policy_ros.data.bag import (
 from flow_policy_ros.data.images import (
     COMPRESSED_IMAGE,
     IMAGE,
+    FrameStore,
     ImageDecodeError,
     ImageSeries,
     compress_frame,
@@ -168,3 +169,25 @@ def test_bag_with_a_corrupt_compressed_frame_names_bag_topic_and_index(tmp_path:
     with pytest.raises(BagError, match=f"corrupt: {TOPIC}/compressed message #1: corrupt jpeg data") as info:
         read_image_topic(tmp_path / "corrupt", TOPIC + "/compressed")
     assert "\n" not in str(info.value)
+
+
+def test_frame_store_keeps_each_distinct_frame_once_and_indexes_every_frame() -> None:
+    """Frames identical to the one stored last share its slot (a camera image held over dataset frames);
+    every index points at exactly the frame added; finish() gives back the unused capacity."""
+    a, b, c = frames(3, seed=4)
+    store = FrameStore(capacity=9, shape=a.shape)
+    first = store.add(np.stack([a, a, a, b]))
+    second = store.add(np.stack([b, c, a]))  # b continues across episodes; a again later: a new slot
+    np.testing.assert_array_equal(first, [0, 0, 0, 1])
+    np.testing.assert_array_equal(second, [1, 2, 3])
+    stored = store.finish()
+    assert stored.shape == (4, *a.shape) and stored.dtype == np.uint8 and len(store) == 4
+    np.testing.assert_array_equal(stored[np.concatenate([first, second])], np.stack([a, a, a, b, b, c, a]))
+    with pytest.raises(ValueError, match="after finish"):
+        store.add(a[None])
+    full = FrameStore(capacity=1, shape=a.shape)
+    full.add(a[None])
+    with pytest.raises(ValueError, match="capacity of 1"):
+        full.add(b[None])
+    with pytest.raises(ValueError, match=r"expected \(N, \(5, 7, 3\)\) uint8"):
+        FrameStore(2, a.shape).add(a[None].astype(np.float32))

@@ -203,19 +203,16 @@ def test_lerobot_written_dataset_trains_exports_and_replays(tmp_path: Path, caps
     assert tree_digest(LEROBOT_FIXTURE) == before
 
 
-def test_an_image_policy_is_refused_not_trained_blind(tmp_path: Path) -> None:
-    """A policy observing image.front: refused naming the video (missing here), never trained on its
-    low-dimensional inputs alone."""
+def test_an_image_policy_needs_the_cameras_video(tmp_path: Path) -> None:
+    """A policy observing image.front on a dataset without that video: refused naming the feature, never
+    trained on its low-dimensional inputs alone (training with the video: test_lerobot_train_images.py)."""
     from flow_policy_ros.contract import image_feature
 
     spec = ObservationSpec(tuple(NAMES), ("joint_positions", "goal", "image.front"), (image_feature("front", 64, 64),))
     cfg = PolicyConfig(observation=spec, horizon=3)
-    with pytest.raises(DatasetError, match=r"meta/info.json: the policy observes \['observation.images.front'\]; "
-                                           r"the dataset's videos are \[\]"):
+    with pytest.raises(DatasetError, match=r"meta/info.json: no video feature 'observation.images.front' for the "
+                                           r"policy's 'image.front'; the dataset's videos are \[\]"):
         dataset.load_training_data(LEROBOT_FIXTURE, cfg, DataConfig(), progress=False)
-    video_fixture = LEROBOT_FIXTURE.parent / "lerobot_v30_video_by_lerobot_0.6.1"
-    with pytest.raises(DatasetError, match=r"the policy observes \['observation.images.front'\]; these windows carry no images"):
-        dataset.load_training_data(video_fixture, cfg, DataConfig(), progress=False)
 
 
 def test_a_new_vector_feature_converts_both_ways_and_trains_like_the_bags(tmp_path: Path) -> None:

@@ -150,3 +150,54 @@ def compress_frame(frame: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> b
     Image.fromarray(frame, "RGB").save(out, format="JPEG" if kind == "jpeg" else "PNG",
                                        **({"quality": int(quality)} if kind == "jpeg" else {}))
     return out.getvalue()
+
+
+class FrameStore:
+    """One camera's frames for training windows, each distinct frame stored once.
+
+    Frames are appended episode after episode (:meth:`add` returns each one's index into the final
+    array); a frame identical to the one stored last shares its slot. A LeRobot video holds every
+    dataset frame, so a 12.5 Hz camera held onto 50 fps repeats each image 4 times; after decoding
+    (AV1, GOP 2) about 4 in 5 frames of the sim's episodes equal the one before them bit for bit, and
+    they cost nothing here. Nothing is dropped: an index always points at exactly the decoded frame.
+
+    Memory: ``capacity`` (the dataset's frame count, an upper bound) frames are reserved with
+    ``np.empty``, which the OS backs only where written, and :meth:`finish` gives the unused tail back
+    in place (``ndarray.resize``), so the resident size is the distinct frames, F x H x W x 3 bytes.
+
+    Args:
+        capacity: most frames that will be added.
+        shape: (H, W, 3) of every frame.
+    """
+
+    def __init__(self, capacity: int, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self._frames = np.empty((max(int(capacity), 1), *self.shape), np.uint8)
+        self._count = 0
+        self._finished = False
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, frames: np.ndarray) -> np.ndarray:
+        """Append (N, H, W, 3) uint8 frames; returns their indices (N,) int64 into the stored frames."""
+        frames = np.asarray(frames)
+        if self._finished:
+            raise ValueError("FrameStore: add() after finish()")
+        if frames.dtype != np.uint8 or frames.shape[1:] != self.shape:
+            raise ValueError(f"FrameStore: frames are {frames.shape} {frames.dtype}, expected (N, {self.shape}) uint8")
+        index = np.empty(len(frames), np.int64)
+        for k, frame in enumerate(frames):
+            if self._count == 0 or not np.array_equal(frame, self._frames[self._count - 1]):
+                if self._count == len(self._frames):
+                    raise ValueError(f"FrameStore: more than its capacity of {len(self._frames)} frames")
+                self._frames[self._count] = frame
+                self._count += 1
+            index[k] = self._count - 1
+        return index
+
+    def finish(self) -> np.ndarray:
+        """The stored frames (F, H, W, 3) uint8; the store takes no more frames."""
+        self._finished = True
+        self._frames.resize((self._count, *self.shape), refcheck=False)  # shrinks in place: no copy
+        return self._frames

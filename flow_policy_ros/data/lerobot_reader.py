@@ -154,14 +154,28 @@ class LeRobotDataset:
     def video_file(self, key: str, chunk_index: int, file_index: int) -> Path:
         return self.root / str(self.info["video_path"]).format(video_key=key, chunk_index=chunk_index, file_index=file_index)
 
-    def episode_frames(self, episode_index: int, key: str) -> np.ndarray:
-        """Frames (N, H, W, 3) uint8 RGB of video feature ``key`` in episode ``episode_index``, frame k
-        decoded from ``from_timestamp + k / fps`` of its file (frame-accurate; lossy codec: docs/lerobot.md)."""
+    def episode_video(self, episode_index: int, key: str) -> tuple[Path, float]:
+        """The video file of video feature ``key`` holding episode ``episode_index`` and the time (s) of its
+        frame 0 in that file, checked: the feature is a video, the file exists, and the episode's span
+        (``to_timestamp - from_timestamp`` of meta/episodes) is its length. DatasetError naming file and feature."""
         if key not in self.video_keys:
             raise DatasetError(f"{self.root / INFO_PATH}: no video feature {key!r}; it has {self.video_keys}")
         ep = self.episodes[episode_index]
         path = self.video_file(key, int(ep[f"videos/{key}/chunk_index"]), int(ep[f"videos/{key}/file_index"]))
-        frames = decode_frames(path, float(ep[f"videos/{key}/from_timestamp"]), int(ep["length"]), self.fps, key)
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing video (feature {key!r})")
+        start, end = float(ep[f"videos/{key}/from_timestamp"]), float(ep[f"videos/{key}/to_timestamp"])
+        if round((end - start) * self.fps) != int(ep["length"]):
+            raise DatasetError(f"{path}: feature {key!r}: episode {episode_index} spans {end - start:.4f} s of video "
+                               f"({round((end - start) * self.fps)} frames at {self.fps} fps, from_timestamp/to_timestamp "
+                               f"of meta/episodes) but has {ep['length']} frames")
+        return path, start
+
+    def episode_frames(self, episode_index: int, key: str) -> np.ndarray:
+        """Frames (N, H, W, 3) uint8 RGB of video feature ``key`` in episode ``episode_index``, frame k
+        decoded from ``from_timestamp + k / fps`` of its file (frame-accurate; lossy codec: docs/lerobot.md)."""
+        path, start = self.episode_video(episode_index, key)
+        frames = decode_frames(path, start, int(self.episodes[episode_index]["length"]), self.fps, key)
         shape = tuple(self.features[key]["shape"])
         if frames.shape[1:] != shape:
             raise DatasetError(f"{path}: feature {key!r}: frames are {list(frames.shape[1:])}, "
