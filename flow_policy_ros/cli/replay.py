@@ -24,18 +24,11 @@ import numpy as np
 from flow_policy_ros.cli import CliError, write_json
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.bag import find_episodes
-from flow_policy_ros.data.replay import (
-    DEFAULT_BATCH,
-    DEFAULT_POLICY_TOPIC,
-    DEFAULT_TRAJECTORY_TOPIC,
-    WRITTEN_CONTENT,
-    BagReplay,
-    error_metrics,
-    load_joint_map,
-    replay_bag,
-    safety_warning,
-    write_replay_bag,
-)
+from flow_policy_ros.data.replay import DEFAULT_POLICY_TOPIC, WRITTEN_CONTENT, BagReplay, replay_bag, write_replay_bag
+from flow_policy_ros.data.replay_decisions import DEFAULT_BATCH
+from flow_policy_ros.data.replay_metrics import error_metrics
+from flow_policy_ros.data.replay_safety import safety_warning
+from flow_policy_ros.data.replay_source import DEFAULT_TRAJECTORY_TOPIC, load_joint_map
 from flow_policy_ros.errors import BagError, InvalidOutputError
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
