@@ -12,7 +12,7 @@ from model_factory import make_tiny_model
 from test_replay import DRIVER_NAMES, MODEL_NAMES, synthetic_bag
 
 from flow_policy_ros.cli import main
-from flow_policy_ros.data.replay import load_joint_map
+from flow_policy_ros.data.replay_source import load_joint_map
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -303,7 +303,7 @@ def test_a_new_vector_feature_flows_from_its_topic_into_the_windows(tmp_path: Pa
     /force, no goal): training windows and replay read it from its topic by the spec, held per tick."""
     from flow_policy_ros.contract import FeatureSpec, ObservationSpec
     from flow_policy_ros.data import bag as bagio
-    from flow_policy_ros.data.replay import read_source
+    from flow_policy_ros.data.replay_source import read_source
     from flow_policy_ros.data.windows import observations_at
 
     force = FeatureSpec("force", "vector", "force", "std_msgs/msg/Float64MultiArray", None, 2, ("fx", "fy"))

@@ -371,7 +371,8 @@ def test_rtc_model_reports_prefix_consistency_on_recorded_prefixes(tmp_path: Pat
                                                                    capsys: pytest.CaptureFixture) -> None:
     """For an RTC model the recorded commands of ticks k..k+d-1 are the prefix at decision k; the
     report gives the step from the last committed action to the first new one, recomputed here."""
-    from flow_policy_ros.data.replay import build_decisions, decision_noise, read_source
+    from flow_policy_ros.data.replay_decisions import build_decisions, decision_noise
+    from flow_policy_ros.data.replay_source import read_source
 
     rtc = make_tiny_model(tmp_path / "rtc.onnx", seed=5, horizon=8, rtc_max_delay=3)
     bag_path = synthetic_bag(tmp_path / "bag", seed=4)

@@ -18,7 +18,9 @@ from test_replay import EPOCH, synthetic_bag
 from flow_policy_ros.cli import main
 from flow_policy_ros.data import bag as bagio
 from flow_policy_ros.data.images import ImageSeries
-from flow_policy_ros.data.replay import decision_noise, frame_indices, replay_bag
+from flow_policy_ros.data.replay import replay_bag
+from flow_policy_ros.data.replay_decisions import decision_noise
+from flow_policy_ros.data.replay_source import frame_indices
 from flow_policy_ros.runtime import onnx_policy
 
 pytestmark = pytest.mark.skipif(not hasattr(onnx_policy, "image_input_name"),

@@ -14,7 +14,7 @@ import pytest
 
 from flow_policy_ros.cli import main
 from flow_policy_ros.data import bag as bagio
-from flow_policy_ros.data.replay import load_joint_map
+from flow_policy_ros.data.replay_source import load_joint_map
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "config" / "samples" / "driver_bag"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from flow_policy_ros.errors import FlowPolicyError, UsageError, one_line
 from flow_policy_ros.reports import write_json  # noqa: F401 - the verbs' JSON writer
@@ -46,6 +48,19 @@ def say(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(message, file=sys.stdout)
+
+
+def expand_bags(paths: Sequence[Path]) -> list[Path]:
+    """Each path that is not itself a rosbag2 directory stands for the bags under it (sorted), as for train."""
+    from flow_policy_ros.data.bag import find_episodes
+
+    bags: list[Path] = []
+    for path in paths:
+        found = find_episodes(path) if path.is_dir() else [path]  # a missing path: the bag reader names it
+        if not found:
+            raise CliError(f"{path}: no rosbag2 recording (metadata.yaml) in or under it")
+        bags += found
+    return bags
 
 
 def build_parser() -> argparse.ArgumentParser:

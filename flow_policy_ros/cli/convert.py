@@ -14,8 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flow_policy_ros.cli import CliError, say, write_json
-from flow_policy_ros.data.bag import find_episodes
+from flow_policy_ros.cli import CliError, expand_bags, say, write_json
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -30,16 +29,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _bags(paths: list[Path]) -> list[Path]:
-    bags: list[Path] = []
-    for path in paths:
-        found = find_episodes(path) if path.is_dir() else [path]  # a missing path: the bag reader names it
-        if not found:
-            raise CliError(f"{path}: no rosbag2 recording (metadata.yaml) in or under it")
-        bags += found
-    return bags
-
-
 def run(args: argparse.Namespace) -> int:
     from flow_policy_ros.data.lerobot_convert import bags_to_lerobot, lerobot_to_bags, load_mapping
 
@@ -47,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--json {args.json}: directory {args.json.parent} does not exist")
     mapping = load_mapping(args.mapping)
     if args.to_lerobot is not None:
-        bags = _bags(args.inputs)
+        bags = expand_bags(args.inputs)
         with tqdm(total=len(bags), desc="convert → lerobot", unit="ep", disable=args.no_progress) as bar:
             summary = bags_to_lerobot(bags, args.to_lerobot, mapping, progress=lambda _frames: bar.update())
         for bag, gaps in summary["gaps"].items():

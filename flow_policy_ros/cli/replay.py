@@ -21,21 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from flow_policy_ros.cli import CliError, write_json
+from flow_policy_ros.cli import CliError, expand_bags, write_json
 from flow_policy_ros.data import bag as bagio
-from flow_policy_ros.data.bag import find_episodes
-from flow_policy_ros.data.replay import (
-    DEFAULT_BATCH,
-    DEFAULT_POLICY_TOPIC,
-    DEFAULT_TRAJECTORY_TOPIC,
-    WRITTEN_CONTENT,
-    BagReplay,
-    error_metrics,
-    load_joint_map,
-    replay_bag,
-    safety_warning,
-    write_replay_bag,
-)
+from flow_policy_ros.data.replay import DEFAULT_POLICY_TOPIC, WRITTEN_CONTENT, BagReplay, replay_bag, write_replay_bag
+from flow_policy_ros.data.replay_decisions import DEFAULT_BATCH
+from flow_policy_ros.data.replay_metrics import error_metrics
+from flow_policy_ros.data.replay_safety import safety_warning
+from flow_policy_ros.data.replay_source import DEFAULT_TRAJECTORY_TOPIC, load_joint_map
 from flow_policy_ros.errors import BagError, InvalidOutputError
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
 from flow_policy_ros.runtime.chunking import DEFAULT_REPLAN_EVERY
@@ -154,17 +146,6 @@ def _output_names(bags: Sequence[Path]) -> list[str]:
         name = bag_path.resolve().name or "bag"
         names.append(name if name not in names else f"{name}_{len(names)}")
     return names
-
-
-def expand_bags(paths: Sequence[Path]) -> list[Path]:
-    """Each path that is not itself a rosbag2 directory stands for the bags under it (sorted), as for train."""
-    bags: list[Path] = []
-    for path in paths:
-        found = find_episodes(path) if path.is_dir() else [path]  # a missing path: the bag reader names it
-        if not found:
-            raise CliError(f"{path}: no rosbag2 recording (metadata.yaml) in or under it")
-        bags += found
-    return bags
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -50,7 +50,7 @@ def hold_masks(rep: BagReplay, meta: PolicyMetadata) -> dict[str, np.ndarray]:
     Out of distribution (observation range guard), else invalid output or measured position
     beyond the limits (the rest of the safety review's holds), else the density guard's hold.
     """
-    from flow_policy_ros.data.replay import density_held
+    from flow_policy_ros.data.replay_safety import density_held
 
     n = len(rep.decisions.ticks_ns)
     held = rep.safety.held if rep.safety is not None else np.zeros(n, bool)

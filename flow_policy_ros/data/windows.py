@@ -1,7 +1,7 @@
 """Recording → control-grid windows: the one definition of how a recording maps to decisions.
 
 Used by training (:mod:`flow_policy_ros.policy.dataset`) and offline replay
-(:mod:`flow_policy_ros.data.replay`), so both see the same observations and action chunks.
+(:mod:`flow_policy_ros.data.replay_decisions`), so both see the same observations and action chunks.
 
 Conventions (shared with the runtime and offline replay):
 
