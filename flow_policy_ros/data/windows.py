@@ -49,7 +49,7 @@ from flow_policy_ros.data.config import DataConfig
 from flow_policy_ros.data.images import ImageSeries
 from flow_policy_ros.data.recording import EpisodeRecording
 from flow_policy_ros.data.timeseries import control_grid, period_ns, resample_linear, sample_hold
-from flow_policy_ros.errors import DatasetError
+from flow_policy_ros.errors import DatasetError, TimeSeriesError
 
 
 def _columns(names: list[str], wanted: tuple[str, ...], what: str, source: str) -> list[int]:
@@ -104,6 +104,15 @@ def _vector(rec: EpisodeRecording, feature: FeatureSpec, cols: list[int], ticks_
     if values.shape[1:] != (feature.size,):
         raise DatasetError(f"{source}: {feature.name} messages carry {values.shape[1:]} values, the model takes {feature.size}")
     return sample_hold(times, values, ticks_ns)
+
+
+def vector_at(rec: EpisodeRecording, feature: FeatureSpec, ticks_ns: np.ndarray, source: str = "") -> np.ndarray:
+    """The vector feature ``feature`` (K, size) held at ``ticks_ns`` (K,), e.g. a training-only target
+    read beside the observation; a tick before its first message is a DatasetError naming it."""
+    try:
+        return _vector(rec, feature, [], ticks_ns, source)
+    except TimeSeriesError as exc:
+        raise DatasetError(f"{source}: {feature.name}: {exc}") from exc
 
 
 #: How each low-dimensional feature kind is sampled at the control ticks: joint values

@@ -41,6 +41,8 @@ class Checkpoint:
     loss_history: list[list[float]] = field(default_factory=list)
     code_version: str = ""
     density: dict[str, Any] | None = None
+    #: a camera model's training-only head (``policy/aux_target.py``): {feature, weight, state}
+    aux_state: dict[str, Any] | None = None
 
 
 def code_version() -> str:
@@ -80,6 +82,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     }
     if ckpt.density is not None:
         payload["density"] = ckpt.density
+    if ckpt.aux_state is not None:
+        payload["aux"] = ckpt.aux_state
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(payload, tmp)
@@ -132,6 +136,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         loss_history=payload.get("loss_history") or [],
         code_version=payload.get("code_version", ""),
         density=density,
+        aux_state=payload.get("aux"),
     )
 
 

@@ -19,10 +19,12 @@ from typing import Any
 import yaml
 
 from flow_policy_ros.contract import (  # noqa: F401 - re-exported: the config speaks the contract's types
+    DEFAULT_FEATURES,
     IIWA_JOINT_NAMES,
     IIWA_POSITION_LOWER,
     IIWA_POSITION_UPPER,
     IIWA_VELOCITY_LIMIT,
+    FeatureSpec,
     JointLimits,
     ModelIO,
     ObservationSpec,
@@ -257,6 +259,13 @@ class TrainConfig:
         val_every: steps between validation losses (flow-matching loss of the EMA weights, the
             ones exported, on every held-out window with a fixed noise stream, so successive
             values are comparable).
+        image_aux_feature: camera models: a vector feature recorded in the episodes (e.g. ``goal``:
+            the object position the scripted expert knows, on ``data.goal_topic``) that a linear
+            head must predict from the camera embedding during training (``policy/aux_target.py``).
+            Privileged supervision for localisation: training only; the model never reads it and
+            the export has no such input. '' disables it.
+        image_aux_weight: weight of that head's loss (mean squared error of the standardized
+            feature) beside the flow-matching loss; > 0 exactly when ``image_aux_feature`` is set.
     """
 
     objective: str = "flow"
@@ -275,6 +284,8 @@ class TrainConfig:
     log_every: int = 50
     val_fraction: float = 0.05
     val_every: int = 500
+    image_aux_feature: str = ""
+    image_aux_weight: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.objective in ("flow", "regression"), f"train.objective must be 'flow' or 'regression', got {self.objective!r}")
@@ -293,6 +304,10 @@ class TrainConfig:
         require(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         require(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         require(self.val_every >= 1, f"train.val_every must be >= 1, got {self.val_every}")
+        require(self.image_aux_weight >= 0, f"train.image_aux_weight must be >= 0, got {self.image_aux_weight}")
+        require((self.image_aux_weight > 0) == bool(self.image_aux_feature),
+                f"train.image_aux_feature {self.image_aux_feature!r} and train.image_aux_weight {self.image_aux_weight}: "
+                "set both (a feature name and a weight > 0) or neither")
 
 
 @dataclass(frozen=True)
@@ -353,6 +368,8 @@ class ExperimentConfig:
                 object.__setattr__(self, name, _build(cls, value, name))
                 if name == "policy":  # read from a file: limits must not silently be the iiwa's
                     require_given_limits(value)
+        if self.train.image_aux_feature:
+            aux_feature(self)  # validates it now, naming the setting
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -380,6 +397,23 @@ class ExperimentConfig:
             return cls.from_dict(data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+
+
+def aux_feature(config: ExperimentConfig) -> FeatureSpec | None:
+    """The vector feature ``train.image_aux_feature`` names (a camera model's privileged training
+    target, read from the episodes beside the observation), None when unset."""
+    name = config.train.image_aux_feature
+    if not name:
+        return None
+    require(bool(config.policy.cameras), f"train.image_aux_feature {name!r}: only for camera models (the head "
+            "reads the camera embedding); this policy observes no image feature")
+    feature = DEFAULT_FEATURES.get(name)
+    require(feature is not None and feature.kind == "vector",
+            f"train.image_aux_feature {name!r}: not a vector feature; one of "
+            f"{sorted(k for k, f in DEFAULT_FEATURES.items() if f.kind == 'vector')}")
+    require(name not in config.policy.observation.fields,
+            f"train.image_aux_feature {name!r}: the policy observes it already (fields {list(config.policy.observation.fields)})")
+    return feature
 
 
 #: Keys renamed since older configs and checkpoints were written: class -> {old key: new key}.

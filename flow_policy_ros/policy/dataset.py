@@ -41,9 +41,10 @@ from flow_policy_ros.data.windows import (
     image_series,
     observable_mask,
     observations_at,
+    vector_at,
 )
 from flow_policy_ros.errors import DatasetError
-from flow_policy_ros.policy.config import DataConfig, PolicyConfig, to_dict
+from flow_policy_ros.policy.config import DataConfig, FeatureSpec, PolicyConfig, to_dict
 from flow_policy_ros.policy.lerobot_windows import is_lerobot_dataset, lerobot_windows
 
 #: Bump when the windowing changes, so stale caches are not reused.
@@ -66,6 +67,8 @@ class Windows:
         summary: JSON-able facts: episodes, windows, sources, per-episode success, skipped failures.
         frames: camera name -> (F, Hc, Wc, 3) uint8, every frame once (camera models; else empty).
         frame_index: camera name -> (N,) int64, each window's frame in ``frames[camera]``.
+        aux: (N, d) float32, a training-only target per window (``train.image_aux_feature``, e.g.
+            the object position (m)); (N, 0) without one.
     """
 
     observations: np.ndarray
@@ -74,9 +77,11 @@ class Windows:
     summary: dict[str, Any] = field(default_factory=dict)
     frames: dict[str, np.ndarray] = field(default_factory=dict)
     frame_index: dict[str, np.ndarray] = field(default_factory=dict)
+    aux: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.observations = np.asarray(self.observations, dtype=np.float32)
+        self.aux = np.asarray(np.zeros((len(self.observations), 0)) if self.aux is None else self.aux, dtype=np.float32)
         self.actions = np.asarray(self.actions, dtype=np.float32)
         self.episode_index = np.asarray(self.episode_index, dtype=np.int64)
         n = len(self.observations)
@@ -86,6 +91,8 @@ class Windows:
                 f"inconsistent windows: observations {self.observations.shape}, actions {self.actions.shape}, "
                 f"episode_index {self.episode_index.shape}; expected (N, obs_dim), (N, H, A), (N,)"
             )
+        if self.aux.ndim != 2 or len(self.aux) != n:
+            raise DatasetError(f"inconsistent windows: aux {self.aux.shape}, expected ({n}, d)")
         if sorted(self.frames) != sorted(self.frame_index):
             raise DatasetError(f"inconsistent windows: frames of cameras {sorted(self.frames)} but frame indices "
                                f"of {sorted(self.frame_index)}")
@@ -110,6 +117,8 @@ class Windows:
         with open(tmp, "wb") as f:
             images = {f"frames__{c}": v for c, v in self.frames.items()}
             images.update({f"frame_index__{c}": v for c, v in self.frame_index.items()})
+            if self.aux.shape[1]:
+                images["aux"] = self.aux
             np.savez(f, observations=self.observations, actions=self.actions, episode_index=self.episode_index,
                      summary=np.array(json.dumps(self.summary, sort_keys=True)), **images)
         os.replace(tmp, path)
@@ -128,10 +137,11 @@ class Windows:
                 summary = json.loads(str(data["summary"])) if "summary" in data.files else {}
                 frames = {k[len("frames__"):]: data[k] for k in data.files if k.startswith("frames__")}
                 frame_index = {k[len("frame_index__"):]: data[k] for k in data.files if k.startswith("frame_index__")}
+                aux = data["aux"] if "aux" in data.files else None
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise DatasetError(f"{path}: not a readable npz windows file ({exc})") from exc
         try:
-            return cls(obs, act, index, summary, frames, frame_index)
+            return cls(obs, act, index, summary, frames, frame_index, aux)
         except DatasetError as exc:
             raise DatasetError(f"{path}: {exc}") from exc
 
@@ -228,8 +238,9 @@ def describe_windows(windows: Windows) -> None:
 
 
 def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data_cfg: DataConfig,
-                           source: str = "", episode_index: int = 0) -> Windows:
-    """Cut one episode into windows (see the module docstring for alignment and padding)."""
+                           source: str = "", episode_index: int = 0, aux: FeatureSpec | None = None) -> Windows:
+    """Cut one episode into windows (see the module docstring for alignment and padding); ``aux``: a
+    vector feature also read at each window's tick (``Windows.aux``), not part of the observation."""
     empty_summary = {"episodes": 1, "windows": 0, "sources": [source], "success": [rec.metadata.get("success")]}
     if len(rec.joint_times_ns) == 0:
         raise DatasetError(f"{source}: no joint states recorded")
@@ -241,7 +252,8 @@ def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data
         if len(keep) == 0:
             empty_frames = {f.camera: np.zeros((0, *f.image_shape), np.uint8) for f in cameras}
             return Windows(np.zeros((0, policy_cfg.obs_dim)), np.zeros((0, h, a)), np.zeros(0), empty_summary,
-                           empty_frames, {c: np.zeros(0, np.int64) for c in empty_frames})
+                           empty_frames, {c: np.zeros(0, np.int64) for c in empty_frames},
+                           np.zeros((0, aux.size if aux else 0)))
         obs = observations_at(rec, ticks[keep], policy_cfg.io, source)
     except TimeSeriesError as exc:
         raise DatasetError(f"{source}: {exc}") from exc
@@ -252,7 +264,8 @@ def windows_from_recording(rec: EpisodeRecording, policy_cfg: PolicyConfig, data
         series = image_series(rec, feature, source)
         frames[feature.camera] = series.frames
         frame_index[feature.camera] = frame_indices(series.times_ns, ticks[keep])
-    return Windows(obs, chunks, np.full(len(keep), episode_index), summary, frames, frame_index)
+    targets = None if aux is None else vector_at(rec, aux, ticks[keep], source)
+    return Windows(obs, chunks, np.full(len(keep), episode_index), summary, frames, frame_index, targets)
 
 
 # --------------------------------------------------------------------------- directories and cache
@@ -267,7 +280,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(root: Path, episodes: list[Path], policy_cfg: PolicyConfig, data_cfg: DataConfig,
-              include_failures: bool) -> str:
+              include_failures: bool, aux: FeatureSpec | None = None) -> str:
     """Hash of every episode file's name, size and mtime plus the config that shapes the windows."""
     digest = hashlib.sha256()
     relevant = {
@@ -280,6 +293,8 @@ def cache_key(root: Path, episodes: list[Path], policy_cfg: PolicyConfig, data_c
         "include_failures": include_failures,
         "root": str(root.resolve()),
     }
+    if aux is not None:
+        relevant["aux"] = to_dict(aux)
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     for episode in episodes:
         for file in sorted(p for p in episode.iterdir() if p.is_file()):
@@ -288,13 +303,14 @@ def cache_key(root: Path, episodes: list[Path], policy_cfg: PolicyConfig, data_c
     return digest.hexdigest()[:24]
 
 
-def _read_for_windows(episode: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig) -> EpisodeRecording:
+def _read_for_windows(episode: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
+                      aux: FeatureSpec | None = None) -> EpisodeRecording:
     joints = list(policy_cfg.observation.joint_names)
     if data_cfg.action_source == "joint_states":
         joints += [n for n in policy_cfg.action_joint_names if n not in joints]
     command_joints = data_cfg.command_joint_names or policy_cfg.action_joint_names
     rec = read_episode_bag(episode, data_cfg, joint_names=joints, command_joint_names=command_joints,
-                           vector_features=policy_cfg.observation.vector_features)
+                           vector_features=(*policy_cfg.observation.vector_features, *([aux] if aux else [])))
     for feature in policy_cfg.observation.image_features:  # camera models: the frames of each camera
         times, frames = read_image_topic(episode, "/" + feature.topic.lstrip("/"))
         rec.images[feature.camera] = ImageSeries(f"{feature.camera}_optical_frame", times, frames)
@@ -302,8 +318,10 @@ def _read_for_windows(episode: Path, policy_cfg: PolicyConfig, data_cfg: DataCon
 
 
 def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
-                           include_failures: bool = False, progress: bool = True) -> Windows:
-    """Windows of every episode under ``root``; episodes with success=false are skipped unless included."""
+                           include_failures: bool = False, progress: bool = True,
+                           aux: FeatureSpec | None = None) -> Windows:
+    """Windows of every episode under ``root``; episodes with success=false are skipped unless included
+    (``aux``: see :func:`windows_from_recording`)."""
     episodes = find_episodes(root)
     if not episodes:
         raise DatasetError(f"{root}: no rosbag2 episodes (directories with metadata.yaml)")
@@ -312,13 +330,13 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
     success: list[bool | None] = []
     skipped: list[str] = []
     for episode in tqdm(episodes, desc="episodes", unit="ep", disable=not progress):
-        rec = _read_for_windows(episode, policy_cfg, data_cfg)
+        rec = _read_for_windows(episode, policy_cfg, data_cfg, aux)
         check_recording_values(rec, policy_cfg, str(episode))
         name = str(episode.relative_to(root)) if episode != root else episode.name
         if rec.metadata.get("success") is False and not include_failures:
             skipped.append(name)
             continue
-        parts.append(windows_from_recording(rec, policy_cfg, data_cfg, str(episode), len(sources)))
+        parts.append(windows_from_recording(rec, policy_cfg, data_cfg, str(episode), len(sources), aux))
         sources.append(name)
         success.append(rec.metadata.get("success"))
     h, a = policy_cfg.horizon, policy_cfg.action_dim
@@ -338,6 +356,7 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
          "success": success, "windows_per_episode": [len(p) for p in parts],
          "skipped_failures": len(skipped), "skipped_sources": skipped, "action_source": data_cfg.action_source},
         frames, frame_index,
+        np.concatenate([p.aux for p in parts]) if parts else np.zeros((0, aux.size if aux else 0)),
     )
     if len(windows) == 0:
         raise DatasetError(f"{root}: no training windows ({len(episodes)} episodes, {len(skipped)} skipped "
@@ -347,18 +366,22 @@ def windows_from_directory(root: Path, policy_cfg: PolicyConfig, data_cfg: DataC
 
 def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfig,
                        cache_dir: Path | None = None, include_failures: bool = False,
-                       progress: bool = True) -> Windows:
+                       progress: bool = True, aux: FeatureSpec | None = None) -> Windows:
     """Training windows from an npz windows file, a directory of rosbag2 episodes, or a LeRobotDataset
     v3.0 directory (``meta/info.json``; :mod:`flow_policy_ros.policy.lerobot_windows`, not cached).
 
     A directory is windowed once and cached in ``cache_dir`` (default :func:`default_cache_dir`)
     as ``windows-<key>.npz``, the key hashing file names, sizes, mtimes and the relevant config,
     so a repeated call with unchanged data loads the cache. The result's shapes are checked
-    against ``policy_cfg``.
+    against ``policy_cfg``. ``aux``: a training-only vector feature read per window
+    (``Windows.aux``; rosbag2 directories only).
     """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such training data (expected an .npz file, a directory of bags or a LeRobot dataset)")
+    if aux is not None and (path.is_file() or is_lerobot_dataset(path)):
+        raise DatasetError(f"{path}: train.image_aux_feature {aux.name!r} is read from rosbag2 episodes; "
+                           "this is not a directory of bags")
     if path.is_file() or is_lerobot_dataset(path):
         windows = Windows.load_npz(path) if path.is_file() else Windows(*lerobot_windows(path, policy_cfg, progress))
         windows.check_shapes(policy_cfg, path)
@@ -367,7 +390,7 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
         return windows
     episodes = find_episodes(path)
     cache_file = Path(cache_dir or default_cache_dir()) / (
-        f"windows-{cache_key(path, episodes, policy_cfg, data_cfg, include_failures)}.npz")
+        f"windows-{cache_key(path, episodes, policy_cfg, data_cfg, include_failures, aux)}.npz")
     if cache_file.is_file():
         try:
             windows = Windows.load_npz(cache_file)
@@ -379,7 +402,7 @@ def load_training_data(path: Path, policy_cfg: PolicyConfig, data_cfg: DataConfi
             return windows
         except DatasetError as exc:
             warnings.warn(f"{cache_file}: unusable cache, rebuilding ({exc})", stacklevel=2)
-    windows = windows_from_directory(path, policy_cfg, data_cfg, include_failures, progress)
+    windows = windows_from_directory(path, policy_cfg, data_cfg, include_failures, progress, aux)
     windows.check_shapes(policy_cfg, path)
     describe_windows(windows)
     windows.save_npz(cache_file)

@@ -32,8 +32,9 @@ import torch
 from tqdm import tqdm
 
 from flow_policy_ros.errors import UsageError
+from flow_policy_ros.policy.aux_target import AuxTarget, validation_rmse
 from flow_policy_ros.policy.checkpoint import Checkpoint, code_version, load_checkpoint, save_checkpoint
-from flow_policy_ros.policy.config import ExperimentConfig, JointLimits, PolicyConfig, to_dict
+from flow_policy_ros.policy.config import ExperimentConfig, JointLimits, PolicyConfig, aux_feature, to_dict
 from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
 from flow_policy_ros.policy.model import VelocityNet
 from flow_policy_ros.policy.normalization import NormalizationStats, action_reference
@@ -239,22 +240,33 @@ class _LossModule(torch.nn.Module):
     """The training loss as a module, so DistributedDataParallel can wrap it."""
 
     def __init__(self, net: VelocityNet, policy_cfg: PolicyConfig, objective: str,
-                 prefix_noise: PrefixNoise | None = None) -> None:
+                 prefix_noise: PrefixNoise | None = None, aux: AuxTarget | None = None) -> None:
         super().__init__()
         self.net, self.policy_cfg, self.objective, self.prefix_noise = net, policy_cfg, objective, prefix_noise
+        self.aux = aux
+        self.last_aux_loss = 0.0  # the aux term of the last forward (logged apart from the flow loss)
 
     def forward(self, obs_n: torch.Tensor, x1: torch.Tensor, generator: torch.Generator,
-                images: dict[str, torch.Tensor] | None = None, augment: bool = False) -> torch.Tensor:
+                images: dict[str, torch.Tensor] | None = None, augment: bool = False,
+                aux_target: torch.Tensor | None = None) -> torch.Tensor:
+        """The flow-matching (or regression) loss of a batch, plus the aux head's (``aux_target`` (B, d)
+        given: camera models with ``train.image_aux_feature``)."""
         cfg = self.policy_cfg
+        aux_loss = None
         if images is not None:  # camera models: condition input = [obs_n, image embeddings], encoder trained too
-            obs_n = self.net.condition_input(obs_n, images, augment, generator)
+            condition = self.net.condition_input(obs_n, images, augment, generator)
+            if self.aux is not None and aux_target is not None:
+                aux_loss = self.aux.loss(self.aux.embedding(condition, obs_n.shape[1]), aux_target)
+                self.last_aux_loss = float(aux_loss.detach())
+            obs_n = condition
         prefix_length = None
         if cfg.rtc_max_delay > 0:  # real-time chunking: a committed prefix of random length
             prefix_length = sample_prefix_lengths(x1.shape[0], cfg.rtc_max_delay, cfg.rtc_probability,
                                                   cfg.rtc_delay_weights, generator, x1.device)
             if self.prefix_noise is not None:
                 x1 = self.prefix_noise(x1, prefix_length, generator)
-        return training_loss(self.net, obs_n, x1, cfg.p_uncond, generator, self.objective, prefix_length).loss
+        loss = training_loss(self.net, obs_n, x1, cfg.p_uncond, generator, self.objective, prefix_length).loss
+        return loss if aux_loss is None else loss + aux_loss
 
 
 def _distributed() -> tuple[int, int]:
@@ -325,9 +337,14 @@ def train(
             where = ("the run finished at step" if resumed.step == train_cfg.steps else "the checkpoint is at step")
             raise UsageError(f"--resume {resume}: {where} {resumed.step} of train.steps {train_cfg.steps}; pass "
                              f"--steps M with M > {resumed.step} (the new total) to train further")
+        if resumed.aux_state is not None and not train_cfg.image_aux_feature:
+            raise UsageError(f"--resume {resume}: trained with train.image_aux_feature "
+                             f"{resumed.aux_state.get('feature')!r}; keep it (and its weight) in the config to resume")
 
+    aux_spec = aux_feature(config)
     windows = load_training_data(
-        data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None, progress=progress and rank == 0
+        data_path, policy_cfg, config.data, cache_dir=out_dir / "cache" if rank == 0 else None, progress=progress and rank == 0,
+        aux=aux_spec,
     )
     split = split_episodes(windows.episode_index, train_cfg.val_fraction, train_cfg.seed)
     n_episodes = len(np.unique(windows.episode_index))
@@ -350,6 +367,8 @@ def train(
     val_index = torch.as_tensor(split.val, device=device)
     obs_val, act_val = obs_all[val_index], act_all[val_index]
     del obs_all, act_all
+    aux_all = torch.tensor(windows.aux, dtype=torch.float32, device=device)
+    aux_train, aux_val = aux_all[train_index], aux_all[val_index]
     # camera models: every frame once (uint8, shared with the numpy arrays), indexed per window
     cameras = policy_cfg.cameras
     frames_all = {c: torch.from_numpy(windows.frames[c]).to(device) for c in cameras}
@@ -375,6 +394,14 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(train_cfg.seed * 1_000_003 + rank)
     start_step, history = 0, []
+    aux = None
+    if aux_spec is not None:  # statistics of the training windows only, like the normalization
+        train_targets = windows.aux[split.train]
+        aux = AuxTarget(policy_cfg.condition_dim - policy_cfg.obs_dim, train_targets.mean(axis=0),
+                        train_targets.std(axis=0), train_cfg.image_aux_weight, aux_spec.name).to(device)
+        if resumed is not None and resumed.aux_state is not None:
+            aux.load_state_dict(resumed.aux_state["state"])
+            optimizer.add_param_group({"params": list(aux.parameters())})  # as saved: before the state loads
 
     if resumed is not None:
         ckpt = resumed
@@ -387,12 +414,17 @@ def train(
         start_step, history = ckpt.step, list(ckpt.loss_history)
         say(f"resuming {resume} at step {start_step}: training to step {train_cfg.steps} "
             f"({train_cfg.steps - start_step} steps to go)")
+    if aux is not None and (resumed is None or resumed.aux_state is None):  # a new head joins the optimizer
+        optimizer.add_param_group({"params": list(aux.parameters())})
+    if aux is not None:
+        say(f"train.image_aux_feature {aux.feature!r} (weight {aux.weight:g}): a linear head predicts it from the "
+            f"camera embedding (training only; std over the training windows {np.round(aux.std.cpu().numpy(), 4).tolist()})")
 
     # DDP synchronizes gradients through its forward, so the whole loss is one module call.
     prefix_noise = PrefixNoise(policy_cfg, stats, train_cfg.rtc_prefix_noise_std, train_cfg.rtc_prefix_velocity_noise_std,
                                train_cfg.rtc_prefix_blend_steps, device)
     # the validation loss (below) measures demonstrated prefixes only: no prefix noise there
-    trained: torch.nn.Module = _LossModule(model, policy_cfg, train_cfg.objective, prefix_noise)
+    trained: torch.nn.Module = _LossModule(model, policy_cfg, train_cfg.objective, prefix_noise, aux)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -422,6 +454,7 @@ def train(
             data_summary=summary,
             loss_history=train_log.rows,
             code_version=code_version(),
+            aux_state=None if aux is None else aux.state(),
         )
 
     started = time.perf_counter()
@@ -446,23 +479,32 @@ def train(
                 group["lr"] = lr
             index = torch.randint(n_windows, (train_cfg.batch_size,), generator=generator, device=device)
             batch_obs, batch_act = position_noise(obs_n[index], act_n[index], generator)
-            loss = trained(batch_obs, batch_act, generator, train_frames(index), True)
+            loss = trained(batch_obs, batch_act, generator, train_frames(index), True,
+                           aux_train[index] if aux is not None else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if aux is not None:
+                torch.nn.utils.clip_grad_norm_(aux.parameters(), 1.0)
             optimizer.step()
             update_ema(ema, model, ema_decay(step, train_cfg.ema_decay))
 
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise RuntimeError(f"training diverged at step {step}: loss {loss_value}")
+            if aux is not None:  # the logged train loss is the flow loss alone, comparable to the validation loss
+                loss_value -= getattr(trained, "module", trained).last_aux_loss
             running = loss_value if running is None else 0.98 * running + 0.02 * loss_value
             done = step + 1
             validate = len(obs_val) > 0 and (done % train_cfg.val_every == 0 or done == train_cfg.steps)
             if validate:
                 val_loss = validation_loss(val_loss_of_ema, obs_val, act_val, val_seed, val_frames if cameras else None)
                 if not progress:
-                    say(f"step {done}/{train_cfg.steps}: train loss {running:.4f}, validation loss {val_loss:.4f}")
+                    aux_note = ""
+                    if aux is not None:  # what the head reads from the image on held-out episodes
+                        rmse = validation_rmse(model, aux, obs_val, val_frames, aux_val)
+                        aux_note = f", {aux.feature} from the image: validation RMSE {rmse:.4f}"
+                    say(f"step {done}/{train_cfg.steps}: train loss {running:.4f}, validation loss {val_loss:.4f}{aux_note}")
             if validate or done % train_cfg.log_every == 0 or done == train_cfg.steps:
                 train_log.add(done, running, val_loss if validate else None, lr,
                               wall_offset + time.perf_counter() - started)

@@ -1,0 +1,78 @@
+"""A privileged training target for a camera model's image embedding (``train.image_aux_feature``).
+
+Why: trained by the flow-matching loss alone, the keypoint encoder learns where the object is only
+through the action chunks' error, a weak and noisy signal for the centimetre precision a reach
+needs. The scripted expert knows the object's position and ``collect`` records it (on
+``data.goal_topic``), so during training a linear head predicts it from the camera embedding and
+its mean squared error (on the standardized position) is added to the loss, weighted by
+``train.image_aux_weight``. It only shapes the encoder: the policy never reads the position, the
+head is not part of :class:`~flow_policy_ros.policy.model.VelocityNet`, and the exported graph has
+no such input. The head's weights travel in the checkpoint (``Checkpoint.aux_state``) so a
+resumed run continues it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flow_policy_ros.policy.model import VelocityNet
+
+#: Windows per forward pass when the head is measured on the validation windows.
+VALIDATION_BATCH = 256
+
+
+class AuxTarget(nn.Module):
+    """A linear head: camera embedding (B, E) -> target (B, d), in the target's units.
+
+    Args:
+        embed_dim: E, the concatenated embedding of every camera (``image_embed_dim`` x cameras).
+        mean, std: (d,) the target's statistics over the training windows (std floored at 1e-6).
+        weight: the loss weight (``train.image_aux_weight``).
+        feature: the target's feature name (for messages and the checkpoint).
+    """
+
+    def __init__(self, embed_dim: int, mean: np.ndarray, std: np.ndarray, weight: float, feature: str) -> None:
+        super().__init__()
+        mean, std = np.asarray(mean, np.float32), np.maximum(np.asarray(std, np.float32), 1e-6)
+        self.feature, self.weight = feature, float(weight)
+        self.head = nn.Linear(embed_dim, len(mean))
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
+
+    @staticmethod
+    def embedding(condition_input: torch.Tensor, obs_dim: int) -> torch.Tensor:
+        """The camera columns (B, E) of ``VelocityNet.condition_input(...)`` (B, obs_dim + E)."""
+        return condition_input[:, obs_dim:]
+
+    def loss(self, embedding: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted mean squared error of the standardized prediction; target (B, d) in its units."""
+        predicted = self.head(embedding)
+        return self.weight * torch.mean((predicted - (target - self.mean) / self.std) ** 2)
+
+    def predict(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The target (B, d) in its units, as the head reads it from ``embedding`` (B, E)."""
+        return self.head(embedding) * self.std + self.mean
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint stores (``Checkpoint.aux_state``)."""
+        return {"feature": self.feature, "weight": self.weight,
+                "state": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+
+@torch.no_grad()
+def validation_rmse(net: VelocityNet, aux: AuxTarget, obs_n: torch.Tensor, frames: Any,
+                    target: torch.Tensor) -> float:
+    """Root mean squared error (the target's units, over all of its d values) of the head on the
+    validation windows: obs_n (V, obs_dim), ``frames(index)`` their camera frames, target (V, d)."""
+    total, count = 0.0, 0
+    for start in range(0, obs_n.shape[0], VALIDATION_BATCH):
+        index = torch.arange(start, min(start + VALIDATION_BATCH, obs_n.shape[0]), device=obs_n.device)
+        condition = net.condition_input(obs_n[index], frames(index))
+        error = aux.predict(aux.embedding(condition, obs_n.shape[1])) - target[index]
+        total += float(torch.sum(error ** 2))
+        count += error.numel()
+    return float(np.sqrt(total / max(count, 1)))
