@@ -139,3 +139,15 @@ def test_misconfigured_aux_feature_is_one_config_error() -> None:
         ExperimentConfig(policy=observed, train=TrainConfig(image_aux_feature="goal", image_aux_weight=1.0))
     assert aux_feature(camera_config(weight=0.0)) is None
     assert aux_feature(camera_config()) == goal_feature()
+
+
+def test_a_value_that_barely_varies_is_scaled_like_a_tenth_of_the_largest() -> None:
+    """The cube's height varies by 0.2 mm of settling: standardized by its own std its noise would weigh as
+    much as the x, y the image shows; it is scaled by 10 % of the largest std instead."""
+    aux = AuxTarget(8, np.array([0.5, 0.0, 0.3]), np.array([0.072, 0.148, 0.0002]), 1.0, "goal")
+    np.testing.assert_allclose(aux.std.numpy(), [0.072, 0.148, 0.0148], rtol=1e-6)
+    torch.nn.init.zeros_(aux.head.weight)
+    torch.nn.init.zeros_(aux.head.bias)  # the head predicts the mean
+    target = torch.tensor([[0.5, 0.0, 0.3 + 0.0002]])
+    head_at_mean = aux.loss(torch.zeros(1, 8), target) - aux.loss(torch.zeros(1, 8), torch.tensor([[0.5, 0.0, 0.3]]))
+    assert abs(float(head_at_mean)) < 1e-3  # 0.2 mm of height costs almost nothing

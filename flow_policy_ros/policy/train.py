@@ -418,7 +418,7 @@ def train(
         optimizer.add_param_group({"params": list(aux.parameters())})
     if aux is not None:
         say(f"train.image_aux_feature {aux.feature!r} (weight {aux.weight:g}): a linear head predicts it from the "
-            f"camera embedding (training only; std over the training windows {np.round(aux.std.cpu().numpy(), 4).tolist()})")
+            f"camera embedding (training only; scales {np.round(aux.std.cpu().numpy(), 4).tolist()})")
 
     # DDP synchronizes gradients through its forward, so the whole loss is one module call.
     prefix_noise = PrefixNoise(policy_cfg, stats, train_cfg.rtc_prefix_noise_std, train_cfg.rtc_prefix_velocity_noise_std,
