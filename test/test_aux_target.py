@@ -151,3 +151,27 @@ def test_a_value_that_barely_varies_is_scaled_like_a_tenth_of_the_largest() -> N
     target = torch.tensor([[0.5, 0.0, 0.3 + 0.0002]])
     head_at_mean = aux.loss(torch.zeros(1, 8), target) - aux.loss(torch.zeros(1, 8), torch.tensor([[0.5, 0.0, 0.3]]))
     assert abs(float(head_at_mean)) < 1e-3  # 0.2 mm of height costs almost nothing
+
+
+def test_frame_lag_picks_the_frame_in_force_or_older_within_the_episode() -> None:
+    """train.image_lag_frames 1: about half the samples get the previous camera frame, none a frame of the
+    episode before (the first window of an episode keeps its own first frame); 0 changes nothing."""
+    from types import SimpleNamespace
+
+    from flow_policy_ros.policy.aux_target import FrameLag
+
+    episode = np.repeat([0, 1, 2], 8)  # 3 episodes of 8 windows, a new camera frame every 4 windows
+    frame_index = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5])
+    windows = SimpleNamespace(episode_index=episode, frame_index={"front": frame_index})
+    train_index = torch.arange(len(episode))
+    generator = torch.Generator().manual_seed(0)
+    lag = FrameLag(1, windows, ("front",), train_index, torch.device("cpu"))
+    batch = torch.arange(len(episode)).repeat(50)
+    in_force = torch.from_numpy(frame_index)[batch]
+    chosen = lag("front", in_force, batch, generator)
+    first = torch.tensor([0, 2, 4])[torch.from_numpy(episode)[batch]]
+    assert torch.all((chosen == in_force) | (chosen == in_force - 1)) and torch.all(chosen >= first)
+    older = (chosen == in_force - 1).float()[in_force > first].mean()
+    assert 0.4 < float(older) < 0.6
+    none = FrameLag(0, windows, ("front",), train_index, torch.device("cpu"))
+    assert torch.equal(none("front", in_force, batch, generator), in_force)

@@ -1,4 +1,5 @@
-"""A privileged training target for a camera model's image embedding (``train.image_aux_feature``).
+"""Training aids of a camera model's image path: a privileged target for its embedding
+(``train.image_aux_feature``) and frame-lag augmentation (``train.image_lag_frames``).
 
 Why: trained by the flow-matching loss alone, the keypoint encoder learns where the object is only
 through the action chunks' error, a weak and noisy signal for the centimetre precision a reach
@@ -82,3 +83,41 @@ def validation_rmse(net: VelocityNet, aux: AuxTarget, obs_n: torch.Tensor, frame
         total += float(torch.sum(error ** 2))
         count += error.numel()
     return float(np.sqrt(total / max(count, 1)))
+
+
+class FrameLag:
+    """``train.image_lag_frames``: each sample's frame is its window's frame in force, or one up to
+    ``max_lag`` camera frames older (uniform), never before its episode's first frame.
+
+    Frames are stored once per episode in time order (``Windows.frames``), so frame index - r is
+    the camera frame r periods earlier (for a LeRobot dataset, whose identical consecutive decoded
+    frames share a slot, at least r periods earlier).
+
+    Args:
+        max_lag: the largest lag (camera frames); 0: the frame in force, always.
+        windows: the training windows (``frame_index``, ``episode_index``).
+        cameras: the camera names.
+        train_index: (N_train,) the training windows' indices into ``windows``.
+    """
+
+    def __init__(self, max_lag: int, windows: Any, cameras: tuple[str, ...], train_index: torch.Tensor,
+                 device: torch.device) -> None:
+        self.max_lag = int(max_lag)
+        self.first: dict[str, torch.Tensor] = {}
+        if not self.max_lag:
+            return
+        episodes = np.asarray(windows.episode_index)
+        for camera in cameras:
+            index = np.asarray(windows.frame_index[camera])
+            first = np.full(episodes.max() + 1 if len(episodes) else 0, np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(first, episodes, index)  # an episode's windows start at its first frame
+            self.first[camera] = torch.from_numpy(first[episodes]).to(device)[train_index]
+
+    def __call__(self, camera: str, frame_index: torch.Tensor, batch: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        """The (B,) frame indices to use for the batch's windows ``batch`` (indices into the training
+        windows) whose frames in force are ``frame_index`` (B,)."""
+        if not self.max_lag:
+            return frame_index
+        lag = torch.randint(0, self.max_lag + 1, frame_index.shape, generator=generator, device=frame_index.device)
+        return torch.maximum(frame_index - lag, self.first[camera][batch])

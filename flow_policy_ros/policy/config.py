@@ -266,6 +266,13 @@ class TrainConfig:
             the export has no such input. '' disables it.
         image_aux_weight: weight of that head's loss (mean squared error of the standardized
             feature) beside the flow-matching loss; > 0 exactly when ``image_aux_feature`` is set.
+        image_lag_frames: camera models: each training sample sees, instead of the frame in force
+            at its tick, one up to this many camera frames older (uniform, never before its
+            episode's first frame). On a robot, and over DDS here, the frame rendered or exposed
+            at a decision's tick arrives after the decision (render or transfer time), so the
+            policy pairs the joint state with the frame before it; trained on the frame in force
+            only, the policy reads the arm's position from the image too and fails on that lag
+            (docs/camera.md). 0 disables it.
     """
 
     objective: str = "flow"
@@ -286,6 +293,7 @@ class TrainConfig:
     val_every: int = 500
     image_aux_feature: str = ""
     image_aux_weight: float = 0.0
+    image_lag_frames: int = 0
 
     def __post_init__(self) -> None:
         require(self.objective in ("flow", "regression"), f"train.objective must be 'flow' or 'regression', got {self.objective!r}")
@@ -305,6 +313,7 @@ class TrainConfig:
         require(0.0 <= self.val_fraction < 1.0, f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         require(self.val_every >= 1, f"train.val_every must be >= 1, got {self.val_every}")
         require(self.image_aux_weight >= 0, f"train.image_aux_weight must be >= 0, got {self.image_aux_weight}")
+        require(self.image_lag_frames >= 0, f"train.image_lag_frames must be >= 0, got {self.image_lag_frames}")
         require((self.image_aux_weight > 0) == bool(self.image_aux_feature),
                 f"train.image_aux_feature {self.image_aux_feature!r} and train.image_aux_weight {self.image_aux_weight}: "
                 "set both (a feature name and a weight > 0) or neither")

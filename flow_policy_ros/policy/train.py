@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from flow_policy_ros.errors import UsageError
-from flow_policy_ros.policy.aux_target import AuxTarget, validation_rmse
+from flow_policy_ros.policy.aux_target import AuxTarget, FrameLag, validation_rmse
 from flow_policy_ros.policy.checkpoint import Checkpoint, code_version, load_checkpoint, save_checkpoint
 from flow_policy_ros.policy.config import ExperimentConfig, JointLimits, PolicyConfig, aux_feature, to_dict
 from flow_policy_ros.policy.flow import sample_prefix_lengths, training_loss
@@ -375,9 +375,12 @@ def train(
     index_all = {c: torch.from_numpy(windows.frame_index[c]).to(device) for c in cameras}
     train_frame_index = {c: index_all[c][train_index] for c in cameras}
     val_frame_index = {c: index_all[c][val_index] for c in cameras}
+    lag = FrameLag(train_cfg.image_lag_frames, windows, cameras, train_index, device)
 
     def train_frames(index: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        return {c: frames_all[c][train_frame_index[c][index]] for c in cameras} if cameras else None
+        if not cameras:
+            return None
+        return {c: frames_all[c][lag(c, train_frame_index[c][index], index, generator)] for c in cameras}
 
     def val_frames(index: torch.Tensor) -> dict[str, torch.Tensor]:
         return {c: frames_all[c][val_frame_index[c][index]] for c in cameras}
@@ -439,6 +442,8 @@ def train(
                     "limits_source": limits_source(policy_cfg)})
     if "root" in summary:
         summary["root"] = portable_path(summary["root"])
+    if "cache" in summary:  # shipped checkpoints carry no path of the machine that trained them
+        summary["cache"] = {**summary["cache"], "file": portable_path(summary["cache"]["file"])}
     train_log = TrainingLog(out_dir / CSV_NAME if rank == 0 else None, history)
     say(f"training to step {train_cfg.steps} in {out_dir} (log {out_dir / CSV_NAME}, Ctrl-C saves a checkpoint)")
 
