@@ -268,11 +268,10 @@ class TrainConfig:
             feature) beside the flow-matching loss; > 0 exactly when ``image_aux_feature`` is set.
         image_lag_frames: camera models: each training sample sees, instead of the frame in force
             at its tick, one up to this many camera frames older (uniform, never before its
-            episode's first frame). On a robot, and over DDS here, the frame rendered or exposed
-            at a decision's tick arrives after the decision (render or transfer time), so the
-            policy pairs the joint state with the frame before it; trained on the frame in force
-            only, the policy reads the arm's position from the image too and fails on that lag
-            (docs/camera.md). 0 disables it.
+            episode's first frame). A camera's frame arrives after its exposure (transfer and
+            decoding; sim_node needs ~10 ms to render one), so a decision may pair the joint
+            state with the frame before the one of its tick; this teaches the policy not to rely
+            on the image being that fresh (docs/camera.md). 0 disables it.
     """
 
     objective: str = "flow"
