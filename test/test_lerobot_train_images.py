@@ -123,6 +123,8 @@ def camera_config() -> dict:
     config["policy"].update(hidden_dim=16, num_layers=1, horizon=4, basis_size=4, image_channels=[4, 4, 8],
                             image_keypoints=4, image_embed_dim=8)
     config["train"].update(batch_size=16, checkpoint_every=1000, val_every=1000, log_every=1)
+    for key in ("image_aux_feature", "image_aux_weight"):  # the aux target is read from bags only
+        config["train"].pop(key, None)
     return config
 
 

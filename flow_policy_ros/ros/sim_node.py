@@ -104,8 +104,9 @@ from flow_policy_ros.sim.trajectory import TrajectoryFollower
 NODE_NAME = "sim_node"
 #: Falling further behind the wall clock than this (ns) re-anchors the real-time schedule.
 MAX_LAG_NS = 50_000_000
-#: After the last episode: wait this long at most for subscribers to acknowledge the outcomes (s),
-#: then hold the arm (publishing joint states) this long (s) before the process ends.
+#: After the last episode: wait this long at most for a subscriber of the outcomes to match, then
+#: as long for the subscribers to acknowledge them (s); then hold the arm (publishing joint
+#: states) FINISH_HOLD_S before the process ends.
 FINISH_ACK_TIMEOUT_S = 2.0
 #: How long a lifecycle transition of ``reactivate_node`` may take (s) before the reset goes on without it.
 REACTIVATE_TIMEOUT_S = 2.0
@@ -439,6 +440,12 @@ class SimNode(Node):
         if self._stop.is_set():
             return
         self.state = "done"
+        # an episode shorter than discovery (a good policy reaches the cube in ~1.5 s) can end before
+        # a listener such as `flow-policy demo` has matched: wait for one (bounded), then for its ack
+        waited_until = time.monotonic() + FINISH_ACK_TIMEOUT_S
+        while self._outcome_pub.get_subscription_count() == 0 and time.monotonic() < waited_until \
+                and not self._stop.is_set():
+            self._hold_for(50_000_000)
         self._outcome_pub.wait_for_all_acked(Duration(seconds=FINISH_ACK_TIMEOUT_S))
         self._hold_for(round(FINISH_HOLD_S * 1e9))
         self.get_logger().info(f"all {count} episodes done ({sum(o['success'] for o in self.outcomes)} successes): "
