@@ -12,9 +12,14 @@ import sys
 from pathlib import Path
 
 PACKAGE = "flow_policy_ros"
-DEFAULT_MODEL = "iiwa_reach"
+#: policy_node's model when ``model_path`` is empty: the real-time chunking variant of the reach policy
+#: (issue 21: over the delay protocol it matches the plain model's success at 0 ms and keeps it under
+#: delay, at a third of the peak acceleration; docs/real_time_chunking.md).
+DEFAULT_MODEL = "iiwa_reach_rtc"
 #: The shipped model a sim task runs when no model is named (tasks not listed run DEFAULT_MODEL).
-TASK_MODELS: dict[str, str] = {"reach_object": "iiwa_reach_object"}
+#: reach_around keeps its plain model: its RTC variant loses 3.5 points at 0 ms (same document).
+TASK_MODELS: dict[str, str] = {"reach": "iiwa_reach_rtc", "reach_around": "iiwa_reach_around",
+                               "reach_object": "iiwa_reach_object"}
 
 
 def share_dir() -> Path:
@@ -35,7 +40,7 @@ def share_dir() -> Path:
 
 
 def default_model_path(name: str = DEFAULT_MODEL) -> Path:
-    """Path of a shipped model, e.g. ``share/flow_policy_ros/models/iiwa_reach.onnx``."""
+    """Path of a shipped model, e.g. ``share/flow_policy_ros/models/iiwa_reach_rtc.onnx``."""
     path = share_dir() / "models" / f"{name}.onnx"
     if not path.is_file():
         raise FileNotFoundError(f"shipped model {name!r} not found at {path}")

@@ -28,6 +28,7 @@ MODELS = {
     "iiwa_reach_around": "reach_around",
     "iiwa_reach_around_2step": "reach_around",
     "iiwa_reach_around_rtc": "reach_around",
+    "iiwa_reach_rtc": "reach",
 }
 
 

@@ -25,6 +25,7 @@ MIN_SUCCESSES = 4
 @pytest.mark.parametrize(("model", "task"), [("iiwa_reach.onnx", "reach"), ("iiwa_reach_around.onnx", "reach_around"),
                                              ("iiwa_reach_2step.onnx", "reach"),
                                              ("iiwa_reach_around_2step.onnx", "reach_around"),
+                                             ("iiwa_reach_rtc.onnx", "reach"),
                                              ("iiwa_reach_object.onnx", "reach_object")])
 def test_shipped_model_succeeds_in_closed_loop(model: str, task: str) -> None:
     path = MODELS_DIR / model
@@ -191,7 +192,7 @@ def test_shipped_files_written_with_the_old_step_key_still_load(name: str) -> No
 
 
 @pytest.mark.parametrize("name", ["iiwa_reach", "iiwa_reach_2step", "iiwa_reach_around", "iiwa_reach_around_2step",
-                                  "iiwa_reach_around_rtc"])
+                                  "iiwa_reach_around_rtc", "iiwa_reach_rtc"])
 def test_shipped_state_models_carry_their_training_action_range_and_density(name: str) -> None:
     """The output range guard is on for the shipped state models: their metadata's action_range is the
     one export derives from the shipped checkpoint, the graph keeps its density output, and the model

@@ -18,7 +18,8 @@ from flow_policy_ros.policy.config import ExperimentConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "config"
 SHIPPED = {"train_reach.yaml": "iiwa_reach", "train_reach_around.yaml": "iiwa_reach_around",
-           "train_reach_around_rtc.yaml": "iiwa_reach_around_rtc", "train_reach_object.yaml": "iiwa_reach_object"}
+           "train_reach_around_rtc.yaml": "iiwa_reach_around_rtc", "train_reach_rtc.yaml": "iiwa_reach_rtc",
+           "train_reach_object.yaml": "iiwa_reach_object"}
 
 
 def header(path: Path) -> str:

@@ -123,7 +123,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="ONNX policy (default: the shipped iiwa_reach)")
+    parser.add_argument("--model", help="ONNX policy (default: the shipped iiwa_reach_rtc)")
     parser.add_argument("--checkpoint", help="checkpoint of the same weights, to compare with PyTorch eager")
     parser.add_argument("--calls", type=int, default=CALLS_DEFAULT,
                         help=f"timed calls per engine (default {CALLS_DEFAULT}; --sweep: per cell, default 200)")

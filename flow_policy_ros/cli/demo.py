@@ -4,7 +4,7 @@ The topics are a real ros2_control setup's: ``--execution trajectory`` sends the
 ``/joint_trajectory_controller/joint_trajectory`` (and ``--record`` records them there, as
 ``config/train_reach_jtc.yaml`` reads them); stream mode uses ``/commands``. ``--shadow`` rehearses
 shadow mode: ``--model`` runs in shadow mode (previews only, the difference on /diagnostics) while
-``--driver-model`` (default the shipped ``iiwa_reach``) drives the simulated arm, as teleoperation
+``--driver-model`` (default the shipped ``iiwa_reach_rtc``) drives the simulated arm, as teleoperation
 or the robot's existing controller would on a real arm.
 """
 
@@ -44,8 +44,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="episodes to run (default 8: about 16 s warm, 76 s on a first run after install)")
     parser.add_argument("--task", default="reach", choices=TASKS,
                         help="sim task (default reach; reach_object: sim_node publishes the camera, no goal)")
-    parser.add_argument("--model", help="ONNX policy (default: the task's shipped model: models/iiwa_reach.onnx, "
-                        "models/iiwa_reach_object.onnx for reach_object)")
+    parser.add_argument("--model", help="ONNX policy (default: the task's shipped model: models/iiwa_reach_rtc.onnx, "
+                        "models/iiwa_reach_around.onnx for reach_around, models/iiwa_reach_object.onnx for reach_object)")
     add_setting_flags(parser, ["execution", "inject_delay_ms"])  # policy_node's parameters of the same names
     parser.add_argument("--record", type=Path, metavar="BAG", help="record each episode as a rosbag2 under this directory "
                         "(trajectory mode: on /joint_trajectory_controller/joint_trajectory, as a JTC setup records)")
@@ -53,7 +53,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="run --model in shadow mode (publishes only previews; the arm vs the previews on "
                              "/diagnostics) while --driver-model drives the simulated arm")
     parser.add_argument("--driver-model", metavar="ONNX",
-                        help="with --shadow: the policy that moves the arm (default: the shipped models/iiwa_reach.onnx)")
+                        help="with --shadow: the policy that moves the arm (default: the shipped models/iiwa_reach_rtc.onnx)")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--log-dir", type=Path, help="node logs (default: a new temp directory)")
     parser.add_argument("--eval-seed", type=int, metavar="S",

@@ -22,7 +22,7 @@ EXECUTION_MODES: tuple[str, ...] = ("stream", "trajectory")
 #: chunking rtc: the shortest committed prefix (ticks), whatever the delay (see ``runtime.prefix_committer``).
 DEFAULT_RTC_MIN_PREFIX = 4
 #: chunking rtc: rows after the takeover blended from the executing chunk into the new one.
-DEFAULT_RTC_BLEND_TICKS = 8
+DEFAULT_RTC_BLEND_TICKS = 16
 
 
 @dataclass(frozen=True)
