@@ -229,6 +229,11 @@ def episode_min(scores: list[float]) -> float:
     return min(scores) if scores else float("nan")
 
 
+def _episode_entry(row: dict) -> dict:
+    """A recorded episode without its observations and scores (what the JSON keeps per episode)."""
+    return {k: v for k, v in row.items() if k not in ("observations", "scores")}
+
+
 def solver_table(rows_id, shift_rows, checkpoint: Path, calibration: Path, alpha: float, k: int) -> dict:
     """Per solver/steps: threshold on the calibration episodes, AUROC and held-before-failure per shift."""
     import torch
@@ -359,6 +364,9 @@ def main() -> int:
                 "failing_either_held": int(sum(holds[j] is not None or rows[j]["ood_holds"] > 0 for j in failing)),
             }
             print(f"{shift}: {report[shift]} ({time.perf_counter() - started:.0f} s)", flush=True)
+            partial = {"in_distribution_episodes": [_episode_entry(r) for r in rows_id], "shifts": report,
+                       "episodes": {s: [_episode_entry(r) for r in rs] for s, rs in shift_rows.items()}}
+            (args.out / "partial.json").write_text(json.dumps(partial, default=float))  # a run cut short keeps these
     out = {
         "model": args.model.name, "task": args.task, "threshold": threshold, "hold_after": k,
         "calibration": meta.density.calibration, "solver": f"{meta.density.solver}x{meta.density.steps}",
