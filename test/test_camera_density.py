@@ -25,22 +25,23 @@ EPISODES, WINDOWS_PER_EPISODE = 60, 10
 HORIZON = 8
 
 
-def camera_config() -> PolicyConfig:
-    spec = ObservationSpec(IIWA_JOINT_NAMES, ("joint_positions", "image.front"), (image_feature("front", SIZE, SIZE),))
+def camera_config(size: tuple[int, int] = (SIZE, SIZE)) -> PolicyConfig:
+    spec = ObservationSpec(IIWA_JOINT_NAMES, ("joint_positions", "image.front"), (image_feature("front", *size),))
     # embed 16 from 4 keypoints (8 coordinates): the embedding spans at most 8 dimensions
     return PolicyConfig(observation=spec, guided_fields=("image.front",), hidden_dim=32, num_layers=1, horizon=HORIZON,
                         solver_steps=4, image_channels=(4, 4, 8), image_keypoints=4, image_embed_dim=16)
 
 
-def synthetic_windows(seed: int, episodes: int = EPISODES, joints_follow_frame: bool = True) -> Windows:
+def synthetic_windows(seed: int, episodes: int = EPISODES, joints_follow_frame: bool = True,
+                      size: tuple[int, int] = (SIZE, SIZE)) -> Windows:
     """Per episode a latent c in [0, 1]^2: a bright 5x5 square at pixel position 3 + 14 c; the 7 joints
     are (c0, c1, c0 + c1, c0 - c1, ...) + small noise per window (``joints_follow_frame``), or the
     latent of another episode (False: in-range joints that contradict their frame)."""
     rng = np.random.default_rng(seed)
     latent = rng.uniform(0.0, 1.0, size=(episodes, 2))
-    frames = np.full((episodes, SIZE, SIZE, 3), 40, np.uint8)
+    frames = np.full((episodes, *size, 3), 40, np.uint8)
     for e, (a, b) in enumerate(latent):
-        r, c = 3 + int(round(14 * a)), 3 + int(round(14 * b))
+        r, c = 3 + int(round((size[0] - 10) * a)), 3 + int(round((size[1] - 10) * b))
         frames[e, r:r + 5, c:c + 5] = (220, 30, 30)
     source = latent if joints_follow_frame else latent[rng.permutation(episodes)]
     base = np.stack([source[:, 0], source[:, 1], source.sum(1), source[:, 0] - source[:, 1],
@@ -53,6 +54,12 @@ def synthetic_windows(seed: int, episodes: int = EPISODES, joints_follow_frame: 
 @pytest.fixture(scope="module")
 def camera_density_model(tmp_path_factory):
     """(onnx with density, onnx without, checkpoint path, held-out windows) of the tiny camera policy."""
+    return make_camera_density_model(tmp_path_factory.mktemp("camdensity"))
+
+
+def make_camera_density_model(root, size: tuple[int, int] = (SIZE, SIZE)):
+    """Write ``root``/with.onnx (density, RK4 x 2, alpha 0.05 on 60 held-out episodes) and without.onnx of a
+    seeded tiny camera policy; returns (with, without, checkpoint path, held-out windows)."""
     from model_factory import make_checkpoint
 
     from flow_policy_ros.export.density_export import DensityExport
@@ -61,8 +68,7 @@ def camera_density_model(tmp_path_factory):
     from flow_policy_ros.policy.density_training import fit_on_windows
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("camdensity")
-    cfg = camera_config()
+    cfg = camera_config(size)
     low, high = [lo - 0.1 for lo in cfg.limits.lower], [hi + 0.1 for hi in cfg.limits.upper]
     path = make_checkpoint(root / "cam.pt", observation_range={"low": low, "high": high},
                            observation=cfg.observation, guided_fields=cfg.guided_fields,
@@ -74,11 +80,11 @@ def camera_density_model(tmp_path_factory):
     # varies by ~1e-3 of its size and float32 rounding dominates its narrow directions
     for state in (ckpt.model_state, ckpt.ema_state):
         state["image_encoders.front.keypoints.log_temperature"].fill_(np.log(0.02))
-    train = synthetic_windows(0, episodes=400)
+    train = synthetic_windows(0, episodes=400, size=size)
     ckpt.density = fit_on_windows(train, np.ones(len(train), bool), ckpt,
                                   DensityTrainConfig(enabled=True, steps=1000, hidden_dim=64))
     save_checkpoint(path, ckpt)
-    held = synthetic_windows(1)
+    held = synthetic_windows(1, size=size)
     held.save_npz(root / "held.npz")
     export_checkpoint(path, root / "with.onnx", density=DensityExport(root / "held.npz", alpha=0.05, steps=2))
     export_checkpoint(path, root / "without.onnx")
