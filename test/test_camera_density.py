@@ -234,3 +234,34 @@ def test_the_score_sees_both_the_frame_and_the_joints(camera_density_model):
     assert np.mean(minima(noise_frames) < normal) >= 0.95  # per episode: the same joints, another frame
     assert np.mean(minima(offset) < normal) >= 0.95  # the same frames, one joint off
     assert np.median(normal - minima(noise_frames)) > 10.0  # nats: an unseen image is far out
+
+
+def test_train_density_cli_gives_a_camera_checkpoint_its_density_and_keeps_the_policy(camera_density_model, tmp_path):
+    from flow_policy_ros.cli import main
+    from flow_policy_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+
+    with_path, _, ckpt_path, _ = camera_density_model
+    plain = load_checkpoint(ckpt_path)
+    plain.density = None
+    save_checkpoint(tmp_path / "plain.pt", plain)
+    data = with_path.parent / "held.npz"  # windows with frames
+    assert main(["train-density", str(tmp_path / "plain.pt"), str(data), "--out", str(tmp_path / "d.pt"),
+                 "--steps", "20", "--hidden-dim", "8"]) == 0
+    trained = load_checkpoint(tmp_path / "d.pt")
+    assert trained.density["model"]["kind"] == "camera_embedding"
+    assert trained.density["training"]["windows"] == EPISODES * WINDOWS_PER_EPISODE
+    assert all(torch.equal(trained.ema_state[k], plain.ema_state[k]) for k in plain.ema_state)
+    assert main(["train-density", str(tmp_path / "plain.pt"), "unused", "--copy-from", str(tmp_path / "d.pt"),
+                 "--out", str(tmp_path / "c.pt")]) == 2  # a camera density is tied to its encoder: not copied
+
+
+def test_a_camera_density_of_other_cameras_is_refused_at_load(camera_density_model, tmp_path):
+    from flow_policy_ros.errors import CheckpointError
+    from flow_policy_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+
+    _, _, ckpt_path, _ = camera_density_model
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt.density["model"]["cameras"] = ["side"]
+    save_checkpoint(tmp_path / "bad.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"camera density of cameras \['side'\].*the policy has cameras \['front'\]"):
+        load_checkpoint(tmp_path / "bad.pt")
