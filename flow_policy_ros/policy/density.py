@@ -47,7 +47,8 @@ tangent' = W tangent through a Linear, act'(pre) * tangent through an activation
 every probe p in one batched (B, P, width) pass. Then div v ~ w * sum_p p^T J p:
 
 - ``exact`` (default, small D): the P = D basis vectors e_i, w = 1, so the sum is the trace;
-- ``hutchinson`` (large D, e.g. image embeddings later): P Rademacher probes drawn ONCE at
+- ``hutchinson`` (large D with residual layers; the camera density keeps the exact trace, see
+  docs/density_shield.md "Camera model"): P Rademacher probes drawn ONCE at
   construction from ``probe_seed`` (a buffer, so they are fixed in the checkpoint and the graph),
   w = 1 / P; unbiased over the probe draw (E[p p^T] = I), deterministic for a given model.
 
