@@ -265,3 +265,24 @@ def test_a_camera_density_of_other_cameras_is_refused_at_load(camera_density_mod
     save_checkpoint(tmp_path / "bad.pt", ckpt)
     with pytest.raises(CheckpointError, match=r"camera density of cameras \['side'\].*the policy has cameras \['front'\]"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_train_with_density_enabled_fits_a_camera_density_on_the_training_episodes_only(camera_density_model, tmp_path):
+    """``flow-policy train``'s hook (``attach_to_run``) on a camera run: the validation episodes of the
+    checkpoint's split are left out, and the density is the camera kind."""
+    from dataclasses import replace
+
+    from flow_policy_ros.policy.checkpoint import load_checkpoint, save_checkpoint
+    from flow_policy_ros.policy.density_training import attach_to_run
+
+    with_path, _, ckpt_path, _ = camera_density_model
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt.density = None
+    ckpt.config = replace(ckpt.config, density=DensityTrainConfig(enabled=True, steps=20, hidden_dim=8))
+    ckpt.data_summary = {**ckpt.data_summary, "split": {"val_episode_index": [0, 1, 2]}}
+    save_checkpoint(tmp_path / "run.pt", ckpt)
+    attach_to_run(tmp_path / "run.pt", with_path.parent / "held.npz")
+    density = load_checkpoint(tmp_path / "run.pt").density
+    assert density["model"]["kind"] == "camera_embedding"
+    assert density["training"]["episodes"] == EPISODES - 3
+    assert density["training"]["windows"] == (EPISODES - 3) * WINDOWS_PER_EPISODE
