@@ -7,7 +7,8 @@ Both models are loaded as the node loads them (``load_policy``: CPU provider, on
 thread) and timed alternately, ``--blocks`` blocks of ``--calls`` batch-1 ``predict`` calls each
 (interleaving cancels the drift of a shared machine), so the two p50s come from the same minutes.
 Then the actions of both are compared on ``--check`` random observations around the training range
-with random noise: bit-identical is required (the density must not change the policy).
+with random noise (camera models: and random frames): bit-identical is required (the density must
+not change the policy).
 """
 
 from __future__ import annotations
@@ -45,24 +46,31 @@ def main() -> int:
     low, high = meta.observation_range.low, meta.observation_range.high
     obs = rng.uniform(low, high, size=(args.calls, meta.obs_dim)).astype(np.float32)
     noise = rng.standard_normal((args.calls, meta.horizon, meta.action_dim)).astype(np.float32)
+    features = meta.observation.image_features  # camera models: random uint8 frames (same graph cost)
+    frames = {f.name: rng.integers(0, 256, size=(args.calls, *f.image_shape), dtype=np.uint8) for f in features}
+
+    def images(rows) -> dict | None:
+        return {name: f[rows] for name, f in frames.items()} if frames else None
+
     times: dict[str, list[float]] = {"with": [], "without": []}
     for name in models:  # warm-up
         for i in range(100):
-            models[name].predict(obs[i % args.calls], noise[i % args.calls])
+            models[name].predict(obs[i % args.calls], noise[i % args.calls], images=images(i % args.calls))
     for block in range(args.blocks):
         for name in (("with", "without") if block % 2 == 0 else ("without", "with")):
             policy = models[name]
             for i in range(args.calls):
                 start = time.perf_counter_ns()
-                policy.predict(obs[i], noise[i])
+                policy.predict(obs[i], noise[i], images=images(i))
                 times[name].append((time.perf_counter_ns() - start) * 1e-6)
     stats = {name: {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "calls": len(t)}
              for name, t in times.items()}
     ratio = stats["with"]["p50_ms"] / stats["without"]["p50_ms"]
     check_obs = rng.uniform(low - 0.2 * (high - low), high + 0.2 * (high - low), size=(args.check, meta.obs_dim)).astype(np.float32)
     check_noise = rng.standard_normal((args.check, meta.horizon, meta.action_dim)).astype(np.float32)
-    a = models["with"].predict(check_obs, check_noise)
-    b = models["without"].predict(check_obs, check_noise)
+    check_frames = {f.name: rng.integers(0, 256, size=(args.check, *f.image_shape), dtype=np.uint8) for f in features}
+    a = models["with"].predict(check_obs, check_noise, images=check_frames or None)
+    b = models["without"].predict(check_obs, check_noise, images=check_frames or None)
     identical = bool(np.array_equal(a, b))
     out = {"with": str(args.with_density), "without": str(args.without), **stats, "p50_ratio": ratio,
            "density": f"{meta.density.solver}x{meta.density.steps}", "actions_bit_identical": identical,

@@ -14,6 +14,11 @@
      outside the demonstrations' start set (home +- 0.05 rad per joint; redrawn if inside it);
    * ``offset``: one joint's reading (uniform joint) off by a constant +-U(0.1, 0.4) rad all episode;
    * ``stuck``: one joint's reading frozen at its value at 0.3 s while the arm moves on;
+   * ``camera`` (camera models): the camera moved, per episode: its eye 3 cm from the training pose in a
+     uniformly random direction, its view axis panned and tilted by +-U(2, 4) degrees each (random signs);
+   * ``occlusion`` (camera models): a grey visual-only box (8 cm cube) on the line from the object's centre
+     to the camera eye, 35% of the way to the eye: the object is hidden from the camera all episode (the
+     arm, the table and the distractor stay in view; the box has no physics);
    * ``goal`` (with ``--goal-hole``): goals inside a box-shaped hole of the goal region that the
      DENSITY was trained without (``--goal-hole`` also restricts the in-distribution episodes to
      goals outside it; scripts/density_goal_hole.py builds that density). The shipped policy itself
@@ -46,8 +51,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # camera_robustness (the camera pose rotation)
 
-SHIFTS = ("start", "offset", "stuck", "goal")
+SHIFTS = ("start", "offset", "stuck", "goal", "camera", "occlusion")
+CAMERA_SHIFTS = ("camera", "occlusion")
+CAMERA_EYE_MOVE_M = 0.03
+CAMERA_TURN_DEG = (2.0, 4.0)
+OCCLUDER_HALF_M = 0.04
+OCCLUDER_RGBA = (0.5, 0.5, 0.5, 1.0)
+OCCLUDER_FRACTION = 0.35  # of the way from the object's centre to the camera eye
 OBSERVE_ONLY = 100  # density_hold_after: the guard records, never holds within an episode
 STUCK_AT_S = 0.3
 OFFSET_RANGE_RAD = (0.1, 0.4)
@@ -140,6 +152,30 @@ def shifted_start(spec, joint_range: tuple[np.ndarray, np.ndarray], rng: np.rand
             return dataclasses.replace(spec, start_q=q), {"start_q": q.round(4).tolist()}
 
 
+def moved_camera(base, rng: np.random.Generator):
+    """(``base`` CameraSpec moved: eye 3 cm in a random direction, view axis panned and tilted by +-U(2, 4) deg), info)."""
+    from camera_robustness import _rotate
+
+    direction = rng.normal(size=3)
+    eye = np.asarray(base.eye) + CAMERA_EYE_MOVE_M * direction / np.linalg.norm(direction)
+    pan, tilt = np.radians(rng.uniform(*CAMERA_TURN_DEG, 2) * rng.choice([-1.0, 1.0], 2))
+    view = np.asarray(base.target) - np.asarray(base.eye)
+    view = _rotate(view, np.array([0.0, 0.0, 1.0]), pan)
+    view = _rotate(view, np.cross(view, np.asarray(base.up)), tilt)
+    camera = dataclasses.replace(base, eye=tuple(eye), target=tuple(eye + view))
+    return camera, {"camera_eye": eye.round(4).tolist(), "pan_deg": float(np.degrees(pan)), "tilt_deg": float(np.degrees(tilt))}
+
+
+def occluded(spec, eye: np.ndarray):
+    """(``spec`` with a grey box between its object and the camera eye, info)."""
+    from flow_policy_ros.sim.arm import VisualObject
+
+    target = np.asarray(spec.goal, dtype=np.float64)
+    center = target + OCCLUDER_FRACTION * (np.asarray(eye) - target)
+    box = VisualObject("occluder", tuple(center), (OCCLUDER_HALF_M,) * 3, OCCLUDER_RGBA)
+    return dataclasses.replace(spec, visuals=spec.visuals + (box,)), {"occluder_center": center.round(4).tolist()}
+
+
 def in_hole(goal: np.ndarray, hole) -> bool:
     box = np.asarray(hole).reshape(3, 2)
     return bool(np.all((goal >= box[:, 0]) & (goal <= box[:, 1])))
@@ -161,19 +197,21 @@ def episode_specs(task: str, seed: int, count: int, hole, inside: bool) -> list:
     raise SystemExit(f"fewer than {count} episodes with goals {'inside' if inside else 'outside'} the hole")
 
 
-def run(loop, recorder: RecordingPolicy, specs, changes) -> list[dict]:
-    """Run the episodes; each entry: result fields + decisions' observations and scores."""
+def run(loop, recorder: RecordingPolicy, specs, changes, cameras=None) -> list[dict]:
+    """Run the episodes; each entry: result fields + decisions' observations and scores. ``cameras``: per
+    episode the CameraSpec to render with (None: the loop's own)."""
     rows = []
-    original = loop.env.observe
-    for spec, (change, info) in zip(specs, changes):
+    original, base_camera = loop.env.observe, loop.env.camera
+    for i, (spec, (change, info)) in enumerate(zip(specs, changes)):
         state: dict = {}
         loop.env.observe = original if change is None else (lambda c=change, s=state: c(original(), s))
+        loop.env.camera = base_camera if cameras is None or cameras[i] is None else cameras[i]
         result = loop.run_spec(spec)
         rows.append({"seed": spec.seed, "success": bool(result.success), "failure": result.failure,
                      "density_holds": result.density_holds, "first_density_hold_tick": result.first_density_hold_tick,
                      "ood_holds": result.ood_holds, "scores": list(map(float, result.density_scores)),
                      "observations": recorder.take(), **info})
-    loop.env.observe = original
+    loop.env.observe, loop.env.camera = original, base_camera
     return rows
 
 
@@ -189,6 +227,11 @@ def range_scores(rows: list[dict], obs_range) -> np.ndarray:
 def episode_min(scores: list[float]) -> float:
     """An episode's density score; NaN when it had no scored decision (the range guard held first)."""
     return min(scores) if scores else float("nan")
+
+
+def _episode_entry(row: dict) -> dict:
+    """A recorded episode without its observations and scores (what the JSON keeps per episode)."""
+    return {k: v for k, v in row.items() if k not in ("observations", "scores")}
 
 
 def solver_table(rows_id, shift_rows, checkpoint: Path, calibration: Path, alpha: float, k: int) -> dict:
@@ -282,10 +325,19 @@ def main() -> int:
                 seeds = [s.seed for s in episode_specs(args.task, args.seed + 1 + i, args.shift_episodes, args.goal_hole, True)]
             else:
                 seeds = eval_episode_seeds(args.seed + 1 + i, args.shift_episodes)
-            specs, changes = [], []
+            specs, changes, cameras = [], [], []
+            if shift in CAMERA_SHIFTS and loop.env.camera is None:
+                raise SystemExit(f"shift {shift!r} needs a camera model")
             for s in seeds:
                 spec = sample_episode(args.task, s)
-                if shift == "goal":
+                camera = None
+                if shift == "camera":
+                    camera, info = moved_camera(loop.env.camera, rng)
+                    changes.append((None, info))
+                elif shift == "occlusion":
+                    spec, info = occluded(spec, loop.env.camera.eye)
+                    changes.append((None, info))
+                elif shift == "goal":
                     changes.append((None, {"goal": spec.goal.round(4).tolist()}))
                 elif shift == "start":
                     spec, info = shifted_start(spec, joint_range, rng)
@@ -293,7 +345,8 @@ def main() -> int:
                 else:
                     changes.append(corrupt(shift, rng))
                 specs.append(spec)
-            rows = run(loop, recorder, specs, changes)
+                cameras.append(camera)
+            rows = run(loop, recorder, specs, changes, cameras)
             shift_rows[shift] = rows
             density = np.array([episode_min(r["scores"]) for r in rows])
             scored = np.isfinite(density)  # the density AUROC covers episodes with at least one decision
@@ -311,6 +364,9 @@ def main() -> int:
                 "failing_either_held": int(sum(holds[j] is not None or rows[j]["ood_holds"] > 0 for j in failing)),
             }
             print(f"{shift}: {report[shift]} ({time.perf_counter() - started:.0f} s)", flush=True)
+            partial = {"in_distribution_episodes": [_episode_entry(r) for r in rows_id], "shifts": report,
+                       "episodes": {s: [_episode_entry(r) for r in rs] for s, rs in shift_rows.items()}}
+            (args.out / "partial.json").write_text(json.dumps(partial, default=float))  # a run cut short keeps these
     out = {
         "model": args.model.name, "task": args.task, "threshold": threshold, "hold_after": k,
         "calibration": meta.density.calibration, "solver": f"{meta.density.solver}x{meta.density.steps}",

@@ -214,3 +214,28 @@ def test_shipped_state_models_carry_their_training_action_range_and_density(name
     assert meta.density is not None and LOG_LIKELIHOOD_OUTPUT in [o.name for o in policy.session.get_outputs()]
     sha = hashlib.sha256((MODELS_DIR / f"{name}.onnx").read_bytes()).hexdigest()
     assert f"sha256 `{sha}`" in (MODELS_DIR / f"{name}.md").read_text()
+
+
+def test_shipped_camera_model_carries_its_calibrated_camera_density() -> None:
+    """iiwa_reach_object scores joints + its own encoder's embedding in the same graph (issue 24): the
+    metadata's density is the checkpoint's camera density, calibrated on 200 held-out episodes at alpha
+    0.01 (data dir recorded relative), the policy part of the checkpoint is the one it was made from,
+    and the model card lists the file's sha256 and the threshold."""
+    import hashlib
+
+    from flow_policy_ros.policy.checkpoint import load_checkpoint
+    from flow_policy_ros.runtime.metadata import LOG_LIKELIHOOD_OUTPUT
+
+    policy = OnnxPolicy(MODELS_DIR / "iiwa_reach_object.onnx", warmup=1)  # load-time check: a finite score
+    density = policy.metadata.density
+    assert density is not None and [o.name for o in policy.session.get_outputs()] == ["actions", LOG_LIKELIHOOD_OUTPUT]
+    ckpt = load_checkpoint(MODELS_DIR / "iiwa_reach_object.pt")
+    assert ckpt.density["model"]["kind"] == "camera_embedding" and density.model["cameras"] == ["front"]
+    assert density.model["embedding_directions"] == len(ckpt.density["model"]["embedding_components"])
+    assert density.model["training"] == ckpt.density["training"]
+    cal = density.calibration
+    assert (cal["n"], cal["alpha"], cal["k"], cal["data"]) == (200, 0.01, 2, "data/calib_reach_object")
+    assert cal["parity_relative"] <= 1e-4
+    card = (MODELS_DIR / "iiwa_reach_object.md").read_text()
+    sha = hashlib.sha256((MODELS_DIR / "iiwa_reach_object.onnx").read_bytes()).hexdigest()
+    assert f"sha256 `{sha}`" in card and f"{density.threshold:.3f}" in card

@@ -40,12 +40,16 @@ from torch import nn
 from flow_policy_ros.errors import ModelFileError, UsageError
 from flow_policy_ros.export.density_export import (
     DensityExport,
+    SamplerWithCameraDensity,
     SamplerWithDensity,
     calibrate_graph,
+    camera_density_parity,
     density_metadata,
     density_parity,
+    load_calibration_windows,
     log_likelihood_module,
 )
+from flow_policy_ros.policy.camera_density import CameraLogLikelihood
 from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from flow_policy_ros.policy.flow import check_solver, prefix_mask, sample_chunks, step_time_features
 from flow_policy_ros.policy.model import VelocityNet
@@ -94,8 +98,19 @@ class Sampler(nn.Module):
     def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
                 prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None,
                 images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        # the condition input once per chunk: normalized observation (+ each camera's embedding)
-        obs_n = self.net.condition_input((observation - self.obs_shift) / self.obs_scale, images)
+        return self.sample(observation, self.condition_input(observation, images), noise, guidance_scale,
+                           prefix_actions, prefix_length)
+
+    def condition_input(self, observation: torch.Tensor, images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The condition input (B, condition_dim), once per chunk: the normalized observation (+ each
+        camera's embedding, ``VelocityNet.condition_input``). A camera density reads its embedding
+        columns, so the graph runs the encoder once for both outputs."""
+        return self.net.condition_input((observation - self.obs_shift) / self.obs_scale, images)
+
+    def sample(self, observation: torch.Tensor, obs_n: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
+               prefix_actions: torch.Tensor | None = None, prefix_length: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions (B, H, A) from the raw observation (B, obs_dim), its :meth:`condition_input` ``obs_n``
+        and the other inputs of :meth:`forward`."""
         x0 = noise * 0.0 if self.regression else (noise if self.noise_scale == 1.0 else noise * self.noise_scale)
         reference = action_reference(observation, self.reference_indices)
         prefix_n = mask = None
@@ -123,9 +138,13 @@ class GraphSampler(nn.Module):
 
     def forward(self, observation: torch.Tensor, noise: torch.Tensor, guidance_scale: torch.Tensor,
                 *rest: torch.Tensor) -> torch.Tensor:
+        images, prefix = self.split_inputs(rest)
+        return self.sampler(observation, noise, guidance_scale, *prefix, images=images)
+
+    def split_inputs(self, rest: tuple[torch.Tensor, ...]) -> tuple[dict[str, torch.Tensor] | None, tuple[torch.Tensor, ...]]:
+        """The inputs after guidance_scale -> ({camera: frames} or None, (prefix_actions, prefix_length) or ())."""
         n = len(self.cameras)
-        images = dict(zip(self.cameras, rest[:n])) if n else None
-        return self.sampler(observation, noise, guidance_scale, *rest[n:], images=images)
+        return (dict(zip(self.cameras, rest[:n])) if n else None), tuple(rest[n:])
 
 
 
@@ -283,11 +302,18 @@ def _camera_shapes(sampler: Sampler) -> dict[str, tuple[int, int, int]]:
     return {name: (enc.height, enc.width, 3) for name, enc in sampler.net.image_encoders.items()}
 def export_density(graph_path: Path, ckpt: Checkpoint, request: DensityExport, score: nn.Module) -> DensityInfo:
     """Parity of the graph's ``observation_log_likelihood`` (relative, <= PARITY_TOLERANCE) and its
-    calibration on the held-out episodes: the metadata's ``density`` entry."""
-    relative = density_parity(score, graph_path)
+    calibration on the held-out episodes: the metadata's ``density`` entry. Camera models: parity on
+    held-out windows' frames (and random frames) against the eager encoder + density."""
+    windows = None
+    if isinstance(score, CameraLogLikelihood):
+        windows = load_calibration_windows(ckpt, request)
+        eager = sampler_from_checkpoint(ckpt, 1)
+        relative = camera_density_parity(score, eager, graph_path, windows)
+    else:
+        relative = density_parity(score, graph_path)
     if relative > PARITY_TOLERANCE:
         raise ModelFileError(f"density parity check failed: relative |onnx - torch| = {relative:.3g} > {PARITY_TOLERANCE:g}")
-    calibration = calibrate_graph(graph_path, ckpt, request)
+    calibration = calibrate_graph(graph_path, ckpt, request, windows)
     calibration["parity_relative"] = relative
     return density_metadata(ckpt, request, calibration)
 
@@ -330,7 +356,12 @@ def export_checkpoint(
     metadata = build_metadata(ckpt, name or out_path.stem, steps, checkpoint_path, solver, noise_scale)
     policy = ckpt.config.policy
     score = None if density is None else log_likelihood_module(ckpt, density, str(checkpoint_path))
-    graph = GraphSampler(sampler) if score is None else SamplerWithDensity(GraphSampler(sampler), score)
+    if score is None:
+        graph = GraphSampler(sampler)
+    elif isinstance(score, CameraLogLikelihood):  # the density reads the embedding the sampler computes
+        graph = SamplerWithCameraDensity(GraphSampler(sampler), score)
+    else:
+        graph = SamplerWithDensity(GraphSampler(sampler), score)
 
     example: tuple[torch.Tensor, ...] = (
         torch.zeros(1, policy.obs_dim),

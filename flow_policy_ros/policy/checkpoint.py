@@ -144,11 +144,29 @@ def check_density(entry: Any, config: ExperimentConfig, where: str) -> None:
     """Raise CheckpointError naming ``where`` unless ``entry`` has the shape of a density over the
     config's observation (the weights are loaded strictly by ``density_training.density_from_checkpoint``)."""
     model = entry.get("model") if isinstance(entry, dict) else None
+    if isinstance(model, dict) and model.get("kind") == "camera_embedding":  # policy.camera_density.CAMERA_KIND
+        check_camera_density(model, config, where)
+        return
     if not isinstance(model, dict) or not all(k in model for k in ("config", "obs_shift", "obs_scale", "state")):
         raise CheckpointError(f"{where}: expected {{'model': {{config, obs_shift, obs_scale, state}}, 'training': ...}}")
     obs_dim = model["config"].get("obs_dim") if isinstance(model["config"], dict) else None
     if obs_dim != config.policy.obs_dim:
         raise CheckpointError(f"{where}: models {obs_dim} observation values, the policy has {config.policy.obs_dim}")
+
+
+def check_camera_density(model: dict[str, Any], config: ExperimentConfig, where: str) -> None:
+    """A camera density (``policy.camera_density``) must score this policy's cameras and observation;
+    its flow models the observation plus its whitened embedding directions."""
+    cameras, obs_dim = model.get("cameras"), model.get("observation_dim")
+    components, flow = model.get("embedding_components"), model.get("density")
+    if list(cameras or []) != list(config.policy.cameras) or obs_dim != config.policy.obs_dim:
+        raise CheckpointError(f"{where}: a camera density of cameras {cameras} and {obs_dim} observation values, "
+                              f"the policy has cameras {list(config.policy.cameras)} and {config.policy.obs_dim}")
+    if not isinstance(components, list) or not isinstance(flow, dict) or not isinstance(flow.get("config"), dict):
+        raise CheckpointError(f"{where}: expected embedding_components and a density {{config, obs_shift, obs_scale, state}}")
+    if flow["config"].get("obs_dim") != obs_dim + len(components):
+        raise CheckpointError(f"{where}: its flow models {flow['config'].get('obs_dim')} values, expected "
+                              f"{obs_dim} + {len(components)} embedding directions")
 
 
 def check_weights(state: Any, config: ExperimentConfig, where: str) -> None:

@@ -47,7 +47,8 @@ tangent' = W tangent through a Linear, act'(pre) * tangent through an activation
 every probe p in one batched (B, P, width) pass. Then div v ~ w * sum_p p^T J p:
 
 - ``exact`` (default, small D): the P = D basis vectors e_i, w = 1, so the sum is the trace;
-- ``hutchinson`` (large D, e.g. image embeddings later): P Rademacher probes drawn ONCE at
+- ``hutchinson`` (large D with residual layers; the camera density keeps the exact trace, see
+  docs/density_shield.md "Camera model"): P Rademacher probes drawn ONCE at
   construction from ``probe_seed`` (a buffer, so they are fixed in the checkpoint and the graph),
   w = 1 / P; unbiased over the probe draw (E[p p^T] = I), deterministic for a given model.
 
@@ -423,7 +424,7 @@ def train_density(
     observations: np.ndarray,
     cfg: DensityConfig | None = None,
     stats: NormalizationStats | None = None,
-    normalization: str = "minmax",
+    normalization: str | tuple[np.ndarray, np.ndarray] = "minmax",
     steps: int = 1000,
     batch_size: int = 256,
     lr: float = 2e-3,
@@ -434,7 +435,8 @@ def train_density(
     """Fit the density of ``observations`` (N, D) (raw units) by flow matching.
 
     Normalization: the policy's ``stats`` if given (its observation half), else fitted here with
-    ``normalization`` ('minmax' or 'meanstd'). Loss: E ||v(y_t, t) - (y1 - y0)||^2, t ~ U(0, 1),
+    ``normalization`` ('minmax' or 'meanstd'), or a given (shift, scale) pair of (D,) arrays.
+    Loss: E ||v(y_t, t) - (y1 - y0)||^2, t ~ U(0, 1),
     y0 ~ N(0, I), y1 a normalized observation (``flow.interpolate``/``flow.target_velocity``).
     Adam with the policy's schedule (``train.lr_factor``) and, if ``ema_decay`` > 0, its EMA.
     ``data_noise`` > 0 (std, normalized units) adds fresh Gaussian noise to every y1: the model
@@ -454,7 +456,12 @@ def train_density(
         raise ValueError(f"train_density: data_noise must be >= 0, got {data_noise}")
     if cfg.obs_dim != observations.shape[1]:
         raise ValueError(f"train_density: config obs_dim {cfg.obs_dim} but observations have D = {observations.shape[1]}")
-    shift, scale = (stats.obs_shift, stats.obs_scale) if stats is not None else observation_normalization(observations, normalization)
+    if stats is not None:
+        shift, scale = stats.obs_shift, stats.obs_scale
+    elif isinstance(normalization, tuple):
+        shift, scale = normalization
+    else:
+        shift, scale = observation_normalization(observations, normalization)
     torch.manual_seed(seed)
     model = ObservationDensity(cfg, shift, scale)
     ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None

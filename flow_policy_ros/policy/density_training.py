@@ -1,5 +1,9 @@
 """The observation density of a policy checkpoint: train it, attach it, score and calibrate with it.
 
+Camera models get a :class:`~flow_policy_ros.policy.camera_density.CameraObservationDensity` (joint
+readings + the frozen encoder's whitened embedding of the frame in force), state models an
+:class:`~flow_policy_ros.policy.density.ObservationDensity`; :func:`fit_on_windows` picks.
+
 ``flow-policy train`` with ``density.enabled`` calls :func:`attach_to_run` once the policy is
 trained; ``flow-policy train-density CKPT DATA --out CKPT2`` calls :func:`add_density` to give an
 existing checkpoint (a shipped model's ``.pt``) a density without touching its policy weights.
@@ -26,6 +30,14 @@ from typing import Any
 import numpy as np
 
 from flow_policy_ros.errors import UsageError
+from flow_policy_ros.policy.camera_density import (
+    CAMERA_KIND,
+    DEFAULT_REL_TOL,
+    DEFAULT_STD_FLOOR,
+    CameraObservationDensity,
+    train_camera_density,
+    window_embeddings,
+)
 from flow_policy_ros.policy.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from flow_policy_ros.policy.config import DensityTrainConfig
 from flow_policy_ros.policy.density import DensityConfig, ObservationDensity, train_density
@@ -51,17 +63,57 @@ def fit_density(observations: np.ndarray, ckpt: Checkpoint, cfg: DensityTrainCon
     return density_entry(trained.model, training)
 
 
+def fit_camera_density(windows: Any, keep: np.ndarray, ckpt: Checkpoint, cfg: DensityTrainConfig,
+                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A camera model's density (``policy.camera_density``) on the windows ``keep`` (N,) bool of
+    ``windows`` (``dataset.Windows`` with frames): the checkpoint's frozen EMA encoder embeds each
+    window's frame in force, the flow is fitted on [raw observation, whitened embedding]."""
+    from flow_policy_ros.policy.model import VelocityNet
+
+    net = VelocityNet(ckpt.config.policy)
+    net.load_state_dict(ckpt.ema_state)
+    net.eval().requires_grad_(False)
+    index = {c: np.asarray(i)[keep] for c, i in windows.frame_index.items()}
+    embeddings = window_embeddings(net, windows.frames, index)
+    if log is not None:
+        log(f"density: embedded {len(embeddings)} windows ({sum(len(f) for f in windows.frames.values())} frames)")
+    net_cfg = DensityConfig(obs_dim=1, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, activation=cfg.activation)
+    model, losses = train_camera_density(windows.observations[keep], embeddings, ckpt.stats.obs_shift, ckpt.stats.obs_scale,
+                                         net_cfg, tuple(net.cameras), steps=cfg.steps, batch_size=cfg.batch_size,
+                                         lr=cfg.lr, data_noise=cfg.data_noise, seed=cfg.seed)
+    tail = losses[-min(50, len(losses)):]
+    training = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "data_noise": cfg.data_noise,
+                "seed": cfg.seed, "windows": int(keep.sum()), "final_loss": float(np.mean(tail)),
+                "episodes": int(len(np.unique(windows.episode_index[keep]))),
+                "embedding_directions": model.whitening.dim, "embedding_rel_tol": DEFAULT_REL_TOL,
+                "embedding_std_floor": DEFAULT_STD_FLOOR}
+    return {"model": model.to_dict(), "training": training}
+
+
+def fit_on_windows(windows: Any, keep: np.ndarray, ckpt: Checkpoint, cfg: DensityTrainConfig,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The checkpoint's ``density`` entry fitted on the windows ``keep`` (N,) bool: a camera density for a
+    camera model, else the observation density (:func:`fit_density`)."""
+    if ckpt.config.policy.cameras:
+        return fit_camera_density(windows, keep, ckpt, cfg, log)
+    return fit_density(windows.observations[keep], ckpt, cfg, int(len(np.unique(windows.episode_index[keep]))))
+
+
 def density_entry(model: ObservationDensity, training: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint stores: ``{"model": ObservationDensity.to_dict(), "training": {...}}``."""
     return {"model": model.to_dict(), "training": dict(training)}
 
 
-def density_from_checkpoint(ckpt: Checkpoint, where: str = "checkpoint") -> ObservationDensity:
-    """The checkpoint's density model (eval mode); UsageError naming ``where`` when it has none."""
+def density_from_checkpoint(ckpt: Checkpoint, where: str = "checkpoint") -> ObservationDensity | CameraObservationDensity:
+    """The checkpoint's density model (eval mode): a :class:`CameraObservationDensity` for a camera
+    model's (``kind`` camera_embedding), else an :class:`ObservationDensity`; UsageError naming
+    ``where`` when it has none."""
     if ckpt.density is None:
         raise UsageError(f"{where}: the checkpoint has no observation density (train one with "
                          "`flow-policy train-density` or density.enabled in the training config)")
-    return ObservationDensity.from_dict(ckpt.density["model"], where=f"{where}: density").eval().requires_grad_(False)
+    model = ckpt.density["model"]
+    kind = CameraObservationDensity if model.get("kind") == CAMERA_KIND else ObservationDensity
+    return kind.from_dict(model, where=f"{where}: density").eval().requires_grad_(False)
 
 
 def attach_to_run(checkpoint_path: Path, data_path: Path, log: Callable[[str], None] | None = None) -> None:
@@ -77,7 +129,7 @@ def attach_to_run(checkpoint_path: Path, data_path: Path, log: Callable[[str], N
     held_out = (ckpt.data_summary.get("split") or {}).get("val_episode_index") or []
     keep = ~np.isin(windows.episode_index, np.asarray(held_out, dtype=np.int64))
     episodes = int(len(np.unique(windows.episode_index[keep])))
-    ckpt.density = fit_density(windows.observations[keep], ckpt, ckpt.config.density, episodes)
+    ckpt.density = fit_on_windows(windows, keep, ckpt, ckpt.config.density, log)
     save_checkpoint(checkpoint_path, ckpt)
     if log is not None:
         log(f"density: {ckpt.config.density.steps} steps on {int(keep.sum())} training windows ({episodes} episodes), "
@@ -94,7 +146,7 @@ def add_density(checkpoint_path: Path, data_path: Path, out_path: Path, cfg: Den
 
     ckpt = load_checkpoint(checkpoint_path)
     windows = load_training_data(Path(data_path), ckpt.config.policy, ckpt.config.data, progress=progress)
-    ckpt.density = fit_density(windows.observations, ckpt, cfg, int(len(np.unique(windows.episode_index))))
+    ckpt.density = fit_on_windows(windows, np.ones(len(windows), bool), ckpt, cfg, print if progress else None)
     ckpt.density["training"]["data"] = Path(data_path).name
     ckpt.density["training"]["base_checkpoint_sha256"] = file_sha256(checkpoint_path)  # provenance of the policy part
     save_checkpoint(out_path, ckpt)
@@ -107,6 +159,8 @@ def copy_density(source: Path, checkpoint_path: Path, out_path: Path) -> Checkpo
     donor, ckpt = load_checkpoint(source), load_checkpoint(checkpoint_path)
     if donor.density is None:
         raise UsageError(f"--copy-from {source}: the checkpoint has no density")
+    if donor.density["model"].get("kind") == CAMERA_KIND:
+        raise UsageError(f"--copy-from {source}: a camera density scores its own encoder's embedding; train one instead")
     same = (np.array_equal(donor.stats.obs_shift, ckpt.stats.obs_shift)
             and np.array_equal(donor.stats.obs_scale, ckpt.stats.obs_scale)
             and donor.config.policy.observation == ckpt.config.policy.observation)
