@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flow_policy_ros.policy.checkpoint import CAMERA_KIND
 from flow_policy_ros.policy.density import (
     DEFAULT_SOLVER,
     DEFAULT_STEPS,
@@ -50,8 +51,6 @@ from flow_policy_ros.policy.density import (
 from flow_policy_ros.policy.flow import check_solver
 from flow_policy_ros.policy.model import VelocityNet
 
-#: ``kind`` of a camera density in a checkpoint's ``density.model``.
-CAMERA_KIND = "camera_embedding"
 #: Principal directions with a variance below this fraction of the largest are dropped (they are
 #: float rounding: measured on the shipped model, 32 directions down to 6.7e-7, then 1.4e-15).
 DEFAULT_REL_TOL = 1e-8

@@ -22,6 +22,9 @@ from flow_policy_ros.errors import CheckpointError, one_line
 from flow_policy_ros.policy.config import ConfigError, ExperimentConfig
 from flow_policy_ros.policy.normalization import NormalizationStats, StatisticsError
 
+#: ``kind`` of a camera density (``policy.camera_density``) in a checkpoint's ``density.model``.
+CAMERA_KIND = "camera_embedding"
+
 FORMAT = "flow_policy_ros.checkpoint"
 VERSION = 1
 
@@ -144,7 +147,7 @@ def check_density(entry: Any, config: ExperimentConfig, where: str) -> None:
     """Raise CheckpointError naming ``where`` unless ``entry`` has the shape of a density over the
     config's observation (the weights are loaded strictly by ``density_training.density_from_checkpoint``)."""
     model = entry.get("model") if isinstance(entry, dict) else None
-    if isinstance(model, dict) and model.get("kind") == "camera_embedding":  # policy.camera_density.CAMERA_KIND
+    if isinstance(model, dict) and model.get("kind") == CAMERA_KIND:
         check_camera_density(model, config, where)
         return
     if not isinstance(model, dict) or not all(k in model for k in ("config", "obs_shift", "obs_scale", "state")):

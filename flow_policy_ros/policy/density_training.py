@@ -55,12 +55,17 @@ def fit_density(observations: np.ndarray, ckpt: Checkpoint, cfg: DensityTrainCon
                             activation=cfg.activation)
     trained = train_density(observations, net_cfg, stats=ckpt.stats, steps=cfg.steps, batch_size=cfg.batch_size,
                             lr=cfg.lr, data_noise=cfg.data_noise, seed=cfg.seed)
-    tail = trained.losses[-min(50, len(trained.losses)):]
+    return density_entry(trained.model, training_record(cfg, trained.losses, len(observations), episodes))
+
+
+def training_record(cfg: DensityTrainConfig, losses: list[float], windows: int, episodes: int | None) -> dict[str, Any]:
+    """The ``density.training`` entry: the settings, the data size and the mean of the last 50 losses."""
+    tail = losses[-min(50, len(losses)):]
     training = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "data_noise": cfg.data_noise,
-                "seed": cfg.seed, "windows": int(len(observations)), "final_loss": float(np.mean(tail))}
+                "seed": cfg.seed, "windows": int(windows), "final_loss": float(np.mean(tail))}
     if episodes is not None:
         training["episodes"] = int(episodes)
-    return density_entry(trained.model, training)
+    return training
 
 
 def fit_camera_density(windows: Any, keep: np.ndarray, ckpt: Checkpoint, cfg: DensityTrainConfig,
@@ -81,10 +86,7 @@ def fit_camera_density(windows: Any, keep: np.ndarray, ckpt: Checkpoint, cfg: De
     model, losses = train_camera_density(windows.observations[keep], embeddings, ckpt.stats.obs_shift, ckpt.stats.obs_scale,
                                          net_cfg, tuple(net.cameras), steps=cfg.steps, batch_size=cfg.batch_size,
                                          lr=cfg.lr, data_noise=cfg.data_noise, seed=cfg.seed)
-    tail = losses[-min(50, len(losses)):]
-    training = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "data_noise": cfg.data_noise,
-                "seed": cfg.seed, "windows": int(keep.sum()), "final_loss": float(np.mean(tail)),
-                "episodes": int(len(np.unique(windows.episode_index[keep]))),
+    training = {**training_record(cfg, losses, int(keep.sum()), len(np.unique(windows.episode_index[keep]))),
                 "embedding_directions": model.whitening.dim, "embedding_rel_tol": DEFAULT_REL_TOL,
                 "embedding_std_floor": DEFAULT_STD_FLOOR}
     return {"model": model.to_dict(), "training": training}
